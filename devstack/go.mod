@@ -1,0 +1,3 @@
+module github.com/doorbell/doorbell/devstack
+
+go 1.26
