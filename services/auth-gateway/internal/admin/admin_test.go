@@ -1,0 +1,118 @@
+package admin_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
+)
+
+var _ admin.Checker = admin.CheckFunc(nil)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func TestReadyz(t *testing.T) {
+	ok := admin.CheckFunc(func(context.Context) error { return nil })
+	down := func(msg string) admin.Checker {
+		return admin.CheckFunc(func(context.Context) error { return errors.New(msg) })
+	}
+	tests := []struct {
+		name       string
+		checks     map[string]admin.Checker
+		wantStatus int
+		wantBody   map[string]any
+	}{
+		{
+			name:       "all dependencies usable",
+			checks:     map[string]admin.Checker{"nats": ok, "provider": ok},
+			wantStatus: http.StatusOK,
+			wantBody:   map[string]any{"status": "ok", "checks": map[string]any{"nats": "ok", "provider": "ok"}},
+		},
+		{
+			name:       "nats down names the reason",
+			checks:     map[string]admin.Checker{"nats": down("not connected"), "provider": ok},
+			wantStatus: http.StatusServiceUnavailable,
+			wantBody: map[string]any{"status": "unavailable",
+				"checks": map[string]any{"nats": "not connected", "provider": "ok"}},
+		},
+		{
+			name:       "both down",
+			checks:     map[string]admin.Checker{"nats": down("a"), "provider": down("b")},
+			wantStatus: http.StatusServiceUnavailable,
+			wantBody: map[string]any{"status": "unavailable",
+				"checks": map[string]any{"nats": "a", "provider": "b"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(admin.Handler(prometheus.NewRegistry(), tt.checks, slog.New(slog.DiscardHandler)))
+			defer srv.Close()
+			status, body := get(t, srv.URL+"/readyz")
+			if status != tt.wantStatus {
+				t.Errorf("status = %d, want %d", status, tt.wantStatus)
+			}
+			var got map[string]any
+			if err := json.Unmarshal([]byte(body), &got); err != nil {
+				t.Fatalf("body %q: %v", body, err)
+			}
+			if gj, wj := mustJSON(got), mustJSON(tt.wantBody); gj != wj {
+				t.Errorf("body = %s, want %s", gj, wj)
+			}
+		})
+	}
+}
+
+func TestHealthzAndMetrics(t *testing.T) {
+	reg := admin.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "doorbell_test_total", Help: "test"})
+	reg.MustRegister(c)
+	c.Add(3)
+	srv := httptest.NewServer(admin.Handler(reg, nil, slog.New(slog.DiscardHandler)))
+	defer srv.Close()
+
+	status, body := get(t, srv.URL+"/healthz")
+	if status != http.StatusOK || strings.TrimSpace(body) != `{"status":"ok"}` {
+		t.Errorf("/healthz = %d %q", status, body)
+	}
+	status, body = get(t, srv.URL+"/metrics")
+	if status != http.StatusOK {
+		t.Fatalf("/metrics status %d", status)
+	}
+	for _, want := range []string{"doorbell_test_total 3", "go_goroutines", "process_cpu_seconds_total"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if status, _ := get(t, srv.URL+"/nope"); status != http.StatusNotFound {
+		t.Errorf("unknown path status = %d, want 404", status)
+	}
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}

@@ -1,0 +1,286 @@
+package config_test
+
+import (
+	"bytes"
+	"encoding/base64"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/config"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
+}
+
+// minimal is the smallest valid environment.
+func minimal() map[string]string {
+	return map[string]string{
+		"OIDC_ISSUER":    "https://idp.example.com",
+		"OIDC_CLIENT_ID": "doorbell",
+	}
+}
+
+func with(extra map[string]string) map[string]string {
+	m := minimal()
+	for k, v := range extra {
+		m[k] = v
+	}
+	return m
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadDefaultsWorkOnLoopback(t *testing.T) {
+	c, err := config.Load(env(minimal()))
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"addr", c.Addr, "127.0.0.1:8080"},
+		{"public url", c.PublicURL.String(), "http://127.0.0.1:8080"},
+		{"callback", c.CallbackURL(), "http://127.0.0.1:8080/auth/callback"},
+		{"secure cookies", c.SecureCookies(), false},
+		{"admin addr", c.AdminAddr, "127.0.0.1:9101"},
+		{"cookie keys", len(c.CookieKeys), 0},
+		{"client secret", c.ClientSecret, ""},
+		{"scopes", c.Scopes, []string{"openid", "email", "profile"}},
+		{"provider id", c.ProviderID, "oidc"},
+		{"nats url", c.NATSURL, "nats://127.0.0.1:4222"},
+		{"replicas", c.StreamReplicas, 1},
+		{"publish timeout", c.PublishTimeout, 5 * time.Second},
+		{"log level", c.LogLevel, slog.LevelInfo},
+		{"log format", c.LogFormat, "text"},
+	}
+	for _, ch := range checks {
+		if !reflect.DeepEqual(ch.got, ch.want) {
+			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
+		}
+	}
+}
+
+func TestLoadReadsValues(t *testing.T) {
+	k1 := bytes.Repeat([]byte{0xfb}, 32) // encodes with + and / in std, - and _ in url
+	k2 := bytes.Repeat([]byte{2}, 32)
+	tests := []struct {
+		name  string
+		env   map[string]string
+		check func(t *testing.T, c *config.Config)
+	}{
+		{
+			name: "https public url turns on secure cookies and drops a trailing slash",
+			env:  with(map[string]string{"GATEWAY_PUBLIC_URL": "https://login.example.com/"}),
+			check: func(t *testing.T, c *config.Config) {
+				if !c.SecureCookies() || c.CallbackURL() != "https://login.example.com/auth/callback" {
+					t.Errorf("secure=%v callback=%s", c.SecureCookies(), c.CallbackURL())
+				}
+			},
+		},
+		{
+			name: "cookie keys accept std and url base64, padded or not, first seals",
+			env: with(map[string]string{"GATEWAY_COOKIE_KEY": base64.StdEncoding.EncodeToString(k1) + " , " +
+				base64.RawURLEncoding.EncodeToString(k2)}),
+			check: func(t *testing.T, c *config.Config) {
+				if len(c.CookieKeys) != 2 || !bytes.Equal(c.CookieKeys[0], k1) || !bytes.Equal(c.CookieKeys[1], k2) {
+					t.Errorf("keys = %x", c.CookieKeys)
+				}
+			},
+		},
+		{
+			name: "url-alphabet key with padding",
+			env:  with(map[string]string{"GATEWAY_COOKIE_KEY": base64.URLEncoding.EncodeToString(k1)}),
+			check: func(t *testing.T, c *config.Config) {
+				if len(c.CookieKeys) != 1 || !bytes.Equal(c.CookieKeys[0], k1) {
+					t.Errorf("keys = %x", c.CookieKeys)
+				}
+			},
+		},
+		{
+			name: "cookie key file wins over the variable",
+			env: with(map[string]string{
+				"GATEWAY_COOKIE_KEY":      base64.StdEncoding.EncodeToString(k1),
+				"GATEWAY_COOKIE_KEY_FILE": writeFile(t, base64.StdEncoding.EncodeToString(k2)+"\n"),
+			}),
+			check: func(t *testing.T, c *config.Config) {
+				if len(c.CookieKeys) != 1 || !bytes.Equal(c.CookieKeys[0], k2) {
+					t.Errorf("keys = %x, want the file's key", c.CookieKeys)
+				}
+			},
+		},
+		{
+			name: "client secret file wins and is trimmed",
+			env: with(map[string]string{
+				"OIDC_CLIENT_SECRET":      "from-env",
+				"OIDC_CLIENT_SECRET_FILE": writeFile(t, "from-file\n"),
+			}),
+			check: func(t *testing.T, c *config.Config) {
+				if c.ClientSecret != "from-file" {
+					t.Errorf("secret = %q", c.ClientSecret)
+				}
+			},
+		},
+		{
+			name: "nats url file",
+			env:  with(map[string]string{"NATS_URL_FILE": writeFile(t, "nats://u:p@nats:4222")}),
+			check: func(t *testing.T, c *config.Config) {
+				if c.NATSURL != "nats://u:p@nats:4222" {
+					t.Errorf("nats url = %q", c.NATSURL)
+				}
+			},
+		},
+		{
+			name: "scopes split on commas and spaces, openid added once and first",
+			env:  with(map[string]string{"OIDC_SCOPES": "email,profile  groups openid email"}),
+			check: func(t *testing.T, c *config.Config) {
+				want := []string{"openid", "email", "profile", "groups"}
+				if !reflect.DeepEqual(c.Scopes, want) {
+					t.Errorf("scopes = %v, want %v", c.Scopes, want)
+				}
+			},
+		},
+		{
+			name: "numbers, durations and log settings",
+			env: with(map[string]string{
+				"NATS_STREAM_REPLICAS": "3", "GATEWAY_PUBLISH_TIMEOUT": "1500ms",
+				"LOG_LEVEL": "debug", "LOG_FORMAT": "JSON", "OIDC_PROVIDER_ID": "dex",
+			}),
+			check: func(t *testing.T, c *config.Config) {
+				if c.StreamReplicas != 3 || c.PublishTimeout != 1500*time.Millisecond ||
+					c.LogLevel != slog.LevelDebug || c.LogFormat != "json" || c.ProviderID != "dex" {
+					t.Errorf("got %+v", c)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := config.Load(env(tt.env))
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestLoadRejectsBadValuesClearly(t *testing.T) {
+	secretKey := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 16))
+	tests := []struct {
+		name string
+		env  map[string]string
+		// wantIn must all appear in the error.
+		wantIn []string
+		// notIn must not appear in the error (secrets).
+		notIn []string
+	}{
+		{
+			name:   "issuer and client id are required",
+			env:    map[string]string{},
+			wantIn: []string{"OIDC_ISSUER: required", "OIDC_CLIENT_ID: required"},
+		},
+		{
+			name:   "issuer must be a URL",
+			env:    with(map[string]string{"OIDC_ISSUER": "idp.example.com"}),
+			wantIn: []string{"OIDC_ISSUER", "not an http(s) URL"},
+		},
+		{
+			name:   "short cookie key, without echoing it",
+			env:    with(map[string]string{"GATEWAY_COOKIE_KEY": secretKey}),
+			wantIn: []string{"GATEWAY_COOKIE_KEY", "key 1 decodes to 16 bytes, want 32"},
+			notIn:  []string{secretKey},
+		},
+		{
+			name:   "second cookie key not base64",
+			env:    with(map[string]string{"GATEWAY_COOKIE_KEY": base64.StdEncoding.EncodeToString(make([]byte, 32)) + ",not*base64"}),
+			wantIn: []string{"GATEWAY_COOKIE_KEY", "key 2 is not base64"},
+			notIn:  []string{"not*base64"},
+		},
+		{
+			name:   "missing secret file",
+			env:    with(map[string]string{"OIDC_CLIENT_SECRET_FILE": "/nonexistent/secret"}),
+			wantIn: []string{"OIDC_CLIENT_SECRET_FILE", "cannot read"},
+		},
+		{
+			name:   "public url with a path",
+			env:    with(map[string]string{"GATEWAY_PUBLIC_URL": "https://example.com/gw"}),
+			wantIn: []string{"GATEWAY_PUBLIC_URL", "no path"},
+		},
+		{
+			name:   "public url without scheme",
+			env:    with(map[string]string{"GATEWAY_PUBLIC_URL": "example.com"}),
+			wantIn: []string{"GATEWAY_PUBLIC_URL", "http:// or https://"},
+		},
+		{
+			name:   "addr without port",
+			env:    with(map[string]string{"GATEWAY_ADDR": "localhost"}),
+			wantIn: []string{"GATEWAY_ADDR", "not host:port"},
+		},
+		{
+			name:   "replicas out of range",
+			env:    with(map[string]string{"NATS_STREAM_REPLICAS": "7"}),
+			wantIn: []string{"NATS_STREAM_REPLICAS", "from 1 to 5"},
+		},
+		{
+			name:   "publish timeout without unit",
+			env:    with(map[string]string{"GATEWAY_PUBLISH_TIMEOUT": "5"}),
+			wantIn: []string{"GATEWAY_PUBLISH_TIMEOUT", "positive duration"},
+		},
+		{
+			name:   "negative publish timeout",
+			env:    with(map[string]string{"GATEWAY_PUBLISH_TIMEOUT": "-1s"}),
+			wantIn: []string{"GATEWAY_PUBLISH_TIMEOUT"},
+		},
+		{
+			name:   "unknown log level and format",
+			env:    with(map[string]string{"LOG_LEVEL": "loud", "LOG_FORMAT": "xml"}),
+			wantIn: []string{"LOG_LEVEL", "LOG_FORMAT", "text, json"},
+		},
+		{
+			name:   "provider id unusable as a label",
+			env:    with(map[string]string{"OIDC_PROVIDER_ID": "My Provider"}),
+			wantIn: []string{"OIDC_PROVIDER_ID"},
+		},
+		{
+			name:   "nats url garbage is reported without echoing it",
+			env:    with(map[string]string{"NATS_URL": "nats://user:s3cret@[::1"}),
+			wantIn: []string{"NATS_URL"},
+			notIn:  []string{"s3cret"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Load(env(tt.env))
+			if err == nil {
+				t.Fatal("Load accepted bad configuration")
+			}
+			for _, s := range tt.wantIn {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+			for _, s := range tt.notIn {
+				if strings.Contains(err.Error(), s) {
+					t.Errorf("error %q leaks %q", err, s)
+				}
+			}
+		})
+	}
+}
