@@ -1,0 +1,131 @@
+package config
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestDefaultsWorkOnLoopback(t *testing.T) {
+	c, err := Load(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		AdminAddr: "127.0.0.1:9102", NATSURL: "nats://127.0.0.1:4222",
+		SMTPHost: "localhost", SMTPPort: 587, SMTPTLS: TLSMandatory, SMTPTimeout: 15 * time.Second,
+		MailFrom: "Doorbell <doorbell@localhost>", SiteName: "Doorbell",
+		MaxDeliver: 10, BackoffBase: 2 * time.Second, BackoffMax: 5 * time.Minute,
+		AckWait: 60 * time.Second, ShutdownTimeout: 20 * time.Second,
+		LogLevel: slog.LevelInfo, LogFormat: "text",
+	}
+	if c != want {
+		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "password")
+	if err := os.WriteFile(secret, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		env   map[string]string
+		check func(t *testing.T, c Config)
+	}{
+		{"implicit TLS defaults to port 465", map[string]string{"SMTP_TLS": "implicit"},
+			func(t *testing.T, c Config) {
+				if c.SMTPPort != 465 || c.SMTPTLS != TLSImplicit {
+					t.Errorf("port %d tls %s", c.SMTPPort, c.SMTPTLS)
+				}
+			}},
+		{"an explicit port wins over the TLS default", map[string]string{"SMTP_TLS": "implicit", "SMTP_PORT": "2465"},
+			func(t *testing.T, c Config) {
+				if c.SMTPPort != 2465 {
+					t.Errorf("port %d", c.SMTPPort)
+				}
+			}},
+		{"TLS mode is case-insensitive", map[string]string{"SMTP_TLS": "Opportunistic"},
+			func(t *testing.T, c Config) {
+				if c.SMTPTLS != TLSOpportunistic {
+					t.Errorf("tls %s", c.SMTPTLS)
+				}
+			}},
+		{"a secret file wins over the variable and loses its newline",
+			map[string]string{"SMTP_USERNAME": "u", "SMTP_PASSWORD": "from-env", "SMTP_PASSWORD_FILE": secret},
+			func(t *testing.T, c Config) {
+				if c.SMTPPassword != "from-file" {
+					t.Errorf("password %q", c.SMTPPassword)
+				}
+			}},
+		{"durations, numbers and levels are parsed",
+			map[string]string{"WORKER_MAX_DELIVER": "3", "WORKER_BACKOFF_BASE": "250ms", "WORKER_BACKOFF_MAX": "1m",
+				"WORKER_ACK_WAIT": "2m", "SMTP_TIMEOUT": "20s", "LOG_LEVEL": "debug", "LOG_FORMAT": "json"},
+			func(t *testing.T, c Config) {
+				if c.MaxDeliver != 3 || c.BackoffBase != 250*time.Millisecond || c.BackoffMax != time.Minute ||
+					c.AckWait != 2*time.Minute || c.SMTPTimeout != 20*time.Second ||
+					c.LogLevel != slog.LevelDebug || c.LogFormat != "json" {
+					t.Errorf("got %+v", c)
+				}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(env(tt.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestLoadRejectsBadValues(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want []string // each must appear in the error
+	}{
+		{"unknown TLS mode", map[string]string{"SMTP_TLS": "starttls"}, []string{`SMTP_TLS="starttls"`, "mandatory, opportunistic, implicit, none"}},
+		{"port out of range", map[string]string{"SMTP_PORT": "70000"}, []string{"SMTP_PORT", "between 1 and 65535"}},
+		{"not a duration", map[string]string{"SMTP_TIMEOUT": "15"}, []string{"SMTP_TIMEOUT", "not a duration"}},
+		{"negative duration", map[string]string{"WORKER_BACKOFF_BASE": "-1s"}, []string{"WORKER_BACKOFF_BASE", "positive"}},
+		{"zero deliveries", map[string]string{"WORKER_MAX_DELIVER": "0"}, []string{"WORKER_MAX_DELIVER"}},
+		{"base above max", map[string]string{"WORKER_BACKOFF_BASE": "10m"}, []string{"must not exceed WORKER_BACKOFF_MAX"}},
+		{"ack wait too short for SMTP", map[string]string{"WORKER_ACK_WAIT": "20s"}, []string{"WORKER_ACK_WAIT", "twice SMTP_TIMEOUT"}},
+		{"bad from", map[string]string{"MAIL_FROM": "not an address"}, []string{"MAIL_FROM"}},
+		{"bad admin address", map[string]string{"WORKER_ADMIN_ADDR": "9102"}, []string{"WORKER_ADMIN_ADDR", "host:port"}},
+		{"bad log level", map[string]string{"LOG_LEVEL": "loud"}, []string{"LOG_LEVEL"}},
+		{"bad log format", map[string]string{"LOG_FORMAT": "xml"}, []string{"LOG_FORMAT"}},
+		{"missing CA file", map[string]string{"SMTP_CA_FILE": "/nonexistent/ca.pem"}, []string{"SMTP_CA_FILE"}},
+		{"missing templates dir", map[string]string{"MAIL_TEMPLATES_DIR": "/nonexistent"}, []string{"MAIL_TEMPLATES_DIR"}},
+		{"missing secret file", map[string]string{"SMTP_PASSWORD_FILE": "/nonexistent/pw"}, []string{"SMTP_PASSWORD_FILE"}},
+		{"password without user", map[string]string{"SMTP_PASSWORD": "hunter2"}, []string{"SMTP_USERNAME is empty"}},
+		{"every bad value is reported at once", map[string]string{"SMTP_TLS": "x", "LOG_LEVEL": "y"}, []string{"SMTP_TLS", "LOG_LEVEL"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(env(tt.env))
+			if err == nil {
+				t.Fatal("Load accepted it")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("error reveals a secret: %v", err)
+			}
+		})
+	}
+}

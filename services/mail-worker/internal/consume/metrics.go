@@ -1,0 +1,140 @@
+package consume
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/doorbell/doorbell/services/mail-worker/internal/decide"
+)
+
+// Values of the "result" label of emails_total.
+const (
+	ResultSent      = "sent"
+	ResultDuplicate = "duplicate"
+	ResultFailed    = "failed"
+)
+
+// Values of the "reason" label of deadletters_total.
+const (
+	ReasonUndecodable = "undecodable"
+	ReasonPermanent   = "permanent"
+	ReasonExhausted   = "exhausted"
+)
+
+// Metrics are the event-side series of the mail-worker.
+type Metrics struct {
+	received    prometheus.Counter
+	emails      *prometheus.CounterVec
+	decisions   *prometheus.CounterVec
+	loginToMail prometheus.Histogram
+	retries     prometheus.Counter
+	deadletters *prometheus.CounterVec
+}
+
+// NewMetrics registers the series on reg, every label value already at zero.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	const ns, sub = "doorbell", "mailworker"
+	m := &Metrics{
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "events_received_total",
+			Help: "user.authenticated messages delivered to this worker, redeliveries included.",
+		}),
+		emails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "emails_total",
+			Help: "Emails by kind (welcome, new_device) and result: sent, duplicate (already sent, suppressed) or failed (given up).",
+		}, []string{"kind", "result"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "decisions_total",
+			Help: "What the worker decided to send for a delivered sign-in (redeliveries included): welcome, new_device or none.",
+		}, []string{"kind"}),
+		loginToMail: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "login_to_email_seconds",
+			Help:    "Time from the sign-in (authenticated_at) to the SMTP server accepting its email.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600},
+		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "retries_total",
+			Help: "Messages handed back to JetStream for a later attempt after a transient failure.",
+		}),
+		deadletters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "deadletters_total",
+			Help: "Messages given up by reason: undecodable, permanent (SMTP 5xx, bad message) or exhausted (out of attempts).",
+		}, []string{"reason"}),
+	}
+	for _, k := range []decide.Kind{decide.Welcome, decide.NewDevice} {
+		for _, r := range []string{ResultSent, ResultDuplicate, ResultFailed} {
+			m.emails.WithLabelValues(string(k), r)
+		}
+	}
+	for _, k := range []decide.Kind{decide.Welcome, decide.NewDevice, decide.None} {
+		m.decisions.WithLabelValues(string(k))
+	}
+	for _, r := range []string{ReasonUndecodable, ReasonPermanent, ReasonExhausted} {
+		m.deadletters.WithLabelValues(r)
+	}
+	for _, c := range []prometheus.Collector{m.received, m.emails, m.decisions, m.loginToMail, m.retries, m.deadletters} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register consume metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// ConsumerInfo reads the consumer's state from JetStream.
+// jetstream.Consumer's Info method is one.
+type ConsumerInfo func(ctx context.Context) (*jetstream.ConsumerInfo, error)
+
+// consumerStatsTimeout bounds the JetStream request made during a scrape.
+const consumerStatsTimeout = 2 * time.Second
+
+// RegisterConsumerStats exposes the consumer's backlog, read from JetStream
+// at scrape time: doorbell_mailworker_consumer_pending_messages (stored, not
+// yet delivered) and doorbell_mailworker_consumer_ack_pending_messages
+// (delivered, not yet acknowledged; capped by MaxAckPending). Every replica
+// reports the same consumer, so aggregate with max, never sum. Nothing is
+// exposed while info fails (for example before the consumer exists).
+func RegisterConsumerStats(reg prometheus.Registerer, info ConsumerInfo) error {
+	const ns, sub = "doorbell", "mailworker"
+	c := &consumerStats{
+		info: info,
+		pending: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "consumer_pending_messages"),
+			"Messages in AUTH_EVENTS that the mail-worker consumer has not delivered yet (same value on every replica).", nil, nil),
+		ackPending: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "consumer_ack_pending_messages"),
+			"Messages delivered to the mail-worker consumer and not yet acknowledged (same value on every replica).", nil, nil),
+	}
+	if err := reg.Register(c); err != nil {
+		return fmt.Errorf("register consumer stats: %w", err)
+	}
+	return nil
+}
+
+type consumerStats struct {
+	info                ConsumerInfo
+	pending, ackPending *prometheus.Desc
+}
+
+func (c *consumerStats) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.pending
+	ch <- c.ackPending
+}
+
+func (c *consumerStats) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), consumerStatsTimeout)
+	defer cancel()
+	info, err := c.info(ctx)
+	if err != nil || info == nil {
+		return
+	}
+	for desc, v := range map[*prometheus.Desc]float64{
+		c.pending:    float64(info.NumPending),
+		c.ackPending: float64(info.NumAckPending),
+	} {
+		if m, err := prometheus.NewConstMetric(desc, prometheus.GaugeValue, v); err == nil {
+			ch <- m
+		}
+	}
+}

@@ -1,0 +1,170 @@
+// Package history is the mail-worker's memory in JetStream key-value
+// buckets: which events already got their email (mail_sent) and what the
+// worker knows about each person (mail_users).
+//
+// The worker creates or updates both buckets at start-up; an operator may
+// create them first (for example with more replicas). Keys never contain an
+// email address.
+package history
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/doorbell/doorbell/services/mail-worker/internal/decide"
+)
+
+// Bucket names and settings; part of the operational contract.
+const (
+	BucketSent  = "mail_sent"
+	BucketUsers = "mail_users"
+	// SentTTL is how long a sent-marker suppresses a duplicate. It matches
+	// the AUTH_EVENTS stream's max age: an older event cannot be redelivered.
+	SentTTL = 7 * 24 * time.Hour
+)
+
+// maxCASAttempts bounds the read-modify-write loop on a user record when
+// several replicas update the same person at once. Every round one writer
+// wins, so N writers at once need at most N attempts.
+const maxCASAttempts = 32
+
+// Sent is the marker stored under an event id once its email was accepted.
+type Sent struct {
+	MessageID string    `json:"message_id"`
+	SentAt    time.Time `json:"sent_at"`
+	Kind      string    `json:"kind"`
+}
+
+// Store reads and writes both buckets. It is safe for concurrent use.
+type Store struct {
+	sent  jetstream.KeyValue
+	users jetstream.KeyValue
+	log   *slog.Logger
+}
+
+// Open creates or updates the buckets and returns a Store over them.
+func Open(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (*Store, error) {
+	sent, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketSent,
+		Description: "Doorbell mail-worker: events whose email was sent (key: event id)",
+		TTL:         SentTTL,
+		History:     1,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update bucket %s: %w", BucketSent, err)
+	}
+	users, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketUsers,
+		Description: "Doorbell mail-worker: first sign-in and known devices per person (key: sha256 of issuer and subject)",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update bucket %s: %w", BucketUsers, err)
+	}
+	return &Store{sent: sent, users: users, log: log}, nil
+}
+
+// UserKey is the mail_users key of a person: the hex SHA-256 of issuer, a
+// NUL byte and subject.
+func UserKey(issuer, subject string) string {
+	sum := sha256.Sum256([]byte(issuer + "\x00" + subject))
+	return hex.EncodeToString(sum[:])
+}
+
+// Sent reports whether eventID already got its email, and the marker if so.
+// eventID must be a valid key (letters, digits, '-', '_', '.').
+func (s *Store) Sent(ctx context.Context, eventID string) (Sent, bool, error) {
+	e, err := s.sent.Get(ctx, eventID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return Sent{}, false, nil
+	}
+	if err != nil {
+		return Sent{}, false, fmt.Errorf("read sent-marker: %w", err)
+	}
+	var m Sent
+	if err := json.Unmarshal(e.Value(), &m); err != nil {
+		// The key's presence is what counts; a damaged value does not
+		// make the email unsent.
+		s.log.WarnContext(ctx, "unreadable sent-marker", "event_id", eventID, "error", err)
+	}
+	return m, true, nil
+}
+
+// MarkSent records that eventID got its email.
+func (s *Store) MarkSent(ctx context.Context, eventID string, m Sent) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode sent-marker: %w", err)
+	}
+	if _, err := s.sent.Put(ctx, eventID, b); err != nil {
+		return fmt.Errorf("write sent-marker: %w", err)
+	}
+	return nil
+}
+
+// User returns the record of a person, or nil when there is none. A record
+// that cannot be decoded is logged and treated as absent (it is overwritten
+// by the next RememberSignIn), so that one damaged value cannot block that
+// person's email for ever.
+func (s *Store) User(ctx context.Context, issuer, subject string) (*decide.User, error) {
+	u, _, err := s.user(ctx, UserKey(issuer, subject))
+	return u, err
+}
+
+func (s *Store) user(ctx context.Context, key string) (*decide.User, uint64, error) {
+	e, err := s.users.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read user record: %w", err)
+	}
+	var u decide.User
+	if err := json.Unmarshal(e.Value(), &u); err != nil {
+		s.log.WarnContext(ctx, "unreadable user record; starting afresh", "user_key", key, "error", err)
+		return nil, e.Revision(), nil
+	}
+	return &u, e.Revision(), nil
+}
+
+// RememberSignIn adds a sign-in at now from deviceID to the person's record
+// (see decide.Remember), creating the record if needed. Concurrent updates of
+// the same record by other replicas are merged, not lost.
+func (s *Store) RememberSignIn(ctx context.Context, issuer, subject, deviceID string, now time.Time) error {
+	key := UserKey(issuer, subject)
+	var lastErr error
+	for range maxCASAttempts {
+		cur, rev, err := s.user(ctx, key)
+		if err != nil {
+			return err
+		}
+		next := decide.Remember(cur, deviceID, now)
+		b, err := json.Marshal(next)
+		if err != nil {
+			return fmt.Errorf("encode user record: %w", err)
+		}
+		if rev == 0 {
+			_, err = s.users.Create(ctx, key, b)
+		} else {
+			_, err = s.users.Update(ctx, key, b, rev)
+		}
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return fmt.Errorf("write user record: %w", err)
+		}
+		lastErr = err // someone else wrote first: read again and merge
+	}
+	return fmt.Errorf("write user record: gave up after %d concurrent updates: %w", maxCASAttempts, lastErr)
+}

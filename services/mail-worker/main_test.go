@@ -1,0 +1,280 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
+)
+
+const waitLong = 60 * time.Second
+
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func startNATS(t *testing.T) string {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	if !s.ReadyForConnections(waitLong) {
+		t.Fatal("nats-server did not start")
+	}
+	return s.ClientURL()
+}
+
+// eventually polls cond until it holds; the test fails after waitLong.
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(waitLong)
+	for {
+		ok, last := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s; last: %s", what, waitLong, last)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func get(url string) (int, string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+type worker struct {
+	admin string // http://127.0.0.1:port
+	logs  *logBuffer
+	stop  func() error
+}
+
+// startWorker runs the real wiring with env until the test ends or stop is
+// called.
+func startWorker(t *testing.T, env map[string]string) *worker {
+	t.Helper()
+	logs := &logBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(k string) string { return env[k] }, logs) }()
+
+	var stopOnce sync.Once
+	var stopErr error
+	stop := func() error {
+		stopOnce.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(waitLong):
+				t.Errorf("run did not return after cancel; logs:\n%s", logs.String())
+			}
+		})
+		return stopErr
+	}
+	t.Cleanup(func() { _ = stop() })
+
+	re := regexp.MustCompile(`msg="admin listening".* addr=(127\.0\.0\.1:\d+)`)
+	var addr string
+	eventually(t, "admin listening", func() (bool, string) {
+		m := re.FindStringSubmatch(logs.String())
+		if m == nil {
+			select {
+			case err := <-done:
+				t.Fatalf("run returned early: %v\n%s", err, logs.String())
+			default:
+			}
+			return false, logs.String()
+		}
+		addr = m[1]
+		return true, ""
+	})
+	return &worker{admin: "http://" + addr, logs: logs, stop: stop}
+}
+
+func baseEnv(natsURL string, smtp *smtptest.Server) map[string]string {
+	return map[string]string{
+		"WORKER_ADMIN_ADDR":       "127.0.0.1:0",
+		"NATS_URL":                natsURL,
+		"SMTP_HOST":               smtp.Host,
+		"SMTP_PORT":               strconv.Itoa(smtp.Port),
+		"SMTP_CA_FILE":            smtp.CAFile,
+		"SMTP_TIMEOUT":            "5s",
+		"MAIL_FROM":               "Doorbell <doorbell@example.com>",
+		"WORKER_BACKOFF_BASE":     "10ms",
+		"WORKER_BACKOFF_MAX":      "100ms",
+		"WORKER_ACK_WAIT":         "30s",
+		"WORKER_SHUTDOWN_TIMEOUT": "5s",
+	}
+}
+
+func TestWorkerEndToEnd(t *testing.T) {
+	natsURL := startNATS(t)
+	smtp := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS})
+	w := startWorker(t, baseEnv(natsURL, smtp))
+
+	if code, body := get(w.admin + "/healthz"); code != 200 || !strings.Contains(body, `"status":"ok"`) {
+		t.Errorf("/healthz = %d %s", code, body)
+	}
+	// No stream yet: not ready, and /readyz says why.
+	eventually(t, "/readyz reports the missing stream", func() (bool, string) {
+		code, body := get(w.admin + "/readyz")
+		return code == 503 && strings.Contains(body, "waiting for stream AUTH_EVENTS"), body
+	})
+
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: eventsv1.StreamAuthEvents, Subjects: []string{eventsv1.StreamAuthEventsSubjects},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "/readyz turns ready", func() (bool, string) {
+		code, body := get(w.admin + "/readyz")
+		return code == 200, body
+	})
+
+	data, err := proto.Marshal(&eventsv1.UserAuthenticated{
+		EventId: "0190c4b2-0009-7abc-8def-0123456789ab", AuthenticatedAt: timestamppb.Now(),
+		Issuer: "https://idp.example.com", Subject: "u1", Email: "ann@example.com", Name: "Ann",
+		Client: &eventsv1.Client{DeviceId: "d1", Ip: "192.0.2.1", UserAgent: "Firefox"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, eventsv1.SubjectUserAuthenticated, data,
+		jetstream.WithMsgID("0190c4b2-0009-7abc-8def-0123456789ab")); err != nil {
+		t.Fatal(err)
+	}
+	msgs := smtp.WaitForMessages(t, 1, waitLong)
+	if got := msgs[0].Header(t).Get("Message-Id"); got != "<0190c4b2-0009-7abc-8def-0123456789ab@example.com>" {
+		t.Errorf("Message-ID = %q", got)
+	}
+	eventually(t, "/metrics counts the email", func() (bool, string) {
+		_, body := get(w.admin + "/metrics")
+		return strings.Contains(body, `doorbell_mailworker_emails_total{kind="welcome",result="sent"} 1`), body
+	})
+	_, metrics := get(w.admin + "/metrics")
+	for _, want := range []string{
+		`doorbell_mailworker_events_received_total 1`,
+		`doorbell_mailworker_emails_total{kind="new_device",result="failed"} 0`,
+		`doorbell_mailworker_decisions_total{kind="none"} 0`,
+		`doorbell_mailworker_deadletters_total{reason="exhausted"} 0`,
+		`doorbell_mailworker_send_attempts_total{outcome="success"} 1`,
+		`doorbell_mailworker_retries_total 0`,
+		`doorbell_mailworker_smtp_connections_open 1`,
+		`doorbell_mailworker_login_to_email_seconds_count 1`,
+		`doorbell_mailworker_smtp_send_duration_seconds_count 1`,
+		`doorbell_mailworker_last_success_timestamp_seconds`,
+		`doorbell_mailworker_consumer_pending_messages 0`,
+		`go_goroutines`,
+		`process_start_time_seconds`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
+	if err := w.stop(); err != nil {
+		t.Fatalf("run returned %v on shutdown", err)
+	}
+	logs := w.logs.String()
+	for _, want := range []string{"SMTP relay reachable", "consumer drained", "stopped"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q:\n%s", want, logs)
+		}
+	}
+	if strings.Contains(logs, "ann@example.com") {
+		t.Errorf("logs contain the email address:\n%s", logs)
+	}
+}
+
+func TestWorkerKeepsRunningWhenSMTPIsDown(t *testing.T) {
+	natsURL := startNATS(t)
+	smtp := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS})
+	env := baseEnv(natsURL, smtp)
+	env["SMTP_PORT"] = strconv.Itoa(smtptest.ClosedPort(t))
+	w := startWorker(t, env)
+
+	eventually(t, "an ERROR log names the relay and the cause", func() (bool, string) {
+		logs := w.logs.String()
+		return strings.Contains(logs, `level=ERROR msg="SMTP relay is not usable`) &&
+			strings.Contains(logs, "host=127.0.0.1 port="+env["SMTP_PORT"]+" tls=mandatory") &&
+			strings.Contains(logs, "connection refused"), logs
+	})
+	eventually(t, "/readyz reports SMTP", func() (bool, string) {
+		code, body := get(w.admin + "/readyz")
+		return code == 503 && strings.Contains(body, `"smtp":"transient smtp failure at dial (connection refused)`), body
+	})
+	if err := w.stop(); err != nil {
+		t.Fatalf("run returned %v on shutdown", err)
+	}
+}
+
+func TestRunRefusesBadConfiguration(t *testing.T) {
+	err := run(context.Background(), func(k string) string {
+		return map[string]string{"SMTP_TLS": "starttls", "WORKER_MAX_DELIVER": "0", "SMTP_PASSWORD": "hunter2"}[k]
+	}, io.Discard)
+	if err == nil {
+		t.Fatal("run accepted a bad configuration")
+	}
+	for _, want := range []string{"SMTP_TLS", "WORKER_MAX_DELIVER", "SMTP_PASSWORD"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s: %v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error reveals the password: %v", err)
+	}
+}
