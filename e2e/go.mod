@@ -3,11 +3,17 @@ module github.com/doorbell/doorbell/e2e
 go 1.26.0
 
 require (
+	github.com/chromedp/chromedp v0.23.0
 	github.com/doorbell/doorbell/devstack v0.0.0
 	github.com/doorbell/doorbell/proto v0.0.0
 	github.com/nats-io/nats.go v1.55.0
 	golang.org/x/net v0.61.0
 	google.golang.org/protobuf v1.36.12
+)
+
+require (
+	github.com/chromedp/cdproto v0.159.0 // indirect
+	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
 )
 
 require (

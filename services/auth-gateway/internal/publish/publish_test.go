@@ -46,7 +46,6 @@ type harness struct {
 	pub  *publish.Publisher
 	reg  *prometheus.Registry
 	logs *syncBuffer
-	js   jetstream.JetStream // an independent client to inspect the server
 }
 
 func newHarness(t *testing.T, url string) *harness {
