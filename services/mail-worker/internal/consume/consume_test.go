@@ -238,10 +238,6 @@ func (h *harness) waitSettled(seq uint64) {
 	}
 }
 
-func (h *harness) counter(c prometheus.Collector) float64 {
-	return testutil.ToFloat64(c)
-}
-
 func (h *harness) wantCounter(name string, c prometheus.Collector, want float64) {
 	h.t.Helper()
 	if got := testutil.ToFloat64(c); got != want {
