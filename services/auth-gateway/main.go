@@ -1,7 +1,7 @@
-// Command auth-gateway signs people in with OpenID Connect and publishes a
-// user.authenticated event to NATS JetStream for each sign-in with a
-// verified email. Configuration comes from the environment; see
-// internal/config.
+// Command auth-gateway signs people in with OpenID Connect providers and
+// GitHub and publishes a user.authenticated event to NATS JetStream for
+// each sign-in with a verified email. Configuration comes from the
+// environment and an optional providers file; see internal/config.
 package main
 
 import (
@@ -14,8 +14,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/config"
@@ -63,6 +66,15 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 	if err != nil {
 		return err
 	}
+	// Device ids feed "new device" emails, so they must survive key
+	// rotation: a dedicated key, else one derived from the last (oldest)
+	// cookie key, which adding a new key in front does not change.
+	deviceKey := cfg.DeviceKey
+	if deviceKey == nil {
+		if deviceKey, err = sealer.DeriveKey("device id"); err != nil {
+			return err
+		}
+	}
 
 	reg := admin.NewRegistry()
 	pub, err := publish.Connect(publish.Config{
@@ -75,13 +87,16 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 		return err
 	}
 	gw, err := login.New(login.Config{
-		Issuer:         cfg.Issuer,
-		ClientID:       cfg.ClientID,
-		ClientSecret:   cfg.ClientSecret,
-		Scopes:         cfg.Scopes,
-		ProviderID:     cfg.ProviderID,
+		Providers:      loginProviders(cfg.Providers),
 		PublicURL:      cfg.PublicURL,
+		CookieDomain:   cfg.CookieDomain,
 		PublishTimeout: cfg.PublishTimeout,
+		SessionTTL:     cfg.SessionTTL,
+		DeviceKey:      deviceKey,
+		RedirectHosts:  cfg.RedirectHosts,
+		RateLimit:      rate.Limit(cfg.RateLimit),
+		RateBurst:      cfg.RateBurst,
+		TrustedProxies: cfg.TrustedProxies,
 	}, sealer, pub, login.NewMetrics(reg), log.With("component", "login"))
 	if err != nil {
 		_ = pub.Close(ctx)
@@ -115,19 +130,31 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 			"provider": gw,
 		}, log.With("component", "admin")),
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          serverLog,
 	}
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- serve(publicSrv, publicLn) }()
 	go func() { serveErr <- serve(adminSrv, adminLn) }()
+	ids := make([]string, len(cfg.Providers))
+	for i, p := range cfg.Providers {
+		ids[i] = p.ID
+	}
 	log.Info("auth-gateway listening",
 		"addr", publicLn.Addr().String(), "admin_addr", adminLn.Addr().String(),
-		"public_url", cfg.PublicURL.String(), "issuer", cfg.Issuer, "provider", cfg.ProviderID)
+		"public_url", cfg.PublicURL.String(), "providers", strings.Join(ids, ","),
+		"providers_file", cfg.ProvidersFile, "session_ttl", cfg.SessionTTL.String())
+	if cfg.DeviceKey == nil && len(cfg.CookieKeys) > 0 {
+		log.Info("GATEWAY_DEVICE_KEY is not set: device ids derive from the last GATEWAY_COOKIE_KEY, so they change (and people get new-device emails) when that key is dropped")
+	}
 
 	// First contact with the dependencies; failures are retried later.
 	checkCtx, cancel := context.WithTimeout(ctx, startupCheckTimeout)
 	if err := gw.Ready(checkCtx); err != nil {
-		log.Error("identity provider discovery failed; sign-ins answer 503 until it succeeds (retried on each sign-in and readiness check)", "err", err)
+		log.Error("no identity provider usable; sign-ins answer 503 until discovery succeeds (retried on each sign-in and readiness check)", "err", err)
 	}
 	if err := pub.Ready(checkCtx); err != nil {
 		log.Warn("NATS not usable yet; the stream is checked again before the first publish", "err", err)
@@ -162,6 +189,21 @@ func serve(srv *http.Server, ln net.Listener) error {
 		return err
 	}
 	return nil
+}
+
+// loginProviders copies the configured providers into the login package's
+// type.
+func loginProviders(ps []config.Provider) []login.ProviderConfig {
+	out := make([]login.ProviderConfig, len(ps))
+	for i, p := range ps {
+		out[i] = login.ProviderConfig{
+			ID: p.ID, Type: p.Type, Name: p.Name, Issuer: p.Issuer,
+			ClientID: p.ClientID, ClientSecret: p.ClientSecret, Scopes: p.Scopes,
+			AllowedEmailDomains: p.AllowedEmailDomains,
+			GitHubAPIURL:        p.GitHubAPIURL, GitHubAuthURL: p.GitHubAuthURL, GitHubTokenURL: p.GitHubTokenURL,
+		}
+	}
+	return out
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {

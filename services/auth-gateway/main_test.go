@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -161,6 +163,91 @@ func TestRunStartsWithoutItsDependencies(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "GATEWAY_COOKIE_KEY is not set") {
 		t.Error("no warning about the generated cookie key")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run after cancel = %v", err)
+		}
+	case <-deadline.Done():
+		t.Fatal("run did not stop after cancel")
+	}
+}
+
+// TestRunWithAProvidersFile starts the real wiring with several providers
+// from a file: one button each, metrics for each and for "unknown".
+func TestRunWithAProvidersFile(t *testing.T) {
+	idp, err := mockoidc.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = idp.Shutdown() })
+	ns := natstest.Run(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "dex.secret"), []byte(idp.ClientSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "providers.yaml")
+	yaml := "providers:\n" +
+		"  - id: dex\n    type: oidc\n    name: Dex\n    issuer: " + idp.Issuer() + "\n" +
+		"    client_id: " + idp.ClientID + "\n    client_secret_file: dex.secret\n" +
+		"  - id: github\n    type: github\n    client_id: gh\n    client_secret: gh-secret\n" +
+		"    github_api_url: http://" + freeAddr(t) + "\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, adminAddr := freeAddr(t), freeAddr(t)
+	env := map[string]string{
+		"GATEWAY_ADDR":           addr,
+		"GATEWAY_ADMIN_ADDR":     adminAddr,
+		"GATEWAY_PUBLIC_URL":     "http://" + addr,
+		"GATEWAY_COOKIE_KEY":     base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32)),
+		"GATEWAY_PROVIDERS_FILE": file,
+		"NATS_URL":               ns.ClientURL(),
+	}
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, logs)
+	}()
+	deadline, stop := context.WithTimeout(context.Background(), 60*time.Second)
+	defer stop()
+	client := &http.Client{Timeout: 10 * time.Second}
+	for {
+		if status, _ := fetch(client, "http://"+adminAddr+"/readyz"); status == http.StatusOK {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run returned early: %v\n%s", err, logs)
+		case <-deadline.Done():
+			_, body := fetch(client, "http://"+adminAddr+"/readyz")
+			t.Fatalf("never ready: %s\n%s", body, logs)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	_, home := fetch(client, "http://"+addr+"/")
+	for _, want := range []string{`href="/login?provider=dex">Sign in with Dex`, `href="/login?provider=github">Sign in with GitHub`} {
+		if !strings.Contains(home, want) {
+			t.Errorf("start page lacks %s:\n%s", want, home)
+		}
+	}
+	_, metrics := fetch(client, "http://"+adminAddr+"/metrics")
+	for _, want := range []string{
+		`doorbell_gateway_logins_total{provider="dex",result="success"} 0`,
+		`doorbell_gateway_logins_total{provider="github",result="email_domain_not_allowed"} 0`,
+		`doorbell_gateway_logins_total{provider="unknown",result="provider_unknown"} 0`,
+		`doorbell_gateway_verify_requests_total{result="authorized"} 0`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if !strings.Contains(logs.String(), "providers=dex,github") {
+		t.Errorf("start-up log does not list the providers:\n%s", logs)
 	}
 	cancel()
 	select {

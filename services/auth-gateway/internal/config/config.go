@@ -1,9 +1,12 @@
-// Package config reads the auth-gateway's settings from the environment.
+// Package config reads the auth-gateway's settings from the environment and
+// the optional providers file (GATEWAY_PROVIDERS_FILE, YAML).
 //
-// Every setting has a default that works on loopback except OIDC_ISSUER and
-// OIDC_CLIENT_ID. Secrets can also be given as NAME_FILE, the path of a file
-// holding the value; the file wins when both are set. Errors name the
-// variable and what is wrong with it, never a secret's value.
+// Every setting has a default that works on loopback except the identity
+// providers: either a providers file, or OIDC_ISSUER and OIDC_CLIENT_ID for
+// a single OIDC provider (never both). Secrets can also be given as
+// NAME_FILE, the path of a file holding the value; the file wins when both
+// are set. Errors name the variable (and for the providers file the file,
+// the provider and the field) and what is wrong, never a secret's value.
 package config
 
 import (
@@ -12,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -33,19 +37,36 @@ type Config struct {
 	// CookieKeys are the 32-byte cookie keys, first seals, all open
 	// (GATEWAY_COOKIE_KEY). Empty means none was configured.
 	CookieKeys [][]byte
+	// CookieDomain is the Domain attribute of the session cookie, so that
+	// /auth/verify sees the session on sibling hosts (GATEWAY_COOKIE_DOMAIN).
+	// Empty means a host-only cookie.
+	CookieDomain string
+	// DeviceKey is the 32-byte key of the device-id HMAC (GATEWAY_DEVICE_KEY).
+	// Nil means none was configured: main derives one from the cookie keys.
+	DeviceKey []byte
+	// SessionTTL bounds a session's lifetime from sign-in
+	// (GATEWAY_SESSION_TTL).
+	SessionTTL time.Duration
+	// RedirectHosts are the hosts, each a lowercase hostname with an optional
+	// port, that rd may name after sign-in besides the gateway's own paths
+	// (GATEWAY_REDIRECT_HOSTS).
+	RedirectHosts []string
+	// RateLimit is the sustained rate, per second, of /login and
+	// /auth/callback requests per client IP (GATEWAY_RATE_LIMIT).
+	RateLimit float64
+	// RateBurst is how many such requests a client IP may make at once
+	// (GATEWAY_RATE_BURST).
+	RateBurst int
+	// TrustedProxies are the addresses of reverse proxies whose
+	// X-Forwarded-For the gateway believes (GATEWAY_TRUSTED_PROXIES).
+	TrustedProxies []netip.Prefix
 
-	// Issuer is the OIDC issuer URL (OIDC_ISSUER).
-	Issuer string
-	// ClientID is the OAuth2 client id (OIDC_CLIENT_ID).
-	ClientID string
-	// ClientSecret is the OAuth2 client secret; empty for public clients
-	// (OIDC_CLIENT_SECRET).
-	ClientSecret string
-	// Scopes always contains "openid" first (OIDC_SCOPES).
-	Scopes []string
-	// ProviderID names the provider in events and metric labels
-	// (OIDC_PROVIDER_ID).
-	ProviderID string
+	// ProvidersFile is the providers file the providers came from
+	// (GATEWAY_PROVIDERS_FILE); empty when they came from OIDC_*.
+	ProvidersFile string
+	// Providers are the identity providers people can sign in with, at
+	// least one, in the order the sign-in page shows them.
+	Providers []Provider
 
 	// NATSURL is the NATS server URL list (NATS_URL).
 	NATSURL string
@@ -73,21 +94,20 @@ func (c *Config) CallbackURL() string { return c.PublicURL.String() + "/auth/cal
 var providerIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
 
 // Load reads the configuration through lookup (os.LookupEnv in production).
-// Files named by *_FILE variables are read with os.ReadFile. It reports every
-// bad variable at once.
+// Files named by *_FILE variables and GATEWAY_PROVIDERS_FILE are read with
+// os.ReadFile. It reports every bad variable at once.
 func Load(lookup func(string) (string, bool)) (*Config, error) {
 	l := loader{lookup: lookup}
 	c := &Config{
-		Addr:       l.addr("GATEWAY_ADDR", "127.0.0.1:8080"),
-		PublicURL:  l.publicURL("GATEWAY_PUBLIC_URL", "http://127.0.0.1:8080"),
-		AdminAddr:  l.addr("GATEWAY_ADMIN_ADDR", "127.0.0.1:9101"),
-		CookieKeys: l.cookieKeys("GATEWAY_COOKIE_KEY"),
-
-		Issuer:       l.issuer("OIDC_ISSUER"),
-		ClientID:     l.required("OIDC_CLIENT_ID"),
-		ClientSecret: l.secret("OIDC_CLIENT_SECRET"),
-		Scopes:       l.scopes("OIDC_SCOPES", "openid email profile"),
-		ProviderID:   l.providerID("OIDC_PROVIDER_ID", "oidc"),
+		Addr:           l.addr("GATEWAY_ADDR", "127.0.0.1:8080"),
+		PublicURL:      l.publicURL("GATEWAY_PUBLIC_URL", "http://127.0.0.1:8080"),
+		AdminAddr:      l.addr("GATEWAY_ADMIN_ADDR", "127.0.0.1:9101"),
+		CookieKeys:     l.keys("GATEWAY_COOKIE_KEY"),
+		SessionTTL:     l.durationRange("GATEWAY_SESSION_TTL", 12*time.Hour, time.Minute, 30*24*time.Hour),
+		RedirectHosts:  l.hosts("GATEWAY_REDIRECT_HOSTS"),
+		RateLimit:      l.rate("GATEWAY_RATE_LIMIT", 10),
+		RateBurst:      l.intRange("GATEWAY_RATE_BURST", 20, 1, 10000),
+		TrustedProxies: l.prefixes("GATEWAY_TRUSTED_PROXIES"),
 
 		NATSURL:        l.natsURL("NATS_URL", "nats://127.0.0.1:4222"),
 		StreamReplicas: l.intRange("NATS_STREAM_REPLICAS", 1, 1, 5),
@@ -96,10 +116,49 @@ func Load(lookup func(string) (string, bool)) (*Config, error) {
 		LogLevel:  l.level("LOG_LEVEL", slog.LevelInfo),
 		LogFormat: l.oneOf("LOG_FORMAT", "text", "text", "json"),
 	}
+	if keys := l.keys("GATEWAY_DEVICE_KEY"); len(keys) > 1 {
+		l.fail("GATEWAY_DEVICE_KEY", "takes one key, got %d (device ids cannot be rotated: a new key changes every device id)", len(keys))
+	} else if len(keys) == 1 {
+		c.DeviceKey = keys[0]
+	}
+	c.CookieDomain = l.cookieDomain("GATEWAY_COOKIE_DOMAIN", c.PublicURL)
+	c.ProvidersFile = l.get("GATEWAY_PROVIDERS_FILE")
+	if c.ProvidersFile != "" {
+		c.Providers = l.providersFile("GATEWAY_PROVIDERS_FILE", c.ProvidersFile)
+	} else {
+		c.Providers = l.envProvider()
+	}
 	if len(l.errs) > 0 {
 		return nil, fmt.Errorf("config: %w", errors.Join(l.errs...))
 	}
 	return c, nil
+}
+
+// oidcVariables configure the single provider when there is no providers
+// file.
+var oidcVariables = []string{
+	"OIDC_ISSUER", "OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET", "OIDC_CLIENT_SECRET_FILE", "OIDC_SCOPES", "OIDC_PROVIDER_ID",
+	"OIDC_PROVIDER_NAME",
+}
+
+// envProvider is the one OIDC provider the OIDC_* variables describe.
+func (l *loader) envProvider() []Provider {
+	p := Provider{
+		ID:           l.providerID("OIDC_PROVIDER_ID", "oidc"),
+		Type:         TypeOIDC,
+		Issuer:       l.issuer("OIDC_ISSUER"),
+		ClientID:     l.required("OIDC_CLIENT_ID"),
+		ClientSecret: l.secret("OIDC_CLIENT_SECRET"),
+		Scopes:       withScope("openid", splitScopes(l.get("OIDC_SCOPES"), "openid email profile")),
+	}
+	p.Name = l.get("OIDC_PROVIDER_NAME")
+	if len(p.Name) > 64 {
+		l.fail("OIDC_PROVIDER_NAME", "longer than 64 characters")
+	}
+	if p.Name == "" {
+		p.Name = hostOf(p.Issuer)
+	}
+	return []Provider{p}
 }
 
 type loader struct {
@@ -134,7 +193,7 @@ func (l *loader) secret(name string) string {
 func (l *loader) required(name string) string {
 	v := l.get(name)
 	if v == "" {
-		l.fail(name, "required but not set")
+		l.fail(name, "required but not set (or describe the providers in GATEWAY_PROVIDERS_FILE)")
 	}
 	return v
 }
@@ -174,12 +233,23 @@ func (l *loader) publicURL(name, def string) *url.URL {
 
 func (l *loader) issuer(name string) string {
 	v := l.required(name)
-	if v == "" {
-		return ""
-	}
-	u, err := url.Parse(v)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+	if v != "" && !isHTTPURL(v) {
 		l.fail(name, "%q is not an http(s) URL", v)
+	}
+	return v
+}
+
+// isHTTPURL reports whether v is an absolute http(s) URL with a host.
+func isHTTPURL(v string) bool {
+	u, err := url.Parse(v)
+	return err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != "" && u.User == nil
+}
+
+// hostOf returns the host of an http(s) URL, or the whole string when it
+// has none.
+func hostOf(v string) string {
+	if u, err := url.Parse(v); err == nil && u.Host != "" {
+		return u.Host
 	}
 	return v
 }
@@ -200,9 +270,9 @@ func (l *loader) natsURL(name, def string) string {
 	return v
 }
 
-// cookieKeys parses a comma-separated list of base64 (standard or URL
-// alphabet, padded or not) 32-byte keys.
-func (l *loader) cookieKeys(name string) [][]byte {
+// keys parses a comma-separated list of base64 (standard or URL alphabet,
+// padded or not) 32-byte keys.
+func (l *loader) keys(name string) [][]byte {
 	v := l.secret(name)
 	if v == "" {
 		return nil
@@ -232,21 +302,25 @@ func (l *loader) cookieKeys(name string) [][]byte {
 	return keys
 }
 
-// scopes splits on spaces and commas and puts "openid" first, once.
-func (l *loader) scopes(name, def string) []string {
-	v := l.get(name)
-	if v == "" {
+// splitScopes splits v, or def when v is empty, on spaces and commas.
+func splitScopes(v, def string) []string {
+	if strings.TrimSpace(v) == "" {
 		v = def
 	}
-	scopes := []string{"openid"}
-	seen := map[string]bool{"openid": true}
-	for _, s := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
+	return strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' })
+}
+
+// withScope returns scopes with first in front and every scope once.
+func withScope(first string, scopes []string) []string {
+	out := []string{first}
+	seen := map[string]bool{first: true}
+	for _, s := range scopes {
 		if !seen[s] {
 			seen[s] = true
-			scopes = append(scopes, s)
+			out = append(out, s)
 		}
 	}
-	return scopes
+	return out
 }
 
 func (l *loader) providerID(name, def string) string {
@@ -254,8 +328,95 @@ func (l *loader) providerID(name, def string) string {
 	if v == "" {
 		return def
 	}
-	if !providerIDPattern.MatchString(v) {
-		l.fail(name, "%q must be 1-32 characters of a-z, 0-9, '-' and '_', starting with a letter or digit", v)
+	if err := checkProviderID(v); err != nil {
+		l.fail(name, "%v", err)
+	}
+	return v
+}
+
+func checkProviderID(id string) error {
+	switch {
+	case !providerIDPattern.MatchString(id):
+		return fmt.Errorf("%q must be 1-32 characters of a-z, 0-9, '-' and '_', starting with a letter or digit", id)
+	case id == UnknownProvider:
+		return fmt.Errorf("%q is reserved for requests no provider can be named for", id)
+	}
+	return nil
+}
+
+// hostPattern is a lowercase hostname or bracketed IPv6 address with an
+// optional port.
+var hostPattern = regexp.MustCompile(`^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?$`)
+
+// hosts parses a comma-separated list of hosts, lowercased.
+func (l *loader) hosts(name string) []string {
+	var out []string
+	for _, h := range strings.Split(l.get(name), ",") {
+		h = strings.ToLower(strings.TrimSpace(h))
+		if h == "" {
+			continue
+		}
+		if !hostPattern.MatchString(h) {
+			l.fail(name, "%q is not a hostname with an optional port, such as app.example.com or app.example.com:8443 (no scheme, path or wildcard)", h)
+			continue
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// rate parses "N/s", "N/m", "N/h" or a bare N (per second).
+func (l *loader) rate(name string, def float64) float64 {
+	v := l.get(name)
+	if v == "" {
+		return def
+	}
+	num, unit, _ := strings.Cut(v, "/")
+	per := map[string]float64{"": 1, "s": 1, "m": 60, "h": 3600}[unit]
+	n, err := strconv.ParseFloat(num, 64)
+	if err != nil || per == 0 || n <= 0 || n > 1e6 {
+		l.fail(name, "%q must be a positive rate such as 10/s, 30/m or 600/h", v)
+		return def
+	}
+	return n / per
+}
+
+// prefixes parses a comma-separated list of IP addresses and CIDR prefixes.
+func (l *loader) prefixes(name string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range strings.Split(l.get(name), ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			l.fail(name, "%q is not an IP address or CIDR prefix such as 10.0.0.0/8", s)
+			continue
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out
+}
+
+// cookieDomain parses a cookie Domain that must cover the public URL's host.
+func (l *loader) cookieDomain(name string, public *url.URL) string {
+	v := strings.TrimPrefix(strings.ToLower(l.get(name)), ".")
+	if v == "" {
+		return ""
+	}
+	host := public.Hostname()
+	switch {
+	case !hostPattern.MatchString(v) || strings.Contains(v, ":") || !strings.Contains(v, "."):
+		l.fail(name, "%q must be a domain name such as example.com", v)
+	case net.ParseIP(host) != nil:
+		l.fail(name, "cannot be used when GATEWAY_PUBLIC_URL names an IP address")
+	case host != v && !strings.HasSuffix(host, "."+v):
+		l.fail(name, "%q does not contain the host of GATEWAY_PUBLIC_URL (%s), so the browser would refuse the cookie", v, host)
 	}
 	return v
 }
@@ -271,6 +432,19 @@ func (l *loader) intRange(name string, def, lo, hi int) int {
 		return def
 	}
 	return n
+}
+
+func (l *loader) durationRange(name string, def, lo, hi time.Duration) time.Duration {
+	v := l.get(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < lo || d > hi {
+		l.fail(name, "%q must be a duration from %s to %s, such as 12h or 90m", v, lo, hi)
+		return def
+	}
+	return d
 }
 
 func (l *loader) duration(name string, def time.Duration) time.Duration {

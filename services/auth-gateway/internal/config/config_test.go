@@ -61,9 +61,22 @@ func TestLoadDefaultsWorkOnLoopback(t *testing.T) {
 		{"secure cookies", c.SecureCookies(), false},
 		{"admin addr", c.AdminAddr, "127.0.0.1:9101"},
 		{"cookie keys", len(c.CookieKeys), 0},
-		{"client secret", c.ClientSecret, ""},
-		{"scopes", c.Scopes, []string{"openid", "email", "profile"}},
-		{"provider id", c.ProviderID, "oidc"},
+		{"providers", len(c.Providers), 1},
+		{"provider type", c.Providers[0].Type, "oidc"},
+		{"provider issuer", c.Providers[0].Issuer, "https://idp.example.com"},
+		{"provider name", c.Providers[0].Name, "idp.example.com"},
+		{"client id", c.Providers[0].ClientID, "doorbell"},
+		{"client secret", c.Providers[0].ClientSecret, ""},
+		{"scopes", c.Providers[0].Scopes, []string{"openid", "email", "profile"}},
+		{"provider id", c.Providers[0].ID, "oidc"},
+		{"allowed domains", len(c.Providers[0].AllowedEmailDomains), 0},
+		{"device key", c.DeviceKey, []byte(nil)},
+		{"cookie domain", c.CookieDomain, ""},
+		{"session ttl", c.SessionTTL, 12 * time.Hour},
+		{"redirect hosts", len(c.RedirectHosts), 0},
+		{"rate limit", c.RateLimit, 10.0},
+		{"rate burst", c.RateBurst, 20},
+		{"trusted proxies", len(c.TrustedProxies), 0},
 		{"nats url", c.NATSURL, "nats://127.0.0.1:4222"},
 		{"replicas", c.StreamReplicas, 1},
 		{"publish timeout", c.PublishTimeout, 5 * time.Second},
@@ -132,8 +145,8 @@ func TestLoadReadsValues(t *testing.T) {
 				"OIDC_CLIENT_SECRET_FILE": writeFile(t, "from-file\n"),
 			}),
 			check: func(t *testing.T, c *config.Config) {
-				if c.ClientSecret != "from-file" {
-					t.Errorf("secret = %q", c.ClientSecret)
+				if c.Providers[0].ClientSecret != "from-file" {
+					t.Errorf("secret = %q", c.Providers[0].ClientSecret)
 				}
 			},
 		},
@@ -151,8 +164,8 @@ func TestLoadReadsValues(t *testing.T) {
 			env:  with(map[string]string{"OIDC_SCOPES": "email,profile  groups openid email"}),
 			check: func(t *testing.T, c *config.Config) {
 				want := []string{"openid", "email", "profile", "groups"}
-				if !reflect.DeepEqual(c.Scopes, want) {
-					t.Errorf("scopes = %v, want %v", c.Scopes, want)
+				if !reflect.DeepEqual(c.Providers[0].Scopes, want) {
+					t.Errorf("scopes = %v, want %v", c.Providers[0].Scopes, want)
 				}
 			},
 		},
@@ -160,11 +173,11 @@ func TestLoadReadsValues(t *testing.T) {
 			name: "numbers, durations and log settings",
 			env: with(map[string]string{
 				"NATS_STREAM_REPLICAS": "3", "GATEWAY_PUBLISH_TIMEOUT": "1500ms",
-				"LOG_LEVEL": "debug", "LOG_FORMAT": "JSON", "OIDC_PROVIDER_ID": "dex",
+				"LOG_LEVEL": "debug", "LOG_FORMAT": "JSON", "OIDC_PROVIDER_ID": "dex", "OIDC_PROVIDER_NAME": "Company SSO",
 			}),
 			check: func(t *testing.T, c *config.Config) {
 				if c.StreamReplicas != 3 || c.PublishTimeout != 1500*time.Millisecond ||
-					c.LogLevel != slog.LevelDebug || c.LogFormat != "json" || c.ProviderID != "dex" {
+					c.LogLevel != slog.LevelDebug || c.LogFormat != "json" || c.Providers[0].ID != "dex" || c.Providers[0].Name != "Company SSO" {
 					t.Errorf("got %+v", c)
 				}
 			},

@@ -49,8 +49,8 @@ var (
 // Sealer seals and opens cookie values. It is safe for concurrent use.
 type Sealer struct {
 	aeads []cipher.AEAD
-	// master is the first key, kept for DeriveKey.
-	master []byte
+	// oldest is the last key, kept for DeriveKey.
+	oldest []byte
 }
 
 // New returns a Sealer for keys, each KeySize random bytes. The first key
@@ -63,7 +63,7 @@ func New(keys [][]byte) (*Sealer, error) {
 	if len(keys) == 0 {
 		return nil, errors.New("cookie: no keys")
 	}
-	s := &Sealer{master: append([]byte(nil), keys[0]...)}
+	s := &Sealer{oldest: append([]byte(nil), keys[len(keys)-1]...)}
 	for i, k := range keys {
 		if len(k) != KeySize {
 			return nil, fmt.Errorf("cookie: key %d is %d bytes, want %d", i+1, len(k), KeySize)
@@ -96,10 +96,16 @@ func RandomKey() ([]byte, error) {
 }
 
 // DeriveKey returns a 32-byte key for purpose, derived with HKDF-SHA256 from
-// the first (sealing) key. Different purposes give independent keys. The
-// result changes when the first key is rotated.
+// the last key given to New. Different purposes give independent keys.
+//
+// The last key is the oldest one during a rotation, so putting a new key in
+// front keeps every derived key; dropping the last key changes them. With a
+// single key the result is the same as before rotation was possible. Use it
+// for values that should outlive a rotation step but need not outlive a
+// completed rotation (the logout CSRF token); a value that must never change
+// needs a dedicated key of its own.
 func (s *Sealer) DeriveKey(purpose string) ([]byte, error) {
-	k, err := hkdf.Key(sha256.New, s.master, nil, "doorbell derived key v1: "+purpose, 32)
+	k, err := hkdf.Key(sha256.New, s.oldest, nil, "doorbell derived key v1: "+purpose, 32)
 	if err != nil {
 		return nil, fmt.Errorf("cookie: derive key: %w", err)
 	}

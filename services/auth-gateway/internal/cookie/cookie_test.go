@@ -182,7 +182,7 @@ func TestNewRejectsBadKeys(t *testing.T) {
 	}
 }
 
-func TestDeriveKeyDependsOnPurposeAndFirstKey(t *testing.T) {
+func TestDeriveKeyDependsOnPurposeAndLastKey(t *testing.T) {
 	a := mustSealer(t, key(1), key(2))
 	b := mustSealer(t, key(2), key(1))
 	dev1, err := a.DeriveKey("device")
@@ -198,9 +198,21 @@ func TestDeriveKeyDependsOnPurposeAndFirstKey(t *testing.T) {
 		t.Fatal("different purposes gave the same key")
 	}
 	if bytes.Equal(dev1, dev2) {
-		t.Fatal("different first keys gave the same key")
+		t.Fatal("different last keys gave the same key")
 	}
-	if bytes.Equal(dev1, key(1)) {
-		t.Fatal("derived key equals the master key")
+	if bytes.Equal(dev1, key(1)) || bytes.Equal(dev1, key(2)) {
+		t.Fatal("derived key equals a configured key")
+	}
+}
+
+func TestDeriveKeySurvivesANewKeyInFront(t *testing.T) {
+	before, _ := mustSealer(t, key(1)).DeriveKey("device id")
+	during, _ := mustSealer(t, key(9), key(1)).DeriveKey("device id")
+	after, _ := mustSealer(t, key(9)).DeriveKey("device id")
+	if !bytes.Equal(before, during) {
+		t.Error("adding a new sealing key in front changed the derived key")
+	}
+	if bytes.Equal(during, after) {
+		t.Error("dropping the old key kept the derived key; the doc says it changes")
 	}
 }

@@ -11,12 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
-	"github.com/coreos/go-oidc/v3/oidc"
 	"github.com/google/uuid"
 	"golang.org/x/oauth2"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -31,14 +31,15 @@ const maxUserAgent = 512
 // security design: see completeLogin.
 func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	f := h.completeLogin(w, r)
-	h.metrics.callbackDuration.WithLabelValues(h.cfg.ProviderID).Observe(time.Since(start).Seconds())
+	p, f := h.completeLogin(w, r)
+	label := h.label(p)
+	h.metrics.callbackDuration.WithLabelValues(label).Observe(time.Since(start).Seconds())
 	result := resultSuccess
 	if f != nil {
 		result = f.reason
 	}
 	if isResult(result) {
-		h.metrics.logins.WithLabelValues(h.cfg.ProviderID, result).Inc()
+		h.metrics.logins.WithLabelValues(label, result).Inc()
 	}
 	if f != nil {
 		h.fail(w, r, *f)
@@ -47,23 +48,17 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 
 // completeLogin runs the callback's checks in order and, when all pass,
 // publishes the event, sets the session and redirects. It returns the
-// failure to show otherwise; by then it has written nothing but cookie
-// deletions.
-func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request) *failure {
+// provider the attempt went to (nil when unknown) and the failure to show
+// otherwise; by then it has written nothing but cookie deletions.
+func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request) (*provider, *failure) {
 	q := r.URL.Query()
-	state := q.Get("state")
 
-	// 1. The provider reports an error (the person declined, or it failed).
-	if code := q.Get("error"); code != "" {
-		h.dropAttempt(w, r, state)
-		return providerRefused(code)
-	}
-
-	// 2. The attempt must be ours, unused and fresh, before anything is
-	// redeemed: a forged or replayed callback must not spend a code.
-	a, err := h.takeAttempt(w, r, state)
+	// 1. The attempt must be ours, unused and fresh before anything else,
+	// even an error report: a forged or replayed callback must not spend a
+	// code nor put the provider's words on our page.
+	a, p, err := h.takeAttempt(w, r, q.Get("state"))
 	if err != nil {
-		return &failure{
+		return p, &failure{
 			status: http.StatusBadRequest, reason: resultStateInvalid, level: slog.LevelWarn,
 			title:   "This sign-in link has expired",
 			message: "This sign-in link has expired or was already used. Start again.",
@@ -71,85 +66,48 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request) *failure
 		}
 	}
 
-	// 3. RFC 9207: an authorization response that names another issuer was
+	// 2. RFC 9207: an authorization response that names another issuer was
 	// meant for another provider (mix-up attack).
-	if iss := q.Get("iss"); iss != "" && iss != h.cfg.Issuer {
-		return &failure{
-			status: http.StatusBadRequest, reason: resultIssuerMismatch, level: slog.LevelWarn,
-			title:   "Sign-in answer from the wrong provider",
-			message: "The answer to this sign-in came from a different identity provider than the one we asked. Start again from the sign-in page.",
-			logMsg:  "callback rejected: iss parameter is not our issuer",
-			logErr:  fmt.Sprintf("got iss %q, want %q", truncate(iss, 200), h.cfg.Issuer),
-		}
+	if f := p.flow.checkIssuer(r.Context(), q.Get("iss")); f != nil {
+		return p, f
 	}
 
-	d, err := h.provider.get(r.Context())
-	if err != nil {
-		f := providerUnavailable(err)
-		return &f
+	// 3. The provider reports an error (the person declined, or it failed).
+	if code := q.Get("error"); code != "" {
+		return p, providerRefused(code)
 	}
 	code := q.Get("code")
 	if code == "" {
-		return &failure{
+		return p, &failure{
 			status: http.StatusBadRequest, reason: resultProviderError, level: slog.LevelWarn,
 			title:   "Incomplete answer from the identity provider",
 			message: "The identity provider's answer had no authorization code. Please start again.",
 			logMsg:  "callback rejected: no code parameter",
 		}
 	}
-	secrets := []string{code, a.Verifier, h.cfg.ClientSecret}
 
-	// 4. Redeem the code with the PKCE verifier.
-	ctx := h.provider.ctx(r.Context())
-	tok, err := d.oauth2.Exchange(ctx, code, oauth2.VerifierOption(a.Verifier))
-	if err != nil {
-		return &failure{
-			status: http.StatusBadGateway, reason: resultExchangeFailed, level: slog.LevelError,
-			title:   "The identity provider did not answer properly",
-			message: "We could not complete the sign-in with your identity provider. Please try again in a moment.",
-			logMsg:  "code exchange failed", logErr: redact(err, secrets...),
-		}
-	}
-	rawIDToken, _ := tok.Extra("id_token").(string)
-	secrets = append(secrets, tok.AccessToken, tok.RefreshToken, rawIDToken)
-
-	// 5. Verify the ID token (signature, iss, aud, expiry), then its nonce,
-	// which go-oidc leaves to us.
-	if rawIDToken == "" {
-		return tokenInvalid("token response has no id_token")
-	}
-	idt, err := d.verifier.Verify(ctx, rawIDToken)
-	if err != nil {
-		return tokenInvalid(redact(err, secrets...))
-	}
-	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(a.Nonce)) != 1 {
-		return &failure{
-			status: http.StatusUnauthorized, reason: resultNonceMismatch, level: slog.LevelWarn,
-			title:   "Sign-in could not be verified",
-			message: "The identity provider's answer does not belong to this sign-in. Please start again.",
-			logMsg:  "id token rejected: nonce does not match the attempt",
-		}
-	}
-
-	// 6. A verified email, from the ID token or else from UserInfo.
-	id, f := h.identify(ctx, d, tok, idt, secrets)
+	// 4. Redeem the code and learn who signed in, with a verified email.
+	id, f := p.flow.identify(r.Context(), code, a)
 	if f != nil {
-		return f
+		return p, f
+	}
+	if f := h.checkIdentity(p, id); f != nil {
+		return p, f
 	}
 
-	// 7. The event.
+	// 5. The event.
 	now := h.cfg.Now()
-	ev, err := h.newEvent(w, r, now, idt, id)
+	ev, err := h.newEvent(w, r, now, p, id)
 	if err != nil {
 		f := internalError(err)
-		return &f
+		return p, &f
 	}
 
-	// 8. Publish and wait for the ack; no session without it.
+	// 6. Publish and wait for the ack; no session without it.
 	pctx, cancel := context.WithTimeout(r.Context(), h.cfg.PublishTimeout)
 	defer cancel()
 	if _, err := h.publisher.Publish(pctx, ev); err != nil {
-		return &failure{
+		return p, &failure{
 			status: http.StatusServiceUnavailable, reason: resultPublishFailed, level: slog.LevelError,
 			title:   "We could not finish signing you in",
 			message: "We could not finish signing you in. Please try again in a moment.",
@@ -158,61 +116,108 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request) *failure
 		}
 	}
 
-	// 9. The session, then back to where the person started.
+	// 7. The session, then back to where the person started.
 	if err := h.setSession(w, now, Session{
-		Issuer: idt.Issuer, Subject: idt.Subject, Provider: h.cfg.ProviderID,
+		Issuer: id.issuer, Subject: id.subject, Provider: p.cfg.ID,
 		Email: id.email, Name: truncate(id.name, 256),
 	}); err != nil {
 		f := internalError(err)
-		return &f
+		return p, &f
 	}
 	w.Header().Set("Location", a.Return)
 	w.WriteHeader(http.StatusFound)
-	return nil
+	return p, nil
 }
 
 // takeAttempt finds, deletes and opens the attempt cookie for state and
-// checks it. Its errors say which check failed and hold no secrets.
-func (h *Handler) takeAttempt(w http.ResponseWriter, r *http.Request, state string) (attempt, error) {
+// checks it. It returns the attempt's provider whenever the cookie opened,
+// even if a later check failed. Its errors say which check failed and hold
+// no secrets.
+func (h *Handler) takeAttempt(w http.ResponseWriter, r *http.Request, state string) (attempt, *provider, error) {
 	if len(state) < 16 {
-		return attempt{}, errors.New("state parameter missing or too short")
+		return attempt{}, nil, errors.New("state parameter missing or too short")
 	}
 	name := attemptCookieName(state)
 	c, err := r.Cookie(name)
 	if err != nil {
-		return attempt{}, errors.New("no attempt cookie for this state (expired, used, or another browser)")
+		return attempt{}, nil, errors.New("no attempt cookie for this state (expired, used, or another browser)")
 	}
 	// Single use: whatever happens next, this attempt is spent.
-	h.clearCookie(w, name, "/auth/callback")
+	h.clearCookie(w, name, "/auth/callback", "")
 
 	now := h.cfg.Now()
 	payload, err := h.sealer.Open(name, c.Value, now)
 	if err != nil {
-		return attempt{}, fmt.Errorf("attempt cookie: %w", err)
+		return attempt{}, nil, fmt.Errorf("attempt cookie: %w", err)
 	}
 	var a attempt
 	if err := json.Unmarshal(payload, &a); err != nil {
-		return attempt{}, fmt.Errorf("attempt cookie: %w", err)
+		return attempt{}, nil, fmt.Errorf("attempt cookie: %w", err)
+	}
+	p := h.providers[a.Provider]
+	if p == nil {
+		return attempt{}, nil, errors.New("attempt cookie names a provider that is not configured")
 	}
 	if subtle.ConstantTimeCompare([]byte(a.State), []byte(state)) != 1 {
-		return attempt{}, errors.New("state parameter does not match the attempt cookie")
+		return attempt{}, p, errors.New("state parameter does not match the attempt cookie")
 	}
 	created := time.Unix(a.Created, 0)
 	if now.Sub(created) > attemptTTL || created.After(now.Add(time.Minute)) {
-		return attempt{}, fmt.Errorf("attempt started %s ago, limit %s", now.Sub(created).Round(time.Second), attemptTTL)
+		return attempt{}, p, fmt.Errorf("attempt started %s ago, limit %s", now.Sub(created).Round(time.Second), attemptTTL)
 	}
-	return a, nil
+	// The browser deletes the cookie, but a copy of it must not work either.
+	if !h.spent.spend(state, now, created.Add(attemptTTL)) {
+		return attempt{}, p, errors.New("attempt already used (replayed callback)")
+	}
+	return a, p, nil
 }
 
-// dropAttempt deletes the attempt cookie for state, if the browser sent it.
-func (h *Handler) dropAttempt(w http.ResponseWriter, r *http.Request, state string) {
-	if len(state) < 16 {
-		return
+// checkIdentity applies the rules that hold whatever the provider: a
+// usable subject, a plausible email address and the allowed domains.
+func (h *Handler) checkIdentity(p *provider, id identity) *failure {
+	if id.subject == "" || len(id.subject) > 255 || !printable(id.subject) {
+		return tokenInvalid("subject is empty, longer than 255 bytes or has control characters")
 	}
-	name := attemptCookieName(state)
-	if _, err := r.Cookie(name); err == nil {
-		h.clearCookie(w, name, "/auth/callback")
+	if !plausibleEmail(id.email) {
+		return &failure{
+			status: http.StatusForbidden, reason: resultEmailInvalid, level: slog.LevelWarn,
+			title:   "Email address not usable",
+			message: "Your identity provider vouched for an email address that is not one we can send to. Check the address in your account there, then sign in again.",
+			logMsg:  "sign-in refused: provider's email address is malformed",
+		}
 	}
+	if len(p.cfg.AllowedEmailDomains) > 0 {
+		domain := strings.ToLower(id.email[strings.LastIndexByte(id.email, '@')+1:])
+		if !slices.Contains(p.cfg.AllowedEmailDomains, domain) {
+			return &failure{
+				status: http.StatusForbidden, reason: resultEmailDomainNotAllowed, level: slog.LevelInfo,
+				title: "This address is not allowed",
+				message: fmt.Sprintf("This address is not allowed: %s cannot sign in with %s here. Sign in with your work account, or ask whoever runs this site.",
+					id.email, p.cfg.Name),
+				logMsg: "sign-in refused: email domain not allowed for this provider",
+			}
+		}
+	}
+	return nil
+}
+
+// plausibleEmail accepts local@domain with no whitespace, control
+// characters or characters that would let the address be read as a list
+// or a display name ("a@b, c@d", "Eve <e@x>") by whoever reads the event or
+// the X-Auth-Request-Email header.
+func plausibleEmail(s string) bool {
+	at := strings.LastIndexByte(s, '@')
+	if len(s) > 254 || at < 1 || at == len(s)-1 || !utf8.ValidString(s) {
+		return false
+	}
+	return !strings.ContainsFunc(s, func(r rune) bool {
+		return r <= ' ' || r == 0x7f || strings.ContainsRune(`,;<>()[]\"`, r) || (r >= 0x80 && r <= 0x9f)
+	}) && strings.Count(s, "@") == 1
+}
+
+// printable reports whether s is valid UTF-8 with no control characters.
+func printable(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || (r >= 0x7f && r <= 0x9f) })
 }
 
 func providerRefused(code string) *failure {
@@ -243,85 +248,27 @@ func tokenInvalid(why string) *failure {
 	}
 }
 
-// identity is what the provider told us about the person.
-type identity struct {
-	email, name, locale string
+func exchangeFailed(why string) *failure {
+	return &failure{
+		status: http.StatusBadGateway, reason: resultExchangeFailed, level: slog.LevelError,
+		title:   "The identity provider did not answer properly",
+		message: "We could not complete the sign-in with your identity provider. Please try again in a moment.",
+		logMsg:  "code exchange failed", logErr: why,
+	}
 }
 
-// identify returns the person's verified email, name and locale. It asks
-// the UserInfo endpoint only when the ID token lacks the email or its
-// email_verified claim.
-func (h *Handler) identify(ctx context.Context, d *discovered, tok *oauth2.Token, idt *oidc.IDToken, secrets []string) (identity, *failure) {
-	var c claims
-	if err := idt.Claims(&c); err != nil {
-		return identity{}, tokenInvalid("id token claims: " + redact(err, secrets...))
+func emailMissing(message string) *failure {
+	return &failure{
+		status: http.StatusForbidden, reason: resultEmailMissing, level: slog.LevelWarn,
+		title:   "No email address",
+		message: message,
+		logMsg:  "sign-in refused: provider shared no usable email",
 	}
-	id := identity{email: c.Email, name: c.Name, locale: c.Locale}
-	verified := c.EmailVerified
-
-	if (c.Email == "" || verified == nil) && d.provider.UserInfoEndpoint() != "" {
-		ui, err := d.provider.UserInfo(ctx, oauth2.StaticTokenSource(tok))
-		if err != nil {
-			return identity{}, &failure{
-				status: http.StatusBadGateway, reason: resultExchangeFailed, level: slog.LevelError,
-				title:   "The identity provider did not answer properly",
-				message: "We could not get your account details from your identity provider. Please try again in a moment.",
-				logMsg:  "userinfo request failed", logErr: redact(err, secrets...),
-			}
-		}
-		if ui.Subject != idt.Subject {
-			return identity{}, tokenInvalid("userinfo sub differs from the id token's sub")
-		}
-		var uc claims
-		if err := ui.Claims(&uc); err != nil {
-			return identity{}, tokenInvalid("userinfo claims: " + redact(err, secrets...))
-		}
-		if uc.Email != "" {
-			id.email, verified = uc.Email, uc.EmailVerified
-		}
-		if id.name == "" {
-			id.name = uc.Name
-		}
-		if id.locale == "" {
-			id.locale = uc.Locale
-		}
-	}
-
-	if id.email == "" {
-		return identity{}, &failure{
-			status: http.StatusForbidden, reason: resultEmailMissing, level: slog.LevelWarn,
-			title:   "No email address",
-			message: "Your identity provider did not share an email address, and Doorbell needs one to sign you in. Allow access to your email address, then sign in again.",
-			logMsg:  "sign-in refused: provider shared no email",
-		}
-	}
-	if verified == nil || !bool(*verified) {
-		return identity{}, &failure{
-			status: http.StatusForbidden, reason: resultEmailUnverified, level: slog.LevelWarn,
-			title: "Email address not verified",
-			message: fmt.Sprintf("Your email address %s is not verified by %s. Verify it there, then sign in again.",
-				id.email, h.providerName()),
-			logMsg: "sign-in refused: email not verified by the provider",
-		}
-	}
-	return id, nil
-}
-
-// providerName is how pages name the identity provider: its issuer's host.
-func (h *Handler) providerName() string {
-	if i := strings.Index(h.cfg.Issuer, "://"); i >= 0 {
-		host := h.cfg.Issuer[i+3:]
-		if j := strings.IndexByte(host, '/'); j >= 0 {
-			host = host[:j]
-		}
-		return host
-	}
-	return h.cfg.Issuer
 }
 
 // newEvent builds the UserAuthenticated event, setting the device cookie if
 // the browser has none.
-func (h *Handler) newEvent(w http.ResponseWriter, r *http.Request, now time.Time, idt *oidc.IDToken, id identity) (*eventsv1.UserAuthenticated, error) {
+func (h *Handler) newEvent(w http.ResponseWriter, r *http.Request, now time.Time, p *provider, id identity) (*eventsv1.UserAuthenticated, error) {
 	eventID, err := uuid.NewV7()
 	if err != nil {
 		return nil, fmt.Errorf("event id: %w", err)
@@ -330,21 +277,17 @@ func (h *Handler) newEvent(w http.ResponseWriter, r *http.Request, now time.Time
 	if err != nil {
 		return nil, err
 	}
-	ip := r.RemoteAddr
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		ip = host
-	}
 	return &eventsv1.UserAuthenticated{
 		EventId:         eventID.String(),
 		AuthenticatedAt: timestamppb.New(now),
-		Issuer:          idt.Issuer,
-		Subject:         idt.Subject,
-		Provider:        h.cfg.ProviderID,
+		Issuer:          id.issuer,
+		Subject:         id.subject,
+		Provider:        p.cfg.ID,
 		Email:           id.email,
 		Name:            id.name,
-		Locale:          id.locale,
+		Locale:          truncate(id.locale, 35),
 		Client: &eventsv1.Client{
-			Ip: ip,
+			Ip: h.clientIP(r).String(),
 			// Protobuf strings must be valid UTF-8; headers need not be.
 			UserAgent: truncate(strings.ToValidUTF8(r.UserAgent(), "\uFFFD"), maxUserAgent),
 			DeviceId:  deviceID,
@@ -394,7 +337,7 @@ func redact(err error, secrets ...string) string {
 		if re.ErrorDescription != "" {
 			s += ": " + re.ErrorDescription
 		}
-	} else {
+	} else if err != nil {
 		s = err.Error()
 	}
 	for _, secret := range secrets {
@@ -406,10 +349,5 @@ func redact(err error, secrets ...string) string {
 }
 
 func isResult(s string) bool {
-	for _, r := range results {
-		if r == s {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(results, s)
 }

@@ -3,6 +3,7 @@ package login_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -51,7 +52,11 @@ type gateway struct {
 	sealer  *cookie.Sealer
 	reg     *prometheus.Registry
 	logs    *syncBuffer
+	log     *slog.Logger
 	clock   *clock
+	// cfg is the configuration the handler was built with; options change
+	// it before that.
+	cfg login.Config
 
 	idp *mockoidc.MockOIDC
 	// tokenCalls counts requests to the provider's token endpoint.
@@ -75,17 +80,40 @@ func (c *clock) advance(d time.Duration)      { c.offset.Add(int64(d)) }
 func (g *gateway) tokenCallCount() int32      { return g.tokenCalls.Load() }
 func (g *gateway) gatewayURL(p string) string { return g.url.String() + p }
 
+// gatewayOption changes the gateway before its handler is built; g.idp,
+// g.url and g.cfg are set by then.
 type gatewayOption func(*gateway)
 
 // withDiscoveryDown starts the gateway while provider discovery fails.
 func withDiscoveryDown() gatewayOption { return func(g *gateway) { g.discoveryDown.Store(true) } }
 
+// withProviders replaces the providers (by default the mockoidc one).
+func withProviders(ps ...login.ProviderConfig) gatewayOption {
+	return func(g *gateway) { g.cfg.Providers = ps }
+}
+
+// withExtraProviders adds providers after the mockoidc one.
+func withExtraProviders(ps ...login.ProviderConfig) gatewayOption {
+	return func(g *gateway) { g.cfg.Providers = append(g.cfg.Providers, ps...) }
+}
+
+// withConfig lets a test change anything else in the configuration.
+func withConfig(change func(c *login.Config)) gatewayOption {
+	return func(g *gateway) { change(&g.cfg) }
+}
+
+// mockProvider is the default provider: mockoidc, as id test-idp.
+func (g *gateway) mockProvider() login.ProviderConfig {
+	return login.ProviderConfig{
+		ID: providerID, Type: login.TypeOIDC, Issuer: g.idp.Issuer(),
+		ClientID: g.idp.ClientID, ClientSecret: g.idp.ClientSecret,
+		Scopes: []string{"openid", "email", "profile"},
+	}
+}
+
 func newGateway(t *testing.T, opts ...gatewayOption) *gateway {
 	t.Helper()
 	g := &gateway{t: t, logs: &syncBuffer{}, clock: &clock{}, reg: prometheus.NewRegistry()}
-	for _, o := range opts {
-		o(g)
-	}
 
 	// The identity provider.
 	idp, err := mockoidc.NewServer(nil)
@@ -119,7 +147,7 @@ func newGateway(t *testing.T, opts ...gatewayOption) *gateway {
 	// The gateway.
 	srv := httptest.NewUnstartedServer(nil)
 	g.url, _ = url.Parse("http://" + srv.Listener.Addr().String())
-	log := slog.New(slog.NewTextHandler(g.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(g.logs, suite), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	pub, err := publish.Connect(publish.Config{URL: g.nats.ClientURL(), Source: g.url.String()},
 		log, publish.NewMetrics(g.reg))
 	if err != nil {
@@ -138,16 +166,29 @@ func newGateway(t *testing.T, opts ...gatewayOption) *gateway {
 	if g.sealer, err = cookie.New([][]byte{key}); err != nil {
 		t.Fatal(err)
 	}
-	g.handler, err = login.New(login.Config{
-		Issuer:         idp.Issuer(),
-		ClientID:       idp.ClientID,
-		ClientSecret:   idp.ClientSecret,
-		Scopes:         []string{"openid", "email", "profile"},
-		ProviderID:     providerID,
+	suite.secret("cookie key", base64.StdEncoding.EncodeToString(key), base64.RawURLEncoding.EncodeToString(key))
+	deviceKey, err := g.sealer.DeriveKey("device id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.log = log
+	g.cfg = login.Config{
 		PublicURL:      g.url,
 		PublishTimeout: 5 * time.Second,
+		SessionTTL:     12 * time.Hour,
+		DeviceKey:      deviceKey,
+		RateLimit:      10,
+		RateBurst:      20,
 		Now:            g.clock.now,
-	}, g.sealer, pub, login.NewMetrics(g.reg), log)
+	}
+	g.cfg.Providers = []login.ProviderConfig{g.mockProvider()}
+	for _, o := range opts {
+		o(g)
+	}
+	for _, p := range g.cfg.Providers {
+		suite.secret("client secret", p.ClientSecret)
+	}
+	g.handler, err = login.New(g.cfg, g.sealer, pub, login.NewMetrics(g.reg), log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,6 +215,7 @@ func (g *gateway) idpTap(next http.Handler) http.Handler {
 			g.tokenMu.Lock()
 			g.tokenResponses = append(g.tokenResponses, rec.buf.String())
 			g.tokenMu.Unlock()
+			suite.tokenResponse(rec.buf.Bytes())
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -247,12 +289,44 @@ func decodeEvent(t *testing.T, m *jetstream.RawStreamMsg) *eventsv1.UserAuthenti
 	return &ev
 }
 
+// replica is a second gateway process behind the same public URL, with
+// the same keys and configuration (changed by change, when not nil) but its
+// own memory and metrics.
+type replica struct {
+	url string
+	reg *prometheus.Registry
+}
+
+func (g *gateway) replica(change func(c *login.Config)) *replica {
+	g.t.Helper()
+	cfg := g.cfg
+	if change != nil {
+		change(&cfg)
+	}
+	r := &replica{reg: prometheus.NewRegistry()}
+	h, err := login.New(cfg, g.sealer, g.pub, login.NewMetrics(r.reg), g.log)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	g.t.Cleanup(srv.Close)
+	r.url = srv.URL
+	return r
+}
+
 // counter returns the value of the counter name with exactly these labels.
 func (g *gateway) counter(name string, labels map[string]string) float64 {
 	g.t.Helper()
-	mfs, err := g.reg.Gather()
+	return counterIn(g.t, g.reg, name, labels)
+}
+
+// counterIn returns the value of the counter (or histogram sample count)
+// name with exactly these labels in reg.
+func counterIn(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
 	if err != nil {
-		g.t.Fatal(err)
+		t.Fatal(err)
 	}
 	for _, mf := range mfs {
 		if mf.GetName() != name {
@@ -267,12 +341,48 @@ func (g *gateway) counter(name string, labels map[string]string) float64 {
 			}
 		}
 	}
-	g.t.Fatalf("no series %s%v", name, labels)
+	t.Fatalf("no series %s%v", name, labels)
 	return 0
 }
 
+// logins is logins_total for the default provider and result.
 func (g *gateway) logins(result string) float64 {
-	return g.counter("doorbell_gateway_logins_total", map[string]string{"provider": providerID, "result": result})
+	return g.loginsFor(providerID, result)
+}
+
+func (g *gateway) loginsFor(provider, result string) float64 {
+	return g.counter("doorbell_gateway_logins_total", map[string]string{"provider": provider, "result": result})
+}
+
+// loginTotals returns every non-zero logins_total series as
+// "provider/result" → value, to check that nothing else moved.
+func (g *gateway) loginTotals() map[string]float64 {
+	g.t.Helper()
+	mfs, err := g.reg.Gather()
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "doorbell_gateway_logins_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if v := m.GetCounter().GetValue(); v != 0 {
+				var p, r string
+				for _, l := range m.GetLabel() {
+					switch l.GetName() {
+					case "provider":
+						p = l.GetValue()
+					case "result":
+						r = l.GetValue()
+					}
+				}
+				out[p+"/"+r] = v
+			}
+		}
+	}
+	return out
 }
 
 func labelsMatch[L interface {
@@ -291,8 +401,8 @@ func labelsMatch[L interface {
 }
 
 // browser is a cookie-keeping HTTP client that follows redirects to the
-// provider but stops at every redirect back to the gateway, so tests see
-// each gateway response.
+// providers but stops at every redirect back to the gateway (or to a host
+// off loopback), so tests see each gateway response.
 type browser struct {
 	t   *testing.T
 	g   *gateway
@@ -311,8 +421,13 @@ func (g *gateway) browser() *browser {
 		Jar:     jar,
 		Timeout: 60 * time.Second,
 		CheckRedirect: func(req *http.Request, _ []*http.Request) error {
+			suite.url(req.URL)
+			if req.Response != nil {
+				suite.response(req.Response)
+			}
 			req.Header.Set("User-Agent", b.ua)
-			if req.URL.Host == g.url.Host {
+			// Stop at the gateway, and at hosts that exist only in tests.
+			if req.URL.Host == g.url.Host || req.URL.Hostname() != "127.0.0.1" {
 				return http.ErrUseLastResponse
 			}
 			return nil
@@ -328,10 +443,26 @@ type response struct {
 
 func (b *browser) do(method, target string, header map[string]string) response {
 	b.t.Helper()
-	req, err := http.NewRequest(method, target, nil)
+	return b.send(method, target, nil, header)
+}
+
+// postForm submits form to path on the gateway as a browser's form post.
+func (b *browser) postForm(path string, form url.Values, header map[string]string) response {
+	b.t.Helper()
+	h := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
+	for k, v := range header {
+		h[k] = v
+	}
+	return b.send(http.MethodPost, b.g.gatewayURL(path), strings.NewReader(form.Encode()), h)
+}
+
+func (b *browser) send(method, target string, body io.Reader, header map[string]string) response {
+	b.t.Helper()
+	req, err := http.NewRequest(method, target, body)
 	if err != nil {
 		b.t.Fatal(err)
 	}
+	suite.url(req.URL)
 	req.Header.Set("User-Agent", b.ua)
 	for k, v := range header {
 		req.Header.Set(k, v)
@@ -341,11 +472,12 @@ func (b *browser) do(method, target string, header map[string]string) response {
 		b.t.Fatalf("%s %s: %v", method, target, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	data, err := io.ReadAll(resp.Body)
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	return response{Response: resp, body: string(body)}
+	suite.response(resp)
+	return response{Response: resp, body: string(data)}
 }
 
 func (b *browser) get(path string) response { return b.do(http.MethodGet, b.g.gatewayURL(path), nil) }

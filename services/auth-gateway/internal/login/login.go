@@ -1,13 +1,15 @@
-// Package login runs the OpenID Connect sign-in: it sends people to the
-// identity provider, checks what comes back, publishes a UserAuthenticated
-// event for a verified email and keeps a session in a sealed cookie.
+// Package login runs the sign-in with one or more identity providers (any
+// OpenID Connect provider, and GitHub): it sends people to the provider,
+// checks what comes back, publishes a UserAuthenticated event for a
+// verified email and keeps a session in a sealed cookie. It also answers
+// forward-auth requests (/auth/verify) from reverse proxies.
 //
-// The flow is the authorization code flow with PKCE (S256), state and nonce,
-// all three always. Each attempt keeps its secrets in its own short-lived
-// cookie, named from its state, so several tabs can sign in at once. The
-// callback checks the attempt before it redeems the code, and it publishes
-// no event and sets no session unless the provider vouched for the email
-// and JetStream acknowledged the event.
+// The flow is the authorization code flow with PKCE (S256) and state
+// always, and a nonce for OIDC. Each attempt keeps its secrets in its own
+// short-lived cookie, named from its state, so several tabs can sign in at
+// once. The callback checks the attempt before it redeems the code, and it
+// publishes no event and sets no session unless the provider vouched for
+// the email and JetStream acknowledged the event.
 //
 // The handlers never log authorization codes, tokens or cookie values.
 package login
@@ -20,13 +22,19 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"sync"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/time/rate"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/cookie"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/ratelimit"
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/redirect"
 )
 
 // Publisher stores an event durably before returning; ctx bounds the wait.
@@ -34,22 +42,68 @@ type Publisher interface {
 	Publish(ctx context.Context, ev *eventsv1.UserAuthenticated) (publish.Ack, error)
 }
 
-// Config is the login flow's configuration.
-type Config struct {
-	// Issuer is the provider's issuer URL, exactly as in its tokens.
+// Provider types.
+const (
+	TypeOIDC   = "oidc"
+	TypeGitHub = "github"
+)
+
+// UnknownProvider is the provider label of failures that cannot be tied to
+// one configured provider while several are configured.
+const UnknownProvider = "unknown"
+
+// ProviderConfig is one identity provider.
+type ProviderConfig struct {
+	// ID names the provider in /login?provider=ID, events and metric labels.
+	ID string
+	// Type is TypeOIDC or TypeGitHub.
+	Type string
+	// Name is shown on the sign-in button; empty means the issuer's host
+	// (OIDC) or "GitHub".
+	Name string
+	// Issuer is the OIDC issuer URL, exactly as in its tokens (OIDC only).
 	Issuer       string
 	ClientID     string
 	ClientSecret string
-	// Scopes requested; must include "openid".
+	// Scopes requested; OIDC needs "openid", GitHub "user:email".
 	Scopes []string
-	// ProviderID names the provider in events and metric labels.
-	ProviderID string
+	// AllowedEmailDomains, when not empty, are the only email domains
+	// (lowercase, exact) allowed to sign in through this provider.
+	AllowedEmailDomains []string
+	// GitHubAPIURL is GitHub's API base URL and the issuer of its events;
+	// GitHubAuthURL and GitHubTokenURL are its OAuth endpoints (GitHub only).
+	GitHubAPIURL, GitHubAuthURL, GitHubTokenURL string
+}
+
+// Config is the login flow's configuration.
+type Config struct {
+	// Providers people can sign in with, in the order the sign-in page
+	// lists them; at least one.
+	Providers []ProviderConfig
 	// PublicURL is the gateway's external base URL, scheme://host[:port].
 	// The callback is PublicURL/auth/callback; https turns on Secure cookies.
 	PublicURL *url.URL
+	// CookieDomain, when set, is the session cookie's Domain, so that
+	// forward-auth requests from sibling hosts carry the session.
+	CookieDomain string
 	// PublishTimeout bounds publishing one event, ack included.
 	PublishTimeout time.Duration
-	// HTTPClient makes every request to the provider. Nil means a client
+	// SessionTTL bounds a session's lifetime from sign-in. It is checked
+	// inside the sealed session, so lowering it also ends older sessions.
+	SessionTTL time.Duration
+	// DeviceKey is the 32-byte key of the device-id HMAC. Device ids, and
+	// with them "new device" emails, change when it changes.
+	DeviceKey []byte
+	// RedirectHosts are the hosts (with optional port) an rd parameter may
+	// name, besides paths on the gateway.
+	RedirectHosts []string
+	// RateLimit and RateBurst limit /login and /auth/callback per client IP.
+	RateLimit rate.Limit
+	RateBurst int
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
+	// the client; empty means the peer address is the client.
+	TrustedProxies []netip.Prefix
+	// HTTPClient makes every request to the providers. Nil means a client
 	// with a 10-second timeout.
 	HTTPClient *http.Client
 	// Now is the clock; nil means time.Now.
@@ -59,44 +113,61 @@ type Config struct {
 // Lifetimes of the cookies.
 const (
 	attemptTTL = 10 * time.Minute
-	sessionTTL = 12 * time.Hour
 	deviceTTL  = 365 * 24 * time.Hour
 )
 
 // Cookie names.
 const (
+	cookiePrefix        = "doorbell_"
 	attemptCookiePrefix = "doorbell_login_"
 	sessionCookie       = "doorbell_session"
 	deviceCookie        = "doorbell_device"
 )
 
+// maxRateLimitedClients bounds the rate limiter's memory (about 200 bytes
+// per client).
+const maxRateLimitedClients = 100_000
+
 // Handler serves the gateway's public endpoints: /, /login,
-// /auth/callback, /me and /logout. It is safe for concurrent use.
+// /auth/callback, /auth/verify, /me and /logout. It is safe for concurrent
+// use.
 type Handler struct {
 	cfg       Config
 	sealer    *cookie.Sealer
 	publisher Publisher
 	metrics   *Metrics
 	log       *slog.Logger
-	provider  *provider
 	pages     *pages
 	deviceKey []byte
+	csrfKey   []byte
 	secure    bool
 	mux       *http.ServeMux
+
+	providers map[string]*provider
+	// order is the providers as configured.
+	order     []*provider
+	redirects *redirect.Allowlist
+	limiter   *ratelimit.Limiter
+	spent     *spentStates
+	origin    *http.CrossOriginProtection
 }
 
 // New builds the handler. It does no I/O: provider discovery happens on the
-// first call to Ready or on the first sign-in.
+// first call to Ready or on the first sign-in with each provider.
 func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog.Logger) (*Handler, error) {
 	switch {
-	case cfg.Issuer == "" || cfg.ClientID == "":
-		return nil, errors.New("login: issuer and client id are required")
+	case len(cfg.Providers) == 0:
+		return nil, errors.New("login: at least one provider is required")
 	case cfg.PublicURL == nil || cfg.PublicURL.Host == "":
 		return nil, errors.New("login: public URL is required")
-	case cfg.ProviderID == "":
-		return nil, errors.New("login: provider id is required")
 	case cfg.PublishTimeout <= 0:
 		return nil, errors.New("login: publish timeout must be positive")
+	case cfg.SessionTTL <= 0:
+		return nil, errors.New("login: session lifetime must be positive")
+	case len(cfg.DeviceKey) != 32:
+		return nil, errors.New("login: device key must be 32 bytes")
+	case cfg.RateLimit <= 0 || cfg.RateBurst < 1:
+		return nil, errors.New("login: rate limit and burst must be positive")
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 10 * time.Second}
@@ -108,41 +179,94 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 	if err != nil {
 		return nil, err
 	}
-	deviceKey, err := sealer.DeriveKey("device id")
+	csrfKey, err := sealer.DeriveKey("logout csrf")
 	if err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}
-	m.initProvider(cfg.ProviderID)
+	secure := cfg.PublicURL.Scheme == "https"
+	redirects, err := redirect.New(append([]string{cfg.PublicURL.Host}, cfg.RedirectHosts...), secure)
+	if err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	origin := http.NewCrossOriginProtection()
+	if err := origin.AddTrustedOrigin(cfg.PublicURL.Scheme + "://" + cfg.PublicURL.Host); err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
 	h := &Handler{
 		cfg:       cfg,
 		sealer:    sealer,
 		publisher: pub,
 		metrics:   m,
 		log:       log,
-		provider:  newProvider(cfg, cfg.HTTPClient),
 		pages:     pg,
-		deviceKey: deviceKey,
-		secure:    cfg.PublicURL.Scheme == "https",
+		deviceKey: cfg.DeviceKey,
+		csrfKey:   csrfKey,
+		secure:    secure,
 		mux:       http.NewServeMux(),
+		providers: make(map[string]*provider, len(cfg.Providers)),
+		redirects: redirects,
+		limiter:   ratelimit.New(cfg.RateLimit, cfg.RateBurst, maxRateLimitedClients),
+		spent:     newSpentStates(maxSpentStates),
+		origin:    origin,
+	}
+	for _, pc := range cfg.Providers {
+		if _, dup := h.providers[pc.ID]; dup {
+			return nil, fmt.Errorf("login: provider id %q used twice", pc.ID)
+		}
+		if pc.ID == "" || pc.ID == UnknownProvider {
+			return nil, fmt.Errorf("login: provider id %q is not usable", pc.ID)
+		}
+		p, err := newProvider(pc, cfg.PublicURL.String()+"/auth/callback", cfg.HTTPClient)
+		if err != nil {
+			return nil, err
+		}
+		h.providers[pc.ID] = p
+		h.order = append(h.order, p)
+		m.initProvider(pc.ID)
+	}
+	if len(h.order) > 1 {
+		m.initUnknownProvider()
 	}
 	h.mux.HandleFunc("GET /{$}", h.home)
 	h.mux.HandleFunc("GET /login", h.login)
 	h.mux.HandleFunc("GET /auth/callback", h.callback)
+	h.mux.HandleFunc("/auth/verify", h.verify)
 	h.mux.HandleFunc("GET /me", h.me)
+	h.mux.HandleFunc("GET /logout", h.logoutPage)
 	h.mux.HandleFunc("POST /logout", h.logout)
-	h.mux.HandleFunc("GET /logout", h.logout)
 	h.mux.HandleFunc("/", h.notFound)
 	return h, nil
 }
 
-// Ready reports whether the provider's discovery document is loaded,
-// loading it if not; ctx bounds the attempt.
+// Ready reports whether people can sign in: nil when at least one provider
+// is usable, loading discovery documents that are not loaded yet; ctx
+// bounds the attempt. Providers that fail while another works are logged,
+// not returned, so that one broken provider does not take the others out
+// of service.
 func (h *Handler) Ready(ctx context.Context) error {
-	_, err := h.provider.get(ctx)
-	return err
+	errs := make([]error, len(h.order))
+	var wg sync.WaitGroup
+	for i, p := range h.order {
+		wg.Go(func() { errs[i] = p.flow.ready(ctx) })
+	}
+	wg.Wait()
+	var failed []error
+	for i, err := range errs {
+		if err != nil {
+			failed = append(failed, fmt.Errorf("provider %s: %w", h.order[i].cfg.ID, err))
+		}
+	}
+	if len(failed) == len(h.order) {
+		return errors.Join(failed...)
+	}
+	for _, err := range failed {
+		h.log.Warn("identity provider not usable; the others are", "err", err)
+	}
+	return nil
 }
 
-// ServeHTTP routes the request and sets headers every response needs.
+// ServeHTTP routes the request, after the checks every request gets, and
+// sets headers every response needs.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd := w.Header()
 	hd.Set("Cache-Control", "no-store")
@@ -152,6 +276,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Referrer-Policy", "no-referrer")
 	hd.Set("Content-Security-Policy",
 		"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	if f := h.guard(w, r); f != nil {
+		h.fail(w, r, *f)
+		return
+	}
 	h.mux.ServeHTTP(w, r)
 }
 
@@ -161,6 +289,20 @@ func (h *Handler) notFound(w http.ResponseWriter, r *http.Request) {
 		title:   "Page not found",
 		message: "There is no page at this address. Check the link, or go back to the start page.",
 	})
+}
+
+// label is the provider label for metrics about p, which may be nil when
+// the request names no configured provider: then the only provider, or
+// UnknownProvider when there are several.
+func (h *Handler) label(p *provider) string {
+	switch {
+	case p != nil:
+		return p.cfg.ID
+	case len(h.order) == 1:
+		return h.order[0].cfg.ID
+	default:
+		return UnknownProvider
+	}
 }
 
 // randomToken returns n random bytes, base64url without padding.

@@ -144,30 +144,33 @@ func TestSuccessfulSignInPublishesOneEventAndStartsASession(t *testing.T) {
 }
 
 func TestLogoutEndsTheSession(t *testing.T) {
-	for _, method := range []string{http.MethodPost, http.MethodGet} {
-		t.Run(method, func(t *testing.T) {
-			g := newGateway(t)
-			b := g.browser()
-			if resp := b.finish(b.begin(""), nil); resp.StatusCode != http.StatusFound {
-				t.Fatalf("sign-in failed: %d %s", resp.StatusCode, resp.body)
-			}
-			if me := b.get("/me"); me.StatusCode != http.StatusOK {
-				t.Fatalf("/me before logout = %d", me.StatusCode)
-			}
-			out := b.do(method, g.gatewayURL("/logout"), nil)
-			if out.StatusCode != http.StatusSeeOther || out.Header.Get("Location") != "/" {
-				t.Errorf("logout = %d to %q, want 303 to /", out.StatusCode, out.Header.Get("Location"))
-			}
-			me := b.get("/me")
-			if me.StatusCode != http.StatusUnauthorized {
-				t.Fatalf("/me after logout = %d %s", me.StatusCode, me.body)
-			}
-			var e map[string]string
-			if err := json.Unmarshal([]byte(me.body), &e); err != nil || e["error"] != "not_signed_in" || e["message"] == "" {
-				t.Errorf("/me body = %s", me.body)
-			}
-			mustContain(t, "home page", b.get("/").body, `href="/login"`, "Sign in")
-		})
+	g := newGateway(t)
+	b := g.browser()
+	if resp := b.finish(b.begin(""), nil); resp.StatusCode != http.StatusFound {
+		t.Fatalf("sign-in failed: %d %s", resp.StatusCode, resp.body)
+	}
+	if me := b.get("/me"); me.StatusCode != http.StatusOK {
+		t.Fatalf("/me before logout = %d", me.StatusCode)
+	}
+	// The sign-out button on the start page carries the form's token.
+	home := b.get("/")
+	mustContain(t, "home page", home.body, `action="/logout"`, `method="post"`, `name="csrf"`)
+	out := b.postForm("/logout", url.Values{"csrf": {csrfField(t, home.body)}},
+		map[string]string{"Origin": g.url.String(), "Sec-Fetch-Site": "same-origin"})
+	if out.StatusCode != http.StatusSeeOther || out.Header.Get("Location") != "/" {
+		t.Errorf("logout = %d to %q, want 303 to /", out.StatusCode, out.Header.Get("Location"))
+	}
+	me := b.get("/me")
+	if me.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("/me after logout = %d %s", me.StatusCode, me.body)
+	}
+	var e map[string]string
+	if err := json.Unmarshal([]byte(me.body), &e); err != nil || e["error"] != "not_signed_in" || e["message"] == "" {
+		t.Errorf("/me body = %s", me.body)
+	}
+	mustContain(t, "home page", b.get("/").body, `href="/login"`, "Sign in")
+	if v := g.counter("doorbell_gateway_logouts_total", map[string]string{"result": "success"}); v != 1 {
+		t.Errorf("logouts_total{success} = %v", v)
 	}
 }
 

@@ -1,15 +1,117 @@
 package login_test
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/url"
+	"os"
+	"sort"
 	"strings"
+	"sync"
 	"testing"
 )
+
+// suite collects the log output of every gateway this package's tests
+// start, and every secret they see go by: authorization codes and states
+// in URLs, cookie values, tokens the providers issued, client secrets and
+// cookie keys. TestMain fails the run if any secret shows up in any log
+// line.
+var suite = &suiteRecorder{secrets: map[string]string{}}
+
+type suiteRecorder struct {
+	mu      sync.Mutex
+	logs    bytes.Buffer
+	secrets map[string]string // value → kind
+}
+
+func (s *suiteRecorder) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.logs.Write(p)
+}
+
+// secret records values of kind; values too short to search for reliably
+// are skipped.
+func (s *suiteRecorder) secret(kind string, values ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, v := range values {
+		if len(v) >= 8 {
+			s.secrets[v] = kind
+		}
+	}
+}
+
+// url records the code and state of a URL, if any.
+func (s *suiteRecorder) url(u *url.URL) {
+	q := u.Query()
+	s.secret("authorization code", q.Get("code"))
+	s.secret("state", q.Get("state"))
+}
+
+// response records the cookies a response sets and the code in its
+// redirect.
+func (s *suiteRecorder) response(resp *http.Response) {
+	for _, c := range resp.Cookies() {
+		s.secret("cookie "+c.Name, c.Value)
+	}
+	if loc, err := resp.Location(); err == nil {
+		s.url(loc)
+	}
+}
+
+// tokenResponse records the tokens in a token endpoint's answer (JSON or
+// form-encoded).
+func (s *suiteRecorder) tokenResponse(body []byte) {
+	var tr map[string]any
+	if json.Unmarshal(body, &tr) == nil {
+		for _, k := range []string{"access_token", "refresh_token", "id_token"} {
+			if v, ok := tr[k].(string); ok {
+				s.secret(k, v)
+			}
+		}
+		return
+	}
+	if q, err := url.ParseQuery(string(body)); err == nil {
+		for _, k := range []string{"access_token", "refresh_token", "id_token"} {
+			s.secret(k, q.Get(k))
+		}
+	}
+}
+
+// leaks returns a line per secret found in the logs.
+func (s *suiteRecorder) leaks() (leaks []string, secrets int, logBytes int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	logs := s.logs.String()
+	for v, kind := range s.secrets {
+		if strings.Contains(logs, v) {
+			leaks = append(leaks, fmt.Sprintf("%s %.12q…", kind, v))
+		}
+	}
+	sort.Strings(leaks)
+	return leaks, len(s.secrets), len(logs)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	leaks, secrets, logBytes := suite.leaks()
+	if len(leaks) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: the log output of this package's tests contains %d secrets:\n  %s\n",
+			len(leaks), strings.Join(leaks, "\n  "))
+		code = 1
+	} else if testing.Verbose() {
+		fmt.Printf("log check: %d secrets, none in %d bytes of log output\n", secrets, logBytes)
+	}
+	os.Exit(code)
+}
 
 // TestLogsHoldNoSecrets runs a full successful sign-in and the failures
 // most likely to leak (a code the provider echoes back in its error, a
 // forged state) and checks the captured log for every code, token and
-// cookie value involved.
+// cookie value involved. TestMain does the same over the whole suite.
 func TestLogsHoldNoSecrets(t *testing.T) {
 	g := newGateway(t)
 	g.idp.QueueUser(alice())
@@ -34,6 +136,7 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	addCookies(resp)
 	b.get("/")
 	b.get("/me")
+	b.get("/auth/verify")
 
 	// A code the provider does not know: mockoidc puts it in its error.
 	bogus := "bogus-code-that-the-provider-will-echo"
@@ -47,12 +150,21 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	if resp := b.finish(withQuery(cb, "state", strings.Repeat("Z", 43)), nil); resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("forged state: status %d", resp.StatusCode)
 	}
+	// A sign-out with a wrong token, then a right one.
+	b.postForm("/logout", url.Values{"csrf": {"forged-token-value"}}, nil)
+	logoutPage := b.get("/logout")
+	token := csrfField(t, logoutPage.body)
+	secrets = append(secrets, token)
+	if out := b.postForm("/logout", url.Values{"csrf": {token}}, nil); out.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout: status %d", out.StatusCode)
+	}
 
 	secrets = append(secrets, g.issuedTokens()...)
 	secrets = append(secrets, g.idp.ClientSecret)
 	logs := g.logs.String()
 	// The log is not empty: it does say what happened.
-	mustContain(t, "log", logs, "event published", "reason=exchange_failed", "reason=state_invalid")
+	mustContain(t, "log", logs, "event published", "reason=exchange_failed", "reason=state_invalid",
+		"reason=logout_rejected", "signed out")
 	if len(g.issuedTokens()) < 3 {
 		t.Fatalf("captured %d tokens, want access, refresh and ID tokens", len(g.issuedTokens()))
 	}
@@ -69,5 +181,13 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("log:\n%s", logs)
+	}
+	// The suite-wide check knows these secrets too.
+	suite.mu.Lock()
+	defer suite.mu.Unlock()
+	for _, s := range secrets {
+		if _, ok := suite.secrets[s]; !ok && len(s) >= 8 && s != bogus && s != token {
+			t.Errorf("the suite-wide log check does not know the secret %.12q…", s)
+		}
 	}
 }

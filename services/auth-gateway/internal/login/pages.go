@@ -16,8 +16,9 @@ var pageFiles embed.FS
 
 // pages holds one parsed template set per page; each renders "layout".
 type pages struct {
-	home  *template.Template
-	error *template.Template
+	home   *template.Template
+	logout *template.Template
+	error  *template.Template
 }
 
 func parsePages() (*pages, error) {
@@ -32,26 +33,50 @@ func parsePages() (*pages, error) {
 	if err != nil {
 		return nil, err
 	}
+	logout, err := parse("logout.html")
+	if err != nil {
+		return nil, err
+	}
 	errPage, err := parse("error.html")
 	if err != nil {
 		return nil, err
 	}
-	return &pages{home: home, error: errPage}, nil
+	return &pages{home: home, logout: logout, error: errPage}, nil
 }
 
 type homeData struct {
 	Title   string
 	Error   bool
 	Session *Session
+	// ProviderName is the display name of the session's provider.
+	ProviderName string
+	// CSRF is the sign-out form's token.
+	CSRF string
+	// Providers are the sign-in buttons, when signed out.
+	Providers []providerButton
+}
+
+type providerButton struct {
+	Name string
+	URL  string
+}
+
+type logoutData struct {
+	Title   string
+	Error   bool
+	Session *Session
+	CSRF    string
 }
 
 type errorData struct {
-	Title   string
-	Error   bool
-	Message string
-	Detail  string
-	Status  int
-	Code    string
+	Title    string
+	Error    bool
+	Message  string
+	Detail   string
+	Status   int
+	Code     string
+	Link     string
+	LinkText string
 }
 
 // failure is everything the gateway says about one failed request: to the
@@ -66,6 +91,8 @@ type failure struct {
 	message string
 	// detail is untrusted text from the provider, shown escaped.
 	detail string
+	// link and linkText are the page's way on; empty means back to /.
+	link, linkText string
 	// logMsg and logErr are for operators; logErr must already be redacted.
 	logMsg string
 	logErr string
@@ -103,8 +130,13 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, f failure) {
 		writeJSON(w, f.status, map[string]string{"error": f.reason, "message": f.message})
 		return
 	}
+	link, linkText := f.link, f.linkText
+	if link == "" {
+		link, linkText = "/", "Back to Doorbell"
+	}
 	h.render(w, f.status, h.pages.error, errorData{
 		Title: f.title, Error: true, Message: f.message, Detail: f.detail, Status: f.status, Code: f.reason,
+		Link: link, LinkText: linkText,
 	})
 }
 

@@ -2,8 +2,13 @@ package login
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -11,32 +16,134 @@ import (
 	"golang.org/x/oauth2"
 )
 
-// discovered is what the gateway knows about the provider once its
+// provider is one configured identity provider.
+type provider struct {
+	cfg  ProviderConfig
+	flow flow
+}
+
+// flow is how one kind of provider signs people in. Implementations make
+// every request with the gateway's provider HTTP client, so each is bounded
+// by its timeout as well as by ctx.
+type flow interface {
+	// authURL returns where to send the browser to start a sign-in. An
+	// error means the provider cannot be used right now.
+	authURL(ctx context.Context, state, nonce, verifier string) (string, error)
+	// checkIssuer applies RFC 9207 to the iss parameter of a callback ("" when
+	// absent).
+	checkIssuer(ctx context.Context, iss string) *failure
+	// identify redeems code and returns who signed in. It fails unless the
+	// provider vouches for the email address.
+	identify(ctx context.Context, code string, a attempt) (identity, *failure)
+	// logoutURL returns where to send the browser to sign out at the
+	// provider too, or "" when it offers no such thing.
+	logoutURL(ctx context.Context, postLogout string) string
+	// ready reports whether the provider can be used, loading what it needs.
+	ready(ctx context.Context) error
+}
+
+// identity is what the provider told us about the person.
+type identity struct {
+	// issuer and subject are the stable user key.
+	issuer, subject     string
+	email, name, locale string
+}
+
+func newProvider(cfg ProviderConfig, redirectURL string, client *http.Client) (*provider, error) {
+	if cfg.ClientID == "" {
+		return nil, fmt.Errorf("login: provider %s: client id is required", cfg.ID)
+	}
+	domains := make([]string, len(cfg.AllowedEmailDomains))
+	for i, d := range cfg.AllowedEmailDomains {
+		domains[i] = strings.ToLower(d)
+	}
+	cfg.AllowedEmailDomains = domains
+	switch cfg.Type {
+	case TypeOIDC, "":
+		if cfg.Issuer == "" {
+			return nil, fmt.Errorf("login: provider %s: issuer is required", cfg.ID)
+		}
+		if cfg.Name == "" {
+			cfg.Name = cfg.Issuer
+			if u, err := url.Parse(cfg.Issuer); err == nil && u.Host != "" {
+				cfg.Name = u.Host
+			}
+		}
+		if !slices.Contains(cfg.Scopes, "openid") {
+			cfg.Scopes = append([]string{"openid"}, cfg.Scopes...)
+		}
+		return &provider{cfg: cfg, flow: newOIDCFlow(cfg, redirectURL, client)}, nil
+	case TypeGitHub:
+		cfg.GitHubAPIURL = strings.TrimSuffix(cfg.GitHubAPIURL, "/")
+		if cfg.Name == "" {
+			cfg.Name = "GitHub"
+		}
+		if !slices.Contains(cfg.Scopes, "user:email") {
+			cfg.Scopes = append(cfg.Scopes, "user:email")
+		}
+		g, err := newGitHubFlow(cfg, redirectURL, client)
+		if err != nil {
+			return nil, err
+		}
+		return &provider{cfg: cfg, flow: g}, nil
+	default:
+		return nil, fmt.Errorf("login: provider %s: unknown type %q", cfg.ID, cfg.Type)
+	}
+}
+
+// issuer is the issuer of the provider's identities: the OIDC issuer, or
+// GitHub's API URL.
+func (p *provider) issuer() string {
+	if p.cfg.Type == TypeGitHub {
+		return p.cfg.GitHubAPIURL
+	}
+	return p.cfg.Issuer
+}
+
+// issuerMismatch is the failure for an iss parameter that does not name
+// the provider the attempt went to.
+func issuerMismatch(why string) *failure {
+	return &failure{
+		status: http.StatusBadRequest, reason: resultIssuerMismatch, level: slog.LevelWarn,
+		title:   "Sign-in answer from the wrong provider",
+		message: "The answer to this sign-in did not come from the identity provider we asked. Start again from the sign-in page.",
+		logMsg:  "callback rejected: iss parameter does not name the provider", logErr: why,
+	}
+}
+
+// discovered is what the gateway knows about an OIDC provider once its
 // discovery document loaded.
 type discovered struct {
 	provider *oidc.Provider
 	oauth2   *oauth2.Config
 	verifier *oidc.IDTokenVerifier
+	// endSession is the RP-initiated logout endpoint, or "".
+	endSession string
+	// issParameter is true when the provider promises RFC 9207's iss
+	// parameter on every authorization response.
+	issParameter bool
 }
 
-// provider loads the identity provider's discovery document on first use
-// and keeps it. Until it loads, each use retries; callers that arrive while
-// an attempt is running share its result instead of queueing their own.
-type provider struct {
+// oidcFlow signs people in with an OpenID Connect provider. It loads the
+// discovery document on first use and keeps it. Until it loads, each use
+// retries; callers that arrive while an attempt is running share its result
+// instead of queueing their own.
+type oidcFlow struct {
 	issuer       string
 	clientID     string
 	clientSecret string
 	scopes       []string
 	redirectURL  string
+	displayName  string
 	client       *http.Client
 
 	d        atomic.Pointer[discovered]
 	mu       sync.Mutex
-	inflight *attemptResult
+	inflight *discovery
 }
 
-// attemptResult is one discovery attempt, shared by everyone waiting on it.
-type attemptResult struct {
+// discovery is one discovery attempt, shared by everyone waiting on it.
+type discovery struct {
 	done chan struct{}
 	d    *discovered
 	err  error
@@ -45,26 +152,34 @@ type attemptResult struct {
 	abandoned bool
 }
 
-func newProvider(cfg Config, client *http.Client) *provider {
-	return &provider{
+var _ flow = (*oidcFlow)(nil)
+
+func newOIDCFlow(cfg ProviderConfig, redirectURL string, client *http.Client) *oidcFlow {
+	return &oidcFlow{
 		issuer:       cfg.Issuer,
 		clientID:     cfg.ClientID,
 		clientSecret: cfg.ClientSecret,
 		scopes:       cfg.Scopes,
-		redirectURL:  cfg.PublicURL.String() + "/auth/callback",
+		redirectURL:  redirectURL,
+		displayName:  cfg.Name,
 		client:       client,
 	}
 }
 
 // ctx returns ctx carrying the client every provider call must use.
-func (p *provider) ctx(ctx context.Context) context.Context {
+func (p *oidcFlow) ctx(ctx context.Context) context.Context {
 	return oidc.ClientContext(ctx, p.client)
+}
+
+func (p *oidcFlow) ready(ctx context.Context) error {
+	_, err := p.get(ctx)
+	return err
 }
 
 // get returns the discovered provider, running discovery if it has not
 // succeeded yet. ctx bounds the wait and, for the caller that runs the
 // attempt, the discovery request.
-func (p *provider) get(ctx context.Context) (*discovered, error) {
+func (p *oidcFlow) get(ctx context.Context) (*discovered, error) {
 	for {
 		if d := p.d.Load(); d != nil {
 			return d, nil
@@ -73,7 +188,7 @@ func (p *provider) get(ctx context.Context) (*discovered, error) {
 		a := p.inflight
 		leader := a == nil
 		if leader {
-			a = &attemptResult{done: make(chan struct{})}
+			a = &discovery{done: make(chan struct{})}
 			p.inflight = a
 		}
 		p.mu.Unlock()
@@ -102,22 +217,181 @@ func (p *provider) get(ctx context.Context) (*discovered, error) {
 	}
 }
 
-func (p *provider) discover(ctx context.Context) (*discovered, error) {
+func (p *oidcFlow) discover(ctx context.Context) (*discovered, error) {
 	// The provider keeps the client from this context for its key set, so
-	// fetching signing keys later uses the same timeout.
+	// fetching signing keys later uses the same timeout. The key set
+	// fetches the JWKS again when a token names a key it does not know,
+	// which is how key rotation reaches us.
 	op, err := oidc.NewProvider(p.ctx(ctx), p.issuer)
 	if err != nil {
 		return nil, fmt.Errorf("discover %s: %s", p.issuer, truncate(err.Error(), 300))
 	}
+	var meta struct {
+		EndSession   string   `json:"end_session_endpoint"`
+		IssParameter bool     `json:"authorization_response_iss_parameter_supported"`
+		AuthMethods  []string `json:"token_endpoint_auth_methods_supported"`
+	}
+	if err := op.Claims(&meta); err != nil {
+		return nil, fmt.Errorf("discover %s: %w", p.issuer, err)
+	}
+	if u, err := url.Parse(meta.EndSession); err != nil || (u.Scheme != "https" && u.Scheme != "http") {
+		meta.EndSession = ""
+	}
+	endpoint := op.Endpoint()
+	endpoint.AuthStyle = authStyle(meta.AuthMethods, p.clientSecret != "")
 	return &discovered{
 		provider: op,
 		oauth2: &oauth2.Config{
 			ClientID:     p.clientID,
 			ClientSecret: p.clientSecret,
-			Endpoint:     op.Endpoint(),
+			Endpoint:     endpoint,
 			RedirectURL:  p.redirectURL,
 			Scopes:       p.scopes,
 		},
-		verifier: op.Verifier(&oidc.Config{ClientID: p.clientID}),
+		verifier:     op.Verifier(&oidc.Config{ClientID: p.clientID}),
+		endSession:   meta.EndSession,
+		issParameter: meta.IssParameter,
 	}, nil
+}
+
+// authStyle picks how to send the client credentials to the token
+// endpoint. It never leaves oauth2 to guess: its guess retries a failed
+// exchange with the other style, which sends the single-use code twice and
+// doubles the wait on a provider that does not answer. Public clients send
+// their id as a form field; confidential ones use client_secret_post when
+// the provider lists it, else client_secret_basic (OIDC Discovery's
+// default when the list is absent).
+func authStyle(methods []string, confidential bool) oauth2.AuthStyle {
+	if !confidential || slices.Contains(methods, "client_secret_post") {
+		return oauth2.AuthStyleInParams
+	}
+	return oauth2.AuthStyleInHeader
+}
+
+func (p *oidcFlow) authURL(ctx context.Context, state, nonce, verifier string) (string, error) {
+	d, err := p.get(ctx)
+	if err != nil {
+		return "", err
+	}
+	return d.oauth2.AuthCodeURL(state, oidc.Nonce(nonce), oauth2.S256ChallengeOption(verifier)), nil
+}
+
+func (p *oidcFlow) checkIssuer(ctx context.Context, iss string) *failure {
+	if iss != "" {
+		if iss != p.issuer {
+			return issuerMismatch(fmt.Sprintf("got iss %q, want %q", truncate(iss, 200), p.issuer))
+		}
+		return nil
+	}
+	d, err := p.get(ctx)
+	if err != nil {
+		f := providerUnavailable(err)
+		return &f
+	}
+	if d.issParameter {
+		return issuerMismatch("no iss parameter, although the provider's discovery document promises one")
+	}
+	return nil
+}
+
+func (p *oidcFlow) logoutURL(ctx context.Context, postLogout string) string {
+	d, err := p.get(ctx)
+	if err != nil || d.endSession == "" {
+		return ""
+	}
+	u, err := url.Parse(d.endSession)
+	if err != nil {
+		return ""
+	}
+	// OIDC RP-Initiated Logout 1.0 allows client_id in place of
+	// id_token_hint, which the gateway does not keep.
+	q := u.Query()
+	q.Set("client_id", p.clientID)
+	q.Set("post_logout_redirect_uri", postLogout)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// identify redeems the code with the PKCE verifier, verifies the ID token
+// (signature, iss, aud, expiry, then the nonce, which go-oidc leaves to
+// us) and finds a verified email in the ID token or else at UserInfo.
+func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identity, *failure) {
+	d, err := p.get(ctx)
+	if err != nil {
+		f := providerUnavailable(err)
+		return identity{}, &f
+	}
+	secrets := []string{code, a.Verifier, p.clientSecret}
+	ctx = p.ctx(ctx)
+	tok, err := d.oauth2.Exchange(ctx, code, oauth2.VerifierOption(a.Verifier))
+	if err != nil {
+		return identity{}, exchangeFailed(redact(err, secrets...))
+	}
+	rawIDToken, _ := tok.Extra("id_token").(string)
+	secrets = append(secrets, tok.AccessToken, tok.RefreshToken, rawIDToken)
+
+	if rawIDToken == "" {
+		return identity{}, tokenInvalid("token response has no id_token")
+	}
+	idt, err := d.verifier.Verify(ctx, rawIDToken)
+	if err != nil {
+		return identity{}, tokenInvalid(redact(err, secrets...))
+	}
+	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(a.Nonce)) != 1 {
+		return identity{}, &failure{
+			status: http.StatusUnauthorized, reason: resultNonceMismatch, level: slog.LevelWarn,
+			title:   "Sign-in could not be verified",
+			message: "The identity provider's answer does not belong to this sign-in. Please start again.",
+			logMsg:  "id token rejected: nonce does not match the attempt",
+		}
+	}
+
+	var c claims
+	if err := idt.Claims(&c); err != nil {
+		return identity{}, tokenInvalid("id token claims: " + redact(err, secrets...))
+	}
+	id := identity{issuer: idt.Issuer, subject: idt.Subject, email: c.Email, name: c.Name, locale: c.Locale}
+	verified := c.EmailVerified
+
+	if (c.Email == "" || verified == nil) && d.provider.UserInfoEndpoint() != "" {
+		ui, err := d.provider.UserInfo(ctx, oauth2.StaticTokenSource(tok))
+		if err != nil {
+			return identity{}, &failure{
+				status: http.StatusBadGateway, reason: resultExchangeFailed, level: slog.LevelError,
+				title:   "The identity provider did not answer properly",
+				message: "We could not get your account details from your identity provider. Please try again in a moment.",
+				logMsg:  "userinfo request failed", logErr: redact(err, secrets...),
+			}
+		}
+		if ui.Subject != idt.Subject {
+			return identity{}, tokenInvalid("userinfo sub differs from the id token's sub")
+		}
+		var uc claims
+		if err := ui.Claims(&uc); err != nil {
+			return identity{}, tokenInvalid("userinfo claims: " + redact(err, secrets...))
+		}
+		if uc.Email != "" {
+			id.email, verified = uc.Email, uc.EmailVerified
+		}
+		if id.name == "" {
+			id.name = uc.Name
+		}
+		if id.locale == "" {
+			id.locale = uc.Locale
+		}
+	}
+
+	if id.email == "" {
+		return identity{}, emailMissing("Your identity provider did not share an email address, and Doorbell needs one to sign you in. Allow access to your email address, then sign in again.")
+	}
+	if verified == nil || !bool(*verified) {
+		return identity{}, &failure{
+			status: http.StatusForbidden, reason: resultEmailUnverified, level: slog.LevelWarn,
+			title: "Email address not verified",
+			message: fmt.Sprintf("Your email address %s is not verified by %s. Verify it there, then sign in again.",
+				id.email, p.displayName),
+			logMsg: "sign-in refused: email not verified by the provider",
+		}
+	}
+	return id, nil
 }

@@ -1,7 +1,12 @@
 package login
 
 import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -11,18 +16,28 @@ import (
 // is the identity the provider vouched for at sign-in; the gateway does not
 // re-check it with the provider before it expires.
 type Session struct {
+	// ID is random; the logout CSRF token is derived from it.
+	ID       string `json:"id"`
 	Issuer   string `json:"issuer"`
 	Subject  string `json:"subject"`
 	Provider string `json:"provider"`
 	Email    string `json:"email"`
 	Name     string `json:"name"`
-	// Expires is Unix seconds.
-	Expires int64 `json:"expires"`
+	// IssuedAt and Expires are Unix seconds.
+	IssuedAt int64 `json:"iat"`
+	Expires  int64 `json:"expires"`
 }
 
+// logoutTimeout bounds looking up the provider's logout endpoint.
+const logoutTimeout = 5 * time.Second
+
 func (h *Handler) setSession(w http.ResponseWriter, now time.Time, s Session) error {
-	expires := now.Add(sessionTTL)
-	s.Expires = expires.Unix()
+	id, err := randomToken(16)
+	if err != nil {
+		return err
+	}
+	expires := now.Add(h.cfg.SessionTTL)
+	s.ID, s.IssuedAt, s.Expires = id, now.Unix(), expires.Unix()
 	payload, err := json.Marshal(s)
 	if err != nil {
 		return err
@@ -32,46 +47,105 @@ func (h *Handler) setSession(w http.ResponseWriter, now time.Time, s Session) er
 		return err
 	}
 	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: sealed, Path: "/", MaxAge: int(sessionTTL.Seconds()),
+		Name: sessionCookie, Value: sealed, Path: "/", Domain: h.cfg.CookieDomain, MaxAge: int(h.cfg.SessionTTL.Seconds()),
 		HttpOnly: true, Secure: h.secure, SameSite: http.SameSiteLaxMode,
 	})
 	return nil
 }
 
 // session returns the signed-in person, or nil when the request carries no
-// valid, unexpired session.
+// valid session. A browser may hold two session cookies (host-only and for
+// GATEWAY_COOKIE_DOMAIN); the first valid one counts.
 func (h *Handler) session(r *http.Request) *Session {
-	c, err := r.Cookie(sessionCookie)
-	if err != nil {
-		return nil
-	}
 	now := h.cfg.Now()
-	payload, err := h.sealer.Open(sessionCookie, c.Value, now)
-	if err != nil {
+	for _, c := range r.CookiesNamed(sessionCookie) {
+		s, err := h.openSession(c.Value, now)
+		if err == nil {
+			return s
+		}
 		h.log.Debug("session cookie ignored", "err", err)
-		return nil
 	}
-	var s Session
-	if err := json.Unmarshal(payload, &s); err != nil || now.Unix() >= s.Expires {
-		return nil
-	}
-	return &s
+	return nil
 }
 
-func (h *Handler) clearCookie(w http.ResponseWriter, name, path string) {
-	http.SetCookie(w, &http.Cookie{
-		Name: name, Value: "", Path: path, MaxAge: -1,
-		HttpOnly: true, Secure: h.secure, SameSite: http.SameSiteLaxMode,
-	})
+// openSession opens a session cookie value and checks, inside the sealed
+// payload, that the session is younger than the configured lifetime (so
+// lowering GATEWAY_SESSION_TTL also ends older sessions) and that its
+// provider is still configured with the same issuer (so removing a
+// provider ends its sessions).
+func (h *Handler) openSession(value string, now time.Time) (*Session, error) {
+	payload, err := h.sealer.Open(sessionCookie, value, now)
+	if err != nil {
+		return nil, err
+	}
+	var s Session
+	if err := json.Unmarshal(payload, &s); err != nil {
+		return nil, errors.New("session payload does not decode")
+	}
+	issued := time.Unix(s.IssuedAt, 0)
+	switch p := h.providers[s.Provider]; {
+	case s.ID == "" || s.IssuedAt == 0:
+		return nil, errors.New("session from an older version")
+	case now.Unix() >= s.Expires || now.Sub(issued) >= h.cfg.SessionTTL:
+		return nil, errors.New("session expired")
+	case issued.After(now.Add(time.Minute)):
+		return nil, errors.New("session issued in the future")
+	case p == nil:
+		return nil, errors.New("session's provider is no longer configured")
+	case p.issuer() != s.Issuer:
+		return nil, errors.New("session's provider has another issuer now")
+	}
+	return &s, nil
+}
+
+// clearCookie deletes the cookie name at path for the host and, when domain
+// is set, for the domain too.
+func (h *Handler) clearCookie(w http.ResponseWriter, name, path, domain string) {
+	for _, d := range []string{"", domain} {
+		http.SetCookie(w, &http.Cookie{
+			Name: name, Value: "", Path: path, Domain: d, MaxAge: -1,
+			HttpOnly: true, Secure: h.secure, SameSite: http.SameSiteLaxMode,
+		})
+		if domain == "" {
+			return
+		}
+	}
+}
+
+// csrfToken is the logout form's token for s: a keyed hash of the session
+// id, so it is worthless without the session and cannot be guessed from
+// outside.
+func (h *Handler) csrfToken(s *Session) string {
+	if s == nil {
+		return ""
+	}
+	mac := hmac.New(sha256.New, h.csrfKey)
+	mac.Write([]byte("logout\x00" + s.ID))
+	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
 }
 
 func (h *Handler) home(w http.ResponseWriter, r *http.Request) {
-	s := h.session(r)
-	title := "Sign in"
-	if s != nil {
-		title = "Signed in"
+	rd := ""
+	if v := r.URL.Query().Get("rd"); v != "" {
+		rd = h.returnTarget(r, v)
 	}
-	h.render(w, http.StatusOK, h.pages.home, homeData{Title: title, Session: s})
+	s := h.session(r)
+	h.render(w, http.StatusOK, h.pages.home, h.homeData(s, rd, h.csrfToken(s)))
+}
+
+func (h *Handler) homeData(s *Session, rd, csrf string) homeData {
+	d := homeData{Title: "Sign in", Session: s, CSRF: csrf}
+	if s != nil {
+		d.Title = "Signed in"
+		if p := h.providers[s.Provider]; p != nil {
+			d.ProviderName = p.cfg.Name
+		}
+		return d
+	}
+	for _, p := range h.order {
+		d.Providers = append(d.Providers, providerButton{Name: p.cfg.Name, URL: h.loginLink(p, rd)})
+	}
+	return d
 }
 
 // me answers with the signed-in person as JSON.
@@ -89,11 +163,90 @@ func (h *Handler) me(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// logout forgets the session. It does not sign the person out at the
-// identity provider.
+// verify answers forward-auth requests from a reverse proxy (nginx
+// auth_request, Traefik ForwardAuth): 204 with the person in
+// X-Auth-Request-* headers for a valid session, else 401 with no redirect;
+// the proxy decides where to send the browser. Any method is accepted, as
+// proxies pass the original one on.
+func (h *Handler) verify(w http.ResponseWriter, r *http.Request) {
+	s := h.session(r)
+	if s == nil {
+		h.metrics.verify.WithLabelValues(verifyUnauthorized).Inc()
+		writeJSON(w, http.StatusUnauthorized, map[string]string{
+			"error": "not_signed_in", "message": "No valid Doorbell session.",
+		})
+		return
+	}
+	h.metrics.verify.WithLabelValues(verifyAuthorized).Inc()
+	hd := w.Header()
+	hd.Set("X-Auth-Request-Email", s.Email)
+	hd.Set("X-Auth-Request-User", s.Issuer+"|"+s.Subject)
+	hd.Set("X-Auth-Request-Provider", s.Provider)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// logoutPage asks the person to confirm signing out: a GET never signs
+// anyone out, so a link or an image cannot do it.
+func (h *Handler) logoutPage(w http.ResponseWriter, r *http.Request) {
+	s := h.session(r)
+	title := "Sign out"
+	if s == nil {
+		title = "Signed out"
+	}
+	h.render(w, http.StatusOK, h.pages.logout, logoutData{Title: title, Session: s, CSRF: h.csrfToken(s)})
+}
+
+// logout ends the session when the sign-out form of this site sent the
+// request: the browser must not call it cross-origin (Sec-Fetch-Site or
+// Origin) and the form's token must match the session. It then sends the
+// browser to the provider's end_session_endpoint when there is one
+// (RP-initiated logout, back to the public URL afterwards), else to /.
 func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
-	h.clearCookie(w, sessionCookie, "/")
-	h.log.Log(r.Context(), slog.LevelDebug, "signed out")
-	w.Header().Set("Location", "/")
+	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
+	if err := h.origin.Check(r); err != nil {
+		h.refuseLogout(w, r, "cross-origin request: "+err.Error())
+		return
+	}
+	if err := r.ParseForm(); err != nil {
+		h.refuseLogout(w, r, "form does not parse")
+		return
+	}
+	s := h.session(r)
+	if s == nil {
+		// Nothing to protect: forget whatever the browser holds.
+		h.clearCookie(w, sessionCookie, "/", h.cfg.CookieDomain)
+		h.metrics.logouts.WithLabelValues(logoutNoSession).Inc()
+		w.Header().Set("Location", "/")
+		w.WriteHeader(http.StatusSeeOther)
+		return
+	}
+	if !hmac.Equal([]byte(r.PostForm.Get("csrf")), []byte(h.csrfToken(s))) {
+		h.refuseLogout(w, r, "csrf token missing or not this session's")
+		return
+	}
+	h.clearCookie(w, sessionCookie, "/", h.cfg.CookieDomain)
+	target := "/"
+	if p := h.providers[s.Provider]; p != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), logoutTimeout)
+		if u := p.flow.logoutURL(ctx, h.cfg.PublicURL.String()+"/"); u != "" {
+			target = u
+		}
+		cancel()
+	}
+	h.metrics.logouts.WithLabelValues(logoutSuccess).Inc()
+	h.log.Info("signed out", "provider", s.Provider, "at_provider", target != "/")
+	w.Header().Set("Location", target)
 	w.WriteHeader(http.StatusSeeOther)
+}
+
+func (h *Handler) refuseLogout(w http.ResponseWriter, r *http.Request, why string) {
+	h.metrics.logouts.WithLabelValues(logoutRejected).Inc()
+	h.fail(w, r, failure{
+		status: http.StatusForbidden, reason: "logout_rejected", level: slog.LevelWarn,
+		title:    "Sign-out not confirmed",
+		message:  "You are still signed in: this sign-out request did not come from this site's sign-out button, or the page was too old. Use the button on the sign-out page.",
+		link:     "/logout",
+		linkText: "Go to the sign-out page",
+		logMsg:   "sign-out refused", logErr: why,
+	})
 }

@@ -5,9 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"strings"
 
-	"github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
 )
 
@@ -17,9 +15,12 @@ type attempt struct {
 	State    string `json:"state"`
 	Nonce    string `json:"nonce"`
 	Verifier string `json:"verifier"`
+	// Provider is the id of the provider the attempt went to.
+	Provider string `json:"provider"`
 	// Created is Unix seconds.
-	Created int64  `json:"created"`
-	Return  string `json:"return"`
+	Created int64 `json:"created"`
+	// Return is where to go afterwards, already checked.
+	Return string `json:"return"`
 }
 
 // attemptCookieName is one cookie per attempt, so that sign-ins started in
@@ -28,15 +29,34 @@ func attemptCookieName(state string) string {
 	return attemptCookiePrefix + state[:16]
 }
 
-// login starts a sign-in: it keeps a fresh state, nonce and PKCE verifier in
-// an attempt cookie and sends the browser to the provider.
+// login starts a sign-in with the provider named by the provider
+// parameter (needed only when there are several): it keeps a fresh state,
+// nonce and PKCE verifier in an attempt cookie and sends the browser to the
+// provider. Without a provider parameter and with several providers it
+// shows the choice.
 func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
-	d, err := h.provider.get(r.Context())
-	if err != nil {
-		h.metrics.logins.WithLabelValues(h.cfg.ProviderID, resultProviderUnavailable).Inc()
-		h.fail(w, r, providerUnavailable(err))
+	q := r.URL.Query()
+	rd := h.returnTarget(r, q.Get("rd"))
+	var p *provider
+	switch id := q.Get("provider"); {
+	case id != "":
+		if p = h.providers[id]; p == nil {
+			h.metrics.logins.WithLabelValues(h.label(nil), resultProviderUnknown).Inc()
+			h.fail(w, r, failure{
+				status: http.StatusBadRequest, reason: resultProviderUnknown, level: slog.LevelInfo,
+				title:   "Unknown sign-in option",
+				message: "This sign-in link names an identity provider this site does not offer. Choose one on the sign-in page.",
+				logMsg:  "sign-in refused: unknown provider",
+			})
+			return
+		}
+	case len(h.order) == 1:
+		p = h.order[0]
+	default:
+		h.render(w, http.StatusOK, h.pages.home, h.homeData(nil, rd, ""))
 		return
 	}
+
 	state, err := randomToken(32)
 	if err != nil {
 		h.fail(w, r, internalError(err))
@@ -47,15 +67,17 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, internalError(err))
 		return
 	}
-	now := h.cfg.Now()
-	a := attempt{
-		State:    state,
-		Nonce:    nonce,
-		Verifier: oauth2.GenerateVerifier(),
-		Created:  now.Unix(),
-		Return:   safeReturnPath(r.URL.Query().Get("rd")),
+	verifier := oauth2.GenerateVerifier()
+	target, err := p.flow.authURL(r.Context(), state, nonce, verifier)
+	if err != nil {
+		h.metrics.logins.WithLabelValues(p.cfg.ID, resultProviderUnavailable).Inc()
+		h.fail(w, r, providerUnavailable(err))
+		return
 	}
-	payload, err := json.Marshal(a)
+	now := h.cfg.Now()
+	payload, err := json.Marshal(attempt{
+		State: state, Nonce: nonce, Verifier: verifier, Provider: p.cfg.ID, Created: now.Unix(), Return: rd,
+	})
 	if err != nil {
 		h.fail(w, r, internalError(err))
 		return
@@ -75,33 +97,41 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		Secure:   h.secure,
 		SameSite: http.SameSiteLaxMode,
 	})
-	h.metrics.started.WithLabelValues(h.cfg.ProviderID).Inc()
-	target := d.oauth2.AuthCodeURL(state, oidc.Nonce(nonce), oauth2.S256ChallengeOption(a.Verifier))
+	h.metrics.started.WithLabelValues(p.cfg.ID).Inc()
 	w.Header().Set("Location", target)
 	w.WriteHeader(http.StatusFound)
 }
 
-// safeReturnPath returns rd if it is a path on this site, else "/". It
-// accepts only a relative path that starts with exactly one "/", so that
-// "//evil.example" and "/\evil.example" (which browsers treat as another
-// host) and anything with control characters or a backslash are refused.
-func safeReturnPath(rd string) string {
-	if rd == "" || len(rd) > 1024 || rd[0] != '/' {
+// returnTarget returns rd when it is a safe place to go after sign-in (see
+// package redirect), else "/".
+func (h *Handler) returnTarget(r *http.Request, rd string) string {
+	if rd == "" {
 		return "/"
 	}
-	if len(rd) > 1 && (rd[1] == '/' || rd[1] == '\\') {
+	target, ok := h.redirects.Check(rd)
+	if !ok {
+		// Debug: anyone can send such a link, and following it is harmless.
+		h.log.Debug("rd parameter refused: not a path here or a URL on GATEWAY_REDIRECT_HOSTS; returning to / after sign-in",
+			"path", r.URL.Path, "rd_length", len(rd))
 		return "/"
 	}
-	// Browsers drop tabs and newlines inside URLs ("/\t/evil" becomes
-	// "//evil") and treat "\" as "/".
-	if strings.ContainsFunc(rd, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }) {
-		return "/"
+	return target
+}
+
+// loginLink is the sign-in URL for p that returns to rd. With a single
+// provider it needs no provider parameter.
+func (h *Handler) loginLink(p *provider, rd string) string {
+	q := url.Values{}
+	if len(h.order) > 1 {
+		q.Set("provider", p.cfg.ID)
 	}
-	u, err := url.Parse(rd)
-	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" {
-		return "/"
+	if rd != "" && rd != "/" {
+		q.Set("rd", rd)
 	}
-	return rd
+	if len(q) == 0 {
+		return "/login"
+	}
+	return "/login?" + q.Encode()
 }
 
 func providerUnavailable(err error) failure {

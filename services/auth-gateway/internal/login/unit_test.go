@@ -7,34 +7,62 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/oauth2"
 )
 
-func TestSafeReturnPath(t *testing.T) {
+func TestPlausibleEmail(t *testing.T) {
 	tests := []struct {
-		name, rd, want string
+		email string
+		want  bool
 	}{
-		{"empty goes home", "", "/"},
-		{"plain path kept", "/settings", "/settings"},
-		{"path with query kept", "/a/b?x=1&y=2", "/a/b?x=1&y=2"},
-		{"percent-encoded slashes stay a path", "/%2F%2Fevil.example", "/%2F%2Fevil.example"},
-		{"protocol-relative URL refused", "//evil.example/x", "/"},
-		{"backslash host refused", `/\evil.example`, "/"},
-		{"backslash later refused", `/a\..\\evil`, "/"},
-		{"absolute URL refused", "https://evil.example/", "/"},
-		{"javascript URL refused", "javascript:alert(1)", "/"},
-		{"relative path refused", "settings", "/"},
-		{"tab that browsers drop refused", "/\t/evil.example", "/"},
-		{"newline refused", "/\n/evil.example", "/"},
-		{"very long path refused", "/" + strings.Repeat("a", 2000), "/"},
+		{"alice@example.com", true},
+		{"a.b+tag@sub.example.co.uk", true},
+		{"jörg@example.de", true},
+		{"", false},
+		{"alice", false},
+		{"@example.com", false},
+		{"alice@", false},
+		{"a@b@example.com", false},
+		{"alice@example.com, bob@example.com", false},
+		{"Alice <alice@example.com>", false},
+		{"alice@example.com\r\nX-Evil: 1", false},
+		{"alice@exa mple.com", false},
+		{"alice\x00@example.com", false},
+		{"alice\x85@example.com", false},
+		{"\xff@example.com", false},
+		{strings.Repeat("a", 250) + "@example.com", false},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := safeReturnPath(tt.rd); got != tt.want {
-				t.Errorf("safeReturnPath(%q) = %q, want %q", tt.rd, got, tt.want)
-			}
-		})
+		if got := plausibleEmail(tt.email); got != tt.want {
+			t.Errorf("plausibleEmail(%q) = %v, want %v", tt.email, got, tt.want)
+		}
+	}
+}
+
+func TestSpentStatesAreUsedOnceAndBounded(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	s := newSpentStates(3)
+	if !s.spend("a", now, now.Add(time.Minute)) {
+		t.Fatal("fresh state refused")
+	}
+	if s.spend("a", now, now.Add(time.Minute)) {
+		t.Fatal("state spent twice")
+	}
+	// After its attempt expired, the state is forgotten (the attempt cookie
+	// would be refused for its age anyway).
+	if !s.spend("a", now.Add(2*time.Minute), now.Add(3*time.Minute)) {
+		t.Error("expired state still remembered")
+	}
+	for i := range 10 {
+		s.spend(fmt.Sprint(i), now, now.Add(time.Hour))
+	}
+	if n := len(s.until); n > 3 {
+		t.Errorf("remembers %d states, limit 3", n)
+	}
+	if s.spend("9", now, now.Add(time.Hour)) {
+		t.Error("the newest state was forgotten first")
 	}
 }
 

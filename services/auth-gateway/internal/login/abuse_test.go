@@ -1,0 +1,182 @@
+package login_test
+
+import (
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"
+)
+
+// slowRate allows burst requests per client IP and then one an hour, so
+// a test knows exactly when the limit bites without waiting for anything.
+func slowRate(burst int) gatewayOption {
+	return withConfig(func(c *login.Config) { c.RateLimit, c.RateBurst = rate.Every(time.Hour), burst })
+}
+
+func TestSignInIsRateLimitedPerClient(t *testing.T) {
+	g := newGateway(t, slowRate(3))
+	b := g.browser()
+	cb := b.begin("")                                                   // /login: 1 of 3
+	if resp := b.finish(cb, nil); resp.StatusCode != http.StatusFound { // /auth/callback: 2 of 3
+		t.Fatalf("sign-in = %d", resp.StatusCode)
+	}
+	b.begin("") // 3 of 3
+
+	limited := b.get("/login")
+	if limited.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("4th request = %d, want 429", limited.StatusCode)
+	}
+	secs, err := strconv.Atoi(limited.Header.Get("Retry-After"))
+	if err != nil || secs < 1 || secs > 3600 {
+		t.Errorf("Retry-After = %q, want whole seconds up to an hour", limited.Header.Get("Retry-After"))
+	}
+	mustContain(t, "page", limited.body, "Too many sign-in attempts", "Please wait 60 minutes", "<code>rate_limited</code>", `href="/"`)
+
+	// The callback shares the budget, and other pages are not limited.
+	if cbResp := b.get("/auth/callback?state=" + strings.Repeat("A", 43)); cbResp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("callback = %d, want 429", cbResp.StatusCode)
+	}
+	if home := b.get("/"); home.StatusCode != http.StatusOK {
+		t.Errorf("/ = %d", home.StatusCode)
+	}
+	if v := b.get("/auth/verify"); v.StatusCode != http.StatusNoContent {
+		t.Errorf("/auth/verify = %d, want 204 (never rate limited)", v.StatusCode)
+	}
+	if v := g.logins("rate_limited"); v != 2 {
+		t.Errorf("logins_total{rate_limited} = %v, want 2", v)
+	}
+	if n := len(g.events()); n != 1 {
+		t.Errorf("%d events, want the one sign-in before the limit", n)
+	}
+	// X-Forwarded-For from a peer that is not a trusted proxy changes
+	// nothing.
+	spoofed := b.do(http.MethodGet, g.gatewayURL("/login"), map[string]string{"X-Forwarded-For": "203.0.113.50"})
+	if spoofed.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("spoofed X-Forwarded-For = %d, want 429", spoofed.StatusCode)
+	}
+}
+
+func TestTrustedProxyNamesTheClient(t *testing.T) {
+	g := newGateway(t, slowRate(1), withConfig(func(c *login.Config) {
+		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8")}
+	}))
+	from := func(xff string) map[string]string { return map[string]string{"X-Forwarded-For": xff} }
+	b := g.browser()
+
+	// Two clients behind the proxy get a bucket each.
+	if r := b.do(http.MethodGet, g.gatewayURL("/login"), from("198.51.100.1")); r.StatusCode != http.StatusFound {
+		t.Fatalf("client 1 = %d", r.StatusCode)
+	}
+	if r := b.do(http.MethodGet, g.gatewayURL("/login"), from("198.51.100.2")); r.StatusCode != http.StatusFound {
+		t.Errorf("client 2 = %d, want its own bucket", r.StatusCode)
+	}
+	// A client cannot escape by prepending addresses: the last untrusted
+	// hop counts.
+	if r := b.do(http.MethodGet, g.gatewayURL("/login"), from("192.0.2.99, 198.51.100.1, 10.1.2.3")); r.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("client 1 with a forged first hop = %d, want 429", r.StatusCode)
+	}
+	// IPv6 clients are limited per /64.
+	if r := b.do(http.MethodGet, g.gatewayURL("/login"), from("2001:db8:1:2::1")); r.StatusCode != http.StatusFound {
+		t.Errorf("IPv6 client = %d", r.StatusCode)
+	}
+	if r := b.do(http.MethodGet, g.gatewayURL("/login"), from("2001:db8:1:2::ffff")); r.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("same /64 = %d, want 429", r.StatusCode)
+	}
+
+	// The event carries the client's address, not the proxy's.
+	g2 := newGateway(t, withConfig(func(c *login.Config) {
+		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	}))
+	b2 := g2.browser()
+	cb := b2.begin("")
+	if resp := b2.finish(cb, from("203.0.113.7")); resp.StatusCode != http.StatusFound {
+		t.Fatalf("sign-in = %d", resp.StatusCode)
+	}
+	if ip := decodeEvent(t, g2.events()[0]).Client.Ip; ip != "203.0.113.7" {
+		t.Errorf("event client ip = %q, want 203.0.113.7", ip)
+	}
+}
+
+func TestOversizedRequestsAreRefused(t *testing.T) {
+	long := func(n int) string { return strings.Repeat("a", n) }
+	tests := []struct {
+		name   string
+		path   func(b *browser) string
+		cookie string
+		status int
+		// counted is whether logins_total{request_too_large} moves.
+		counted bool
+	}{
+		{"query string over 4 KiB on /login", func(*browser) string { return "/login?rd=/" + long(5000) }, "", http.StatusBadRequest, true},
+		{"state over 1 KiB", func(*browser) string { return "/auth/callback?code=x&state=" + long(1100) }, "", http.StatusBadRequest, true},
+		{"code over 1 KiB", func(b *browser) string {
+			cb := b.begin("")
+			return "/auth/callback?" + withQuery(cb, "code", long(1100)).RawQuery
+		}, "", http.StatusBadRequest, true},
+		{"session cookie over 4 KiB on /login", func(*browser) string { return "/login" }, "doorbell_session=" + long(5000), http.StatusBadRequest, true},
+		{"query string over 4 KiB elsewhere", func(*browser) string { return "/?x=" + long(5000) }, "", http.StatusBadRequest, false},
+		{"another app's big cookie is its own business", func(*browser) string { return "/" }, "app_state=" + long(5000), http.StatusOK, false},
+		{"forward auth ignores sizes", func(*browser) string { return "/auth/verify?x=" + long(5000) }, "", http.StatusUnauthorized, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := newGateway(t)
+			b := g.browser()
+			header := map[string]string{}
+			if tt.cookie != "" {
+				header["Cookie"] = tt.cookie
+			}
+			resp := b.do(http.MethodGet, g.gatewayURL(tt.path(b)), header)
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status = %d, want %d: %.300s", resp.StatusCode, tt.status, resp.body)
+			}
+			want := 0.0
+			if tt.counted {
+				want = 1
+				mustContain(t, "page", resp.body, "Request too large", "<code>request_too_large</code>")
+			}
+			if v := g.logins("request_too_large"); v != want {
+				t.Errorf("logins_total{request_too_large} = %v, want %v", v, want)
+			}
+			if len(g.events()) != 0 {
+				t.Error("published an event")
+			}
+		})
+	}
+}
+
+func TestReturnTargetsAfterSignIn(t *testing.T) {
+	tests := []struct{ rd, want string }{
+		{"/welcome?tab=2", "/welcome?tab=2"},
+		{"https://app.example.com/inbox", "https://app.example.com/inbox"},
+		{"http://app.example.com/inbox", "http://app.example.com/inbox"},
+		{"//evil.example/", "/"},
+		{"https://evil.example/", "/"},
+		{"/%2F%2Fevil.example", "/"},
+		{"https://app.example.com@evil.example/", "/"},
+		{"javascript:alert(document.cookie)", "/"},
+		{"/\\evil.example", "/"},
+	}
+	g := newGateway(t, withConfig(func(c *login.Config) { c.RedirectHosts = []string{"app.example.com"} }))
+	for _, tt := range tests {
+		t.Run(tt.rd, func(t *testing.T) {
+			b := g.browser()
+			resp := b.finish(b.begin(tt.rd), nil)
+			if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != tt.want {
+				t.Errorf("rd %q: callback = %d to %q, want 302 to %q", tt.rd, resp.StatusCode, resp.Header.Get("Location"), tt.want)
+			}
+		})
+	}
+	// The start page carries a good rd into its button, and drops a bad one.
+	b := g.browser()
+	mustContain(t, "start page", b.get("/?rd="+url.QueryEscape("https://app.example.com/x")).body,
+		`href="/login?rd=https%3A%2F%2Fapp.example.com%2Fx"`)
+	mustContain(t, "start page", b.get("/?rd="+url.QueryEscape("https://evil.example/")).body, `href="/login"`)
+}

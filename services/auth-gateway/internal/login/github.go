@@ -1,0 +1,168 @@
+package login
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"golang.org/x/oauth2"
+)
+
+// maxGitHubBody bounds what the gateway reads from one GitHub API answer.
+const maxGitHubBody = 1 << 20
+
+// githubFlow signs people in with GitHub or GitHub Enterprise, which speak
+// OAuth2 but not OpenID Connect: there is no ID token and no nonce, so the
+// person is who GET /user says the access token belongs to, and the email
+// is the primary address GET /user/emails marks verified. PKCE and state
+// apply as for OIDC.
+type githubFlow struct {
+	api          string
+	clientSecret string
+	oauth2       *oauth2.Config
+	client       *http.Client
+}
+
+var _ flow = (*githubFlow)(nil)
+
+func newGitHubFlow(cfg ProviderConfig, redirectURL string, client *http.Client) (*githubFlow, error) {
+	if cfg.GitHubAPIURL == "" || cfg.GitHubAuthURL == "" || cfg.GitHubTokenURL == "" {
+		return nil, fmt.Errorf("login: provider %s: GitHub API, authorize and token URLs are required", cfg.ID)
+	}
+	return &githubFlow{
+		api:          strings.TrimSuffix(cfg.GitHubAPIURL, "/"),
+		clientSecret: cfg.ClientSecret,
+		oauth2: &oauth2.Config{
+			ClientID:     cfg.ClientID,
+			ClientSecret: cfg.ClientSecret,
+			Endpoint: oauth2.Endpoint{
+				AuthURL:  cfg.GitHubAuthURL,
+				TokenURL: cfg.GitHubTokenURL,
+				// GitHub documents the credentials as form parameters; a
+				// guess would cost a second request with a spent code.
+				AuthStyle: oauth2.AuthStyleInParams,
+			},
+			RedirectURL: redirectURL,
+			Scopes:      cfg.Scopes,
+		},
+		client: client,
+	}, nil
+}
+
+func (g *githubFlow) ready(context.Context) error { return nil }
+
+func (g *githubFlow) authURL(_ context.Context, state, _, verifier string) (string, error) {
+	return g.oauth2.AuthCodeURL(state, oauth2.S256ChallengeOption(verifier)), nil
+}
+
+// checkIssuer refuses any iss: GitHub never sends one, so an answer that
+// has one came from another server (mix-up).
+func (g *githubFlow) checkIssuer(_ context.Context, iss string) *failure {
+	if iss != "" && iss != g.api {
+		return issuerMismatch(fmt.Sprintf("got iss %q on a GitHub callback", truncate(iss, 200)))
+	}
+	return nil
+}
+
+func (g *githubFlow) logoutURL(context.Context, string) string { return "" }
+
+func (g *githubFlow) identify(ctx context.Context, code string, a attempt) (identity, *failure) {
+	secrets := []string{code, a.Verifier, g.clientSecret}
+	tok, err := g.oauth2.Exchange(context.WithValue(ctx, oauth2.HTTPClient, g.client), code, oauth2.VerifierOption(a.Verifier))
+	if err != nil {
+		return identity{}, exchangeFailed(redact(err, secrets...))
+	}
+	secrets = append(secrets, tok.AccessToken, tok.RefreshToken)
+
+	var user struct {
+		ID    int64  `json:"id"`
+		Login string `json:"login"`
+		Name  string `json:"name"`
+	}
+	if _, err := g.get(ctx, tok.AccessToken, "/user", &user); err != nil {
+		return identity{}, githubAPIFailed(redact(err, secrets...))
+	}
+	if user.ID <= 0 {
+		return identity{}, githubAPIFailed("GET /user: no numeric id")
+	}
+
+	var emails []struct {
+		Email    string `json:"email"`
+		Primary  bool   `json:"primary"`
+		Verified bool   `json:"verified"`
+	}
+	status, err := g.get(ctx, tok.AccessToken, "/user/emails?per_page=100", &emails)
+	switch {
+	case status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound:
+		// The token lacks the user:email scope (the person unticked it, or
+		// a GitHub App without the email permission).
+		f := emailMissing("GitHub did not let us read your email addresses, and Doorbell needs your verified primary address to sign you in. Sign in again and allow access to your email addresses.")
+		f.logErr = redact(err, secrets...)
+		return identity{}, f
+	case err != nil:
+		return identity{}, githubAPIFailed(redact(err, secrets...))
+	}
+	id := identity{issuer: g.api, subject: strconv.FormatInt(user.ID, 10), name: user.Name}
+	if id.name == "" {
+		id.name = user.Login
+	}
+	for _, e := range emails {
+		if !e.Primary {
+			continue
+		}
+		if !e.Verified {
+			return identity{}, &failure{
+				status: http.StatusForbidden, reason: resultEmailUnverified, level: slog.LevelWarn,
+				title: "Primary email address not verified on GitHub",
+				message: fmt.Sprintf("Your primary email address on GitHub, %s, is not verified. Verify it in your GitHub email settings (Settings, then Emails), then sign in again.",
+					e.Email),
+				logMsg: "sign-in refused: GitHub primary email not verified",
+			}
+		}
+		id.email = e.Email
+		return id, nil
+	}
+	return identity{}, emailMissing("Your GitHub account has no primary email address we can use. Add and verify one in your GitHub email settings, then sign in again.")
+}
+
+// get fetches path from the GitHub API with the access token and decodes
+// the JSON answer into v. It returns the HTTP status (0 when there was no
+// answer); errors never contain the token.
+func (g *githubFlow) get(ctx context.Context, token, path string, v any) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.api+path, nil)
+	if err != nil {
+		return 0, fmt.Errorf("GET %s: %w", path, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Accept", "application/vnd.github+json")
+	req.Header.Set("X-GitHub-Api-Version", "2022-11-28")
+	resp, err := g.client.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("GET %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	body := io.LimitReader(resp.Body, maxGitHubBody)
+	if resp.StatusCode != http.StatusOK {
+		_, _ = io.Copy(io.Discard, body)
+		return resp.StatusCode, fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	if err := json.NewDecoder(body).Decode(v); err != nil {
+		return resp.StatusCode, fmt.Errorf("GET %s: %w", path, errors.Join(errors.New("bad JSON"), err))
+	}
+	return resp.StatusCode, nil
+}
+
+func githubAPIFailed(why string) *failure {
+	return &failure{
+		status: http.StatusBadGateway, reason: resultExchangeFailed, level: slog.LevelError,
+		title:   "GitHub did not answer properly",
+		message: "We could not get your account details from GitHub. Please try again in a moment.",
+		logMsg:  "GitHub API request failed", logErr: why,
+	}
+}

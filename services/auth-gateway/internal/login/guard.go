@@ -1,0 +1,152 @@
+package login
+
+import (
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Size limits on what the gateway accepts. Real sign-ins stay far below
+// them: a state is 43 bytes, codes are rarely over a few hundred, and a
+// browser keeps at most about 4 KiB per cookie.
+const (
+	maxQuery  = 4 << 10
+	maxParam  = 1 << 10
+	maxCookie = 4 << 10
+)
+
+// guard applies the checks every request gets before routing: the rate
+// limit on /login and /auth/callback, then the size limits. It returns the
+// failure to answer with, having counted it for sign-in endpoints.
+func (h *Handler) guard(w http.ResponseWriter, r *http.Request) *failure {
+	if r.URL.Path == "/auth/verify" {
+		// Proxies call it on every request to the apps behind them; it only
+		// opens the session cookie.
+		return nil
+	}
+	signIn := r.URL.Path == "/login" || r.URL.Path == "/auth/callback"
+	count := func(f *failure) *failure {
+		if signIn {
+			var p *provider
+			if r.URL.Path == "/login" && len(r.URL.RawQuery) <= maxQuery {
+				p = h.providers[r.URL.Query().Get("provider")]
+			}
+			h.metrics.logins.WithLabelValues(h.label(p), f.reason).Inc()
+		}
+		return f
+	}
+
+	if signIn {
+		if ok, wait := h.limiter.Allow(h.clientKey(r), h.cfg.Now()); !ok {
+			secs := max(int64(math.Ceil(wait.Seconds())), 1)
+			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+			return count(&failure{
+				status: http.StatusTooManyRequests, reason: resultRateLimited, level: slog.LevelWarn,
+				title:   "Too many sign-in attempts",
+				message: fmt.Sprintf("There were too many sign-in attempts from your network in a short time. Please wait %s and try again.", humanWait(secs)),
+				logMsg:  "sign-in rate limited",
+			})
+		}
+	}
+
+	tooLarge := func(what string) *failure {
+		return count(&failure{
+			status: http.StatusBadRequest, reason: resultRequestTooLarge, level: slog.LevelWarn,
+			title:   "Request too large",
+			message: "This link is longer than any sign-in link should be, so we did not follow it. Start again from the sign-in page.",
+			logMsg:  "request refused: too large", logErr: what,
+		})
+	}
+	if len(r.URL.RawQuery) > maxQuery {
+		return tooLarge(fmt.Sprintf("query string of %d bytes, limit %d", len(r.URL.RawQuery), maxQuery))
+	}
+	q := r.URL.Query()
+	for _, name := range []string{"state", "code", "iss", "error"} {
+		for _, v := range q[name] {
+			if len(v) > maxParam {
+				return tooLarge(fmt.Sprintf("%s parameter of %d bytes, limit %d", name, len(v), maxParam))
+			}
+		}
+	}
+	for _, c := range r.Cookies() {
+		// Only the gateway's own cookies: an app on the same site may set
+		// large ones of its own.
+		if strings.HasPrefix(c.Name, cookiePrefix) && len(c.Value) > maxCookie {
+			return tooLarge(fmt.Sprintf("cookie of %d bytes, limit %d", len(c.Value), maxCookie))
+		}
+	}
+	return nil
+}
+
+func humanWait(secs int64) string {
+	switch {
+	case secs <= 1:
+		return "a second"
+	case secs < 120:
+		return strconv.FormatInt(secs, 10) + " seconds"
+	default:
+		return strconv.FormatInt((secs+59)/60, 10) + " minutes"
+	}
+}
+
+// clientIP is the address of the browser: the peer, or, when the peer is a
+// trusted proxy, the last address in X-Forwarded-For that is not a trusted
+// proxy (earlier entries are whatever the client claimed).
+func (h *Handler) clientIP(r *http.Request) netip.Addr {
+	peer := parseAddr(r.RemoteAddr)
+	if !h.trusted(peer) {
+		return peer
+	}
+	xff := strings.Join(r.Header.Values("X-Forwarded-For"), ",")
+	parts := strings.Split(xff, ",")
+	for i := len(parts) - 1; i >= 0; i-- {
+		a, err := netip.ParseAddr(strings.TrimSpace(parts[i]))
+		if err != nil {
+			break
+		}
+		a = a.Unmap()
+		if !h.trusted(a) {
+			return a
+		}
+		peer = a
+	}
+	return peer
+}
+
+func (h *Handler) trusted(a netip.Addr) bool {
+	for _, p := range h.cfg.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// clientKey is the rate limiter's key for the request: the client's IPv4
+// address, or its IPv6 /64, which one subscriber usually holds whole.
+func (h *Handler) clientKey(r *http.Request) string {
+	a := h.clientIP(r)
+	if a.Is6() {
+		if p, err := a.Prefix(64); err == nil {
+			return p.String()
+		}
+	}
+	return a.String()
+}
+
+func parseAddr(remote string) netip.Addr {
+	host := remote
+	if h, _, err := net.SplitHostPort(remote); err == nil {
+		host = h
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.IPv4Unspecified()
+	}
+	return a.Unmap()
+}
