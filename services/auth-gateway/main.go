@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 	"golang.org/x/time/rate"
 
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
@@ -25,6 +27,8 @@ import (
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/cookie"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/telemetry"
 )
 
 // shutdownTimeout bounds finishing in-flight requests and draining NATS.
@@ -76,12 +80,49 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 		}
 	}
 
+	tracerProvider, stopTracing, err := telemetry.Setup(ctx, cfg.TraceExport)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Last, so that the spans of the shutdown itself go out too.
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+		defer cancel()
+		if err := stopTracing(flushCtx); err != nil {
+			log.Warn("tracing: flushing spans at shutdown", "err", err)
+		}
+	}()
+	if cfg.TraceExport {
+		otelLog := log.With("component", "telemetry")
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+			otelLog.Warn("tracing: spans not exported", "err", err)
+		}))
+		log.Info("tracing on: spans are exported over OTLP/HTTP to the collector OTEL_EXPORTER_OTLP_* names")
+	}
+
+	var sp *spool.Spool
+	if cfg.SpoolDir != "" {
+		if sp, err = spool.Open(cfg.SpoolDir, cfg.SpoolMaxEvents, log.With("component", "spool")); err != nil {
+			return fmt.Errorf("GATEWAY_SPOOL_DIR: %w", err)
+		}
+		depth, oldest := sp.Stats()
+		attrs := []any{"dir", cfg.SpoolDir, "max_events", cfg.SpoolMaxEvents, "events", depth}
+		if depth > 0 {
+			attrs = append(attrs, "oldest_spooled_at", oldest.UTC().Format(time.RFC3339))
+		}
+		log.Info("spool on: events JetStream does not acknowledge in time are kept on disk and published later", attrs...)
+	}
+
 	reg := admin.NewRegistry()
 	pub, err := publish.Connect(publish.Config{
-		URL:      cfg.NATSURL,
-		Name:     "doorbell-auth-gateway",
-		Source:   cfg.PublicURL.String(),
-		Replicas: cfg.StreamReplicas,
+		URL:            cfg.NATSURL,
+		Name:           "doorbell-auth-gateway",
+		Source:         cfg.PublicURL.String(),
+		Replicas:       cfg.StreamReplicas,
+		Spool:          sp,
+		DrainTimeout:   cfg.PublishTimeout,
+		TracerProvider: tracerProvider,
+		Propagator:     propagation.TraceContext{},
 	}, log.With("component", "publish"), publish.NewMetrics(reg))
 	if err != nil {
 		return err
@@ -97,6 +138,8 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 		RateLimit:      rate.Limit(cfg.RateLimit),
 		RateBurst:      cfg.RateBurst,
 		TrustedProxies: cfg.TrustedProxies,
+		TracerProvider: tracerProvider,
+		LogEmails:      cfg.LogEmails,
 	}, sealer, pub, login.NewMetrics(reg), log.With("component", "login"))
 	if err != nil {
 		_ = pub.Close(ctx)
@@ -139,6 +182,15 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- serve(publicSrv, publicLn) }()
 	go func() { serveErr <- serve(adminSrv, adminLn) }()
+	// The spool drainer outlives ctx until the in-flight sign-ins, which
+	// may spool, are done.
+	drainCtx, stopDrain := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopDrain()
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		pub.Run(drainCtx)
+	}()
 	ids := make([]string, len(cfg.Providers))
 	for i, p := range cfg.Providers {
 		ids[i] = p.ID
@@ -175,6 +227,12 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 	}
 	if err := adminSrv.Shutdown(shutdownCtx); err != nil {
 		log.Warn("admin server shutdown", "err", err)
+	}
+	stopDrain()
+	select {
+	case <-drained:
+	case <-shutdownCtx.Done():
+		log.Warn("spool drainer did not stop in time")
 	}
 	if err := pub.Close(shutdownCtx); err != nil {
 		log.Warn("nats drain", "err", err)

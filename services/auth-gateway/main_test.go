@@ -4,18 +4,27 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oauth2-proxy/mockoidc"
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/protobuf/proto"
 
+	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/natstest"
 )
 
@@ -276,4 +285,266 @@ func fetch(c *http.Client, url string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// startRun runs the gateway with env in the background until the test
+// ends, and waits until /readyz answers wantReady (200) or anything but
+// "no answer" when wantReady is 0.
+func startRun(t *testing.T, env map[string]string, wantReady int) (logs *syncBuffer, stop func() error) {
+	t.Helper()
+	logs = &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, logs)
+	}()
+	stopped := false
+	stop = func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(60 * time.Second):
+			t.Fatal("run did not stop after cancel")
+			return nil
+		}
+	}
+	t.Cleanup(func() { _ = stop() })
+
+	deadline, cancelWait := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancelWait()
+	client := &http.Client{Timeout: 10 * time.Second}
+	for {
+		status, _ := fetch(client, "http://"+env["GATEWAY_ADMIN_ADDR"]+"/readyz")
+		if status != 0 && (wantReady == 0 || status == wantReady) {
+			return logs, stop
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run returned early: %v\n%s", err, logs)
+		case <-deadline.Done():
+			_, body := fetch(client, "http://"+env["GATEWAY_ADMIN_ADDR"]+"/readyz")
+			t.Fatalf("/readyz never answered %d: %s\n%s", wantReady, body, logs)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// signIn runs a whole sign-in through the gateway and the provider with a
+// cookie-keeping client, and returns the page it ends on.
+func signIn(t *testing.T, gatewayURL string) (int, string) {
+	t.Helper()
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+	return fetch(client, gatewayURL+"/login")
+}
+
+func gatewayEnv(t *testing.T, idp *mockoidc.MockOIDC, natsURL string) map[string]string {
+	addr := freeAddr(t)
+	return map[string]string{
+		"GATEWAY_ADDR":       addr,
+		"GATEWAY_ADMIN_ADDR": freeAddr(t),
+		"GATEWAY_PUBLIC_URL": "http://" + addr,
+		"GATEWAY_COOKIE_KEY": base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32)),
+		"OIDC_ISSUER":        idp.Issuer(),
+		"OIDC_CLIENT_ID":     idp.ClientID,
+		"OIDC_CLIENT_SECRET": idp.ClientSecret,
+		"NATS_URL":           natsURL,
+	}
+}
+
+// streamEvents returns the events in AUTH_EVENTS on the server at url.
+func streamEvents(t *testing.T, url string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, eventsv1.StreamAuthEvents)
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// TestRunWithASpoolSignsPeopleInWhileNATSIsDown: the real wiring with
+// GATEWAY_SPOOL_DIR stays ready with NATS down, says so, signs people in,
+// and publishes their events once NATS is up.
+func TestRunWithASpoolSignsPeopleInWhileNATSIsDown(t *testing.T) {
+	idp, err := mockoidc.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = idp.Shutdown() })
+	natsAddr, dir := freeAddr(t), filepath.Join(t.TempDir(), "spool")
+	env := gatewayEnv(t, idp, "nats://"+natsAddr)
+	env["GATEWAY_SPOOL_DIR"] = dir
+	logs, stop := startRun(t, env, http.StatusOK)
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	_, body := fetch(client, "http://"+env["GATEWAY_ADMIN_ADDR"]+"/readyz")
+	if !strings.Contains(body, `"nats":"down, spooling"`) || !strings.Contains(body, `"status":"degraded"`) {
+		t.Errorf("/readyz with NATS down and a spool = %s", body)
+	}
+	if status, page := signIn(t, env["GATEWAY_PUBLIC_URL"]); status != http.StatusOK || !strings.Contains(page, "Signed in as") {
+		t.Fatalf("sign-in with NATS down = %d:\n%s\n%s", status, page, logs)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spooled []string
+	for _, e := range entries {
+		if !e.IsDir() {
+			spooled = append(spooled, e.Name())
+		}
+	}
+	if len(spooled) != 1 {
+		t.Fatalf("spool holds %v, want one event", spooled)
+	}
+	_, metrics := fetch(client, "http://"+env["GATEWAY_ADMIN_ADDR"]+"/metrics")
+	for _, want := range []string{"doorbell_gateway_spool_depth 1", "doorbell_gateway_events_spooled_total 1"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	_, port, _ := net.SplitHostPort(natsAddr)
+	n, _ := strconv.Atoi(port)
+	ns := natstest.RunOn(t, n)
+	deadline, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		if entries, err := os.ReadDir(dir); err == nil && len(entries) == 1 { // only bad/
+			break
+		}
+		select {
+		case <-deadline.Done():
+			t.Fatalf("spool not drained after NATS came up\n%s", logs)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	msgs := streamEvents(t, ns.ClientURL())
+	if len(msgs) != 1 || msgs[0].Header.Get("Nats-Msg-Id") != strings.SplitN(strings.TrimSuffix(spooled[0], ".msg"), "-", 2)[1] {
+		t.Errorf("stream holds %d events; want the spooled one", len(msgs))
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run after cancel = %v", err)
+	}
+	mustLog(t, logs.String(), "spool on", "event spooled to disk", "spooled event published", "msg=login")
+}
+
+// TestRunExportsSpansWhenAsked: with OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set,
+// a sign-in's spans reach the collector, under service.name auth-gateway,
+// in the trace whose traceparent the published event carries.
+func TestRunExportsSpansWhenAsked(t *testing.T) {
+	var mu sync.Mutex
+	var exported []*collectortrace.ExportTraceServiceRequest
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		var req collectortrace.ExportTraceServiceRequest
+		if err != nil || r.URL.Path != "/v1/traces" || proto.Unmarshal(body, &req) != nil {
+			http.Error(w, "bad export", http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		exported = append(exported, &req)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		_, _ = w.Write(nil)
+	}))
+	defer collector.Close()
+	// The exporter reads its endpoint from the process environment.
+	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.URL+"/v1/traces")
+	t.Setenv("OTEL_SERVICE_NAME", "")
+	t.Setenv("OTEL_TRACES_SAMPLER", "")
+
+	idp, err := mockoidc.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = idp.Shutdown() })
+	ns := natstest.Run(t)
+	env := gatewayEnv(t, idp, ns.ClientURL())
+	env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = collector.URL + "/v1/traces"
+	logs, stop := startRun(t, env, http.StatusOK)
+	if status, page := signIn(t, env["GATEWAY_PUBLIC_URL"]); status != http.StatusOK || !strings.Contains(page, "Signed in as") {
+		t.Fatalf("sign-in = %d:\n%s", status, page)
+	}
+	if err := stop(); err != nil { // flushes the spans
+		t.Fatalf("run after cancel = %v", err)
+	}
+	mustLog(t, logs.String(), "tracing on")
+
+	msgs := streamEvents(t, ns.ClientURL())
+	if len(msgs) != 1 {
+		t.Fatalf("%d events, want 1", len(msgs))
+	}
+	traceID, err := hex.DecodeString(strings.Split(msgs[0].Header.Get("traceparent"), "-")[1])
+	if err != nil {
+		t.Fatalf("traceparent %q: %v", msgs[0].Header.Get("traceparent"), err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	names := map[string]bool{}
+	for _, req := range exported {
+		for _, rs := range req.GetResourceSpans() {
+			service := ""
+			for _, a := range rs.GetResource().GetAttributes() {
+				if a.GetKey() == "service.name" {
+					service = a.GetValue().GetStringValue()
+				}
+			}
+			for _, ss := range rs.GetScopeSpans() {
+				for _, s := range ss.GetSpans() {
+					if service != "auth-gateway" {
+						t.Errorf("span %s from service %q", s.GetName(), service)
+					}
+					if bytes.Equal(s.GetTraceId(), traceID) {
+						names[s.GetName()] = true
+					}
+				}
+			}
+		}
+	}
+	for _, want := range []string{"login.callback", "oauth2.exchange", "oidc.verify", "publish user.authenticated"} {
+		if !names[want] {
+			t.Errorf("collector got no %s span in the event's trace; got %v", want, names)
+		}
+	}
+}
+
+func mustLog(t *testing.T, logs string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(logs, w) {
+			t.Errorf("log lacks %q:\n%s", w, logs)
+		}
+	}
 }

@@ -6,6 +6,7 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"sort"
@@ -18,6 +19,11 @@ import (
 
 // Checker reports whether one dependency is usable. Ready may try to repair
 // the dependency (reconnect, rediscover) but must respect ctx.
+//
+// An error with a method Degraded() bool that returns true means the
+// dependency is not usable but the service copes without it (the gateway
+// spools events while NATS is down): /readyz shows the error's text for it
+// and still answers 200.
 type Checker interface {
 	Ready(ctx context.Context) error
 }
@@ -45,6 +51,9 @@ const checkTimeout = 3 * time.Second
 
 // Handler returns the admin mux. gatherer is the registry /metrics exposes;
 // checks are named dependencies /readyz reports on, each run in turn.
+// /readyz answers 200 with status "ok", or "degraded" when a check reports
+// a degraded dependency, and 503 with status "unavailable" when any check
+// fails; its checks object says "ok" or what is wrong for each.
 func Handler(gatherer prometheus.Gatherer, checks map[string]Checker, log *slog.Logger) http.Handler {
 	names := make([]string, 0, len(checks))
 	for name := range checks {
@@ -55,6 +64,9 @@ func Handler(gatherer prometheus.Gatherer, checks map[string]Checker, log *slog.
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
+		// OpenMetrics, when the scraper asks for it, carries the trace id
+		// exemplars of the latency histograms.
+		EnableOpenMetrics: true,
 	}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
@@ -63,22 +75,36 @@ func Handler(gatherer prometheus.Gatherer, checks map[string]Checker, log *slog.
 		ctx, cancel := context.WithTimeout(r.Context(), checkTimeout)
 		defer cancel()
 		results := make(map[string]string, len(names))
-		ready := true
+		status := "ok"
 		for _, name := range names {
-			if err := checks[name].Ready(ctx); err != nil {
-				ready = false
+			err := checks[name].Ready(ctx)
+			switch {
+			case err == nil:
+				results[name] = "ok"
+			case isDegraded(err):
 				results[name] = err.Error()
-				continue
+				if status == "ok" {
+					status = "degraded"
+				}
+			default:
+				results[name] = err.Error()
+				status = "unavailable"
 			}
-			results[name] = "ok"
 		}
-		if !ready {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "checks": results})
+		if status == "unavailable" {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": status, "checks": results})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "checks": results})
+		writeJSON(w, http.StatusOK, map[string]any{"status": status, "checks": results})
 	})
 	return mux
+}
+
+// isDegraded reports whether err says its dependency is down but the
+// service copes.
+func isDegraded(err error) bool {
+	var d interface{ Degraded() bool }
+	return errors.As(err, &d) && d.Degraded()
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -57,6 +58,26 @@ func TestReadyz(t *testing.T) {
 				"checks": map[string]any{"nats": "not connected", "provider": "ok"}},
 		},
 		{
+			name: "a dependency the service copes without is shown but keeps it ready",
+			checks: map[string]admin.Checker{
+				"nats":     admin.CheckFunc(func(context.Context) error { return fmt.Errorf("wrapped: %w", copes("down, spooling")) }),
+				"provider": ok,
+			},
+			wantStatus: http.StatusOK,
+			wantBody: map[string]any{"status": "degraded",
+				"checks": map[string]any{"nats": "wrapped: down, spooling", "provider": "ok"}},
+		},
+		{
+			name: "degraded and down is down",
+			checks: map[string]admin.Checker{
+				"nats":     admin.CheckFunc(func(context.Context) error { return copes("down, spooling") }),
+				"provider": down("b"),
+			},
+			wantStatus: http.StatusServiceUnavailable,
+			wantBody: map[string]any{"status": "unavailable",
+				"checks": map[string]any{"nats": "down, spooling", "provider": "b"}},
+		},
+		{
 			name:       "both down",
 			checks:     map[string]admin.Checker{"nats": down("a"), "provider": down("b")},
 			wantStatus: http.StatusServiceUnavailable,
@@ -106,6 +127,50 @@ func TestHealthzAndMetrics(t *testing.T) {
 	}
 	if status, _ := get(t, srv.URL+"/nope"); status != http.StatusNotFound {
 		t.Errorf("unknown path status = %d, want 404", status)
+	}
+}
+
+// copes is an error whose dependency the service copes without.
+type copes string
+
+func (c copes) Error() string  { return string(c) }
+func (c copes) Degraded() bool { return true }
+
+// TestMetricsOfferOpenMetricsWithExemplars: a scraper that asks for
+// OpenMetrics gets it, with the trace id exemplars the latency histograms
+// carry; the classic text format stays the default.
+func TestMetricsOfferOpenMetricsWithExemplars(t *testing.T) {
+	reg := admin.NewRegistry()
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "doorbell_test_seconds", Help: "test", Buckets: []float64{1}})
+	reg.MustRegister(h)
+	h.(prometheus.ExemplarObserver).ObserveWithExemplar(0.5, prometheus.Labels{"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"})
+	srv := httptest.NewServer(admin.Handler(reg, nil, slog.New(slog.DiscardHandler)))
+	defer srv.Close()
+
+	req, err := http.NewRequest(http.MethodGet, srv.URL+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/openmetrics-text") {
+		t.Errorf("Content-Type = %q, want OpenMetrics", ct)
+	}
+	if want := `doorbell_test_seconds_bucket{le="1.0"} 1 # {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.5`; !strings.Contains(string(body), want) {
+		t.Errorf("OpenMetrics lacks %s:\n%s", want, body)
+	}
+
+	_, plain := get(t, srv.URL+"/metrics")
+	if strings.Contains(plain, "trace_id") || !strings.Contains(plain, `doorbell_test_seconds_bucket{le="1"} 1`) {
+		t.Errorf("default format changed:\n%s", plain)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -76,11 +77,26 @@ type Config struct {
 	// PublishTimeout bounds one publish including its ack
 	// (GATEWAY_PUBLISH_TIMEOUT).
 	PublishTimeout time.Duration
+	// SpoolDir is where events JetStream did not acknowledge in time wait
+	// to be published (GATEWAY_SPOOL_DIR). Empty means no spool: such a
+	// sign-in fails with 503.
+	SpoolDir string
+	// SpoolMaxEvents bounds the spool (GATEWAY_SPOOL_MAX_EVENTS).
+	SpoolMaxEvents int
+
+	// TraceExport says whether spans are exported over OTLP/HTTP: when
+	// OTEL_TRACES_EXPORTER is otlp, or an OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT
+	// is set and OTEL_TRACES_EXPORTER is not none, unless OTEL_SDK_DISABLED
+	// is true. The exporter reads the other OTEL_* variables itself.
+	TraceExport bool
 
 	// LogLevel is the minimum level logged (LOG_LEVEL).
 	LogLevel slog.Level
 	// LogFormat is "text" or "json" (LOG_FORMAT).
 	LogFormat string
+	// LogEmails puts the email address into the info-level line each
+	// sign-in logs (GATEWAY_LOG_EMAILS); off by default.
+	LogEmails bool
 }
 
 // SecureCookies reports whether cookies must carry the Secure attribute,
@@ -115,6 +131,14 @@ func Load(lookup func(string) (string, bool)) (*Config, error) {
 
 		LogLevel:  l.level("LOG_LEVEL", slog.LevelInfo),
 		LogFormat: l.oneOf("LOG_FORMAT", "text", "text", "json"),
+		LogEmails: l.boolean("GATEWAY_LOG_EMAILS", false),
+
+		SpoolDir:    l.path("GATEWAY_SPOOL_DIR"),
+		TraceExport: l.traceExport(),
+	}
+	c.SpoolMaxEvents = l.intRange("GATEWAY_SPOOL_MAX_EVENTS", 100_000, 1, 10_000_000)
+	if c.SpoolDir == "" && l.get("GATEWAY_SPOOL_MAX_EVENTS") != "" {
+		l.fail("GATEWAY_SPOOL_MAX_EVENTS", "is set but GATEWAY_SPOOL_DIR is not, so there is no spool: set GATEWAY_SPOOL_DIR to turn it on")
 	}
 	if keys := l.keys("GATEWAY_DEVICE_KEY"); len(keys) > 1 {
 		l.fail("GATEWAY_DEVICE_KEY", "takes one key, got %d (device ids cannot be rotated: a new key changes every device id)", len(keys))
@@ -471,6 +495,68 @@ func (l *loader) level(name string, def slog.Level) slog.Level {
 		return def
 	}
 	return lvl
+}
+
+// path returns the cleaned path in name, or "" when unset.
+func (l *loader) path(name string) string {
+	if v := l.get(name); v != "" {
+		return filepath.Clean(v)
+	}
+	return ""
+}
+
+func (l *loader) boolean(name string, def bool) bool {
+	v := l.get(name)
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		l.fail(name, "%q must be true or false", v)
+		return def
+	}
+	return b
+}
+
+// traceExport reads the standard OpenTelemetry variables that decide
+// whether spans are exported, and checks the ones the OTLP/HTTP exporter
+// would otherwise ignore or misread.
+func (l *loader) traceExport() bool {
+	if v := l.get("OTEL_SDK_DISABLED"); v != "" {
+		disabled, err := strconv.ParseBool(v)
+		if err != nil {
+			l.fail("OTEL_SDK_DISABLED", "%q must be true or false", v)
+		} else if disabled {
+			return false
+		}
+	}
+	exporter := strings.ToLower(l.get("OTEL_TRACES_EXPORTER"))
+	switch exporter {
+	case "", "otlp", "none":
+	default:
+		l.fail("OTEL_TRACES_EXPORTER", "%q is not supported: use otlp (OTLP over HTTP) or none", exporter)
+		return false
+	}
+	endpoint := false
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} {
+		v := l.get(name)
+		if v == "" {
+			continue
+		}
+		endpoint = true
+		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			// The URL may hold credentials: do not echo it.
+			l.fail(name, "is not an http(s) URL such as http://otel-collector:4318")
+		}
+	}
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
+		switch v := l.get(name); v {
+		case "", "http/protobuf", "http/json":
+		default:
+			l.fail(name, "%q is not supported: the gateway exports over HTTP, use http/protobuf (port 4318)", v)
+		}
+	}
+	return exporter == "otlp" || (exporter == "" && endpoint)
 }
 
 func (l *loader) oneOf(name, def string, allowed ...string) string {

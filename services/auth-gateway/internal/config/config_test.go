@@ -82,6 +82,10 @@ func TestLoadDefaultsWorkOnLoopback(t *testing.T) {
 		{"publish timeout", c.PublishTimeout, 5 * time.Second},
 		{"log level", c.LogLevel, slog.LevelInfo},
 		{"log format", c.LogFormat, "text"},
+		{"log emails", c.LogEmails, false},
+		{"spool dir", c.SpoolDir, ""},
+		{"spool max events", c.SpoolMaxEvents, 100000},
+		{"trace export", c.TraceExport, false},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
@@ -182,6 +186,17 @@ func TestLoadReadsValues(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "spool and email logging",
+			env: with(map[string]string{
+				"GATEWAY_SPOOL_DIR": "/var/lib/doorbell/spool/", "GATEWAY_SPOOL_MAX_EVENTS": "500", "GATEWAY_LOG_EMAILS": "true",
+			}),
+			check: func(t *testing.T, c *config.Config) {
+				if c.SpoolDir != "/var/lib/doorbell/spool" || c.SpoolMaxEvents != 500 || !c.LogEmails {
+					t.Errorf("spool dir %q, max %d, log emails %v", c.SpoolDir, c.SpoolMaxEvents, c.LogEmails)
+				}
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -190,6 +205,38 @@ func TestLoadReadsValues(t *testing.T) {
 				t.Fatalf("Load: %v", err)
 			}
 			tt.check(t, c)
+		})
+	}
+}
+
+// TestTraceExportFollowsTheStandardVariables: export is off unless the
+// OpenTelemetry variables ask for it.
+func TestTraceExportFollowsTheStandardVariables(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want bool
+	}{
+		{"nothing set", nil, false},
+		{"exporter otlp alone (the exporter's default endpoint)", map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, true},
+		{"an endpoint", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, true},
+		{"a traces endpoint", map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://collector.example.com/v1/traces"}, true},
+		{"exporter none wins over an endpoint", map[string]string{
+			"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, false},
+		{"sdk disabled wins over everything", map[string]string{
+			"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}, false},
+		{"sdk explicitly enabled", map[string]string{
+			"OTEL_SDK_DISABLED": "false", "OTEL_TRACES_EXPORTER": "OTLP", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := config.Load(env(with(tt.env)))
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if c.TraceExport != tt.want {
+				t.Errorf("TraceExport = %v, want %v", c.TraceExport, tt.want)
+			}
 		})
 	}
 }
@@ -270,6 +317,42 @@ func TestLoadRejectsBadValuesClearly(t *testing.T) {
 			name:   "provider id unusable as a label",
 			env:    with(map[string]string{"OIDC_PROVIDER_ID": "My Provider"}),
 			wantIn: []string{"OIDC_PROVIDER_ID"},
+		},
+		{
+			name:   "spool bound out of range",
+			env:    with(map[string]string{"GATEWAY_SPOOL_DIR": "/tmp/spool", "GATEWAY_SPOOL_MAX_EVENTS": "0"}),
+			wantIn: []string{"GATEWAY_SPOOL_MAX_EVENTS", "from 1 to 10000000"},
+		},
+		{
+			name:   "spool bound without a spool",
+			env:    with(map[string]string{"GATEWAY_SPOOL_MAX_EVENTS": "1000"}),
+			wantIn: []string{"GATEWAY_SPOOL_MAX_EVENTS", "GATEWAY_SPOOL_DIR is not"},
+		},
+		{
+			name:   "log emails not a boolean",
+			env:    with(map[string]string{"GATEWAY_LOG_EMAILS": "sometimes"}),
+			wantIn: []string{"GATEWAY_LOG_EMAILS", "true or false"},
+		},
+		{
+			name:   "an exporter the gateway does not have",
+			env:    with(map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}),
+			wantIn: []string{"OTEL_TRACES_EXPORTER", "use otlp", "or none"},
+		},
+		{
+			name:   "otlp over grpc",
+			env:    with(map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}),
+			wantIn: []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"},
+		},
+		{
+			name:   "otlp endpoint that is not a URL, without echoing it",
+			env:    with(map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318?token=s3cret"}),
+			wantIn: []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "http(s) URL"},
+			notIn:  []string{"s3cret"},
+		},
+		{
+			name:   "sdk disabled not a boolean",
+			env:    with(map[string]string{"OTEL_SDK_DISABLED": "yes please"}),
+			wantIn: []string{"OTEL_SDK_DISABLED"},
 		},
 		{
 			name:   "nats url garbage is reported without echoing it",

@@ -18,6 +18,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -28,12 +31,21 @@ import (
 const maxUserAgent = 512
 
 // callback finishes a sign-in. The order of the checks is part of the
-// security design: see completeLogin.
+// security design: see completeLogin. Each callback is one span, one
+// observation of callback_duration_seconds (with the trace id as exemplar
+// when sampled) and one info-level "login" log line; a failure also logs
+// its own line with the details.
 func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	p, f := h.completeLogin(w, r)
-	label := h.label(p)
-	h.metrics.callbackDuration.WithLabelValues(label).Observe(time.Since(start).Seconds())
+	ctx, span := h.tracer.Start(r.Context(), "login.callback", trace.WithSpanKind(trace.SpanKindServer))
+	defer span.End()
+	r = r.WithContext(ctx)
+
+	var out outcome
+	f := h.completeLogin(w, r, &out)
+	elapsed := time.Since(start)
+	label := h.label(out.provider)
+	observe(h.metrics.callbackDuration.WithLabelValues(label), elapsed.Seconds(), span.SpanContext())
 	result := resultSuccess
 	if f != nil {
 		result = f.reason
@@ -41,24 +53,62 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 	if isResult(result) {
 		h.metrics.logins.WithLabelValues(label, result).Inc()
 	}
+	span.SetAttributes(attribute.String("doorbell.provider", label), attribute.String("doorbell.result", result))
+	if out.eventID != "" {
+		span.SetAttributes(attribute.String("doorbell.event_id", out.eventID), attribute.Bool("doorbell.spooled", out.spooled))
+	}
 	if f != nil {
+		span.SetAttributes(attribute.Int("http.response.status_code", f.status))
+		if f.status >= 500 {
+			span.SetStatus(codes.Error, f.reason)
+		}
 		h.fail(w, r, *f)
 	}
+
+	attrs := []slog.Attr{
+		slog.String("provider", label), slog.String("result", result), slog.Duration("duration", elapsed),
+	}
+	if out.eventID != "" {
+		attrs = append(attrs, slog.String("event_id", out.eventID))
+	}
+	if out.spooled {
+		attrs = append(attrs, slog.Bool("spooled", true))
+	}
+	if h.cfg.LogEmails && out.email != "" {
+		attrs = append(attrs, slog.String("email", out.email))
+	}
+	if sc := span.SpanContext(); sc.IsSampled() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
+	}
+	h.log.LogAttrs(ctx, slog.LevelInfo, "login", attrs...)
+}
+
+// outcome is what a callback learned on its way, for its span and log line.
+type outcome struct {
+	// provider the attempt went to; nil when unknown.
+	provider *provider
+	// eventID is set once the event is built.
+	eventID string
+	// email is set once the provider vouched for it.
+	email string
+	// spooled is true when the event went to the spool.
+	spooled bool
 }
 
 // completeLogin runs the callback's checks in order and, when all pass,
-// publishes the event, sets the session and redirects. It returns the
-// provider the attempt went to (nil when unknown) and the failure to show
-// otherwise; by then it has written nothing but cookie deletions.
-func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request) (*provider, *failure) {
+// publishes the event, sets the session and redirects. It records what it
+// learns in out and returns the failure to show otherwise; by then it has
+// written nothing but cookie deletions.
+func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *outcome) *failure {
 	q := r.URL.Query()
 
 	// 1. The attempt must be ours, unused and fresh before anything else,
 	// even an error report: a forged or replayed callback must not spend a
 	// code nor put the provider's words on our page.
 	a, p, err := h.takeAttempt(w, r, q.Get("state"))
+	out.provider = p
 	if err != nil {
-		return p, &failure{
+		return &failure{
 			status: http.StatusBadRequest, reason: resultStateInvalid, level: slog.LevelWarn,
 			title:   "This sign-in link has expired",
 			message: "This sign-in link has expired or was already used. Start again.",
@@ -69,16 +119,16 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request) (*provid
 	// 2. RFC 9207: an authorization response that names another issuer was
 	// meant for another provider (mix-up attack).
 	if f := p.flow.checkIssuer(r.Context(), q.Get("iss")); f != nil {
-		return p, f
+		return f
 	}
 
 	// 3. The provider reports an error (the person declined, or it failed).
 	if code := q.Get("error"); code != "" {
-		return p, providerRefused(code)
+		return providerRefused(code)
 	}
 	code := q.Get("code")
 	if code == "" {
-		return p, &failure{
+		return &failure{
 			status: http.StatusBadRequest, reason: resultProviderError, level: slog.LevelWarn,
 			title:   "Incomplete answer from the identity provider",
 			message: "The identity provider's answer had no authorization code. Please start again.",
@@ -89,10 +139,11 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request) (*provid
 	// 4. Redeem the code and learn who signed in, with a verified email.
 	id, f := p.flow.identify(r.Context(), code, a)
 	if f != nil {
-		return p, f
+		return f
 	}
+	out.email = id.email
 	if f := h.checkIdentity(p, id); f != nil {
-		return p, f
+		return f
 	}
 
 	// 5. The event.
@@ -100,14 +151,16 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request) (*provid
 	ev, err := h.newEvent(w, r, now, p, id)
 	if err != nil {
 		f := internalError(err)
-		return p, &f
+		return &f
 	}
+	out.eventID = ev.GetEventId()
 
 	// 6. Publish and wait for the ack; no session without it.
 	pctx, cancel := context.WithTimeout(r.Context(), h.cfg.PublishTimeout)
 	defer cancel()
-	if _, err := h.publisher.Publish(pctx, ev); err != nil {
-		return p, &failure{
+	ack, err := h.publisher.Publish(pctx, ev)
+	if err != nil {
+		return &failure{
 			status: http.StatusServiceUnavailable, reason: resultPublishFailed, level: slog.LevelError,
 			title:   "We could not finish signing you in",
 			message: "We could not finish signing you in. Please try again in a moment.",
@@ -115,6 +168,7 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request) (*provid
 			logErr:  fmt.Sprintf("event %s: %v", ev.GetEventId(), err),
 		}
 	}
+	out.spooled = ack.Spooled
 
 	// 7. The session, then back to where the person started.
 	if err := h.setSession(w, now, Session{
@@ -122,11 +176,11 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request) (*provid
 		Email: id.email, Name: truncate(id.name, 256),
 	}); err != nil {
 		f := internalError(err)
-		return p, &f
+		return &f
 	}
 	w.Header().Set("Location", a.Return)
 	w.WriteHeader(http.StatusFound)
-	return p, nil
+	return nil
 }
 
 // takeAttempt finds, deletes and opens the attempt cookie for state and

@@ -406,7 +406,7 @@ func waitNotConnected(ctx context.Context, t *testing.T, pub *publish.Publisher)
 		probe, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 		err := pub.Ready(probe)
 		cancel()
-		if errors.Is(err, publish.ErrNotConnected) {
+		if errors.Is(err, publish.ErrNotConnected) || errors.Is(err, publish.ErrSpooling) {
 			return
 		}
 		select {

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
 )
 
@@ -27,11 +29,12 @@ type githubFlow struct {
 	clientSecret string
 	oauth2       *oauth2.Config
 	client       *http.Client
+	tracer       trace.Tracer
 }
 
 var _ flow = (*githubFlow)(nil)
 
-func newGitHubFlow(cfg ProviderConfig, redirectURL string, client *http.Client) (*githubFlow, error) {
+func newGitHubFlow(cfg ProviderConfig, redirectURL string, client *http.Client, tracer trace.Tracer) (*githubFlow, error) {
 	if cfg.GitHubAPIURL == "" || cfg.GitHubAuthURL == "" || cfg.GitHubTokenURL == "" {
 		return nil, fmt.Errorf("login: provider %s: GitHub API, authorize and token URLs are required", cfg.ID)
 	}
@@ -52,6 +55,7 @@ func newGitHubFlow(cfg ProviderConfig, redirectURL string, client *http.Client) 
 			Scopes:      cfg.Scopes,
 		},
 		client: client,
+		tracer: tracer,
 	}, nil
 }
 
@@ -74,7 +78,9 @@ func (g *githubFlow) logoutURL(context.Context, string) string { return "" }
 
 func (g *githubFlow) identify(ctx context.Context, code string, a attempt) (identity, *failure) {
 	secrets := []string{code, a.Verifier, g.clientSecret}
-	tok, err := g.oauth2.Exchange(context.WithValue(ctx, oauth2.HTTPClient, g.client), code, oauth2.VerifierOption(a.Verifier))
+	ectx, span := g.tracer.Start(ctx, "oauth2.exchange", trace.WithSpanKind(trace.SpanKindClient))
+	tok, err := g.oauth2.Exchange(context.WithValue(ectx, oauth2.HTTPClient, g.client), code, oauth2.VerifierOption(a.Verifier))
+	endSpan(span, err != nil, resultExchangeFailed)
 	if err != nil {
 		return identity{}, exchangeFailed(redact(err, secrets...))
 	}
@@ -134,7 +140,13 @@ func (g *githubFlow) identify(ctx context.Context, code string, a attempt) (iden
 // get fetches path from the GitHub API with the access token and decodes
 // the JSON answer into v. It returns the HTTP status (0 when there was no
 // answer); errors never contain the token.
-func (g *githubFlow) get(ctx context.Context, token, path string, v any) (int, error) {
+func (g *githubFlow) get(ctx context.Context, token, path string, v any) (status int, err error) {
+	route, _, _ := strings.Cut(path, "?")
+	ctx, span := g.tracer.Start(ctx, "github GET "+route, trace.WithSpanKind(trace.SpanKindClient))
+	defer func() {
+		span.SetAttributes(attribute.Int("http.response.status_code", status))
+		endSpan(span, err != nil, "GitHub API request failed")
+	}()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.api+path, nil)
 	if err != nil {
 		return 0, fmt.Errorf("GET %s: %w", path, err)

@@ -24,6 +24,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oauth2-proxy/mockoidc"
 	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
@@ -32,6 +34,7 @@ import (
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/natstest"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
 )
 
 const providerID = "test-idp"
@@ -71,6 +74,10 @@ type gateway struct {
 	nats *server.Server
 	js   jetstream.JetStream
 	pub  *publish.Publisher
+	// spool, when set by withSpool, is the publisher's spool.
+	spool *spool.Spool
+	// spans, when set by withTracing, receives every finished span.
+	spans *tracetest.InMemoryExporter
 }
 
 type clock struct{ offset atomic.Int64 }
@@ -80,8 +87,8 @@ func (c *clock) advance(d time.Duration)      { c.offset.Add(int64(d)) }
 func (g *gateway) tokenCallCount() int32      { return g.tokenCalls.Load() }
 func (g *gateway) gatewayURL(p string) string { return g.url.String() + p }
 
-// gatewayOption changes the gateway before its handler is built; g.idp,
-// g.url and g.cfg are set by then.
+// gatewayOption changes the gateway before its publisher and handler are
+// built; g.idp, g.url, g.log and g.cfg are set by then.
 type gatewayOption func(*gateway)
 
 // withDiscoveryDown starts the gateway while provider discovery fails.
@@ -95,6 +102,26 @@ func withProviders(ps ...login.ProviderConfig) gatewayOption {
 // withExtraProviders adds providers after the mockoidc one.
 func withExtraProviders(ps ...login.ProviderConfig) gatewayOption {
 	return func(g *gateway) { g.cfg.Providers = append(g.cfg.Providers, ps...) }
+}
+
+// withSpool gives the publisher a spool in a fresh directory, and runs
+// its drainer.
+func withSpool(max int) gatewayOption {
+	return func(g *gateway) {
+		sp, err := spool.Open(g.t.TempDir(), max, g.log)
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		g.spool = sp
+	}
+}
+
+// withTracing records every span of the gateway, all sampled, in g.spans.
+func withTracing() gatewayOption {
+	return func(g *gateway) {
+		g.spans = tracetest.NewInMemoryExporter()
+		g.cfg.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSyncer(g.spans))
+	}
 }
 
 // withConfig lets a test change anything else in the configuration.
@@ -148,17 +175,6 @@ func newGateway(t *testing.T, opts ...gatewayOption) *gateway {
 	srv := httptest.NewUnstartedServer(nil)
 	g.url, _ = url.Parse("http://" + srv.Listener.Addr().String())
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(g.logs, suite), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	pub, err := publish.Connect(publish.Config{URL: g.nats.ClientURL(), Source: g.url.String()},
-		log, publish.NewMetrics(g.reg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.pub = pub
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = pub.Close(ctx)
-	})
 	key, err := cookie.RandomKey()
 	if err != nil {
 		t.Fatal(err)
@@ -187,6 +203,30 @@ func newGateway(t *testing.T, opts ...gatewayOption) *gateway {
 	}
 	for _, p := range g.cfg.Providers {
 		suite.secret("client secret", p.ClientSecret)
+	}
+	pub, err := publish.Connect(publish.Config{
+		URL: g.nats.ClientURL(), Source: g.url.String(), Spool: g.spool, TracerProvider: g.cfg.TracerProvider,
+	}, log, publish.NewMetrics(g.reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.pub = pub
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = pub.Close(ctx)
+	})
+	if g.spool != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			pub.Run(ctx)
+		}()
+		t.Cleanup(func() {
+			cancel()
+			<-done
+		})
 	}
 	g.handler, err = login.New(g.cfg, g.sealer, pub, login.NewMetrics(g.reg), log)
 	if err != nil {

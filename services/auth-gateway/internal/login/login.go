@@ -9,7 +9,8 @@
 // short-lived cookie, named from its state, so several tabs can sign in at
 // once. The callback checks the attempt before it redeems the code, and it
 // publishes no event and sets no session unless the provider vouched for
-// the email and JetStream acknowledged the event.
+// the email and the publisher stored the event durably (JetStream
+// acknowledged it, or the publisher's disk spool took it).
 //
 // The handlers never log authorization codes, tokens or cookie values.
 package login
@@ -28,6 +29,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/time/rate"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
@@ -37,7 +40,8 @@ import (
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/redirect"
 )
 
-// Publisher stores an event durably before returning; ctx bounds the wait.
+// Publisher stores an event durably before returning, in JetStream or in a
+// spool it publishes from later (Ack.Spooled); ctx bounds the wait.
 type Publisher interface {
 	Publish(ctx context.Context, ev *eventsv1.UserAuthenticated) (publish.Ack, error)
 }
@@ -108,6 +112,13 @@ type Config struct {
 	HTTPClient *http.Client
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// TracerProvider makes the spans of sign-ins; nil means no spans.
+	// Incoming trace headers are ignored: browsers are not trusted to pick
+	// a trace, so each sign-in starts its own.
+	TracerProvider trace.TracerProvider
+	// LogEmails adds the email address to the info-level "login" line
+	// each callback logs. Off (the default), no log line carries one.
+	LogEmails bool
 }
 
 // Lifetimes of the cookies.
@@ -123,6 +134,9 @@ const (
 	sessionCookie       = "doorbell_session"
 	deviceCookie        = "doorbell_device"
 )
+
+// tracerName names the spans this package makes.
+const tracerName = "github.com/doorbell/doorbell/services/auth-gateway/internal/login"
 
 // maxRateLimitedClients bounds the rate limiter's memory (about 200 bytes
 // per client).
@@ -150,6 +164,7 @@ type Handler struct {
 	limiter   *ratelimit.Limiter
 	spent     *spentStates
 	origin    *http.CrossOriginProtection
+	tracer    trace.Tracer
 }
 
 // New builds the handler. It does no I/O: provider discovery happens on the
@@ -175,6 +190,10 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = noop.NewTracerProvider()
+	}
+	tracer := cfg.TracerProvider.Tracer(tracerName)
 	pg, err := parsePages()
 	if err != nil {
 		return nil, err
@@ -208,6 +227,7 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 		limiter:   ratelimit.New(cfg.RateLimit, cfg.RateBurst, maxRateLimitedClients),
 		spent:     newSpentStates(maxSpentStates),
 		origin:    origin,
+		tracer:    tracer,
 	}
 	for _, pc := range cfg.Providers {
 		if _, dup := h.providers[pc.ID]; dup {
@@ -216,7 +236,7 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 		if pc.ID == "" || pc.ID == UnknownProvider {
 			return nil, fmt.Errorf("login: provider id %q is not usable", pc.ID)
 		}
-		p, err := newProvider(pc, cfg.PublicURL.String()+"/auth/callback", cfg.HTTPClient)
+		p, err := newProvider(pc, cfg.PublicURL.String()+"/auth/callback", cfg.HTTPClient, tracer)
 		if err != nil {
 			return nil, err
 		}

@@ -164,7 +164,8 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	logs := g.logs.String()
 	// The log is not empty: it does say what happened.
 	mustContain(t, "log", logs, "event published", "reason=exchange_failed", "reason=state_invalid",
-		"reason=logout_rejected", "signed out")
+		"reason=logout_rejected", "signed out", "msg=login provider="+providerID+" result=success",
+		"msg=login provider="+providerID+" result=exchange_failed")
 	if len(g.issuedTokens()) < 3 {
 		t.Fatalf("captured %d tokens, want access, refresh and ID tokens", len(g.issuedTokens()))
 	}

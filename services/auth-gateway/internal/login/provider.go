@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 
 	"github.com/coreos/go-oidc/v3/oidc"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
 )
 
@@ -49,7 +51,7 @@ type identity struct {
 	email, name, locale string
 }
 
-func newProvider(cfg ProviderConfig, redirectURL string, client *http.Client) (*provider, error) {
+func newProvider(cfg ProviderConfig, redirectURL string, client *http.Client, tracer trace.Tracer) (*provider, error) {
 	if cfg.ClientID == "" {
 		return nil, fmt.Errorf("login: provider %s: client id is required", cfg.ID)
 	}
@@ -72,7 +74,7 @@ func newProvider(cfg ProviderConfig, redirectURL string, client *http.Client) (*
 		if !slices.Contains(cfg.Scopes, "openid") {
 			cfg.Scopes = append([]string{"openid"}, cfg.Scopes...)
 		}
-		return &provider{cfg: cfg, flow: newOIDCFlow(cfg, redirectURL, client)}, nil
+		return &provider{cfg: cfg, flow: newOIDCFlow(cfg, redirectURL, client, tracer)}, nil
 	case TypeGitHub:
 		cfg.GitHubAPIURL = strings.TrimSuffix(cfg.GitHubAPIURL, "/")
 		if cfg.Name == "" {
@@ -81,7 +83,7 @@ func newProvider(cfg ProviderConfig, redirectURL string, client *http.Client) (*
 		if !slices.Contains(cfg.Scopes, "user:email") {
 			cfg.Scopes = append(cfg.Scopes, "user:email")
 		}
-		g, err := newGitHubFlow(cfg, redirectURL, client)
+		g, err := newGitHubFlow(cfg, redirectURL, client, tracer)
 		if err != nil {
 			return nil, err
 		}
@@ -136,6 +138,7 @@ type oidcFlow struct {
 	redirectURL  string
 	displayName  string
 	client       *http.Client
+	tracer       trace.Tracer
 
 	d        atomic.Pointer[discovered]
 	mu       sync.Mutex
@@ -154,7 +157,7 @@ type discovery struct {
 
 var _ flow = (*oidcFlow)(nil)
 
-func newOIDCFlow(cfg ProviderConfig, redirectURL string, client *http.Client) *oidcFlow {
+func newOIDCFlow(cfg ProviderConfig, redirectURL string, client *http.Client, tracer trace.Tracer) *oidcFlow {
 	return &oidcFlow{
 		issuer:       cfg.Issuer,
 		clientID:     cfg.ClientID,
@@ -163,6 +166,7 @@ func newOIDCFlow(cfg ProviderConfig, redirectURL string, client *http.Client) *o
 		redirectURL:  redirectURL,
 		displayName:  cfg.Name,
 		client:       client,
+		tracer:       tracer,
 	}
 }
 
@@ -217,7 +221,9 @@ func (p *oidcFlow) get(ctx context.Context) (*discovered, error) {
 	}
 }
 
-func (p *oidcFlow) discover(ctx context.Context) (*discovered, error) {
+func (p *oidcFlow) discover(ctx context.Context) (d *discovered, err error) {
+	ctx, span := p.tracer.Start(ctx, "oidc.discovery")
+	defer func() { endSpan(span, err != nil, "discovery failed") }()
 	// The provider keeps the client from this context for its key set, so
 	// fetching signing keys later uses the same timeout. The key set
 	// fetches the JWKS again when a token names a key it does not know,
@@ -323,7 +329,9 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	}
 	secrets := []string{code, a.Verifier, p.clientSecret}
 	ctx = p.ctx(ctx)
-	tok, err := d.oauth2.Exchange(ctx, code, oauth2.VerifierOption(a.Verifier))
+	ectx, span := p.tracer.Start(ctx, "oauth2.exchange", trace.WithSpanKind(trace.SpanKindClient))
+	tok, err := d.oauth2.Exchange(ectx, code, oauth2.VerifierOption(a.Verifier))
+	endSpan(span, err != nil, resultExchangeFailed)
 	if err != nil {
 		return identity{}, exchangeFailed(redact(err, secrets...))
 	}
@@ -333,11 +341,21 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	if rawIDToken == "" {
 		return identity{}, tokenInvalid("token response has no id_token")
 	}
-	idt, err := d.verifier.Verify(ctx, rawIDToken)
+	vctx, span := p.tracer.Start(ctx, "oidc.verify")
+	idt, err := d.verifier.Verify(vctx, rawIDToken)
+	nonceOK := err == nil && subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(a.Nonce)) == 1
+	switch {
+	case err != nil:
+		endSpan(span, true, resultTokenInvalid)
+	case !nonceOK:
+		endSpan(span, true, resultNonceMismatch)
+	default:
+		endSpan(span, false, "")
+	}
 	if err != nil {
 		return identity{}, tokenInvalid(redact(err, secrets...))
 	}
-	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(a.Nonce)) != 1 {
+	if !nonceOK {
 		return identity{}, &failure{
 			status: http.StatusUnauthorized, reason: resultNonceMismatch, level: slog.LevelWarn,
 			title:   "Sign-in could not be verified",
@@ -354,7 +372,9 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	verified := c.EmailVerified
 
 	if (c.Email == "" || verified == nil) && d.provider.UserInfoEndpoint() != "" {
-		ui, err := d.provider.UserInfo(ctx, oauth2.StaticTokenSource(tok))
+		uctx, span := p.tracer.Start(ctx, "oidc.userinfo", trace.WithSpanKind(trace.SpanKindClient))
+		ui, err := d.provider.UserInfo(uctx, oauth2.StaticTokenSource(tok))
+		endSpan(span, err != nil, "userinfo request failed")
 		if err != nil {
 			return identity{}, &failure{
 				status: http.StatusBadGateway, reason: resultExchangeFailed, level: slog.LevelError,
@@ -394,4 +414,14 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 		}
 	}
 	return id, nil
+}
+
+// endSpan ends span, marked failed with why when failed. why goes to the
+// trace collector: a fixed phrase or result label, never error text, which
+// can hold what the provider echoed back.
+func endSpan(span trace.Span, failed bool, why string) {
+	if failed {
+		span.SetStatus(codes.Error, why)
+	}
+	span.End()
 }

@@ -6,6 +6,9 @@ import (
 	"net/http"
 	"net/url"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
 )
 
@@ -35,12 +38,16 @@ func attemptCookieName(state string) string {
 // provider. Without a provider parameter and with several providers it
 // shows the choice.
 func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
+	ctx, span := h.tracer.Start(r.Context(), "login.start", trace.WithSpanKind(trace.SpanKindServer))
+	defer span.End()
+	r = r.WithContext(ctx)
 	q := r.URL.Query()
 	rd := h.returnTarget(r, q.Get("rd"))
 	var p *provider
 	switch id := q.Get("provider"); {
 	case id != "":
 		if p = h.providers[id]; p == nil {
+			span.SetAttributes(attribute.String("doorbell.result", resultProviderUnknown))
 			h.metrics.logins.WithLabelValues(h.label(nil), resultProviderUnknown).Inc()
 			h.fail(w, r, failure{
 				status: http.StatusBadRequest, reason: resultProviderUnknown, level: slog.LevelInfo,
@@ -53,9 +60,11 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	case len(h.order) == 1:
 		p = h.order[0]
 	default:
+		span.SetAttributes(attribute.String("doorbell.result", "choose_provider"))
 		h.render(w, http.StatusOK, h.pages.home, h.homeData(nil, rd, ""))
 		return
 	}
+	span.SetAttributes(attribute.String("doorbell.provider", p.cfg.ID))
 
 	state, err := randomToken(32)
 	if err != nil {
@@ -70,6 +79,8 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	verifier := oauth2.GenerateVerifier()
 	target, err := p.flow.authURL(r.Context(), state, nonce, verifier)
 	if err != nil {
+		span.SetAttributes(attribute.String("doorbell.result", resultProviderUnavailable))
+		span.SetStatus(codes.Error, resultProviderUnavailable)
 		h.metrics.logins.WithLabelValues(p.cfg.ID, resultProviderUnavailable).Inc()
 		h.fail(w, r, providerUnavailable(err))
 		return
@@ -98,6 +109,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		SameSite: http.SameSiteLaxMode,
 	})
 	h.metrics.started.WithLabelValues(p.cfg.ID).Inc()
+	span.SetAttributes(attribute.String("doorbell.result", "redirected"))
 	w.Header().Set("Location", target)
 	w.WriteHeader(http.StatusFound)
 }

@@ -20,12 +20,19 @@ func Run(t testing.TB) *server.Server {
 // the code under test began connecting to it.
 func RunOn(t testing.TB, port int) *server.Server {
 	t.Helper()
+	return RunWithStore(t, port, t.TempDir())
+}
+
+// RunWithStore is RunOn with the JetStream store in storeDir, so that a
+// test can stop the server and start it again with its streams intact.
+func RunWithStore(t testing.TB, port int, storeDir string) *server.Server {
+	t.Helper()
 	opts := &server.Options{
 		ServerName: "doorbell-test",
 		Host:       "127.0.0.1",
 		Port:       port,
 		JetStream:  true,
-		StoreDir:   t.TempDir(),
+		StoreDir:   storeDir,
 		NoLog:      true,
 		NoSigs:     true,
 	}

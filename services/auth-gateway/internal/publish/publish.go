@@ -4,8 +4,15 @@
 // A Publisher owns one NATS connection. It never fails to start because NATS
 // is down: it keeps reconnecting in the background and makes sure the
 // AUTH_EVENTS stream exists before the first publish that finds NATS usable.
-// It does not queue events while NATS is unreachable; Publish then fails at
-// once, and the caller decides what the person sees.
+//
+// Without a spool it does not queue events while NATS is unreachable:
+// Publish then fails at once, and the caller decides what the person sees.
+// With a spool (Config.Spool), an event JetStream does not acknowledge in
+// time is written to local disk instead and Publish succeeds; Run publishes
+// spooled events later, with the same message id.
+//
+// Each publish is a span in the caller's trace, and the W3C trace context
+// travels in the message headers (see Config.Propagator).
 package publish
 
 import (
@@ -18,14 +25,26 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
 )
 
 // ErrNotConnected is returned by Publish and Ready while the NATS connection
 // is down or still being established.
 var ErrNotConnected = errors.New("publish: not connected to NATS")
+
+// tracerName names the spans this package makes.
+const tracerName = "github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
+
+// defaultDrainTimeout bounds publishing one spooled event.
+const defaultDrainTimeout = 5 * time.Second
 
 // Config says where and how to publish.
 type Config struct {
@@ -37,6 +56,22 @@ type Config struct {
 	Source string
 	// Replicas is used only when the stream has to be created.
 	Replicas int
+
+	// Spool, when not nil, takes every event Publish could not get
+	// JetStream to acknowledge, and Run publishes it later. Nil means a
+	// failed publish is the caller's to handle.
+	Spool *spool.Spool
+	// DrainTimeout bounds Run's publish of one spooled event; zero means
+	// 5 seconds.
+	DrainTimeout time.Duration
+
+	// TracerProvider makes the publish spans; nil means no spans.
+	TracerProvider trace.TracerProvider
+	// Propagator writes the caller's trace context into each message's
+	// headers; nil means W3C Trace Context, the contract's traceparent and
+	// tracestate. It writes nothing when the caller has no valid span, as
+	// when tracing is off.
+	Propagator propagation.TextMapPropagator
 }
 
 // Ack is the server's receipt for a stored event.
@@ -46,20 +81,28 @@ type Ack struct {
 	// Duplicate is true when the stream already held an event with the same
 	// event id (within its duplicate window) and did not store this one.
 	Duplicate bool
+	// Spooled is true when JetStream did not take the event in time and it
+	// went to the spool instead; Stream and Sequence are then empty.
+	Spooled bool
 }
 
 // Publisher publishes events. It is safe for concurrent use.
 type Publisher struct {
-	cfg     Config
-	log     *slog.Logger
-	metrics *Metrics
-	nc      *nats.Conn
-	js      jetstream.JetStream
+	cfg        Config
+	log        *slog.Logger
+	metrics    *Metrics
+	nc         *nats.Conn
+	js         jetstream.JetStream
+	spool      *spool.Spool
+	tracer     trace.Tracer
+	propagator propagation.TextMapPropagator
 
 	// ensureSem lets one caller at a time look up or create the stream.
 	ensureSem   chan struct{}
 	streamKnown atomic.Bool
 	closed      chan struct{}
+	// connected wakes Run when the connection comes (back) up.
+	connected chan struct{}
 }
 
 // Connect starts connecting to NATS and returns without waiting when the
@@ -72,12 +115,28 @@ func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
 	if cfg.Name == "" {
 		cfg.Name = "doorbell-auth-gateway"
 	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = defaultDrainTimeout
+	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = noop.NewTracerProvider()
+	}
+	if cfg.Propagator == nil {
+		cfg.Propagator = propagation.TraceContext{}
+	}
 	p := &Publisher{
-		cfg:       cfg,
-		log:       log,
-		metrics:   m,
-		ensureSem: make(chan struct{}, 1),
-		closed:    make(chan struct{}),
+		cfg:        cfg,
+		log:        log,
+		metrics:    m,
+		spool:      cfg.Spool,
+		tracer:     cfg.TracerProvider.Tracer(tracerName),
+		propagator: cfg.Propagator,
+		ensureSem:  make(chan struct{}, 1),
+		closed:     make(chan struct{}),
+		connected:  make(chan struct{}, 1),
+	}
+	if cfg.Spool != nil {
+		m.spool.Store(cfg.Spool)
 	}
 	nc, err := nats.Connect(cfg.URL,
 		nats.Name(cfg.Name),
@@ -88,9 +147,11 @@ func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
 		nats.ReconnectBufSize(-1),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
+			p.wake()
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+			p.wake()
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
@@ -116,44 +177,87 @@ func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
 // event id twice within the stream's duplicate window stores it once and
 // reports Ack.Duplicate. Each stored event is logged with its id and stream
 // sequence, never with personal data.
+//
+// With a spool, an event JetStream did not acknowledge (NATS down, no
+// stream, ctx expired) is written to the spool and Publish returns an Ack
+// with Spooled set; it fails only when the spool write fails too. If
+// JetStream did store it and only the ack was lost, Run's copy carries the
+// same Nats-Msg-Id: the stream drops it within its duplicate window (2
+// minutes), and after that the mail-worker suppresses it by event id.
 func (p *Publisher) Publish(ctx context.Context, ev *eventsv1.UserAuthenticated) (Ack, error) {
+	id := ev.GetEventId()
+	ctx, span := p.tracer.Start(ctx, "publish "+eventsv1.SubjectUserAuthenticated,
+		trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(spanAttributes(id)...))
+	defer span.End()
+
 	start := time.Now()
-	ack, err := p.publish(ctx, ev)
-	p.metrics.duration.Observe(time.Since(start).Seconds())
+	msg, err := p.message(ctx, ev)
 	if err != nil {
 		p.metrics.failures.Inc()
+		span.SetStatus(codes.Error, err.Error())
 		return Ack{}, err
 	}
-	p.metrics.published.Inc()
-	p.log.Info("event published",
-		"event_id", ev.GetEventId(), "stream", ack.Stream, "seq", ack.Sequence, "duplicate", ack.Duplicate)
-	return ack, nil
+	ack, err := p.send(ctx, msg)
+	observe(p.metrics.duration, time.Since(start).Seconds(), span.SpanContext())
+	if err == nil {
+		p.metrics.published.Inc()
+		span.SetAttributes(attribute.Int64("messaging.nats.stream_sequence", int64(ack.Sequence)),
+			attribute.Bool("doorbell.duplicate", ack.Duplicate))
+		p.log.Info("event published",
+			"event_id", id, "stream", ack.Stream, "seq", ack.Sequence, "duplicate", ack.Duplicate)
+		return ack, nil
+	}
+	p.metrics.failures.Inc()
+	if p.spool == nil {
+		span.SetStatus(codes.Error, err.Error())
+		return Ack{}, err
+	}
+	if _, serr := p.spool.Put(id, spool.Message{Subject: msg.Subject, Header: msg.Header, Data: msg.Data}); serr != nil {
+		err = fmt.Errorf("%w; not spooled either: %w", err, serr)
+		span.SetStatus(codes.Error, err.Error())
+		return Ack{}, err
+	}
+	p.metrics.spooled.Inc()
+	span.SetAttributes(attribute.Bool("doorbell.spooled", true))
+	p.log.Warn("event spooled to disk: JetStream did not take it in time; it is published once NATS is usable",
+		"event_id", id, "err", err, "spool_depth", p.spool.Len())
+	return Ack{Spooled: true}, nil
 }
 
-func (p *Publisher) publish(ctx context.Context, ev *eventsv1.UserAuthenticated) (Ack, error) {
+// message is the NATS message for ev: the event and the contract's headers,
+// including the trace context of ctx's span.
+func (p *Publisher) message(ctx context.Context, ev *eventsv1.UserAuthenticated) (*nats.Msg, error) {
 	id := ev.GetEventId()
 	if id == "" {
-		return Ack{}, errors.New("publish: event has no event_id")
-	}
-	if !p.nc.IsConnected() {
-		return Ack{}, ErrNotConnected
-	}
-	if err := p.EnsureStream(ctx); err != nil {
-		return Ack{}, err
+		return nil, errors.New("publish: event has no event_id")
 	}
 	data, err := proto.Marshal(ev)
 	if err != nil {
-		return Ack{}, fmt.Errorf("publish: marshal event %s: %w", id, err)
+		return nil, fmt.Errorf("publish: marshal event %s: %w", id, err)
 	}
 	msg := nats.NewMsg(eventsv1.SubjectUserAuthenticated)
 	msg.Data = data
+	msg.Header.Set(jetstream.MsgIDHeader, id)
 	msg.Header.Set(eventsv1.HeaderContentType, eventsv1.ContentTypeProtobuf)
 	msg.Header.Set(eventsv1.HeaderSpecVersion, eventsv1.SpecVersion)
 	msg.Header.Set(eventsv1.HeaderID, id)
 	msg.Header.Set(eventsv1.HeaderSource, p.cfg.Source)
 	msg.Header.Set(eventsv1.HeaderType, eventsv1.TypeUserAuthenticated)
 	msg.Header.Set(eventsv1.HeaderTime, ev.GetAuthenticatedAt().AsTime().UTC().Format(time.RFC3339Nano))
+	p.propagator.Inject(ctx, headerCarrier(msg.Header))
+	return msg, nil
+}
 
+// send publishes msg, whose Nats-Msg-Id header is set, and waits for the
+// ack.
+func (p *Publisher) send(ctx context.Context, msg *nats.Msg) (Ack, error) {
+	id := msg.Header.Get(jetstream.MsgIDHeader)
+	if !p.nc.IsConnected() {
+		return Ack{}, ErrNotConnected
+	}
+	if err := p.EnsureStream(ctx); err != nil {
+		return Ack{}, err
+	}
 	pa, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoStreamResponse) {
@@ -169,7 +273,21 @@ func (p *Publisher) publish(ctx context.Context, ev *eventsv1.UserAuthenticated)
 // Ready reports whether a publish could succeed now: NATS is connected and
 // the stream is known. When connected but the stream is not yet known, it
 // tries to find or create it, bounded by ctx.
+//
+// With a spool that has room, a NATS that is not usable yields ErrSpooling
+// instead: sign-ins still succeed. A full spool is an ordinary error.
 func (p *Publisher) Ready(ctx context.Context) error {
+	err := p.ready(ctx)
+	if err == nil || p.spool == nil {
+		return err
+	}
+	if p.spool.Full() {
+		return fmt.Errorf("%w; spool full (%d events)", err, p.spool.Len())
+	}
+	return ErrSpooling
+}
+
+func (p *Publisher) ready(ctx context.Context) error {
 	if !p.nc.IsConnected() {
 		return fmt.Errorf("%w (%s)", ErrNotConnected, p.nc.Status())
 	}
@@ -177,7 +295,7 @@ func (p *Publisher) Ready(ctx context.Context) error {
 }
 
 // Close drains the connection, so that publishes already sent get their
-// acks, then closes it; ctx bounds the wait.
+// acks, then closes it; ctx bounds the wait. Stop Run first.
 func (p *Publisher) Close(ctx context.Context) error {
 	if err := p.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionReconnecting) &&
 		!errors.Is(err, nats.ErrConnectionClosed) {
@@ -190,5 +308,15 @@ func (p *Publisher) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		p.nc.Close()
 		return fmt.Errorf("publish: drain: %w", ctx.Err())
+	}
+}
+
+// spanAttributes describe a publish of the event id; none is personal.
+func spanAttributes(id string) []attribute.KeyValue {
+	return []attribute.KeyValue{
+		attribute.String("messaging.system", "nats"),
+		attribute.String("messaging.operation.type", "send"),
+		attribute.String("messaging.destination.name", eventsv1.SubjectUserAuthenticated),
+		attribute.String("messaging.message.id", id),
 	}
 }

@@ -48,14 +48,18 @@ type harness struct {
 	logs *syncBuffer
 }
 
-func newHarness(t *testing.T, url string) *harness {
+// newHarness connects a publisher to url; change, when given, adjusts its
+// configuration first.
+func newHarness(t *testing.T, url string, change ...func(*publish.Config)) *harness {
 	t.Helper()
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
-	p, err := publish.Connect(publish.Config{
-		URL: url, Source: "https://login.example.com", Replicas: 1,
-	}, log, publish.NewMetrics(reg))
+	cfg := publish.Config{URL: url, Source: "https://login.example.com", Replicas: 1}
+	for _, c := range change {
+		c(&cfg)
+	}
+	p, err := publish.Connect(cfg, log, publish.NewMetrics(reg))
 	if err != nil {
 		t.Fatalf("Connect: %v", err)
 	}
