@@ -14,27 +14,30 @@ import (
 
 // child is a service binary running under devstack.
 type child struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{} // closed once the process has exited and its output is copied
-	err  error         // Wait's result, set before done is closed
+	name     string
+	optional bool // its exit does not stop the stack
+	cmd      *exec.Cmd
+	done     chan struct{} // closed once the process has exited and its output is copied
+	err      error         // Wait's result, set before done is closed
 }
 
-// startChild runs path with env, copying its output line by line with the
-// child's name as a prefix. When ctx is done the child gets SIGTERM, and is
-// killed if it has not exited stopTimeout later.
-func startChild(ctx context.Context, name, path string, env []string, stdout, stderr io.Writer, stopTimeout time.Duration) (*child, error) {
-	cmd := exec.CommandContext(ctx, path)
-	cmd.Env = env
-	out, errOut := newLineWriter(stdout, name), newLineWriter(stderr, name)
+// startChild runs svc's binary with its arguments and environment, copying
+// its output line by line (less the lines svc hides) with the service's name
+// as a prefix. When ctx is done the child gets SIGTERM, and is killed if it
+// has not exited stopTimeout later.
+func startChild(ctx context.Context, svc service, stdout, stderr io.Writer, stopTimeout time.Duration) (*child, error) {
+	cmd := exec.CommandContext(ctx, svc.path, svc.args...)
+	cmd.Env = environ(svc.env)
+	out, errOut := newLineWriter(stdout, svc.name), newLineWriter(stderr, svc.name)
+	out.hide, errOut.hide = svc.hide, svc.hide
 	cmd.Stdout, cmd.Stderr = out, errOut
 	cmd.Cancel = func() error { return terminate(cmd) }
 	cmd.WaitDelay = stopTimeout
 	ownProcessGroup(cmd)
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s (%s): %w", name, path, err)
+		return nil, fmt.Errorf("start %s (%s): %w", svc.name, svc.path, err)
 	}
-	c := &child{name: name, cmd: cmd, done: make(chan struct{})}
+	c := &child{name: svc.name, optional: svc.optional, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		c.err = cmd.Wait()
 		out.Flush()

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -26,6 +27,14 @@ type config struct {
 	// stopTimeout bounds how long children get to exit after SIGTERM
 	// before they are killed.
 	stopTimeout time.Duration
+
+	deployDir      string // the repository's deploy directory
+	prometheus     bool   // run Prometheus when it is installed
+	prometheusBin  string
+	prometheusAddr string
+	// debugLogs is LOG_LEVEL=debug, which the services get too: devstack
+	// then shows all of Prometheus's log lines, not just warnings and errors.
+	debugLogs bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -35,12 +44,13 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: devstack [flags]\n\n"+
 			"Runs Doorbell on loopback: embedded NATS, the dev identity provider, the dev inbox\n"+
-			"and the two service binaries. Ctrl-C stops everything.\n\nFlags:")
+			"and the two service binaries, plus Prometheus when it is installed. Ctrl-C stops\n"+
+			"everything.\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&cfg.gatewayBin, "gateway", "bin/auth-gateway", "`path` of the auth-gateway binary")
 	fs.StringVar(&cfg.workerBin, "worker", "bin/mail-worker", "`path` of the mail-worker binary")
-	fs.StringVar(&cfg.dataDir, "data", ".devstack", "`dir`ectory for the NATS store, the inbox certificate and the gateway cookie key")
+	fs.StringVar(&cfg.dataDir, "data", ".devstack", "`dir`ectory for the NATS store, the inbox certificate, the gateway cookie key and Prometheus's data")
 	fs.StringVar(&cfg.natsAddr, "nats-addr", "127.0.0.1:4222", "NATS client `address`")
 	fs.StringVar(&cfg.idpAddr, "idp-addr", "127.0.0.1:5556", "dev identity provider `address`")
 	fs.StringVar(&cfg.smtpAddr, "smtp-addr", "127.0.0.1:1025", "dev inbox SMTP `address`")
@@ -48,6 +58,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&cfg.gatewayAddr, "gateway-addr", "127.0.0.1:8080", "auth-gateway `address` (also its public URL)")
 	fs.StringVar(&cfg.gwAdminAddr, "gateway-admin-addr", "127.0.0.1:9101", "auth-gateway admin `address` (/metrics, /readyz)")
 	fs.StringVar(&cfg.wkAdminAddr, "worker-admin-addr", "127.0.0.1:9102", "mail-worker admin `address` (/metrics, /readyz)")
+	fs.StringVar(&cfg.deployDir, "deploy", "deploy", "the repository's deploy `dir`ectory, where Prometheus's configuration and rules are read")
+	fs.BoolVar(&cfg.prometheus, "prometheus", true, "run Prometheus too, when it is installed")
+	fs.StringVar(&cfg.prometheusBin, "prometheus-bin", "prometheus", "the Prometheus `binary`: a path, or a name looked up on PATH")
+	fs.StringVar(&cfg.prometheusAddr, "prometheus-addr", "127.0.0.1:9090", "Prometheus web `address` (UI and API)")
 	fs.DurationVar(&cfg.stopTimeout, "stop-timeout", 15*time.Second, "how long the services get to stop after SIGTERM before they are killed")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -55,6 +69,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected arguments %q; see devstack -h", fs.Args())
 	}
+	cfg.debugLogs = strings.EqualFold(os.Getenv("LOG_LEVEL"), "debug")
 	return cfg, nil
 }
 
@@ -62,7 +77,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 func (c config) publicURL() string { return "http://" + c.gatewayAddr }
 
 // check finds what would make start-up fail half-way, before anything
-// starts: a missing service binary or a port already taken.
+// starts: a missing service binary or a port already taken. Prometheus is
+// not checked here: without it the stack still runs (see prometheusService).
 func (c config) check() error {
 	for _, bin := range []struct{ name, path, flag string }{
 		{"auth-gateway", c.gatewayBin, "-gateway"},

@@ -2,7 +2,8 @@
 // Docker and no accounts: an embedded NATS server with JetStream, the dev
 // OpenID Connect provider, the dev inbox (SMTP with STARTTLS, a web page and
 // a JSON API), and the auth-gateway and mail-worker binaries as child
-// processes. `make run` starts it; Ctrl-C stops everything.
+// processes, plus Prometheus, with deploy's rules, when it is installed.
+// `make run` starts it; Ctrl-C stops everything.
 package main
 
 import (

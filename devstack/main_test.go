@@ -8,12 +8,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/smtp"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,22 +25,65 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// The test binary doubles as a fake auth-gateway and mail-worker: run with
-// DEVSTACK_TEST_FAKE set, it behaves as a service instead of running tests.
+// The test binary doubles as a fake auth-gateway, mail-worker and
+// Prometheus: run with DEVSTACK_TEST_FAKE set, it behaves as one of them
+// instead of running tests.
 const (
 	fakeEnv     = "DEVSTACK_TEST_FAKE"      // directory where a fake saves its environment
-	fakeModeEnv = "DEVSTACK_TEST_FAKE_MODE" // "worker-exits" or "gateway-ignores-sigterm"
+	fakeModeEnv = "DEVSTACK_TEST_FAKE_MODE" // "worker-exits", "gateway-ignores-sigterm" or "prometheus-exits"
 )
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(fakeEnv); dir != "" {
+		if slices.ContainsFunc(os.Args[1:], func(a string) bool { return strings.HasPrefix(a, "--web.listen-address=") }) {
+			os.Exit(fakePrometheus(dir, os.Args[1:]))
+		}
 		os.Exit(fakeService(dir))
 	}
 	os.Exit(m.Run())
 }
 
-// fakeService saves its environment, serves /readyz on its admin address,
-// and exits 0 on SIGTERM, unless its mode says otherwise.
+// fakePrometheus saves its arguments, logs a routine record and a warning
+// the way Prometheus does, serves /-/ready on its --web.listen-address and
+// exits 0 on SIGTERM; in mode prometheus-exits it logs an error and exits 2
+// instead of serving.
+func fakePrometheus(dir string, args []string) int {
+	b, _ := json.Marshal(args)
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.json"), b, 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Fprintln(os.Stderr, `ts=2026-01-02T03:04:05.000Z caller=main.go:1 level=info msg="fake routine record"`)
+	fmt.Fprintln(os.Stderr, `ts=2026-01-02T03:04:05.000Z caller=main.go:2 level=warn msg="fake warning"`)
+	if os.Getenv(fakeModeEnv) == "prometheus-exits" {
+		fmt.Fprintln(os.Stderr, `ts=2026-01-02T03:04:05.000Z caller=main.go:3 level=error msg="fake error"`)
+		return 2
+	}
+	var addr string
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--web.listen-address="); ok {
+			addr = v
+		}
+	}
+	terminated := make(chan os.Signal, 1)
+	signal.Notify(terminated, syscall.SIGTERM)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/-/ready" {
+			http.NotFound(w, r)
+		}
+	}))
+	<-terminated
+	fmt.Println("got SIGTERM")
+	return 0
+}
+
+// fakeService saves its environment, serves /readyz and /metrics on its
+// admin address, and exits 0 on SIGTERM, unless its mode says otherwise.
 func fakeService(dir string) int {
 	role, admin := "gateway", os.Getenv("GATEWAY_ADMIN_ADDR")
 	if admin == "" {
@@ -71,7 +116,11 @@ func fakeService(dir string) int {
 		return 1
 	}
 	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/readyz" {
+		switch r.URL.Path {
+		case "/readyz":
+		case "/metrics":
+			fmt.Fprintf(w, "# TYPE doorbell_fake_up gauge\ndoorbell_fake_up{role=%q} 1\n", role)
+		default:
 			http.NotFound(w, r)
 		}
 	}))
@@ -109,10 +158,25 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// devstack is one run of run() with fake services on free ports.
+// addrFlags are devstack's address flags.
+var addrFlags = []string{"nats-addr", "idp-addr", "smtp-addr", "inbox-addr", "gateway-addr", "gateway-admin-addr", "worker-admin-addr", "prometheus-addr"}
+
+// deployDir is the repository's deploy directory, as an absolute path.
+func deployDir(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs(filepath.Join("..", "deploy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// devstack is one run of run() with fake services (Prometheus too, unless
+// extraArgs say otherwise) on free ports.
 type devstack struct {
 	t              *testing.T
 	data, fakeDir  string
+	deploy         string
 	addr           map[string]string // flag name → address
 	stdout, stderr *syncBuffer
 	cancel         context.CancelFunc
@@ -122,7 +186,7 @@ type devstack struct {
 func startDevstack(t *testing.T, mode string, extraArgs ...string) *devstack {
 	t.Helper()
 	d := &devstack{
-		t: t, data: filepath.Join(t.TempDir(), "data"), fakeDir: t.TempDir(),
+		t: t, data: filepath.Join(t.TempDir(), "data"), fakeDir: t.TempDir(), deploy: deployDir(t),
 		addr:   map[string]string{},
 		stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan error, 1),
 	}
@@ -132,8 +196,8 @@ func startDevstack(t *testing.T, mode string, extraArgs ...string) *devstack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"-gateway", self, "-worker", self, "-data", d.data}
-	for _, f := range []string{"nats-addr", "idp-addr", "smtp-addr", "inbox-addr", "gateway-addr", "gateway-admin-addr", "worker-admin-addr"} {
+	args := []string{"-gateway", self, "-worker", self, "-prometheus-bin", self, "-data", d.data, "-deploy", d.deploy}
+	for _, f := range addrFlags {
 		d.addr[f] = freeAddr(t)
 		args = append(args, "-"+f, d.addr[f])
 	}
@@ -193,6 +257,12 @@ func (d *devstack) wait() error {
 	}
 }
 
+// fakeRan reports whether the fake with role ran.
+func (d *devstack) fakeRan(role string) bool {
+	_, err := os.Stat(filepath.Join(d.fakeDir, role+".json"))
+	return err == nil
+}
+
 func (d *devstack) env(role string) map[string]string {
 	d.t.Helper()
 	b, err := os.ReadFile(filepath.Join(d.fakeDir, role+".json"))
@@ -228,6 +298,8 @@ func TestRunBringsUpTheStackAndStopsItOnCancel(t *testing.T) {
 		"Inbox:      http://" + d.addr["inbox-addr"] + "/",
 		"Metrics:    http://" + d.addr["gateway-admin-addr"] + "/metrics, http://" + d.addr["worker-admin-addr"] + "/metrics",
 		"NATS:       nats://" + d.addr["nats-addr"],
+		"Prometheus: http://" + d.addr["prometheus-addr"] + "/  (alerts: /alerts, targets: /targets)\n",
+		"Dashboard:  " + d.deploy + "/grafana/dashboards/doorbell.json (import into Grafana, or run docker compose up grafana)\n",
 		"Press Ctrl-C to stop.",
 	} {
 		if !strings.Contains(out, want) {
@@ -306,10 +378,43 @@ func TestRunBringsUpTheStackAndStopsItOnCancel(t *testing.T) {
 		t.Errorf("mail over mandatory STARTTLS trusting SMTP_CA_FILE: %v", err)
 	}
 
+	// Prometheus was started with its own corner of the data directory and
+	// a configuration that scrapes the services' admin addresses.
+	var promArgs []string
+	b, err := os.ReadFile(filepath.Join(d.fakeDir, "prometheus.json"))
+	if err == nil {
+		err = json.Unmarshal(b, &promArgs)
+	}
+	if err != nil {
+		t.Fatalf("Prometheus's arguments: %v", err)
+	}
+	promDir, _ := filepath.Abs(filepath.Join(d.data, "prometheus"))
+	wantArgs := []string{
+		"--config.file=" + promDir + "/prometheus.yml",
+		"--web.listen-address=" + d.addr["prometheus-addr"],
+		"--storage.tsdb.path=" + promDir + "/data",
+		"--storage.tsdb.retention.time=2d",
+	}
+	if !slices.Equal(promArgs, wantArgs) {
+		t.Errorf("Prometheus ran with\n%q\nwant\n%q", promArgs, wantArgs)
+	}
+	var promConf generatedConfig
+	decodeYAMLFile(t, filepath.Join(promDir, "prometheus.yml"), &promConf)
+	if got, want := promConf.targets(), map[string][]string{
+		"auth-gateway": {d.addr["gateway-admin-addr"]},
+		"mail-worker":  {d.addr["worker-admin-addr"]},
+	}; !maps.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("Prometheus scrapes %v, want %v", got, want)
+	}
+	// LOG_LEVEL=debug shows Prometheus's routine log records too.
+	if !strings.Contains(d.stderr.String(), `prom    | ts=2026-01-02T03:04:05.000Z caller=main.go:1 level=info msg="fake routine record"`+"\n") {
+		t.Error("with LOG_LEVEL=debug, Prometheus's info record was hidden")
+	}
+
 	if err := d.stop(); err != nil {
 		t.Fatalf("run after cancel = %v, want nil", err)
 	}
-	for _, want := range []string{"gateway | got SIGTERM\n", "worker  | got SIGTERM\n"} {
+	for _, want := range []string{"gateway | got SIGTERM\n", "worker  | got SIGTERM\n", "prom    | got SIGTERM\n"} {
 		if !strings.Contains(d.stdout.String(), want) {
 			t.Errorf("stdout lacks %q: the service was not asked to stop", want)
 		}
@@ -401,7 +506,7 @@ func TestRunRefusesToStart(t *testing.T) {
 	defer taken.Close()
 	free := func() []string {
 		var args []string
-		for _, f := range []string{"nats-addr", "idp-addr", "smtp-addr", "inbox-addr", "gateway-addr", "gateway-admin-addr", "worker-admin-addr"} {
+		for _, f := range addrFlags {
 			args = append(args, "-"+f, freeAddr(t))
 		}
 		return args

@@ -31,6 +31,9 @@ type lineWriter struct {
 	out    io.Writer
 	prefix []byte
 	buf    []byte // the unfinished last line
+	// hide, when set, drops the lines it reports true for. It is given
+	// each line without the prefix, and must not keep it.
+	hide func(line []byte) bool
 }
 
 // newLineWriter labels lines with name padded to the width of "gateway".
@@ -70,6 +73,9 @@ func (w *lineWriter) Flush() {
 }
 
 func (w *lineWriter) emit(line []byte) {
+	if w.hide != nil && w.hide(line) {
+		return
+	}
 	_, _ = w.out.Write(append(append([]byte(nil), w.prefix...), line...))
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/doorbell/doorbell/devstack/devidp"
 	"github.com/doorbell/doorbell/devstack/inbox"
@@ -19,7 +20,9 @@ import (
 // run brings the stack up, runs it until ctx is done or a service exits,
 // and takes it down again: services first (SIGTERM, then a kill after the
 // stop timeout), then the inbox, the identity provider and NATS. It returns
-// nil after a requested stop and an error when anything failed.
+// nil after a requested stop and an error when anything failed. Prometheus
+// is an extra: when it is missing, cannot start or exits, the stack runs on
+// without it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
@@ -38,21 +41,58 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	prom, promLine := prometheusPart(cfg, logger)
 	parts, err := startEmbedded(cfg, stderr)
 	if err != nil {
 		return err
 	}
 	defer parts.close(logger)
 
-	banner := fmt.Sprintf("\nDoorbell is running.\n"+
-		"  Sign in:    %s/   (type any email on the dev sign-in page)\n"+
-		"  Inbox:      %s/\n"+
-		"  Metrics:    http://%s/metrics, http://%s/metrics\n"+
-		"  NATS:       %s\n"+
-		"Press Ctrl-C to stop.\n\n",
-		cfg.publicURL(), parts.inbox.HTTPURL(), cfg.gwAdminAddr, cfg.wkAdminAddr, parts.nats.ClientURL())
+	svcs := services(cfg, parts, key)
+	if prom != nil {
+		svcs = append(svcs, *prom)
+	}
+	banner := func(ready map[string]bool) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "\nDoorbell is running.\n"+
+			"  Sign in:    %s/   (type any email on the dev sign-in page)\n"+
+			"  Inbox:      %s/\n"+
+			"  Metrics:    http://%s/metrics, http://%s/metrics\n"+
+			"  NATS:       %s\n",
+			cfg.publicURL(), parts.inbox.HTTPURL(), cfg.gwAdminAddr, cfg.wkAdminAddr, parts.nats.ClientURL())
+		switch {
+		case prom == nil:
+			b.WriteString(promLine)
+		case ready[promName]:
+			fmt.Fprintf(&b, "  Prometheus: http://%s/  (alerts: /alerts, targets: /targets)\n"+
+				"  Dashboard:  %s (import into Grafana, or run docker compose up grafana)\n",
+				cfg.prometheusAddr, filepath.Join(cfg.deployDir, "grafana", "dashboards", "doorbell.json"))
+		default:
+			b.WriteString("  Prometheus: exited (see the prom lines above)\n")
+		}
+		b.WriteString("Press Ctrl-C to stop.\n\n")
+		return b.String()
+	}
 	sup := supervisor{stdout: stdout, stderr: stderr, logger: logger, stopTimeout: cfg.stopTimeout}
-	return sup.run(ctx, services(cfg, parts, key), banner)
+	return sup.run(ctx, svcs, banner)
+}
+
+// prometheusPart decides whether the stack runs Prometheus. It returns the
+// service to run, or nil and the banner line saying why not, after logging
+// a warning about anything that needs fixing.
+func prometheusPart(cfg config, logger *slog.Logger) (*service, string) {
+	if !cfg.prometheus {
+		return nil, "  Prometheus: off (-prometheus=false)\n"
+	}
+	svc, err := prometheusService(cfg)
+	switch {
+	case errors.Is(err, errPrometheusNotInstalled):
+		return nil, "  Prometheus: not installed; to get it: sudo apt-get install prometheus\n"
+	case err != nil:
+		logger.Warn("starting without Prometheus", "reason", err.Error())
+		return nil, "  Prometheus: not started (see the warning above)\n"
+	}
+	return &svc, ""
 }
 
 // embedded are the parts devstack runs in its own process.

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -18,35 +18,53 @@ const readyPollInterval = 250 * time.Millisecond
 type service struct {
 	name     string
 	path     string
+	args     []string
 	env      map[string]string // set on top of devstack's own environment
 	readyURL string            // answers 200 once the service is ready
+	// optional services are extras: one that cannot start or exits is
+	// logged and left out, and the rest of the stack keeps running.
+	optional bool
+	// hide, when set, drops the output lines it reports true for.
+	hide func(line []byte) bool
 }
 
 // supervisor runs services as child processes and stops them all as soon as
-// one exits on its own.
+// one that is not optional exits on its own.
 type supervisor struct {
 	stdout, stderr io.Writer
 	logger         *slog.Logger
 	stopTimeout    time.Duration
 }
 
-// run starts every service, prints banner once all are ready, and returns
-// when ctx is done (nil) or a service exits on its own (an error), after
-// stopping the others and waiting for them.
-func (s supervisor) run(ctx context.Context, services []service, banner string) error {
+// run starts every service, prints the banner once all are ready (or, for
+// optional ones, gone), and returns when ctx is done (nil) or a service that
+// is not optional exits on its own (an error), after stopping the others
+// and waiting for them. banner is given the names of the services that
+// answered ready.
+func (s supervisor) run(ctx context.Context, services []service, banner func(ready map[string]bool) string) error {
 	childCtx, stopChildren := context.WithCancel(ctx)
 	defer stopChildren()
 
 	var children []*child
+	var probes []probe
 	exited := make(chan *child, len(services))
 	for _, svc := range services {
-		c, err := startChild(childCtx, svc.name, svc.path, environ(svc.env), s.stdout, s.stderr, s.stopTimeout)
+		c, err := startChild(childCtx, svc, s.stdout, s.stderr, s.stopTimeout)
+		if err != nil && svc.optional {
+			s.logger.Warn("not started; the rest of the stack runs without it", "service", svc.name, "err", err)
+			continue
+		}
 		if err != nil {
 			stopChildren()
 			s.wait(children)
 			return err
 		}
 		children = append(children, c)
+		p := probe{name: svc.name, url: svc.readyURL}
+		if svc.optional {
+			p.gone = c.done
+		}
+		probes = append(probes, p)
 		go func() {
 			<-c.done
 			exited <- c
@@ -56,22 +74,32 @@ func (s supervisor) run(ctx context.Context, services []service, banner string) 
 	announced := make(chan struct{})
 	go func() {
 		defer close(announced)
-		urls := make(map[string]string, len(services))
-		for _, svc := range services {
-			urls[svc.name] = svc.readyURL
-		}
-		if waitReady(childCtx, s.logger, urls) {
-			_, _ = io.WriteString(s.stdout, banner)
+		if ready, ok := waitReady(childCtx, s.logger, probes); ok {
+			_, _ = io.WriteString(s.stdout, banner(ready))
 		}
 	}()
 
 	var failure error
-	select {
-	case <-ctx.Done():
-		s.logger.Info("stopping")
-	case c := <-exited:
-		failure = fmt.Errorf("%s exited unexpectedly (%s)", c.name, c.status())
-		s.logger.Info("stopping everything", "reason", failure.Error())
+watch:
+	for {
+		select {
+		case <-ctx.Done():
+			s.logger.Info("stopping")
+			break watch
+		case c := <-exited:
+			switch {
+			case ctx.Err() != nil: // it got the stop signal too
+				s.logger.Info("stopping")
+				break watch
+			case c.optional:
+				s.logger.Warn("exited unexpectedly; the rest of the stack keeps running", "service", c.name, "status", c.status())
+				children = slices.DeleteFunc(children, func(o *child) bool { return o == c })
+			default:
+				failure = fmt.Errorf("%s exited unexpectedly (%s)", c.name, c.status())
+				s.logger.Info("stopping everything", "reason", failure.Error())
+				break watch
+			}
+		}
 	}
 	stopChildren()
 	<-announced
@@ -92,12 +120,20 @@ func (s supervisor) wait(children []*child) {
 	}
 }
 
-// waitReady polls each service's readiness URL until all answer 200, and
-// reports whether they did before ctx was done. It warns once about
-// services still not ready after a minute.
-func waitReady(ctx context.Context, logger *slog.Logger, urls map[string]string) bool {
+// probe is how waitReady learns that a service is ready.
+type probe struct {
+	name string
+	url  string          // answers 200 once the service is ready
+	gone <-chan struct{} // closed once an optional service has exited; nil for the others
+}
+
+// waitReady polls each probe's URL until every one has answered 200 or is
+// gone, and returns the names of those that answered; ok reports whether
+// that happened before ctx was done. It warns once about services still
+// not ready after a minute.
+func waitReady(ctx context.Context, logger *slog.Logger, probes []probe) (ready map[string]bool, ok bool) {
 	client := &http.Client{Timeout: 2 * time.Second}
-	ready := func(url string) bool {
+	answers := func(url string) bool {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			return false
@@ -109,25 +145,36 @@ func waitReady(ctx context.Context, logger *slog.Logger, urls map[string]string)
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	}
-	pending := maps.Clone(urls)
+	gone := func(p probe) bool {
+		select {
+		case <-p.gone:
+			return true
+		default:
+			return false
+		}
+	}
+	ready = make(map[string]bool, len(probes))
+	pending := slices.Clone(probes)
 	tick := time.NewTicker(readyPollInterval)
 	defer tick.Stop()
 	slow := time.After(time.Minute)
 	for {
-		for name, url := range pending {
-			if ready(url) {
-				delete(pending, name)
+		pending = slices.DeleteFunc(pending, func(p probe) bool {
+			if answers(p.url) {
+				ready[p.name] = true
+				return true
 			}
-		}
+			return gone(p)
+		})
 		if len(pending) == 0 {
-			return true
+			return ready, true
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return nil, false
 		case <-slow:
-			for name, url := range pending {
-				logger.Warn("still waiting for a service to report ready", "service", name, "url", url)
+			for _, p := range pending {
+				logger.Warn("still waiting for a service to report ready", "service", p.name, "url", p.url)
 			}
 		case <-tick.C:
 		}
