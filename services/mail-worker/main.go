@@ -28,6 +28,7 @@ import (
 	"github.com/doorbell/doorbell/services/mail-worker/internal/admin"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/config"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/consume"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
@@ -35,15 +36,38 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	if err := run(ctx, os.Getenv, os.Stderr); err != nil {
+	if len(os.Args) > 1 {
+		code := 2
+		if os.Args[1] == "dlq" {
+			code = runDLQ(ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
+		} else {
+			fmt.Fprintf(os.Stderr, "mail-worker: unknown command %q\n\n%s", os.Args[1], usage)
+		}
+		stop()
+		os.Exit(code)
+	}
+	err := run(ctx, os.Getenv, os.Stderr)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "mail-worker:", err)
 		os.Exit(1)
 	}
 }
 
+const usage = `usage:
+  mail-worker              run the worker (settings from the environment, see README)
+  mail-worker dlq ...      inspect and redrive dead letters (mail-worker dlq help)
+`
+
 // startupCheckTimeout bounds the SMTP check at start.
 const startupCheckTimeout = 5 * time.Second
+
+// shutdownReserve is the part of WORKER_SHUTDOWN_TIMEOUT kept for closing
+// SMTP connections, draining NATS and stopping the admin server after the
+// messages in flight are done.
+func shutdownReserve(total time.Duration) time.Duration {
+	return min(3*time.Second, total/4)
+}
 
 // run wires the worker and runs it until ctx is done, then shuts down
 // gracefully. It returns an error only when the worker cannot start.
@@ -75,23 +99,39 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		return fmt.Errorf("templates: %w", err)
 	}
 	sender, err := smtpsend.New(smtpsend.Config{
-		Host:     cfg.SMTPHost,
-		Port:     cfg.SMTPPort,
-		Username: cfg.SMTPUsername,
-		Password: cfg.SMTPPassword,
-		TLS:      smtpsend.TLSMode(cfg.SMTPTLS),
-		CAFile:   cfg.SMTPCAFile,
-		Timeout:  cfg.SMTPTimeout,
-		From:     cfg.MailFrom,
+		Host:            cfg.SMTPHost,
+		Port:            cfg.SMTPPort,
+		Username:        cfg.SMTPUsername,
+		Password:        cfg.SMTPPassword,
+		Auth:            smtpsend.AuthMode(cfg.SMTPAuth),
+		OAuth2TokenFile: cfg.SMTPOAuth2TokenFile,
+		TLS:             smtpsend.TLSMode(cfg.SMTPTLS),
+		CAFile:          cfg.SMTPCAFile,
+		Timeout:         cfg.SMTPTimeout,
+		From:            cfg.MailFrom,
+		PoolSize:        cfg.SMTPPoolSize,
+		IdleTimeout:     cfg.SMTPIdleTimeout,
+		RateLimit:       cfg.SMTPRateLimit,
 	}, smtpMetrics, log)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = sender.Close() }()
+	relay := consume.NewRelay(sender.Check, consume.RelayConfig{
+		ProbeBase:    cfg.RelayProbeBase,
+		ProbeMax:     cfg.RelayProbeMax,
+		KeepAlive:    cfg.AckWait / 3,
+		ProbeTimeout: 2 * cfg.SMTPTimeout,
+	}, consumeMetrics, log)
 
+	smtpAuth := "none"
+	if cfg.SMTPUsername != "" {
+		smtpAuth = cfg.SMTPAuth
+	}
 	log.Info("mail-worker starting",
 		"admin_addr", cfg.AdminAddr, "nats_url", redactURL(cfg.NATSURL),
-		"smtp", sender.Addr(), "smtp_auth", cfg.SMTPUsername != "", "mail_from", cfg.MailFrom,
+		"smtp", sender.Addr(), "smtp_auth", smtpAuth, "smtp_pool_size", cfg.SMTPPoolSize,
+		"smtp_rate_limit", cfg.SMTPRateLimit, "mail_from", cfg.MailFrom,
 		"templates_dir", cfg.TemplatesDir, "max_deliver", cfg.MaxDeliver, "ack_wait", cfg.AckWait)
 
 	natsClosed := make(chan struct{})
@@ -166,33 +206,38 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	checkCtx, cancelCheck := context.WithTimeout(ctx, startupCheckTimeout)
 	if err := sender.Check(checkCtx); err != nil {
 		log.Error("SMTP relay is not usable; emails wait in JetStream until it is (see /readyz)",
-			"host", cfg.SMTPHost, "port", cfg.SMTPPort, "tls", cfg.SMTPTLS, "error", err)
+			"host", cfg.SMTPHost, "port", cfg.SMTPPort, "tls", cfg.SMTPTLS, "auth", smtpAuth,
+			"error", err, "hint", smtpHint(err))
+		relay.Down(ctx, err) // pull nothing until a probe succeeds
 	} else {
-		log.Info("SMTP relay reachable", "smtp", sender.Addr())
+		log.Info("SMTP relay reachable", "smtp", sender.Addr(), "auth", smtpAuth)
 	}
 	cancelCheck()
 
-	runErr := consumeUntilDone(ctx, js, cfg, &consumer, &consume.Handler{
-		Sender:   sender,
-		Renderer: renderer,
-		Metrics:  consumeMetrics,
-		Log:      log,
-		SiteName: cfg.SiteName,
-		Retry:    consume.Retry{MaxDeliver: cfg.MaxDeliver, BackoffBase: cfg.BackoffBase, BackoffMax: cfg.BackoffMax},
+	runErr := consumeUntilDone(ctx, nc, js, cfg, &consumer, &consume.Handler{
+		Sender:         sender,
+		Renderer:       renderer,
+		Relay:          relay,
+		Metrics:        consumeMetrics,
+		Log:            log,
+		SiteName:       cfg.SiteName,
+		AttemptTimeout: cfg.AckWait,
+		Retry:          consume.Retry{MaxDeliver: cfg.MaxDeliver, BackoffBase: cfg.BackoffBase, BackoffMax: cfg.BackoffMax},
 	}, log)
 
-	// Shut down: consuming has stopped; finish the SMTP session, flush NATS,
-	// stop the admin server.
+	// Shut down: consuming has stopped; close the SMTP sessions, flush
+	// NATS, stop the admin server, all within the reserve.
 	log.Info("shutting down")
+	done := time.Now().Add(shutdownReserve(cfg.ShutdownTimeout))
 	_ = sender.Close()
 	if err := nc.Drain(); err == nil {
 		select {
 		case <-natsClosed:
-		case <-time.After(5 * time.Second):
+		case <-time.After(time.Until(done)):
 			log.Warn("nats drain timed out")
 		}
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	shutdownCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), done)
 	defer cancel()
 	if err := adminSrv.Shutdown(shutdownCtx); err != nil {
 		log.Warn("admin server shutdown", "error", err)
@@ -208,32 +253,88 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 }
 
 // consumeUntilDone waits for JetStream to be ready, opens the buckets and
-// consumes until ctx is done. h gets its stores here.
-func consumeUntilDone(ctx context.Context, js jetstream.JetStream, cfg config.Config,
+// the dead-letter stream, and consumes until ctx is done, watching for
+// messages that run out of deliveries meanwhile. h gets its stores here.
+func consumeUntilDone(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg config.Config,
 	ready *atomic.Pointer[jetstream.Consumer], h *consume.Handler, log *slog.Logger,
 ) error {
 	ccfg := consume.Config{
 		AckWait:         cfg.AckWait,
 		MaxDeliver:      cfg.MaxDeliver,
-		ShutdownTimeout: cfg.ShutdownTimeout,
+		Concurrency:     cfg.SMTPPoolSize,
+		ShutdownTimeout: cfg.ShutdownTimeout - shutdownReserve(cfg.ShutdownTimeout),
+	}
+	stopped := func(err error) error {
+		if ctx.Err() != nil {
+			return nil // stopped while setting up
+		}
+		return err
 	}
 	cons, err := consume.Setup(ctx, js, ccfg, log)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil // stopped while waiting for the stream
-		}
-		return err
+		return stopped(err)
 	}
-	store, err := history.Open(ctx, js, log)
+	store, err := history.Open(ctx, js, history.Options{ClaimTTL: cfg.AckWait}, log)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
+		return stopped(err)
 	}
-	h.Sent, h.Users = store, store
+	if err := deadletter.Ensure(ctx, js, log); err != nil {
+		return stopped(err)
+	}
+	dlq := deadletter.NewPublisher(js, log)
+	h.Sent, h.Users, h.Claims, h.DeadLetters = store, store, store, dlq
 	ready.Store(&cons)
-	return consume.Run(ctx, cons, h.Handle, ccfg, log)
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		if err := consume.WatchMaxDeliveries(watchCtx, nc, js, dlq, h.Metrics, log); err != nil {
+			log.Error("cannot watch for messages that run out of deliveries; they stay in the stream", "error", err)
+		}
+	}()
+	runErr := consume.Run(ctx, cons, h.Handle, h.Relay, ccfg, log)
+	stopWatch()
+	<-watchDone
+	return runErr
+}
+
+// smtpHint says what to check for an SMTP failure at start, in terms of
+// the worker's settings; "" when there is nothing specific to say.
+func smtpHint(err error) string {
+	var se *smtpsend.Error
+	if !errors.As(err, &se) {
+		return ""
+	}
+	switch {
+	case se.Reason == "no STARTTLS offered":
+		return "the relay does not offer STARTTLS: SMTP_TLS=implicit is for a port that speaks TLS from the first byte (usually 465); opportunistic or none only for a relay on this host"
+	case se.Reason == "not a tls server":
+		return "the relay does not speak TLS on this port: use SMTP_TLS=mandatory (STARTTLS) for 587 or 25, implicit for 465"
+	case se.Reason == "tls certificate not trusted":
+		return "set SMTP_CA_FILE to the relay's CA, or make SMTP_HOST match its certificate"
+	case se.Reason == "clear-text auth refused":
+		return "credentials are only sent encrypted: use SMTP_TLS=mandatory or implicit"
+	case se.Reason == "no AUTH offered":
+		return "the relay offers no AUTH on this connection: unset SMTP_USERNAME, or encrypt first (many relays offer AUTH only after STARTTLS)"
+	case se.Reason == "auth mechanism not offered":
+		return "set SMTP_AUTH=auto or to a mechanism the relay offers"
+	case se.Reason == "oauth2 token file unreadable":
+		return "check SMTP_OAUTH2_TOKEN_FILE (read on every connect)"
+	case se.Stage == smtpsend.StageAuth && se.Config:
+		return "the relay refused the credentials: check SMTP_USERNAME, SMTP_PASSWORD (or SMTP_OAUTH2_TOKEN_FILE) and SMTP_AUTH"
+	case se.Stage == smtpsend.StageMail && se.Config:
+		return "the relay refuses the sender: check MAIL_FROM, SMTP_USERNAME, SMTP_TLS and the relay's sender policy"
+	case se.Reason == "connection refused":
+		return "nothing listens on SMTP_HOST:SMTP_PORT"
+	case se.Reason == "timeout" && se.Stage == smtpsend.StageGreeting:
+		return "no greeting: if the port speaks TLS from the first byte (465), set SMTP_TLS=implicit"
+	case se.Reason == "timeout":
+		return "the relay does not answer: check SMTP_HOST, SMTP_PORT and firewalls"
+	case se.Reason == "dns lookup failed":
+		return "check SMTP_HOST"
+	}
+	return ""
 }
 
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {

@@ -212,6 +212,11 @@ func TestWorkerEndToEnd(t *testing.T) {
 		`doorbell_mailworker_decisions_total{kind="none"} 0`,
 		`doorbell_mailworker_deadletters_total{reason="exhausted"} 0`,
 		`doorbell_mailworker_send_attempts_total{outcome="success"} 1`,
+		`doorbell_mailworker_send_attempts_total{outcome="config"} 0`,
+		`doorbell_mailworker_send_attempts_total{outcome="maybe_sent"} 0`,
+		`doorbell_mailworker_deadletters_total{reason="undecodable"} 0`,
+		`doorbell_mailworker_relay_paused 0`,
+		`doorbell_mailworker_smtp_pool_wait_seconds_count 1`,
 		`doorbell_mailworker_retries_total 0`,
 		`doorbell_mailworker_smtp_connections_open 1`,
 		`doorbell_mailworker_login_to_email_seconds_count 1`,
@@ -240,25 +245,71 @@ func TestWorkerEndToEnd(t *testing.T) {
 	}
 }
 
-func TestWorkerKeepsRunningWhenSMTPIsDown(t *testing.T) {
-	natsURL := startNATS(t)
-	smtp := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS})
-	env := baseEnv(natsURL, smtp)
-	env["SMTP_PORT"] = strconv.Itoa(smtptest.ClosedPort(t))
-	w := startWorker(t, env)
-
-	eventually(t, "an ERROR log names the relay and the cause", func() (bool, string) {
-		logs := w.logs.String()
-		return strings.Contains(logs, `level=ERROR msg="SMTP relay is not usable`) &&
-			strings.Contains(logs, "host=127.0.0.1 port="+env["SMTP_PORT"]+" tls=mandatory") &&
-			strings.Contains(logs, "connection refused"), logs
-	})
-	eventually(t, "/readyz reports SMTP", func() (bool, string) {
-		code, body := get(w.admin + "/readyz")
-		return code == 503 && strings.Contains(body, `"smtp":"transient smtp failure at dial (connection refused)`), body
-	})
-	if err := w.stop(); err != nil {
-		t.Fatalf("run returned %v on shutdown", err)
+func TestWorkerReportsAnUnusableRelayClearly(t *testing.T) {
+	tests := []struct {
+		name      string
+		server    smtptest.Options
+		env       map[string]string
+		wantLog   []string
+		wantReady string
+	}{
+		{name: "nothing listens",
+			server:    smtptest.Options{TLS: smtptest.RequireStartTLS},
+			env:       map[string]string{"SMTP_PORT": "closed"},
+			wantLog:   []string{"connection refused", `hint="nothing listens on SMTP_HOST:SMTP_PORT"`},
+			wantReady: `"smtp":"smtp relay unusable at connect (connection refused)"`},
+		{name: "wrong password",
+			server:    smtptest.Options{TLS: smtptest.RequireStartTLS, Username: "worker", Password: "s3cret"},
+			env:       map[string]string{"SMTP_USERNAME": "worker", "SMTP_PASSWORD": "hunter2"},
+			wantLog:   []string{"auth=auto", "smtp 535 5.7.8", "check SMTP_USERNAME, SMTP_PASSWORD"},
+			wantReady: `"smtp":"smtp configuration problem at auth (smtp 535 5.7.8)"`},
+		{name: "implicit TLS against a STARTTLS port",
+			server:    smtptest.Options{TLS: smtptest.RequireStartTLS},
+			env:       map[string]string{"SMTP_TLS": "implicit"},
+			wantLog:   []string{"tls=implicit", "not a tls server", "use SMTP_TLS=mandatory (STARTTLS) for 587"},
+			wantReady: `"smtp":"smtp configuration problem at connect (not a tls server)"`},
+		{name: "a mechanism the relay does not offer",
+			server:    smtptest.Options{TLS: smtptest.RequireStartTLS, Username: "worker", Password: "s3cret"},
+			env:       map[string]string{"SMTP_USERNAME": "worker", "SMTP_PASSWORD": "s3cret", "SMTP_AUTH": "cram-md5"},
+			wantLog:   []string{"auth=cram-md5", "auth mechanism not offered", "set SMTP_AUTH=auto"},
+			wantReady: `"smtp":"smtp configuration problem at auth (auth mechanism not offered)"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			natsURL := startNATS(t)
+			smtp := smtptest.Start(t, tt.server)
+			env := baseEnv(natsURL, smtp)
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			if env["SMTP_PORT"] == "closed" {
+				env["SMTP_PORT"] = strconv.Itoa(smtptest.ClosedPort(t))
+			}
+			w := startWorker(t, env)
+			eventually(t, "an ERROR log names the relay, the cause and what to check", func() (bool, string) {
+				logs := w.logs.String()
+				ok := strings.Contains(logs, `level=ERROR msg="SMTP relay is not usable`) &&
+					strings.Contains(logs, "host=127.0.0.1 port="+env["SMTP_PORT"])
+				for _, want := range tt.wantLog {
+					ok = ok && strings.Contains(logs, want)
+				}
+				return ok, logs
+			})
+			eventually(t, "/readyz reports SMTP", func() (bool, string) {
+				code, body := get(w.admin + "/readyz")
+				return code == 503 && strings.Contains(body, tt.wantReady), body
+			})
+			eventually(t, "the worker pulls nothing and probes", func() (bool, string) {
+				_, body := get(w.admin + "/metrics")
+				return strings.Contains(body, "doorbell_mailworker_relay_paused 1"), body
+			})
+			if err := w.stop(); err != nil {
+				t.Fatalf("run returned %v on shutdown", err)
+			}
+			if logs := w.logs.String(); strings.Contains(logs, "hunter2") || strings.Contains(logs, "s3cret") {
+				t.Errorf("the logs show a password:\n%s", logs)
+			}
+		})
 	}
 }
 

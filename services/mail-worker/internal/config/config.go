@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/mail"
 	"os"
@@ -26,19 +27,37 @@ const (
 	TLSNone          = "none"
 )
 
+// AUTH mechanisms accepted in SMTP_AUTH.
+const (
+	AuthAuto    = "auto"
+	AuthPlain   = "plain"
+	AuthLogin   = "login"
+	AuthCRAMMD5 = "cram-md5"
+	AuthXOAUTH2 = "xoauth2"
+)
+
+// maxPoolSize bounds SMTP_POOL_SIZE; relays limit connections per client
+// (often to 10–20) anyway.
+const maxPoolSize = 64
+
 // Config holds every setting of the mail-worker. The zero value is not
 // useful; build one with Load.
 type Config struct {
 	AdminAddr string // WORKER_ADMIN_ADDR
 	NATSURL   string // NATS_URL (may carry credentials: never log it)
 
-	SMTPHost     string        // SMTP_HOST
-	SMTPPort     int           // SMTP_PORT
-	SMTPUsername string        // SMTP_USERNAME
-	SMTPPassword string        // SMTP_PASSWORD (secret)
-	SMTPTLS      string        // SMTP_TLS: one of the TLS* constants
-	SMTPCAFile   string        // SMTP_CA_FILE
-	SMTPTimeout  time.Duration // SMTP_TIMEOUT
+	SMTPHost            string        // SMTP_HOST
+	SMTPPort            int           // SMTP_PORT
+	SMTPUsername        string        // SMTP_USERNAME
+	SMTPPassword        string        // SMTP_PASSWORD (secret)
+	SMTPAuth            string        // SMTP_AUTH: one of the Auth* constants
+	SMTPOAuth2TokenFile string        // SMTP_OAUTH2_TOKEN_FILE (read on every connect, never here)
+	SMTPTLS             string        // SMTP_TLS: one of the TLS* constants
+	SMTPCAFile          string        // SMTP_CA_FILE
+	SMTPTimeout         time.Duration // SMTP_TIMEOUT
+	SMTPPoolSize        int           // SMTP_POOL_SIZE
+	SMTPIdleTimeout     time.Duration // SMTP_IDLE_TIMEOUT
+	SMTPRateLimit       float64       // SMTP_RATE_LIMIT: emails per second, 0 = none
 
 	MailFrom     string // MAIL_FROM
 	TemplatesDir string // MAIL_TEMPLATES_DIR
@@ -49,6 +68,8 @@ type Config struct {
 	BackoffMax      time.Duration // WORKER_BACKOFF_MAX
 	AckWait         time.Duration // WORKER_ACK_WAIT
 	ShutdownTimeout time.Duration // WORKER_SHUTDOWN_TIMEOUT
+	RelayProbeBase  time.Duration // WORKER_RELAY_PROBE_BASE
+	RelayProbeMax   time.Duration // WORKER_RELAY_PROBE_MAX
 
 	LogLevel  slog.Level // LOG_LEVEL
 	LogFormat string     // LOG_FORMAT: text or json
@@ -64,10 +85,16 @@ func Load(getenv func(string) string) (Config, error) {
 		SMTPHost:     l.str("SMTP_HOST", "localhost"),
 		SMTPUsername: l.secret("SMTP_USERNAME", ""),
 		SMTPPassword: l.secret("SMTP_PASSWORD", ""),
+		SMTPAuth: l.oneOf("SMTP_AUTH", AuthAuto,
+			AuthAuto, AuthPlain, AuthLogin, AuthCRAMMD5, AuthXOAUTH2),
+		SMTPOAuth2TokenFile: l.str("SMTP_OAUTH2_TOKEN_FILE", ""),
 		SMTPTLS: l.oneOf("SMTP_TLS", TLSMandatory,
 			TLSMandatory, TLSOpportunistic, TLSImplicit, TLSNone),
 		SMTPCAFile:      l.str("SMTP_CA_FILE", ""),
 		SMTPTimeout:     l.duration("SMTP_TIMEOUT", 15*time.Second),
+		SMTPPoolSize:    l.intIn("SMTP_POOL_SIZE", 4, 1, maxPoolSize),
+		SMTPIdleTimeout: l.duration("SMTP_IDLE_TIMEOUT", 30*time.Second),
+		SMTPRateLimit:   l.rate("SMTP_RATE_LIMIT"),
 		MailFrom:        l.str("MAIL_FROM", "Doorbell <doorbell@localhost>"),
 		TemplatesDir:    l.str("MAIL_TEMPLATES_DIR", ""),
 		SiteName:        l.str("MAIL_SITE_NAME", "Doorbell"),
@@ -76,6 +103,8 @@ func Load(getenv func(string) string) (Config, error) {
 		BackoffMax:      l.duration("WORKER_BACKOFF_MAX", 5*time.Minute),
 		AckWait:         l.duration("WORKER_ACK_WAIT", 60*time.Second),
 		ShutdownTimeout: l.duration("WORKER_SHUTDOWN_TIMEOUT", 20*time.Second),
+		RelayProbeBase:  l.duration("WORKER_RELAY_PROBE_BASE", time.Second),
+		RelayProbeMax:   l.duration("WORKER_RELAY_PROBE_MAX", 30*time.Second),
 		LogLevel:        l.level("LOG_LEVEL", slog.LevelInfo),
 		LogFormat:       l.oneOf("LOG_FORMAT", "text", "text", "json"),
 	}
@@ -96,6 +125,28 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	if c.SMTPPassword != "" && c.SMTPUsername == "" {
 		l.fail("SMTP_PASSWORD", "(set)", errors.New("is set but SMTP_USERNAME is empty"))
+	}
+	if c.SMTPAuth != AuthAuto && c.SMTPUsername == "" {
+		l.fail("SMTP_AUTH", c.SMTPAuth, errors.New("needs SMTP_USERNAME"))
+	}
+	switch {
+	case c.SMTPAuth == AuthXOAUTH2 && c.SMTPOAuth2TokenFile == "":
+		l.fail("SMTP_AUTH", c.SMTPAuth, errors.New("needs SMTP_OAUTH2_TOKEN_FILE"))
+	case c.SMTPAuth != AuthXOAUTH2 && c.SMTPOAuth2TokenFile != "":
+		l.fail("SMTP_OAUTH2_TOKEN_FILE", c.SMTPOAuth2TokenFile, errors.New("is only used with SMTP_AUTH=xoauth2"))
+	case c.SMTPOAuth2TokenFile != "":
+		// Read on every connect; here only its presence is checked.
+		if _, err := os.Stat(c.SMTPOAuth2TokenFile); err != nil {
+			l.fail("SMTP_OAUTH2_TOKEN_FILE", c.SMTPOAuth2TokenFile, err)
+		}
+	}
+	if c.SMTPIdleTimeout >= 5*time.Minute {
+		l.fail("SMTP_IDLE_TIMEOUT", c.SMTPIdleTimeout.String(),
+			errors.New("must be below 5m, the shortest idle timeout RFC 5321 allows a relay (many use 60s)"))
+	}
+	if c.RelayProbeBase > c.RelayProbeMax {
+		l.fail("WORKER_RELAY_PROBE_BASE", c.RelayProbeBase.String(),
+			fmt.Errorf("must not exceed WORKER_RELAY_PROBE_MAX (%s)", c.RelayProbeMax))
 	}
 	if c.SMTPCAFile != "" {
 		if _, err := os.Stat(c.SMTPCAFile); err != nil {
@@ -120,10 +171,30 @@ func Load(getenv func(string) string) (Config, error) {
 		l.fail("WORKER_ACK_WAIT", c.AckWait.String(),
 			fmt.Errorf("must be more than twice SMTP_TIMEOUT (%s)", c.SMTPTimeout))
 	}
+	// Waiting for the rate limit happens after the message was reported
+	// in progress, before its send; it too must fit into AckWait.
+	if c.SMTPRateLimit > 0 && c.AckWait > 0 {
+		wait := time.Duration(float64(c.SMTPPoolSize) / c.SMTPRateLimit * float64(time.Second))
+		if wait+2*c.SMTPTimeout >= c.AckWait {
+			l.fail("SMTP_RATE_LIMIT", strconv.FormatFloat(c.SMTPRateLimit, 'f', -1, 64),
+				fmt.Errorf("too low for WORKER_ACK_WAIT (%s): SMTP_POOL_SIZE/SMTP_RATE_LIMIT + 2×SMTP_TIMEOUT must stay below it", c.AckWait))
+		}
+	}
 	if err := errors.Join(l.errs...); err != nil {
 		return Config{}, fmt.Errorf("configuration: %w", err)
 	}
 	return c, nil
+}
+
+// NATSURL reads only NATS_URL (or NATS_URL_FILE), for commands that need
+// nothing else, such as "mail-worker dlq".
+func NATSURL(getenv func(string) string) (string, error) {
+	l := loader{getenv: getenv}
+	url := l.secret("NATS_URL", "nats://127.0.0.1:4222")
+	if err := errors.Join(l.errs...); err != nil {
+		return "", fmt.Errorf("configuration: %w", err)
+	}
+	return url, nil
 }
 
 // loader collects one error per bad variable instead of stopping at the first.
@@ -199,6 +270,33 @@ func (l *loader) positiveInt(name string, def int) int {
 		return def
 	}
 	return n
+}
+
+func (l *loader) intIn(name string, def, lo, hi int) int {
+	v := l.str(name, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		l.fail(name, v, fmt.Errorf("must be a whole number from %d to %d", lo, hi))
+		return def
+	}
+	return n
+}
+
+// rate reads a non-negative number of events per second; 0 when unset.
+func (l *loader) rate(name string) float64 {
+	v := l.str(name, "")
+	if v == "" {
+		return 0
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
+		l.fail(name, v, errors.New("must be a number of emails per second, 0 for no limit"))
+		return 0
+	}
+	return f
 }
 
 func (l *loader) port(name string, def int) int {

@@ -20,10 +20,12 @@ func TestDefaultsWorkOnLoopback(t *testing.T) {
 	}
 	want := Config{
 		AdminAddr: "127.0.0.1:9102", NATSURL: "nats://127.0.0.1:4222",
-		SMTPHost: "localhost", SMTPPort: 587, SMTPTLS: TLSMandatory, SMTPTimeout: 15 * time.Second,
+		SMTPHost: "localhost", SMTPPort: 587, SMTPAuth: AuthAuto, SMTPTLS: TLSMandatory, SMTPTimeout: 15 * time.Second,
+		SMTPPoolSize: 4, SMTPIdleTimeout: 30 * time.Second,
 		MailFrom: "Doorbell <doorbell@localhost>", SiteName: "Doorbell",
 		MaxDeliver: 10, BackoffBase: 2 * time.Second, BackoffMax: 5 * time.Minute,
 		AckWait: 60 * time.Second, ShutdownTimeout: 20 * time.Second,
+		RelayProbeBase: time.Second, RelayProbeMax: 30 * time.Second,
 		LogLevel: slog.LevelInfo, LogFormat: "text",
 	}
 	if c != want {
@@ -77,6 +79,22 @@ func TestLoad(t *testing.T) {
 					t.Errorf("got %+v", c)
 				}
 			}},
+		{"pool, idle timeout, rate limit and probing are parsed",
+			map[string]string{"SMTP_POOL_SIZE": "8", "SMTP_IDLE_TIMEOUT": "10s", "SMTP_RATE_LIMIT": "12.5",
+				"WORKER_RELAY_PROBE_BASE": "100ms", "WORKER_RELAY_PROBE_MAX": "5s"},
+			func(t *testing.T, c Config) {
+				if c.SMTPPoolSize != 8 || c.SMTPIdleTimeout != 10*time.Second || c.SMTPRateLimit != 12.5 ||
+					c.RelayProbeBase != 100*time.Millisecond || c.RelayProbeMax != 5*time.Second {
+					t.Errorf("got %+v", c)
+				}
+			}},
+		{"XOAUTH2 takes a token file", map[string]string{"SMTP_USERNAME": "worker@example.com", "SMTP_AUTH": "XOAUTH2",
+			"SMTP_OAUTH2_TOKEN_FILE": secret},
+			func(t *testing.T, c Config) {
+				if c.SMTPAuth != AuthXOAUTH2 || c.SMTPOAuth2TokenFile != secret {
+					t.Errorf("got %+v", c)
+				}
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -110,6 +128,17 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"missing templates dir", map[string]string{"MAIL_TEMPLATES_DIR": "/nonexistent"}, []string{"MAIL_TEMPLATES_DIR"}},
 		{"missing secret file", map[string]string{"SMTP_PASSWORD_FILE": "/nonexistent/pw"}, []string{"SMTP_PASSWORD_FILE"}},
 		{"password without user", map[string]string{"SMTP_PASSWORD": "hunter2"}, []string{"SMTP_USERNAME is empty"}},
+		{"unknown AUTH mechanism", map[string]string{"SMTP_USERNAME": "u", "SMTP_AUTH": "ntlm"}, []string{"SMTP_AUTH", "auto, plain, login, cram-md5, xoauth2"}},
+		{"AUTH mechanism without a user", map[string]string{"SMTP_AUTH": "login"}, []string{"SMTP_AUTH", "needs SMTP_USERNAME"}},
+		{"XOAUTH2 without a token file", map[string]string{"SMTP_USERNAME": "u", "SMTP_AUTH": "xoauth2"}, []string{"needs SMTP_OAUTH2_TOKEN_FILE"}},
+		{"a token file without XOAUTH2", map[string]string{"SMTP_USERNAME": "u", "SMTP_OAUTH2_TOKEN_FILE": "/tmp/t"}, []string{"only used with SMTP_AUTH=xoauth2"}},
+		{"a missing token file", map[string]string{"SMTP_USERNAME": "u", "SMTP_AUTH": "xoauth2", "SMTP_OAUTH2_TOKEN_FILE": "/nonexistent/token"},
+			[]string{"SMTP_OAUTH2_TOKEN_FILE"}},
+		{"pool of zero", map[string]string{"SMTP_POOL_SIZE": "0"}, []string{"SMTP_POOL_SIZE", "from 1 to 64"}},
+		{"idle timeout at a relay's", map[string]string{"SMTP_IDLE_TIMEOUT": "5m"}, []string{"SMTP_IDLE_TIMEOUT", "below 5m"}},
+		{"negative rate", map[string]string{"SMTP_RATE_LIMIT": "-1"}, []string{"SMTP_RATE_LIMIT", "emails per second"}},
+		{"rate too low for AckWait", map[string]string{"SMTP_RATE_LIMIT": "0.1"}, []string{"SMTP_RATE_LIMIT", "too low for WORKER_ACK_WAIT"}},
+		{"probe base above max", map[string]string{"WORKER_RELAY_PROBE_BASE": "1m"}, []string{"must not exceed WORKER_RELAY_PROBE_MAX"}},
 		{"every bad value is reported at once", map[string]string{"SMTP_TLS": "x", "LOG_LEVEL": "y"}, []string{"SMTP_TLS", "LOG_LEVEL"}},
 	}
 	for _, tt := range tests {

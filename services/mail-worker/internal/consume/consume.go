@@ -1,7 +1,9 @@
 // Package consume runs the mail-worker's JetStream consumer: it sets up the
-// durable pull consumer "mail-worker" on the gateway's AUTH_EVENTS stream and
-// feeds each user.authenticated message to a Handler, which decides, renders,
-// sends and acknowledges.
+// durable pull consumer "mail-worker" on the gateway's AUTH_EVENTS stream
+// (Setup) and feeds user.authenticated messages, several at a time, to a
+// Handler (Run), which claims, decides, renders, sends and acknowledges, or
+// dead-letters. Relay pauses everything while the SMTP relay is down;
+// WatchMaxDeliveries dead-letters messages nobody decided about.
 package consume
 
 import (
@@ -18,22 +20,24 @@ import (
 
 // Config shapes the consumer.
 type Config struct {
-	// AckWait is how long JetStream waits for an acknowledgement before it
-	// delivers a message again; it also bounds the handling of one message.
+	// AckWait is how long JetStream waits for an acknowledgement (or a
+	// progress report) before it delivers a message again.
 	AckWait time.Duration
 	// MaxDeliver is how often a message is delivered at most.
 	MaxDeliver int
-	// PullMaxMessages is how many messages the client buffers; keep it
-	// small, or buffered messages pass AckWait while they wait (nats.go#1929).
-	// DefaultPullMaxMessages when zero.
-	PullMaxMessages int
+	// Concurrency is how many messages are handled at once; use the SMTP
+	// pool size. 1 when zero.
+	Concurrency int
+	// FetchWait bounds one pull request while no message is waiting; Run
+	// notices a shutdown within it. DefaultFetchWait when zero.
+	FetchWait time.Duration
 	// ShutdownTimeout bounds how long Run lets in-flight messages finish
 	// once its context is done.
 	ShutdownTimeout time.Duration
 }
 
-// DefaultPullMaxMessages is the client-side buffer when Config leaves it zero.
-const DefaultPullMaxMessages = 8
+// DefaultFetchWait is Config.FetchWait when zero.
+const DefaultFetchWait = time.Second
 
 // MaxAckPending caps unacknowledged messages across all replicas.
 const MaxAckPending = 256
@@ -95,54 +99,4 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, cfg Config) (je
 		return nil, fmt.Errorf("create or update consumer %s: %w", eventsv1.ConsumerMailWorker, err)
 	}
 	return cons, nil
-}
-
-// Run feeds messages from cons to handle, one at a time, until ctx is done.
-// Then it stops pulling, lets the messages already received finish (within
-// ShutdownTimeout; after that their contexts are cancelled and JetStream
-// delivers them again later) and returns nil.
-//
-// handle gets a context that outlives ctx, bounded by AckWait, so that a
-// message in flight at shutdown is finished rather than cut off.
-func Run(ctx context.Context, cons jetstream.Consumer, handle func(context.Context, jetstream.Msg), cfg Config, log *slog.Logger) error {
-	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopWork()
-	pull := cfg.PullMaxMessages
-	if pull <= 0 {
-		pull = DefaultPullMaxMessages
-	}
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		mctx, cancel := context.WithTimeout(work, cfg.AckWait)
-		defer cancel()
-		handle(mctx, msg)
-	},
-		jetstream.PullMaxMessages(pull),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			log.WarnContext(ctx, "consumer trouble; nats.go keeps trying", "error", err)
-		}),
-	)
-	if err != nil {
-		return fmt.Errorf("start consuming: %w", err)
-	}
-	log.InfoContext(ctx, "consuming", "stream", eventsv1.StreamAuthEvents, "consumer", eventsv1.ConsumerMailWorker,
-		"subject", eventsv1.SubjectUserAuthenticated)
-
-	select {
-	case <-ctx.Done():
-	case <-cc.Closed():
-		return errors.New("consuming stopped unexpectedly (consumer deleted?)")
-	}
-
-	cc.Drain()
-	timer := time.NewTimer(cfg.ShutdownTimeout)
-	defer timer.Stop()
-	select {
-	case <-cc.Closed():
-		log.Info("consumer drained")
-	case <-timer.C:
-		stopWork()
-		cc.Stop()
-		log.Warn("shutdown timeout: messages still in flight come back after AckWait", "timeout", cfg.ShutdownTimeout)
-	}
-	return nil
 }

@@ -8,242 +8,18 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
 )
-
-// waitLong bounds every wait; the machine is shared and slow at times.
-const waitLong = 60 * time.Second
-
-// startNATS runs an embedded JetStream server on a random loopback port.
-func startNATS(t *testing.T) string {
-	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      -1,
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		NoLog:     true,
-		NoSigs:    true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	if !s.ReadyForConnections(waitLong) {
-		t.Fatal("nats-server did not start")
-	}
-	return s.ClientURL()
-}
-
-func connect(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
-}
-
-func createStream(t *testing.T, js jetstream.JetStream) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:     eventsv1.StreamAuthEvents,
-		Subjects: []string{eventsv1.StreamAuthEventsSubjects},
-		Storage:  jetstream.FileStorage,
-		MaxAge:   7 * 24 * time.Hour,
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-type harness struct {
-	t       *testing.T
-	js      jetstream.JetStream
-	smtp    *smtptest.Server
-	metrics *Metrics
-	cons    jetstream.Consumer
-	logs    *logBuffer
-}
-
-type harnessOptions struct {
-	maxDeliver int
-}
-
-// newHarness wires the real parts: embedded NATS with the AUTH_EVENTS
-// stream, the KV buckets, the embedded templates, go-mail against a test
-// SMTP server requiring STARTTLS, and Run in the background.
-func newHarness(t *testing.T, opts harnessOptions) *harness {
-	t.Helper()
-	if opts.maxDeliver == 0 {
-		opts.maxDeliver = 10
-	}
-	js := connect(t, startNATS(t))
-	createStream(t, js)
-	smtpSrv := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS})
-	logs := &logBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-
-	ctx, cancel := context.WithCancel(context.Background())
-	reg := prometheus.NewRegistry()
-	metrics, err := NewMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	smtpMetrics, err := smtpsend.NewMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sender, err := smtpsend.New(smtpsend.Config{
-		Host: smtpSrv.Host, Port: smtpSrv.Port, TLS: smtpsend.TLSMandatory, CAFile: smtpSrv.CAFile,
-		Timeout: 10 * time.Second, From: "Doorbell <doorbell@example.com>", HELO: "worker.test",
-	}, smtpMetrics, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := history.Open(ctx, js, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	renderer, err := render.New("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{AckWait: 30 * time.Second, MaxDeliver: opts.maxDeliver, ShutdownTimeout: 10 * time.Second}
-	cons, err := Setup(ctx, js, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &Handler{
-		Sender: sender, Renderer: renderer, Sent: store, Users: store, Metrics: metrics, Log: log,
-		SiteName: "Doorbell",
-		Retry:    Retry{MaxDeliver: opts.maxDeliver, BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond},
-		Jitter:   func() float64 { return 0 },
-	}
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cons, h.Handle, cfg, log) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(waitLong):
-			t.Error("Run did not return after cancel")
-		}
-		_ = sender.Close()
-	})
-	return &harness{t: t, js: js, smtp: smtpSrv, metrics: metrics, cons: cons, logs: logs}
-}
-
-func signIn(eventID, deviceID string) *eventsv1.UserAuthenticated {
-	return &eventsv1.UserAuthenticated{
-		EventId:         eventID,
-		AuthenticatedAt: timestamppb.Now(),
-		Issuer:          "https://idp.example.com",
-		Subject:         "user-1",
-		Provider:        "dev",
-		Email:           "ann@example.com",
-		Name:            "Ann Example",
-		Locale:          "en",
-		Client:          &eventsv1.Client{Ip: "192.0.2.7", UserAgent: "Firefox/140", DeviceId: deviceID},
-	}
-}
-
-// publish sends an event as the gateway does and returns its stream sequence.
-func (h *harness) publish(ev *eventsv1.UserAuthenticated, msgID string) *jetstream.PubAck {
-	h.t.Helper()
-	b, err := proto.Marshal(ev)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return h.publishRaw(b, msgID)
-}
-
-func (h *harness) publishRaw(data []byte, msgID string) *jetstream.PubAck {
-	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	msg := nats.NewMsg(eventsv1.SubjectUserAuthenticated)
-	msg.Data = data
-	msg.Header.Set(eventsv1.HeaderContentType, eventsv1.ContentTypeProtobuf)
-	ack, err := h.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return ack
-}
-
-// waitSettled waits until every message up to seq is acknowledged or
-// terminated, so that nothing more can happen to it.
-func (h *harness) waitSettled(seq uint64) {
-	h.t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		info, err := h.cons.Info(ctx)
-		cancel()
-		if err == nil && info.AckFloor.Stream >= seq && info.NumAckPending == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("message %d not settled after %s: %+v (%v)", seq, waitLong, info, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (h *harness) wantCounter(name string, c prometheus.Collector, want float64) {
-	h.t.Helper()
-	if got := testutil.ToFloat64(c); got != want {
-		h.t.Errorf("%s = %v, want %v", name, got, want)
-	}
-}
 
 func TestFirstSignInGetsOneWelcome(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
@@ -396,6 +172,10 @@ func TestPermanentFailureTerminatesAndTheNextMessageFlows(t *testing.T) {
 	h.wantCounter(`emails_total{welcome,failed}`, h.metrics.emails.WithLabelValues("welcome", ResultFailed), 1)
 	h.wantCounter("retries_total", h.metrics.retries, 0)
 	h.wantCounter("events_received_total", h.metrics.received, 1)
+	if dl := h.deadLetters(); len(dl) != 1 || dl[0].Reason != ReasonPermanent || dl[0].Detail != "smtp 550 5.0.0 at rcpt to" ||
+		dl[0].StreamSeq != ack.Sequence || dl[0].EventID() != "evt-550" {
+		t.Errorf("dead letters = %+v, want one permanent for evt-550", dl)
+	}
 
 	other := signIn("evt-other", "dev-x")
 	other.Subject, other.Email = "user-2", "bob@example.com"
@@ -418,6 +198,10 @@ func TestRetriesRunOutAndTheMessageIsTerminated(t *testing.T) {
 	h.wantCounter("retries_total", h.metrics.retries, 2)
 	h.wantCounter(`deadletters_total{exhausted}`, h.metrics.deadletters.WithLabelValues(ReasonExhausted), 1)
 	h.wantCounter(`emails_total{welcome,failed}`, h.metrics.emails.WithLabelValues("welcome", ResultFailed), 1)
+	if dl := h.deadLetters(); len(dl) != 1 || dl[0].Reason != ReasonExhausted || dl[0].Attempts != 3 ||
+		dl[0].Detail != "smtp 451 4.0.0 at rcpt to" {
+		t.Errorf("dead letters = %+v, want one exhausted after 3 attempts", dl)
+	}
 }
 
 func TestUndecodableAndInvalidPayloadsAreTerminated(t *testing.T) {
@@ -455,6 +239,20 @@ func TestUndecodableAndInvalidPayloadsAreTerminated(t *testing.T) {
 		t.Errorf("want only the good event's email, got %d", n)
 	}
 	h.wantCounter(`deadletters_total{undecodable}`, h.metrics.deadletters.WithLabelValues(ReasonUndecodable), float64(len(payloads)))
+	dl := h.deadLetters()
+	if len(dl) != len(payloads) {
+		t.Fatalf("%d dead letters, want %d", len(dl), len(payloads))
+	}
+	byOriginal := map[uint64]deadletter.Entry{}
+	for _, e := range dl {
+		byOriginal[e.StreamSeq] = e
+	}
+	for i, p := range payloads {
+		e, ok := byOriginal[uint64(i+1)]
+		if !ok || e.Reason != ReasonUndecodable || !bytes.Equal(e.Data, p.data) || e.OriginalMsg != fmt.Sprintf("bad-%d", i) {
+			t.Errorf("%s: dead letter %+v, want the original bytes with reason undecodable", p.name, e)
+		}
+	}
 	h.wantCounter("retries_total", h.metrics.retries, 0)
 	if logs := h.logs.String(); strings.Count(logs, `result=failed attempts=1`) != len(payloads) ||
 		strings.Count(logs, `reason="undecodable: `) != len(payloads) {

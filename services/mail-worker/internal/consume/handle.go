@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/decide"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
@@ -22,8 +23,9 @@ import (
 )
 
 // Sender delivers one email and returns once the relay accepted it. Its
-// errors match smtpsend.ErrTransient or smtpsend.ErrPermanent. *smtpsend.Sender
-// is one.
+// errors match smtpsend.ErrTransient or smtpsend.ErrPermanent, and also
+// smtpsend.ErrRelay when the relay rather than the email is the problem.
+// *smtpsend.Sender is one.
 type Sender interface {
 	Send(ctx context.Context, m smtpsend.Message) (smtpsend.Receipt, error)
 }
@@ -45,6 +47,20 @@ type Users interface {
 	RememberSignIn(ctx context.Context, issuer, subject, deviceID string, now time.Time) error
 }
 
+// Claims makes sure one handler at a time handles a person's sign-ins
+// (key: history.UserKey). Claim fails with a *history.ClaimedError while
+// another handler holds the key. *history.Store is one.
+type Claims interface {
+	Claim(ctx context.Context, eventID string) (history.Claim, error)
+	Release(ctx context.Context, c history.Claim) error
+}
+
+// DeadLetters stores messages given up, and reports whether the letter was
+// already stored. *deadletter.Publisher is one.
+type DeadLetters interface {
+	Publish(ctx context.Context, l deadletter.Letter) (duplicate bool, err error)
+}
+
 // Retry is the policy for transient failures: the message goes back to
 // JetStream with a growing delay until it has been delivered MaxDeliver
 // times, then it is given up as exhausted.
@@ -54,22 +70,29 @@ type Retry struct {
 	BackoffMax  time.Duration
 }
 
-// Handler handles one user.authenticated message at a time: decode, skip if
+// Handler handles one user.authenticated message: decode, claim, skip if
 // already sent, decide, render, send, remember, acknowledge. Every message
-// ends acknowledged, handed back with a delay, or terminated, and produces
-// exactly one log line at info level or above.
+// ends acknowledged, handed back with a delay, or dead-lettered and
+// terminated, and produces exactly one log line at info level or above.
 //
-// All fields but Now and Jitter are required. A Handler is safe for
-// concurrent use if its parts are.
+// All fields but AttemptTimeout, Now and Jitter are required. A Handler is
+// safe for concurrent use if its parts are.
 type Handler struct {
-	Sender   Sender
-	Renderer Renderer
-	Sent     SentLog
-	Users    Users
-	Metrics  *Metrics
-	Log      *slog.Logger
-	SiteName string
-	Retry    Retry
+	Sender      Sender
+	Renderer    Renderer
+	Sent        SentLog
+	Users       Users
+	Claims      Claims
+	DeadLetters DeadLetters
+	Relay       *Relay
+	Metrics     *Metrics
+	Log         *slog.Logger
+	SiteName    string
+	Retry       Retry
+	// AttemptTimeout bounds one attempt at a message (the bucket reads
+	// and writes and the send); use the consumer's AckWait. One minute
+	// when zero.
+	AttemptTimeout time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 	// Jitter returns a factor in [-1, 1] for Backoff; uniform random when nil.
@@ -93,50 +116,156 @@ type outcome struct {
 	reason  string
 	err     error
 	retryIn time.Duration
+	hide    string // the recipient's address, kept out of the log line
 }
 
-// Handle processes msg. ctx bounds the work; when it is already done (the
+// delivery is one delivery of a message.
+type delivery struct {
+	msg      jetstream.Msg
+	attempts uint64 // this delivery's number, from 1
+	seq      uint64 // in the stream
+	stream   string
+	consumer string
+}
+
+// Handle processes msg. It waits while the relay is down (see Relay),
+// reporting msg in progress meanwhile. When ctx is already done (the
 // worker is shutting down) the message is handed back at once for another
 // replica.
 func (h *Handler) Handle(ctx context.Context, msg jetstream.Msg) {
 	h.Metrics.received.Inc()
-	attempts, seq := uint64(1), uint64(0)
+	d := delivery{msg: msg, attempts: 1, stream: eventsv1.StreamAuthEvents, consumer: eventsv1.ConsumerMailWorker}
 	if md, err := msg.Metadata(); err == nil {
-		attempts, seq = md.NumDelivered, md.Sequence.Stream
+		d.attempts, d.seq, d.stream, d.consumer = md.NumDelivered, md.Sequence.Stream, md.Stream, md.Consumer
 	}
 
 	ev := &eventsv1.UserAuthenticated{}
 	if err := proto.Unmarshal(msg.Data(), ev); err != nil {
-		o := h.giveUp(msg, "", ReasonUndecodable, "payload is not a UserAuthenticated protobuf", err)
-		h.logOutcome(ctx, "", seq, attempts, o)
+		o := h.giveUp(ctx, d, "", ReasonUndecodable, "payload is not a UserAuthenticated protobuf", err)
+		h.logOutcome(ctx, "", d, o)
 		return
 	}
 	if err := validate(ev); err != nil {
-		o := h.giveUp(msg, "", ReasonUndecodable, "invalid event", err)
-		h.logOutcome(ctx, "", seq, attempts, o)
+		o := h.giveUp(ctx, d, "", ReasonUndecodable, "invalid event: "+err.Error(), err)
+		h.logOutcome(ctx, "", d, o)
 		return
 	}
-	o := h.process(ctx, msg, ev, attempts)
-	if o.err != nil && ev.GetEmail() != "" {
-		// Errors from the relay quote the recipient; keep it out of logs.
-		o.err = errors.New(strings.ReplaceAll(o.err.Error(), ev.GetEmail(), "<recipient>"))
-	}
-	h.logOutcome(ctx, ev.GetEventId(), seq, attempts, o)
+	o := h.process(ctx, d, ev)
+	o.hide = ev.GetEmail()
+	h.logOutcome(ctx, ev.GetEventId(), d, o)
 	h.Log.DebugContext(ctx, "event details", "event_id", ev.GetEventId(), "email", ev.GetEmail(),
 		"provider", ev.GetProvider(), "device_id", ev.GetClient().GetDeviceId())
 }
 
-func (h *Handler) process(ctx context.Context, msg jetstream.Msg, ev *eventsv1.UserAuthenticated, attempts uint64) outcome {
-	if ctx.Err() != nil {
-		_ = msg.Nak()
-		return outcome{result: logShutdown, reason: "worker is stopping; handed back"}
+// process attempts the message until it is settled. An attempt that fails
+// because of the relay costs the message nothing: it waits for the relay
+// and tries again, unless other emails got through in between, or the
+// relay answered probes but failed this email maxRelayFailures times in
+// a row, either of which makes the message itself suspect; then it is
+// handed back like any transient failure.
+//
+// On its last delivery a message whose person is claimed by another
+// handler waits here for the claim to end rather than being given up: a
+// claim left by a crashed worker must not exhaust the message.
+func (h *Handler) process(ctx context.Context, d delivery, ev *eventsv1.UserAuthenticated) outcome {
+	var lastEpoch uint64
+	relayFailures, claimWaits := 0, 0
+	keepAlive := func() { _ = d.msg.InProgress() }
+	for {
+		if ctx.Err() != nil {
+			_ = d.msg.Nak()
+			return outcome{result: logShutdown, reason: "worker is stopping; handed back"}
+		}
+		o, n := h.attempt(ctx, d, ev, claimWaits < maxClaimWaits)
+		switch {
+		case n.claimLeft > 0:
+			claimWaits++
+			if err := h.Relay.Hold(ctx, n.claimLeft, keepAlive); err != nil {
+				_ = d.msg.Nak()
+				return outcome{result: logShutdown, reason: "waiting for another handler; worker stopping; handed back"}
+			}
+		case n.relayErr != nil:
+			switch {
+			case relayFailures > 0 && h.Relay.Epoch() != lastEpoch:
+				return h.retry(ctx, d, o.kind, o.reason+"; the relay works for other emails", n.relayErr)
+			case relayFailures >= maxRelayFailures:
+				return h.retry(ctx, d, o.kind, o.reason+"; the relay answers probes but not this email", n.relayErr)
+			}
+			relayFailures++
+			lastEpoch = h.Relay.Epoch()
+			h.Relay.Down(ctx, n.relayErr)
+			if err := h.Relay.Wait(ctx, keepAlive); err != nil {
+				_ = d.msg.Nak()
+				return outcome{kind: o.kind, result: logShutdown,
+					reason: "relay unusable (" + o.reason + ") and worker stopping; handed back", err: n.relayErr}
+			}
+		default:
+			return o
+		}
 	}
+}
+
+// maxClaimWaits bounds how often one delivery waits for a claim.
+const maxClaimWaits = 3
+
+// maxRelayFailures is how often one delivery waits for the relay; when it
+// fails because of the relay once more after that, with probes finding the
+// relay working every time, the failure counts against the message.
+const maxRelayFailures = 3
+
+// next tells process what to do when attempt left the message alone.
+type next struct {
+	relayErr  error         // the send failed because of the relay: wait for it
+	claimLeft time.Duration // another handler holds the person: wait this long
+}
+
+// attempt makes one attempt at the message. It leaves the message alone
+// and says so in next when the send failed because of the relay, or when
+// the person is claimed, this is the message's last delivery and mayWait;
+// otherwise the message is settled or handed back in the outcome.
+//
+// Duplicates: the person is claimed (history.Store.Claim) before the
+// sent-marker and the record are read, so that two copies of one event,
+// or two sign-ins of one person, handled at once here or in another
+// replica, cannot both pass the checks; the marker is written right after
+// the relay accepted the email, then the record, then the claim is
+// released. What remains is a crash between the acceptance and the marker
+// write (see the README).
+func (h *Handler) attempt(ctx context.Context, d delivery, ev *eventsv1.UserAuthenticated, mayWait bool) (outcome, next) {
+	ctx, cancel := context.WithTimeout(ctx, h.attemptTimeout())
+	defer cancel()
 	id, issuer, subject := ev.GetEventId(), ev.GetIssuer(), ev.GetSubject()
 	device := ev.GetClient().GetDeviceId()
 
+	claim, err := h.Claims.Claim(ctx, history.UserKey(issuer, subject))
+	var held *history.ClaimedError
+	if errors.As(err, &held) {
+		wait := held.Left + h.Retry.BackoffBase // the claim has surely ended then
+		if d.attempts >= uint64(h.Retry.MaxDeliver) && mayWait {
+			return outcome{}, next{claimLeft: wait}
+		}
+		// Usually the holder is done within moments; at the latest the
+		// claim ends after its TTL.
+		delay := min(Backoff(h.Retry.BackoffBase, h.Retry.BackoffMax, d.attempts, h.jitter()), wait)
+		return h.retryIn(ctx, d, "", "another handler is busy with this person", err, delay), next{}
+	}
+	if err != nil {
+		return h.retry(ctx, d, "", "cannot claim the person", err), next{}
+	}
+	keepClaim := false
+	defer func() {
+		if keepClaim {
+			return
+		}
+		if err := h.Claims.Release(ctx, claim); err != nil {
+			// It ends by itself after the claim TTL.
+			h.Log.DebugContext(ctx, "cannot release claim", "event_id", id, "error", err)
+		}
+	}()
+
 	marker, done, err := h.Sent.Sent(ctx, id)
 	if err != nil {
-		return h.retry(msg, attempts, "", "cannot read sent-markers", err)
+		return h.retry(ctx, d, "", "cannot read sent-markers", err), next{}
 	}
 	if done {
 		kind := decide.Kind(marker.Kind)
@@ -146,22 +275,22 @@ func (h *Handler) process(ctx context.Context, msg jetstream.Msg, ev *eventsv1.U
 		// The email went out before; make sure the person's record says
 		// so too (a crash may have come between the two writes).
 		if err := h.Users.RememberSignIn(ctx, issuer, subject, device, h.now()); err != nil {
-			return h.retryRecord(ctx, msg, attempts, outcome{kind: kind, result: logDuplicate}, err)
+			return h.retryRecord(ctx, d, outcome{kind: kind, result: logDuplicate}, err), next{}
 		}
-		return h.ack(ctx, msg, outcome{kind: kind, result: logDuplicate})
+		return h.ack(ctx, d, outcome{kind: kind, result: logDuplicate}), next{}
 	}
 
 	user, err := h.Users.User(ctx, issuer, subject)
 	if err != nil {
-		return h.retry(msg, attempts, "", "cannot read user record", err)
+		return h.retry(ctx, d, "", "cannot read user record", err), next{}
 	}
 	kind := decide.Decide(user, device)
 	h.Metrics.decisions.WithLabelValues(string(kind)).Inc()
 	if kind == decide.None {
 		if err := h.Users.RememberSignIn(ctx, issuer, subject, device, h.now()); err != nil {
-			return h.retry(msg, attempts, kind, "cannot update user record", err)
+			return h.retry(ctx, d, kind, "cannot update user record", err), next{}
 		}
-		return h.ack(ctx, msg, outcome{kind: kind, result: logNothing})
+		return h.ack(ctx, d, outcome{kind: kind, result: logNothing}), next{}
 	}
 
 	email, err := h.Renderer.Render(string(kind), render.Data{
@@ -175,12 +304,12 @@ func (h *Handler) process(ctx context.Context, msg jetstream.Msg, ev *eventsv1.U
 		Provider:  ev.GetProvider(),
 	})
 	if err != nil {
-		return h.giveUp(msg, kind, ReasonPermanent, "cannot render", err)
+		return h.giveUp(ctx, d, kind, ReasonPermanent, "cannot render", err), next{}
 	}
 
 	// Tell JetStream the message is being worked on, so a slow SMTP
 	// exchange does not run past AckWait and reach another replica.
-	_ = msg.InProgress()
+	_ = d.msg.InProgress()
 	receipt, err := h.Sender.Send(ctx, smtpsend.Message{
 		EventID: id,
 		ToName:  ev.GetName(),
@@ -193,38 +322,52 @@ func (h *Handler) process(ctx context.Context, msg jetstream.Msg, ev *eventsv1.U
 		reason := "smtp failure"
 		var se *smtpsend.Error
 		if errors.As(err, &se) {
-			reason = se.Reason
+			reason = se.Reason + " at " + string(se.Stage)
 		}
-		if errors.Is(err, smtpsend.ErrPermanent) {
-			return h.giveUp(msg, kind, ReasonPermanent, reason, err)
+		switch {
+		case errors.Is(err, smtpsend.ErrRelay):
+			if errors.Is(err, smtpsend.ErrMaybeSent) {
+				h.Log.WarnContext(ctx, "the relay may have accepted this email before the connection broke; "+
+					"it is sent again (same Message-ID) and may arrive twice",
+					"event_id", id, "kind", string(kind), "reason", reason)
+			}
+			return outcome{kind: kind, result: logRetry, reason: reason, err: err}, next{relayErr: err}
+		case errors.Is(err, smtpsend.ErrPermanent):
+			return h.giveUp(ctx, d, kind, ReasonPermanent, reason, err), next{}
+		default:
+			return h.retry(ctx, d, kind, reason, err), next{}
 		}
-		return h.retry(msg, attempts, kind, reason, err)
 	}
 
+	h.Relay.Delivered()
 	h.Metrics.emails.WithLabelValues(string(kind), ResultSent).Inc()
 	if at := ev.GetAuthenticatedAt(); at != nil && at.IsValid() {
 		h.Metrics.loginToMail.Observe(receipt.AcceptedAt.Sub(at.AsTime()).Seconds())
 	}
 	markErr := h.Sent.MarkSent(ctx, id, history.Sent{MessageID: receipt.MessageID, SentAt: receipt.AcceptedAt, Kind: string(kind)})
+	if markErr != nil {
+		// The claim stands in for the marker until it ends.
+		keepClaim = true
+	}
 	userErr := h.Users.RememberSignIn(ctx, issuer, subject, device, h.now())
 	switch {
 	case userErr != nil && markErr == nil:
 		// The redelivery finds the sent-marker, sends nothing and updates
 		// the record then.
-		return h.retryRecord(ctx, msg, attempts, outcome{kind: kind, result: logSent}, userErr)
+		return h.retryRecord(ctx, d, outcome{kind: kind, result: logSent}, userErr), next{}
 	case markErr != nil:
 		// Without a marker a redelivery would send the email again, so
 		// acknowledge in any case and say what is missing.
-		return h.ack(ctx, msg, outcome{kind: kind, result: logSent,
-			reason: "sent; cannot write sent-marker", err: errors.Join(markErr, userErr)})
+		return h.ack(ctx, d, outcome{kind: kind, result: logSent,
+			reason: "sent; cannot write sent-marker", err: errors.Join(markErr, userErr)}), next{}
 	default:
-		return h.ack(ctx, msg, outcome{kind: kind, result: logSent})
+		return h.ack(ctx, d, outcome{kind: kind, result: logSent}), next{}
 	}
 }
 
-// ack acknowledges msg and waits for the server to confirm.
-func (h *Handler) ack(ctx context.Context, msg jetstream.Msg, o outcome) outcome {
-	if err := msg.DoubleAck(ctx); err != nil {
+// ack acknowledges the message and waits for the server to confirm.
+func (h *Handler) ack(ctx context.Context, d delivery, o outcome) outcome {
+	if err := d.msg.DoubleAck(ctx); err != nil {
 		// The message comes back after AckWait; the sent-marker keeps the
 		// email from going out twice.
 		o.reason = strings.TrimPrefix(o.reason+"; ack not confirmed", "; ")
@@ -233,14 +376,18 @@ func (h *Handler) ack(ctx context.Context, msg jetstream.Msg, o outcome) outcome
 	return o
 }
 
-// retry hands msg back with a backoff delay, or gives it up as exhausted
-// when it has had all its deliveries.
-func (h *Handler) retry(msg jetstream.Msg, attempts uint64, kind decide.Kind, reason string, err error) outcome {
-	if attempts >= uint64(h.Retry.MaxDeliver) {
-		return h.giveUp(msg, kind, ReasonExhausted, reason, err)
+// retry hands the message back with a backoff delay, or gives it up as
+// exhausted when it has had all its deliveries.
+func (h *Handler) retry(ctx context.Context, d delivery, kind decide.Kind, reason string, err error) outcome {
+	return h.retryIn(ctx, d, kind, reason, err, Backoff(h.Retry.BackoffBase, h.Retry.BackoffMax, d.attempts, h.jitter()))
+}
+
+// retryIn is retry with a given delay.
+func (h *Handler) retryIn(ctx context.Context, d delivery, kind decide.Kind, reason string, err error, delay time.Duration) outcome {
+	if d.attempts >= uint64(h.Retry.MaxDeliver) {
+		return h.giveUp(ctx, d, kind, ReasonExhausted, reason, err)
 	}
-	delay := Backoff(h.Retry.BackoffBase, h.Retry.BackoffMax, attempts, h.jitter())
-	if nakErr := msg.NakWithDelay(delay); nakErr != nil {
+	if nakErr := d.msg.NakWithDelay(delay); nakErr != nil {
 		err = errors.Join(err, fmt.Errorf("nak: %w", nakErr))
 	}
 	h.Metrics.retries.Inc()
@@ -251,54 +398,68 @@ func (h *Handler) retry(msg jetstream.Msg, attempts uint64, kind decide.Kind, re
 // before) but whose user record could not be written: it comes back later,
 // finds its sent-marker and writes the record then. Out of attempts, it is
 // acknowledged: the email went out, only the record is stale.
-func (h *Handler) retryRecord(ctx context.Context, msg jetstream.Msg, attempts uint64, o outcome, err error) outcome {
+func (h *Handler) retryRecord(ctx context.Context, d delivery, o outcome, err error) outcome {
 	o.reason, o.err = "cannot update user record", err
-	if attempts >= uint64(h.Retry.MaxDeliver) {
-		return h.ack(ctx, msg, o)
+	if d.attempts >= uint64(h.Retry.MaxDeliver) {
+		return h.ack(ctx, d, o)
 	}
-	o.retryIn = Backoff(h.Retry.BackoffBase, h.Retry.BackoffMax, attempts, h.jitter())
-	if nakErr := msg.NakWithDelay(o.retryIn); nakErr != nil {
+	o.retryIn = Backoff(h.Retry.BackoffBase, h.Retry.BackoffMax, d.attempts, h.jitter())
+	if nakErr := d.msg.NakWithDelay(o.retryIn); nakErr != nil {
 		o.err = errors.Join(o.err, fmt.Errorf("nak: %w", nakErr))
 	}
 	h.Metrics.retries.Inc()
 	return o
 }
 
-// giveUp terminates msg so that JetStream never delivers it again.
-//
-// This is the dead-letter seam: a later change publishes the original bytes
-// with the reason to the MAIL_DEADLETTER stream (eventsv1.SubjectDeadLetter)
-// here, before the Term.
-func (h *Handler) giveUp(msg jetstream.Msg, kind decide.Kind, deadReason, reason string, err error) outcome {
-	if termErr := msg.TermWithReason(deadReason + ": " + reason); termErr != nil {
+// giveUp files the message in MAIL_DEADLETTER and, once JetStream has
+// confirmed that, terminates it so that it is never delivered again. When
+// the dead letter cannot be stored the message is handed back with a
+// delay instead: it is never dropped. (On its last delivery JetStream then
+// reports it with a MAX_DELIVERIES advisory; WatchMaxDeliveries files it.)
+func (h *Handler) giveUp(ctx context.Context, d delivery, kind decide.Kind, deadReason, reason string, err error) outcome {
+	full := deadReason + ": " + reason
+	duplicate, pubErr := h.DeadLetters.Publish(ctx, deadletter.Letter{
+		Data: d.msg.Data(), Header: d.msg.Headers(), Reason: deadReason, Detail: reason,
+		Attempts: d.attempts, Stream: d.stream, StreamSeq: d.seq, Consumer: d.consumer, Time: h.now(),
+	})
+	if pubErr != nil {
+		delay := Backoff(h.Retry.BackoffBase, h.Retry.BackoffMax, d.attempts, h.jitter())
+		if nakErr := d.msg.NakWithDelay(delay); nakErr != nil {
+			pubErr = errors.Join(pubErr, fmt.Errorf("nak: %w", nakErr))
+		}
+		h.Metrics.retries.Inc()
+		return outcome{kind: kind, result: logRetry, reason: "cannot dead-letter yet (" + full + ")",
+			err: errors.Join(err, pubErr), retryIn: delay}
+	}
+	if termErr := d.msg.TermWithReason(full); termErr != nil {
 		err = errors.Join(err, fmt.Errorf("term: %w", termErr))
 	}
-	h.Metrics.deadletters.WithLabelValues(deadReason).Inc()
+	if !duplicate {
+		h.Metrics.deadletters.WithLabelValues(deadReason).Inc()
+	}
 	if kind == decide.Welcome || kind == decide.NewDevice {
 		h.Metrics.emails.WithLabelValues(string(kind), ResultFailed).Inc()
 	}
-	return outcome{kind: kind, result: logFailed, reason: deadReason + ": " + reason, err: err}
+	return outcome{kind: kind, result: logFailed, reason: full, err: err}
 }
 
 // logOutcome writes the one line per message. stream_seq lets an operator
 // find the message (nats stream get AUTH_EVENTS <seq>), also when it could
 // not be decoded.
-func (h *Handler) logOutcome(ctx context.Context, eventID string, seq, attempts uint64, o outcome) {
+func (h *Handler) logOutcome(ctx context.Context, eventID string, d delivery, o outcome) {
 	level := slog.LevelInfo
 	switch {
-	case o.result == logRetry:
-		level = slog.LevelWarn
-	case o.result == logFailed:
+	case o.result == logFailed, errors.Is(o.err, smtpsend.ErrConfig):
 		level = slog.LevelError
-	case o.err != nil:
+	case o.result == logRetry, o.err != nil:
 		level = slog.LevelWarn
 	}
 	attrs := []slog.Attr{
 		slog.String("event_id", eventID),
 		slog.String("kind", string(o.kind)),
 		slog.String("result", o.result),
-		slog.Uint64("attempts", attempts),
-		slog.Uint64("stream_seq", seq),
+		slog.Uint64("attempts", d.attempts),
+		slog.Uint64("stream_seq", d.seq),
 	}
 	if o.reason != "" {
 		attrs = append(attrs, slog.String("reason", o.reason))
@@ -307,9 +468,21 @@ func (h *Handler) logOutcome(ctx context.Context, eventID string, seq, attempts 
 		attrs = append(attrs, slog.Duration("retry_in", o.retryIn))
 	}
 	if o.err != nil {
-		attrs = append(attrs, slog.String("error", o.err.Error()))
+		msg := o.err.Error()
+		if o.hide != "" {
+			// Errors from the relay quote the recipient; keep it out of logs.
+			msg = strings.ReplaceAll(msg, o.hide, "<recipient>")
+		}
+		attrs = append(attrs, slog.String("error", msg))
 	}
 	h.Log.LogAttrs(ctx, level, "event handled", attrs...)
+}
+
+func (h *Handler) attemptTimeout() time.Duration {
+	if h.AttemptTimeout > 0 {
+		return h.AttemptTimeout
+	}
+	return time.Minute
 }
 
 func (h *Handler) now() time.Time {

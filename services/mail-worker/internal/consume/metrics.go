@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/decide"
 )
 
@@ -18,11 +19,12 @@ const (
 	ResultFailed    = "failed"
 )
 
-// Values of the "reason" label of deadletters_total.
+// Values of the "reason" label of deadletters_total, and of the
+// Doorbell-Dlq-Reason header.
 const (
-	ReasonUndecodable = "undecodable"
-	ReasonPermanent   = "permanent"
-	ReasonExhausted   = "exhausted"
+	ReasonUndecodable = deadletter.ReasonUndecodable
+	ReasonPermanent   = deadletter.ReasonPermanent
+	ReasonExhausted   = deadletter.ReasonExhausted
 )
 
 // Metrics are the event-side series of the mail-worker.
@@ -33,6 +35,7 @@ type Metrics struct {
 	loginToMail prometheus.Histogram
 	retries     prometheus.Counter
 	deadletters *prometheus.CounterVec
+	relayPaused prometheus.Gauge
 }
 
 // NewMetrics registers the series on reg, every label value already at zero.
@@ -62,8 +65,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 		deadletters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "deadletters_total",
-			Help: "Messages given up by reason: undecodable, permanent (SMTP 5xx, bad message) or exhausted (out of attempts).",
+			Help: "Messages stored in MAIL_DEADLETTER by reason: undecodable, permanent (SMTP 5xx, bad message) or exhausted (out of attempts).",
 		}, []string{"reason"}),
+		relayPaused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "relay_paused",
+			Help: "1 while the SMTP relay is unusable and the worker holds its messages and pulls no new ones, else 0.",
+		}),
 	}
 	for _, k := range []decide.Kind{decide.Welcome, decide.NewDevice} {
 		for _, r := range []string{ResultSent, ResultDuplicate, ResultFailed} {
@@ -76,7 +83,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	for _, r := range []string{ReasonUndecodable, ReasonPermanent, ReasonExhausted} {
 		m.deadletters.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.received, m.emails, m.decisions, m.loginToMail, m.retries, m.deadletters} {
+	for _, c := range []prometheus.Collector{m.received, m.emails, m.decisions, m.loginToMail, m.retries, m.deadletters, m.relayPaused} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register consume metrics: %w", err)
 		}

@@ -1,6 +1,7 @@
 // Package history is the mail-worker's memory in JetStream key-value
-// buckets: which events already got their email (mail_sent) and what the
-// worker knows about each person (mail_users).
+// buckets: which events already got their email (mail_sent), whose
+// sign-ins are being handled right now (mail_sending, see Store.Claim) and
+// what the worker knows about each person (mail_users).
 //
 // The worker creates or updates both buckets at start-up; an operator may
 // create them first (for example with more replicas). Keys never contain an
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,12 +26,27 @@ import (
 
 // Bucket names and settings; part of the operational contract.
 const (
-	BucketSent  = "mail_sent"
-	BucketUsers = "mail_users"
+	BucketSent    = "mail_sent"
+	BucketUsers   = "mail_users"
+	BucketSending = "mail_sending"
 	// SentTTL is how long a sent-marker suppresses a duplicate. It matches
 	// the AUTH_EVENTS stream's max age: an older event cannot be redelivered.
 	SentTTL = 7 * 24 * time.Hour
+	// DefaultClaimTTL is Options.ClaimTTL when zero.
+	DefaultClaimTTL = time.Minute
 )
+
+// Options shape the buckets.
+type Options struct {
+	// ClaimTTL is how long a claim (see Store.Claim) holds when its owner
+	// neither sends nor releases it, e.g. because it crashed. Use the
+	// consumer's AckWait: a send never takes longer, and a crashed owner's
+	// message comes back after about that long. DefaultClaimTTL when zero.
+	ClaimTTL time.Duration
+	// Holder names this process in its claims (for operators); host name
+	// and pid when empty.
+	Holder string
+}
 
 // maxCASAttempts bounds the read-modify-write loop on a user record when
 // several replicas update the same person at once. Every round one writer
@@ -43,15 +60,25 @@ type Sent struct {
 	Kind      string    `json:"kind"`
 }
 
-// Store reads and writes both buckets. It is safe for concurrent use.
+// Store reads and writes the buckets. It is safe for concurrent use.
 type Store struct {
-	sent  jetstream.KeyValue
-	users jetstream.KeyValue
-	log   *slog.Logger
+	sent     jetstream.KeyValue
+	users    jetstream.KeyValue
+	sending  jetstream.KeyValue
+	claimTTL time.Duration
+	holder   string
+	log      *slog.Logger
 }
 
 // Open creates or updates the buckets and returns a Store over them.
-func Open(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (*Store, error) {
+func Open(ctx context.Context, js jetstream.JetStream, opts Options, log *slog.Logger) (*Store, error) {
+	if opts.ClaimTTL <= 0 {
+		opts.ClaimTTL = DefaultClaimTTL
+	}
+	if opts.Holder == "" {
+		host, _ := os.Hostname()
+		opts.Holder = fmt.Sprintf("%s/%d", host, os.Getpid())
+	}
 	sent, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      BucketSent,
 		Description: "Doorbell mail-worker: events whose email was sent (key: event id)",
@@ -71,7 +98,17 @@ func Open(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (*Store
 	if err != nil {
 		return nil, fmt.Errorf("create or update bucket %s: %w", BucketUsers, err)
 	}
-	return &Store{sent: sent, users: users, log: log}, nil
+	sending, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketSending,
+		Description: "Doorbell mail-worker: people whose sign-in is being handled right now (key: sha256 of issuer and subject)",
+		TTL:         opts.ClaimTTL,
+		History:     1,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update bucket %s: %w", BucketSending, err)
+	}
+	return &Store{sent: sent, users: users, sending: sending, claimTTL: opts.ClaimTTL, holder: opts.Holder, log: log}, nil
 }
 
 // UserKey is the mail_users key of a person: the hex SHA-256 of issuer, a
@@ -167,4 +204,82 @@ func (s *Store) RememberSignIn(ctx context.Context, issuer, subject, deviceID st
 		lastErr = err // someone else wrote first: read again and merge
 	}
 	return fmt.Errorf("write user record: gave up after %d concurrent updates: %w", maxCASAttempts, lastErr)
+}
+
+// Claim is the right to handle one person's sign-ins, held by one handler
+// in one process at a time.
+type Claim struct {
+	Key      string
+	revision uint64
+}
+
+// ClaimedError says that another handler holds the claim.
+type ClaimedError struct {
+	Key string
+	// Holder names the process that holds it (see Options.Holder).
+	Holder string
+	// Left is how long the claim holds at most unless released; it is
+	// worth trying again after it.
+	Left time.Duration
+}
+
+func (e *ClaimedError) Error() string {
+	return fmt.Sprintf("another handler (%s) is handling a sign-in of this person; its claim ends within %s",
+		e.Holder, e.Left.Round(time.Millisecond))
+}
+
+// Claim takes the claim on key, a person's UserKey, so that no other
+// handler, in this process or another replica, handles a sign-in of the
+// same person at the same time. Without it two handlers could both pass
+// the sent-marker check for two copies of one event (a redelivery after
+// AckWait, a re-publish under another Nats-Msg-Id) and send it twice, or
+// both find no record for two first sign-ins in a row and send two
+// welcomes.
+//
+// The caller reads the sent-marker and the person's record AFTER taking the
+// claim, sends, writes the marker and the record, then releases the claim.
+// A claim that is never released ends after Options.ClaimTTL. When another
+// handler holds it, Claim returns a *ClaimedError. Claims do not protect
+// against a crash between the server accepting an email and the marker
+// write: after ClaimTTL the email goes out again (see the README).
+func (s *Store) Claim(ctx context.Context, key string) (Claim, error) {
+	rev, err := s.sending.Create(ctx, key, []byte(s.holder))
+	if err == nil {
+		return Claim{Key: key, revision: rev}, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return Claim{}, fmt.Errorf("claim: %w", err)
+	}
+	e, err := s.sending.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+		// Released or removed just now: one more try.
+		if rev, err := s.sending.Create(ctx, key, []byte(s.holder)); err == nil {
+			return Claim{Key: key, revision: rev}, nil
+		}
+		return Claim{}, &ClaimedError{Key: key, Left: s.claimTTL}
+	case err != nil:
+		return Claim{}, fmt.Errorf("claim: %w", err)
+	}
+	age := time.Since(e.Created())
+	if age >= s.claimTTL {
+		// The claim has ended, but JetStream has not removed it yet (its
+		// expiry runs behind): take it over, unless another handler does
+		// so first. This compares this host's clock with the server's.
+		if rev, err := s.sending.Update(ctx, key, []byte(s.holder), e.Revision()); err == nil {
+			return Claim{Key: key, revision: rev}, nil
+		}
+		return Claim{}, &ClaimedError{Key: key, Holder: string(e.Value()), Left: s.claimTTL}
+	}
+	return Claim{}, &ClaimedError{Key: key, Holder: string(e.Value()), Left: s.claimTTL - max(0, age)}
+}
+
+// Release gives up a claim taken with Claim. Releasing a claim that ended
+// and was taken by someone else in the meantime does nothing.
+func (s *Store) Release(ctx context.Context, c Claim) error {
+	err := s.sending.Delete(ctx, c.Key, jetstream.LastRevision(c.revision))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("release claim: %w", err)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package history
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,11 @@ import (
 const waitLong = 60 * time.Second
 
 func openStore(t *testing.T) (*Store, jetstream.JetStream) {
+	t.Helper()
+	return openStoreWith(t, Options{Holder: "test-worker"})
+}
+
+func openStoreWith(t *testing.T, opts Options) (*Store, jetstream.JetStream) {
 	t.Helper()
 	s, err := server.NewServer(&server.Options{
 		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
@@ -44,7 +50,7 @@ func openStore(t *testing.T) (*Store, jetstream.JetStream) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	store, err := Open(ctx, js, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	store, err := Open(ctx, js, opts, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +88,7 @@ func TestBucketsAreCreatedAsSpecified(t *testing.T) {
 	for _, tt := range []struct {
 		bucket string
 		ttl    time.Duration
-	}{{BucketSent, 7 * 24 * time.Hour}, {BucketUsers, 0}} {
+	}{{BucketSent, 7 * 24 * time.Hour}, {BucketUsers, 0}, {BucketSending, DefaultClaimTTL}} {
 		kv, err := js.KeyValue(ctx, tt.bucket)
 		if err != nil {
 			t.Fatalf("bucket %s: %v", tt.bucket, err)
@@ -187,5 +193,101 @@ func TestConcurrentSignInsAreMerged(t *testing.T) {
 	}
 	if len(u.Devices) != n {
 		t.Errorf("record keeps %d of %d devices signed in at once: %v", len(u.Devices), n, u.Devices)
+	}
+}
+
+func TestClaims(t *testing.T) {
+	store, _ := openStoreWith(t, Options{Holder: "worker-a", ClaimTTL: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+
+	ann, bob := UserKey("https://idp", "ann"), UserKey("https://idp", "bob")
+	first, err := store.Claim(ctx, ann)
+	if err != nil {
+		t.Fatalf("first Claim: %v", err)
+	}
+	_, err = store.Claim(ctx, ann)
+	var claimed *ClaimedError
+	if !errors.As(err, &claimed) {
+		t.Fatalf("second Claim = %v, want a *ClaimedError", err)
+	}
+	if claimed.Holder != "worker-a" || claimed.Left <= 0 || claimed.Left > time.Minute {
+		t.Errorf("ClaimedError = %+v, want holder worker-a and up to a minute left", claimed)
+	}
+	if _, err := store.Claim(ctx, bob); err != nil {
+		t.Errorf("a claim on another person: %v", err)
+	}
+
+	if err := store.Release(ctx, first); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	second, err := store.Claim(ctx, ann)
+	if err != nil {
+		t.Fatalf("Claim after Release: %v", err)
+	}
+	// A stale release (the claim ended and was taken again) leaves the new
+	// claim alone.
+	if err := store.Release(ctx, first); err != nil {
+		t.Errorf("stale Release: %v", err)
+	}
+	if _, err := store.Claim(ctx, ann); !errors.As(err, &claimed) {
+		t.Errorf("Claim after a stale release = %v, want it still claimed", err)
+	}
+	if err := store.Release(ctx, second); err != nil {
+		t.Errorf("Release: %v", err)
+	}
+}
+
+func TestOnlyOneOfManyConcurrentClaimsWins(t *testing.T) {
+	store, _ := openStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	won, busy := 0, 0
+	for range 8 {
+		wg.Go(func() {
+			_, err := store.Claim(ctx, UserKey("https://idp", "race"))
+			var claimed *ClaimedError
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				won++
+			case errors.As(err, &claimed):
+				busy++
+			default:
+				t.Errorf("Claim: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if won != 1 || busy != 7 {
+		t.Errorf("%d claims won and %d found it busy, want 1 and 7", won, busy)
+	}
+}
+
+func TestAnAbandonedClaimEnds(t *testing.T) {
+	store, _ := openStoreWith(t, Options{ClaimTTL: 500 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if _, err := store.Claim(ctx, UserKey("https://idp", "crashed")); err != nil {
+		t.Fatal(err)
+	}
+	// The owner crashed and never released it.
+	deadline := time.Now().Add(waitLong)
+	for {
+		_, err := store.Claim(ctx, UserKey("https://idp", "crashed"))
+		if err == nil {
+			return
+		}
+		var claimed *ClaimedError
+		if !errors.As(err, &claimed) {
+			t.Fatalf("Claim: %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the abandoned claim never ended")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -10,143 +10,269 @@ import (
 	"net"
 	"net/textproto"
 	"os"
+	"regexp"
+	"strconv"
 	"syscall"
 
-	"github.com/wneessen/go-mail"
+	"github.com/wneessen/go-mail/smtp"
 )
 
-// Sentinels for the two ways a send can fail; test with errors.Is. Every
-// error Send returns matches exactly one of them.
+// Sentinels for classified send failures; test with errors.Is. Every error
+// Send and Check return matches ErrPermanent or ErrTransient, and may match
+// ErrRelay, ErrConfig and ErrMaybeSent as well.
 var (
-	// ErrTransient: trying the same email again later may work (the server
-	// answered 4xx, the connection failed or timed out, the relay or its TLS
-	// or AUTH is not usable right now).
+	// ErrTransient: trying the same email again later may work. Every
+	// ErrRelay failure is also transient.
 	ErrTransient = errors.New("transient smtp failure")
 	// ErrPermanent: this email will never be accepted as it is (the server
 	// answered 5xx to it, or it cannot be built, e.g. a malformed address).
 	ErrPermanent = errors.New("permanent smtp failure")
+	// ErrRelay: the relay is not usable right now (refused, reset, timeout,
+	// TLS, AUTH, 421, any refusal before RCPT TO). The failure is not the
+	// email's: every email would fail the same way, so it must not count
+	// against the email's attempts.
+	ErrRelay = errors.New("smtp relay unusable")
+	// ErrConfig: the relay refuses on authentication or policy grounds
+	// (5.7.x, 530/534/535/538) or its TLS cannot be used as configured. An
+	// operator has to act; retrying alone will not help.
+	ErrConfig = errors.New("smtp configuration problem")
+	// ErrMaybeSent: the connection broke after the end of the message data
+	// was sent and before the server answered. The server may have
+	// accepted the email.
+	ErrMaybeSent = errors.New("smtp outcome unknown")
 )
 
-// ErrClosed is returned (as a transient failure) by Send after Close.
+// ErrClosed is returned (as a relay failure) by Send and Check after Close.
 var ErrClosed = errors.New("sender is closed")
 
-// Error is a classified send failure. Reason is a short, bounded phrase for
-// logs ("smtp 451", "connection refused", "tls"); Code is the SMTP reply
-// code when the server gave one, else 0.
+// Stage is the step of an SMTP session at which a failure happened.
+type Stage string
+
+// Stages, in session order.
+const (
+	StageBuild     Stage = "build"       // the message could not be built
+	StageConnect   Stage = "connect"     // TCP, and the TLS handshake of implicit TLS
+	StageGreeting  Stage = "greeting"    // the server's 220
+	StageHello     Stage = "ehlo"        // EHLO/HELO
+	StageStartTLS  Stage = "starttls"    // STARTTLS and the handshake after it
+	StageAuth      Stage = "auth"        // SMTP AUTH
+	StageMail      Stage = "mail from"   // MAIL FROM
+	StageRcpt      Stage = "rcpt to"     // RCPT TO
+	StageData      Stage = "data"        // DATA and the message content, before the end-of-data mark
+	StageEndOfData Stage = "end of data" // the reply to the final "."
+)
+
+// beforeRecipient reports whether stage concerns the session or the sender,
+// which every email shares, rather than this email's recipient or content.
+func (s Stage) beforeRecipient() bool {
+	switch s {
+	case StageConnect, StageGreeting, StageHello, StageStartTLS, StageAuth, StageMail:
+		return true
+	}
+	return false
+}
+
+// Error is a classified send failure.
 type Error struct {
-	Transient bool
-	Code      int
-	Stage     string // "build", "dial" or "send"
-	Reason    string
-	Err       error
+	// Relay: the relay, not the email, is the problem (see ErrRelay).
+	Relay bool
+	// Permanent: the email will never be accepted as it is.
+	Permanent bool
+	// Config: an operator has to act (see ErrConfig).
+	Config bool
+	// MaybeSent: the server may have accepted the email (see ErrMaybeSent).
+	MaybeSent bool
+	Stage     Stage
+	// Code is the SMTP reply code when the server gave one, else 0;
+	// Enhanced the RFC 3463 status code ("5.7.1") when it sent one.
+	Code     int
+	Enhanced string
+	// Reason is a short, bounded phrase for logs, metrics and dead letters
+	// ("smtp 550 5.1.1", "connection refused", "tls certificate not
+	// trusted"). It never holds addresses or credentials.
+	Reason string
+	Err    error
 }
 
 func (e *Error) Error() string {
-	kind := "permanent"
-	if e.Transient {
-		kind = "transient"
-	}
-	return fmt.Sprintf("%s smtp failure at %s (%s): %v", kind, e.Stage, e.Reason, e.Err)
+	return fmt.Sprintf("%s at %s (%s): %v", e.kind(), e.Stage, e.Reason, e.Err)
 }
 
-// Unwrap exposes the cause and the matching sentinel.
+// Summary is Error without the underlying error's text, which may quote
+// the server and so an address. It suits /readyz.
+func (e *Error) Summary() string {
+	return fmt.Sprintf("%s at %s (%s)", e.kind(), e.Stage, e.Reason)
+}
+
+func (e *Error) kind() string {
+	switch {
+	case e.Config:
+		return "smtp configuration problem"
+	case e.MaybeSent:
+		return "smtp relay unusable, email may have been accepted"
+	case e.Relay:
+		return "smtp relay unusable"
+	case e.Permanent:
+		return "permanent smtp failure"
+	default:
+		return "transient smtp failure"
+	}
+}
+
+// Unwrap exposes the cause and the matching sentinels.
 func (e *Error) Unwrap() []error {
-	if e.Transient {
-		return []error{e.Err, ErrTransient}
+	errs := []error{e.Err}
+	if e.Permanent {
+		errs = append(errs, ErrPermanent)
+	} else {
+		errs = append(errs, ErrTransient)
 	}
-	return []error{e.Err, ErrPermanent}
+	if e.Relay {
+		errs = append(errs, ErrRelay)
+	}
+	if e.Config {
+		errs = append(errs, ErrConfig)
+	}
+	if e.MaybeSent {
+		errs = append(errs, ErrMaybeSent)
+	}
+	return errs
 }
 
-// Classification happens here and only here.
+// Classify turns a failure at stage into an *Error. Classification happens
+// here and only here:
 //
-// Before MAIL FROM (dialling, EHLO, STARTTLS, AUTH) every failure is
-// transient, whatever the reply code: it concerns the relay or this worker's
-// settings, not the email, and every email would fail the same way. Giving
-// them up would lose all mail during a relay outage or until a wrong password
-// is fixed; retrying keeps them in JetStream while /readyz reports the cause.
+//   - A reply 421 at any stage: the server is closing the connection; the
+//     relay is unusable.
+//   - Anything that goes wrong before RCPT TO (connecting, greeting, EHLO,
+//     TLS, AUTH, MAIL FROM): the relay is unusable, whatever the reply
+//     code; every email would fail the same way. 5xx replies, 5.7.x, AUTH
+//     codes (530, 534, 535, 538), certificate and TLS problems are also
+//     configuration problems.
+//   - At RCPT TO, DATA or the end of data: 4xx is transient for this email,
+//     5xx permanent, except that 5.7.x (policy, authentication) is a
+//     configuration problem that is retried like a 4xx rather than given up.
+//   - No reply at all (EOF, reset, timeout) during the transaction: the
+//     connection broke, the relay is unusable. After the end-of-data mark
+//     was sent the server may already hold the email: MaybeSent.
 //
-// During the transaction a 4xx reply is transient and a 5xx reply permanent.
-// go-mail's SendError.IsTemp only looks for a leading "4", so a lost
-// connection, EOF, reset or timeout (no reply code at all) would count as
-// permanent there; here they are transient.
-
-func buildError(err error) *Error {
-	return &Error{Transient: false, Stage: "build", Reason: "invalid message", Err: err}
-}
-
-func dialError(err error) *Error {
-	e := &Error{Transient: true, Stage: "dial", Reason: reason(err), Err: err}
+// go-mail's SendError.IsTemp only looks for a leading "4", so it calls a
+// lost connection permanent; this function does not use it.
+func Classify(stage Stage, err error) *Error {
+	var classified *Error
+	if errors.As(err, &classified) {
+		return classified
+	}
+	e := &Error{Stage: stage, Err: err}
+	if stage == StageBuild {
+		e.Permanent, e.Reason = true, "invalid message"
+		return e
+	}
 	var tp *textproto.Error
 	if errors.As(err, &tp) {
 		e.Code = tp.Code
-	}
-	return e
-}
-
-func sendError(err error) *Error {
-	e := &Error{Stage: "send", Err: err}
-	var se *mail.SendError
-	if !errors.As(err, &se) {
-		// Not from the SMTP transaction itself: treat like a network failure.
-		e.Transient, e.Reason = true, reason(err)
+		e.Enhanced = enhancedCode(tp.Code, tp.Msg)
+		e.Reason = "smtp " + strconv.Itoa(tp.Code)
+		if e.Enhanced != "" {
+			e.Reason += " " + e.Enhanced
+		}
+		policy := authCode(tp.Code) || (e.Code >= 500 && len(e.Enhanced) > 2 && e.Enhanced[:3] == "5.7")
+		switch {
+		case tp.Code == 421:
+			e.Relay = true
+		case stage.beforeRecipient():
+			e.Relay = true
+			e.Config = tp.Code >= 500 || policy
+		case policy:
+			e.Config = true // retried, never given up: see the doc comment
+		case tp.Code >= 500:
+			e.Permanent = true
+		}
 		return e
 	}
-	e.Code = se.ErrorCode()
-	switch {
-	case e.Code >= 500:
-		e.Transient, e.Reason = false, fmt.Sprintf("smtp %d", e.Code)
-	case e.Code >= 400:
-		e.Transient, e.Reason = true, fmt.Sprintf("smtp %d", e.Code)
-	case se.Reason == mail.ErrGetSender || se.Reason == mail.ErrGetRcpts || se.Reason == mail.ErrNoUnencoded:
-		// The message itself could not be put on the wire.
-		e.Transient, e.Reason = false, se.Reason.String()
-	default:
-		// No reply code: the connection broke (EOF, reset, timeout, NOOP
-		// failed). go-mail does not wrap the cause, so it cannot be
-		// inspected further; the message may be retried safely because the
-		// Message-ID stays the same.
-		e.Transient, e.Reason = true, "connection lost during "+se.Reason.String()
+	e.Relay = true
+	e.Reason, e.Config = cause(err)
+	if stage == StageEndOfData {
+		e.MaybeSent = true
 	}
 	return e
 }
 
-// reason names the cause of a failure outside an SMTP transaction in a few
-// words. It never includes addresses or credentials.
-func reason(err error) string {
+// authCode reports reply codes that mean "authentication needed or
+// refused" (RFC 4954).
+func authCode(code int) bool {
+	return code == 530 || code == 534 || code == 535 || code == 538
+}
+
+// enhancedRE matches an RFC 3463 status code at the start of a reply text.
+var enhancedRE = regexp.MustCompile(`^([245])\.(\d{1,3})\.(\d{1,3})\b`)
+
+// enhancedCode returns the enhanced status code at the start of msg when its
+// class matches the reply code's.
+func enhancedCode(code int, msg string) string {
+	m := enhancedRE.FindStringSubmatch(msg)
+	if m == nil || m[1] != strconv.Itoa(code/100) {
+		return ""
+	}
+	return m[0]
+}
+
+// Failures found by this package rather than reported by the server.
+var (
+	errNoStartTLS        = errors.New("the server does not offer STARTTLS")
+	errNoAuth            = errors.New("the server does not offer AUTH")
+	errMechNotOffered    = errors.New("the server does not offer the configured AUTH mechanism")
+	errClearTextPassword = errors.New("refusing to send credentials over an unencrypted connection")
+	errTokenFile         = errors.New("cannot read the OAuth2 token file")
+)
+
+// cause names the cause of a failure without a reply code in a few words,
+// and says whether an operator must act. It never includes addresses or
+// credentials.
+func cause(err error) (reason string, config bool) {
 	var (
-		tp      *textproto.Error
 		netErr  net.Error
 		unknown x509.UnknownAuthorityError
 		host    x509.HostnameError
 		invalid x509.CertificateInvalidError
+		verify  *tls.CertificateVerificationError
 		alert   tls.AlertError
 		record  tls.RecordHeaderError
+		dnsErr  *net.DNSError
 	)
 	switch {
 	case errors.Is(err, ErrClosed):
-		return "sender closed"
-	case errors.As(err, &tp):
-		return fmt.Sprintf("smtp %d", tp.Code)
+		return "sender closed", false
+	case errors.Is(err, errNoStartTLS):
+		return "no STARTTLS offered", true
+	case errors.Is(err, errNoAuth):
+		return "no AUTH offered", true
+	case errors.Is(err, errMechNotOffered):
+		return "auth mechanism not offered", true
+	case errors.Is(err, errClearTextPassword), errors.Is(err, smtp.ErrUnencrypted):
+		return "clear-text auth refused", true
+	case errors.Is(err, errTokenFile):
+		return "oauth2 token file unreadable", true
+	case errors.As(err, &unknown), errors.As(err, &host), errors.As(err, &invalid), errors.As(err, &verify):
+		return "tls certificate not trusted", true
+	case errors.As(err, &record):
+		return "not a tls server", true
+	case errors.As(err, &alert):
+		return "tls handshake failed", true
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection refused"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return "connection reset"
+		return "connection refused", false
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):
+		return "connection reset", false
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "connection closed by server"
+		return "connection closed by server", false
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
 		errors.As(err, &netErr) && netErr.Timeout():
-		return "timeout"
+		return "timeout", false
 	case errors.Is(err, context.Canceled):
-		return "canceled"
-	case errors.As(err, &unknown), errors.As(err, &host), errors.As(err, &invalid):
-		return "tls certificate not trusted"
-	case errors.As(err, &alert), errors.As(err, &record):
-		return "tls handshake failed"
+		return "canceled", false
+	case errors.As(err, &dnsErr):
+		return "dns lookup failed", false
 	default:
-		var dnsErr *net.DNSError
-		if errors.As(err, &dnsErr) {
-			return "dns lookup failed"
-		}
-		return "smtp session failed"
+		return "smtp session failed", false
 	}
 }

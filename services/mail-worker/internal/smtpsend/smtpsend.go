@@ -1,10 +1,17 @@
-// Package smtpsend delivers rendered emails over SMTP with go-mail.
+// Package smtpsend delivers rendered emails over SMTP.
 //
-// A Sender keeps one long-lived SMTP connection and reuses it for every
-// email, one at a time; it dials again after any failure and closes the
-// connection when it has been idle for a while. Send returns only after the
-// server accepted the message data, and classifies every failure once as
-// transient or permanent (see ErrTransient, ErrPermanent).
+// A Sender keeps a bounded pool of long-lived SMTP connections and reuses
+// them across emails, so that up to Config.PoolSize emails travel at once.
+// A connection is replaced after a broken connection or a 421, and closed
+// once it has been idle for Config.IdleTimeout. Emails are built with
+// go-mail; the SMTP session is driven with go-mail's smtp client directly,
+// so that every failure is known with its stage and cause and classified
+// once (see Classify, ErrTransient, ErrPermanent, ErrRelay, ErrConfig,
+// ErrMaybeSent).
+//
+// Send returns only after the server accepted the message data. It sends
+// no NOOP before reusing a connection; a pooled connection found dead at
+// MAIL FROM is replaced and the email tried once more on a fresh one.
 package smtpsend
 
 import (
@@ -14,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	netmail "net/mail"
 	"os"
 	"strings"
@@ -23,7 +29,7 @@ import (
 	"unicode"
 
 	"github.com/wneessen/go-mail"
-	"github.com/wneessen/go-mail/smtp"
+	"golang.org/x/time/rate"
 )
 
 // TLSMode says how the connection to the relay is encrypted.
@@ -41,29 +47,43 @@ const (
 	TLSNone TLSMode = "none"
 )
 
-// DefaultIdleTimeout is how long an unused connection stays open.
-const DefaultIdleTimeout = 30 * time.Second
+// Defaults for zero Config fields.
+const (
+	DefaultPoolSize    = 4
+	DefaultIdleTimeout = 30 * time.Second
+)
 
-// Config describes the relay and the sender address.
+// Config describes the relay, the pool and the sender address.
 type Config struct {
 	Host string
 	Port int
-	// Username enables SMTP AUTH (mechanism discovered from the server's
-	// offer) when not empty.
+	// Username enables SMTP AUTH when not empty; Auth picks the mechanism
+	// (AuthAuto when empty). Password is the secret for PLAIN, LOGIN and
+	// CRAM-MD5; XOAUTH2 reads its token from OAuth2TokenFile on every
+	// connect instead.
 	Username, Password string
+	Auth               AuthMode
+	OAuth2TokenFile    string
 	TLS                TLSMode
 	// CAFile optionally names a PEM file of roots trusted in addition to
 	// the system's. Certificates are always verified, against Host.
 	CAFile string
-	// Timeout bounds dialling (TCP, greeting, TLS, AUTH) and, separately,
-	// the transfer of one email.
+	// Timeout bounds opening a session (TCP, greeting, TLS, AUTH) and,
+	// separately, the transfer of one email.
 	Timeout time.Duration
 	// From is the From header, e.g. "Doorbell <doorbell@example.com>". Its
 	// domain also ends every Message-ID.
 	From string
-	// IdleTimeout closes the connection after this long without a send;
-	// DefaultIdleTimeout when zero.
+	// PoolSize bounds the connections open at once, and so the emails in
+	// flight; DefaultPoolSize when zero.
+	PoolSize int
+	// IdleTimeout closes a connection after this long without a send;
+	// DefaultIdleTimeout when zero. Keep it below the relay's own idle
+	// timeout (commonly 60–300 s).
 	IdleTimeout time.Duration
+	// RateLimit caps emails per second for this Sender (a token bucket);
+	// 0 means no limit.
+	RateLimit float64
 	// HELO is the name given in EHLO; the host name when empty.
 	HELO string
 }
@@ -87,25 +107,22 @@ type Receipt struct {
 	AcceptedAt time.Time
 }
 
-// Sender sends emails over one reused connection. It is safe for concurrent
-// use; sends are serialised.
+// Sender sends emails over a pool of reused connections. It is safe for
+// concurrent use; at most Config.PoolSize emails are in flight, further
+// callers wait for a connection.
 type Sender struct {
 	cfg     Config
-	client  *mail.Client
 	from    *netmail.Address
 	domain  string
+	helo    string
+	tls     *tls.Config
+	limiter *rate.Limiter // nil: no limit
 	log     *slog.Logger
 	metrics *Metrics
-
-	mu       sync.Mutex // guards everything below, and the connection's use
-	conn     *smtp.Client
-	dialed   net.Conn // the last TCP connection dialled, closed if the session setup fails
-	lastUsed time.Time
-	idle     *time.Timer
-	closed   bool
+	pool    *pool
 
 	statusMu sync.Mutex
-	status   error // nil when the last check or send reached the server
+	status   error // nil when the last check or send reached the relay
 }
 
 // ErrNotChecked is the Status before the first check or send.
@@ -116,15 +133,36 @@ func New(cfg Config, metrics *Metrics, log *slog.Logger) (*Sender, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
+	if cfg.PoolSize <= 0 {
+		cfg.PoolSize = DefaultPoolSize
+	}
+	if cfg.Auth == "" {
+		cfg.Auth = AuthAuto
+	}
 	if cfg.Timeout <= 0 {
 		return nil, errors.New("smtpsend: timeout must be positive")
+	}
+	switch cfg.TLS {
+	case TLSMandatory, TLSOpportunistic, TLSImplicit, TLSNone:
+	default:
+		return nil, fmt.Errorf("smtpsend: unknown TLS mode %q", cfg.TLS)
+	}
+	switch cfg.Auth {
+	case AuthAuto, AuthPlain, AuthLogin, AuthCRAMMD5:
+	case AuthXOAUTH2:
+		if cfg.OAuth2TokenFile == "" {
+			return nil, errors.New("smtpsend: XOAUTH2 needs a token file")
+		}
+	default:
+		return nil, fmt.Errorf("smtpsend: unknown AUTH mode %q", cfg.Auth)
+	}
+	if cfg.RateLimit < 0 {
+		return nil, errors.New("smtpsend: rate limit must not be negative")
 	}
 	from, err := netmail.ParseAddress(cfg.From)
 	if err != nil {
 		return nil, fmt.Errorf("smtpsend: from address %q: %w", cfg.From, err)
 	}
-	domain := from.Address[strings.LastIndexByte(from.Address, '@')+1:]
-
 	roots, err := x509.SystemCertPool()
 	if err != nil {
 		roots = x509.NewCertPool()
@@ -138,62 +176,27 @@ func New(cfg Config, metrics *Metrics, log *slog.Logger) (*Sender, error) {
 			return nil, fmt.Errorf("smtpsend: CA file %s holds no PEM certificate", cfg.CAFile)
 		}
 	}
-
-	s := &Sender{cfg: cfg, from: from, domain: domain, log: log, metrics: metrics, status: ErrNotChecked}
-	opts := []mail.Option{
-		mail.WithPort(cfg.Port),
-		mail.WithTimeout(cfg.Timeout),
-		mail.WithTLSConfig(&tls.Config{
-			RootCAs:    roots,
-			ServerName: cfg.Host,
-			MinVersion: tls.VersionTLS12,
-		}),
+	helo := cfg.HELO
+	if helo == "" {
+		if helo, err = os.Hostname(); err != nil || helo == "" {
+			helo = "localhost"
+		}
 	}
-	switch cfg.TLS {
-	case TLSMandatory:
-		opts = append(opts, mail.WithTLSPolicy(mail.TLSMandatory))
-	case TLSOpportunistic:
-		opts = append(opts, mail.WithTLSPolicy(mail.TLSOpportunistic))
-	case TLSNone:
-		opts = append(opts, mail.WithTLSPolicy(mail.NoTLS))
-	case TLSImplicit:
-		opts = append(opts, mail.WithSSL())
-	default:
-		return nil, fmt.Errorf("smtpsend: unknown TLS mode %q", cfg.TLS)
+	s := &Sender{
+		cfg:     cfg,
+		from:    from,
+		domain:  from.Address[strings.LastIndexByte(from.Address, '@')+1:],
+		helo:    helo,
+		tls:     &tls.Config{RootCAs: roots, ServerName: cfg.Host, MinVersion: tls.VersionTLS12},
+		log:     log,
+		metrics: metrics,
+		status:  ErrNotChecked,
 	}
-	if cfg.TLS != TLSImplicit {
-		// go-mail leaves the socket open when the session setup after the
-		// TCP dial fails (no STARTTLS, bad certificate, AUTH refused); this
-		// dialer remembers it so that Sender can close it. With implicit
-		// TLS go-mail must dial itself, or it would not know the session is
-		// encrypted and would refuse PLAIN/LOGIN authentication.
-		opts = append(opts, mail.WithDialContextFunc(s.dialTCP))
+	if cfg.RateLimit > 0 {
+		s.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit)))
 	}
-	if cfg.HELO != "" {
-		opts = append(opts, mail.WithHELO(cfg.HELO))
-	}
-	if cfg.Username != "" {
-		opts = append(opts,
-			mail.WithSMTPAuth(mail.SMTPAuthAutoDiscover),
-			mail.WithUsername(cfg.Username),
-			mail.WithPassword(cfg.Password))
-	}
-	client, err := mail.NewClient(cfg.Host, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("smtpsend: %w", err)
-	}
-	s.client = client
+	s.pool = newPool(cfg.PoolSize, cfg.IdleTimeout, metrics, log)
 	return s, nil
-}
-
-// dialTCP is go-mail's dialer; it runs with s.mu held.
-func (s *Sender) dialTCP(ctx context.Context, network, addr string) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, network, addr)
-	if err == nil {
-		s.dialed = c
-	}
-	return c, err
 }
 
 // Addr describes the relay for logs: host, port and TLS mode.
@@ -201,199 +204,174 @@ func (s *Sender) Addr() string {
 	return fmt.Sprintf("%s:%d (tls=%s)", s.cfg.Host, s.cfg.Port, s.cfg.TLS)
 }
 
-// Check opens a session with the relay (TCP, greeting, TLS, AUTH) and closes
-// it again. It updates Status. A failure is a *Error.
+// PoolSize is the most emails this Sender has in flight at once.
+func (s *Sender) PoolSize() int { return s.cfg.PoolSize }
+
+// Check opens a session with the relay (TCP, greeting, TLS, AUTH), asks it
+// to accept mail from the sender address (MAIL FROM, then RSET, so nothing
+// is sent) and closes the session. It is the start-up check and the probe
+// while the relay is down. It updates Status. A failure is a *Error.
 func (s *Sender) Check(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return dialError(ErrClosed)
+	if err := s.pool.take(ctx); err != nil {
+		return Classify(StageConnect, err)
 	}
-	sc, err := s.dial(ctx)
-	if err != nil {
-		s.setStatus(err)
-		return err
+	defer s.pool.give()
+	sc, e := s.dial(ctx)
+	if e != nil {
+		s.setStatus(e)
+		return e
 	}
-	s.hangUp(sc)
+	defer quit(sc)
+	if err := sc.UpdateDeadline(s.cfg.Timeout); err != nil {
+		e := Classify(StageMail, err)
+		s.setStatus(e)
+		return e
+	}
+	if err := sc.Mail(s.from.Address); err != nil {
+		e := Classify(StageMail, err)
+		s.setStatus(e)
+		return e
+	}
+	if err := sc.Reset(); err != nil {
+		e := Classify(StageMail, err)
+		s.setStatus(e)
+		return e
+	}
 	s.setStatus(nil)
 	return nil
 }
 
 // Status returns nil when the last check or send reached the relay and it
-// answered, ErrNotChecked before the first, else the last transient failure.
-// A permanent refusal of one email does not make the relay unhealthy.
+// answered, ErrNotChecked before the first, else the last relay or
+// configuration failure. A refusal of one email alone does not make the
+// relay unhealthy. The error text never quotes the server.
 func (s *Sender) Status() error {
 	s.statusMu.Lock()
 	defer s.statusMu.Unlock()
 	return s.status
 }
 
-func (s *Sender) setStatus(err error) {
+func (s *Sender) setStatus(e *Error) {
 	s.statusMu.Lock()
 	defer s.statusMu.Unlock()
-	s.status = err
+	if e == nil {
+		s.status = nil
+		return
+	}
+	s.status = errors.New(e.Summary())
 }
 
-// Send hands m to the relay and returns once the relay accepted it. A failure
-// is a *Error matching ErrTransient or ErrPermanent. ctx bounds dialling; the
-// transfer itself is bounded by Config.Timeout.
+// Send hands m to the relay and returns once the relay accepted it. A
+// failure is a *Error (see Classify). ctx bounds waiting for the rate limit
+// and a connection, and opening a session; the transfer itself is bounded
+// by Config.Timeout, so that an email in flight at shutdown is finished.
 func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
 	msg, err := s.build(m)
 	if err != nil {
-		s.metrics.attempts.WithLabelValues(OutcomePermanent).Inc()
-		return Receipt{}, err
+		e := Classify(StageBuild, err)
+		s.count(e)
+		return Receipt{}, e
 	}
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	if s.limiter != nil {
+		if err := s.limiter.Wait(ctx); err != nil {
+			if ctx.Err() == nil { // the wait would pass ctx's deadline
+				err = fmt.Errorf("%w: rate limit: %v", context.DeadlineExceeded, err)
+			}
+			return Receipt{}, s.count(Classify(StageConnect, err))
+		}
+	}
 	start := time.Now()
-	err = s.send(ctx, msg)
-	s.metrics.duration.Observe(time.Since(start).Seconds())
+	if err := s.pool.take(ctx); err != nil {
+		return Receipt{}, s.count(Classify(StageConnect, err))
+	}
+	s.metrics.poolWait.Observe(time.Since(start).Seconds())
+	defer s.pool.give()
 
-	var classified *Error
+	start = time.Now()
+	e := s.send(ctx, msg, m.ToAddr)
+	s.metrics.duration.Observe(time.Since(start).Seconds())
+	if e != nil {
+		return Receipt{}, s.count(e)
+	}
+	now := time.Now()
+	s.metrics.attempts.WithLabelValues(OutcomeSuccess).Inc()
+	s.metrics.lastSuccess.Set(float64(now.UnixNano()) / 1e9)
+	s.setStatus(nil)
+	return Receipt{MessageID: msg.GetMessageID(), AcceptedAt: now}, nil
+}
+
+// send runs one email on a pooled connection, holding a pool slot.
+func (s *Sender) send(ctx context.Context, msg *mail.Msg, to string) *Error {
+	c := s.pool.idleConn()
+	reused := c != nil
+	if !reused {
+		sc, e := s.dial(ctx)
+		if e != nil {
+			return e
+		}
+		c = s.pool.opened(sc)
+	}
+	healthy, e := s.transact(c.sc, msg, s.from.Address, to)
+	if e != nil && reused && e.Stage == StageMail && (e.Code == 0 || e.Code == 421) {
+		// The pooled connection died while idle (the server timed it out,
+		// a proxy dropped it). Nothing was sent on it: once more on a new
+		// connection.
+		s.log.DebugContext(ctx, "pooled smtp connection is dead; redialling", "reason", e.Reason)
+		s.pool.put(c, false)
+		sc, de := s.dial(ctx)
+		if de != nil {
+			return de
+		}
+		c = s.pool.opened(sc)
+		healthy, e = s.transact(c.sc, msg, s.from.Address, to)
+	}
+	s.pool.put(c, healthy)
+	return e
+}
+
+// count records the outcome of a failed attempt and updates Status.
+func (s *Sender) count(e *Error) *Error {
 	switch {
-	case err == nil:
-		now := time.Now()
-		s.metrics.attempts.WithLabelValues(OutcomeSuccess).Inc()
-		s.metrics.lastSuccess.Set(float64(now.UnixNano()) / 1e9)
-		s.setStatus(nil)
-		s.touch(now)
-		return Receipt{MessageID: msg.GetMessageID(), AcceptedAt: now}, nil
-	case errors.As(err, &classified) && !classified.Transient:
+	case e.Config:
+		s.metrics.attempts.WithLabelValues(OutcomeConfig).Inc()
+		s.setStatus(e)
+	case e.MaybeSent:
+		s.metrics.attempts.WithLabelValues(OutcomeMaybeSent).Inc()
+		s.setStatus(e)
+	case e.Relay:
+		s.metrics.attempts.WithLabelValues(OutcomeTransient).Inc()
+		if !errors.Is(e, ErrClosed) && !errors.Is(e, context.Canceled) && !(e.Stage == StageConnect && errors.Is(e, context.DeadlineExceeded)) {
+			// Not when this side gave up waiting (shutdown, the caller's
+			// deadline, the rate limit): that says nothing about the relay.
+			s.setStatus(e)
+		}
+	case e.Permanent:
 		s.metrics.attempts.WithLabelValues(OutcomePermanent).Inc()
-		s.setStatus(nil) // the relay answered
+		if e.Stage != StageBuild {
+			s.setStatus(nil) // the relay answered
+		}
 	default:
 		s.metrics.attempts.WithLabelValues(OutcomeTransient).Inc()
-		s.setStatus(err)
+		s.setStatus(nil) // the relay answered
 	}
-	return Receipt{}, err
+	return e
 }
 
-// send runs with s.mu held. It returns nil once the server accepted msg.
-func (s *Sender) send(ctx context.Context, msg *mail.Msg) error {
-	if s.closed {
-		return dialError(ErrClosed)
-	}
-	reused := s.conn != nil
-	if !reused {
-		sc, err := s.dial(ctx)
-		if err != nil {
-			return err
-		}
-		s.conn = sc
-	}
-	err := s.client.SendWithSMTPClient(s.conn, msg)
-	var se *mail.SendError
-	if err != nil && reused && errors.As(err, &se) && se.Reason == mail.ErrConnCheck {
-		// The idle connection went stale (the server timed it out, a proxy
-		// dropped it). Nothing was sent on it: dial once more right away.
-		s.log.DebugContext(ctx, "smtp connection went stale; redialling", "error", err)
-		s.drop(false)
-		sc, dErr := s.dial(ctx)
-		if dErr != nil {
-			return dErr
-		}
-		s.conn = sc
-		err = s.client.SendWithSMTPClient(s.conn, msg)
-	}
-	if err == nil {
-		return nil
-	}
-	// On any failure the connection is not trusted again. No QUIT: a
-	// server that stopped answering would hold us for another Timeout.
-	s.drop(false)
-	if msg.IsDelivered() {
-		// Only the RSET after the accepted DATA failed.
-		return nil
-	}
-	return sendError(err)
-}
-
-// dial opens a session; it runs with s.mu held.
-func (s *Sender) dial(ctx context.Context) (*smtp.Client, error) {
-	s.dialed = nil
-	sc, err := s.client.DialToSMTPClientWithContext(ctx)
-	if err != nil {
-		if s.dialed != nil {
-			_ = s.dialed.Close()
-		}
-		s.dialed = nil
-		return nil, dialError(err)
-	}
-	s.dialed = nil
-	s.metrics.connections.Inc()
-	return sc, nil
-}
-
-// drop closes the current connection, if any, saying QUIT first when
-// graceful; it runs with s.mu held.
-func (s *Sender) drop(graceful bool) {
-	if s.conn == nil {
-		return
-	}
-	if graceful {
-		s.hangUp(s.conn)
-	} else {
-		_ = s.conn.Close()
-		s.metrics.connections.Dec()
-	}
-	s.conn = nil
-}
-
-// hangUp says QUIT and closes sc; it runs with s.mu held.
-func (s *Sender) hangUp(sc *smtp.Client) {
-	_ = sc.UpdateDeadline(s.cfg.Timeout)
-	if err := s.client.CloseWithSMTPClient(sc); err != nil {
-		_ = sc.Close()
-	}
-	s.metrics.connections.Dec()
-}
-
-// touch records a use and arms the idle timer; it runs with s.mu held.
-func (s *Sender) touch(now time.Time) {
-	s.lastUsed = now
-	if s.idle == nil {
-		s.idle = time.AfterFunc(s.cfg.IdleTimeout, s.closeIfIdle)
-		return
-	}
-	s.idle.Reset(s.cfg.IdleTimeout)
-}
-
-func (s *Sender) closeIfIdle() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.conn == nil || s.closed {
-		return
-	}
-	if left := s.cfg.IdleTimeout - time.Since(s.lastUsed); left > 0 {
-		s.idle.Reset(left)
-		return
-	}
-	s.log.Debug("closing idle smtp connection", "idle_for", time.Since(s.lastUsed).Round(time.Second).String())
-	s.drop(true)
-}
-
-// Close says QUIT on the open connection, if any, and makes later sends fail
-// with ErrClosed. It waits for a send in progress.
+// Close says QUIT on the idle connections and makes later sends fail with
+// ErrClosed. Connections in use are closed when their send ends.
 func (s *Sender) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	if s.idle != nil {
-		s.idle.Stop()
-	}
-	s.drop(true)
+	s.pool.close()
 	return nil
 }
 
 // build turns m into a go-mail message.
 func (s *Sender) build(m Message) (*mail.Msg, error) {
 	if !validEventID(m.EventID) {
-		return nil, buildError(fmt.Errorf("event id %q cannot be part of a Message-ID", m.EventID))
+		return nil, fmt.Errorf("event id %q cannot be part of a Message-ID", m.EventID)
 	}
 	to, err := netmail.ParseAddress(m.ToAddr)
-	if err != nil || to.Address != strings.TrimSpace(m.ToAddr) {
-		return nil, buildError(errors.New("recipient is not a bare email address"))
+	if err != nil || to.Address != m.ToAddr {
+		return nil, errors.New("recipient is not a bare email address")
 	}
 	to.Name = displayName(m.ToName)
 

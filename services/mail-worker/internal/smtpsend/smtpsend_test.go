@@ -3,12 +3,16 @@ package smtpsend
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"mime"
 	"mime/multipart"
 	"net/mail"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +24,7 @@ import (
 
 const waitLong = 30 * time.Second
 
-func newSender(t *testing.T, srv *smtptest.Server, mutate func(*Config)) (*Sender, *Metrics) {
+func newSender(t testing.TB, srv *smtptest.Server, mutate func(*Config)) (*Sender, *Metrics) {
 	t.Helper()
 	cfg := Config{
 		Host:    srv.Host,
@@ -55,6 +59,10 @@ func message(eventID string) Message {
 		Text:    "Hello Ann, plain text.",
 		HTML:    "<p>Hello Ann, <b>html</b>.</p>",
 	}
+}
+
+func counter(m *Metrics, outcome string) float64 {
+	return testutil.ToFloat64(m.attempts.WithLabelValues(outcome))
 }
 
 func TestSendOverSTARTTLS(t *testing.T) {
@@ -107,11 +115,14 @@ func TestSendOverSTARTTLS(t *testing.T) {
 		t.Errorf("alternatives = %v, want text/plain and text/html bodies", parts)
 	}
 
-	if v := testutil.ToFloat64(m.attempts.WithLabelValues(OutcomeSuccess)); v != 1 {
+	if v := counter(m, OutcomeSuccess); v != 1 {
 		t.Errorf("send_attempts_total{outcome=success} = %v, want 1", v)
 	}
 	if v := testutil.ToFloat64(m.lastSuccess); v <= 0 {
 		t.Errorf("last_success_timestamp_seconds = %v, want a time", v)
+	}
+	if n := testutil.CollectAndCount(m.poolWait); n != 1 {
+		t.Errorf("smtp_pool_wait_seconds has %d series, want 1", n)
 	}
 	if err := s.Status(); err != nil {
 		t.Errorf("Status after a send = %v, want nil", err)
@@ -120,25 +131,31 @@ func TestSendOverSTARTTLS(t *testing.T) {
 
 func TestSendTLSModes(t *testing.T) {
 	tests := []struct {
-		name      string
-		server    smtptest.TLS
-		mode      TLSMode
-		noCA      bool
-		wantErr   bool
-		wantTLS   bool
-		wantInErr string
+		name       string
+		server     smtptest.TLS
+		mode       TLSMode
+		noCA       bool
+		timeout    time.Duration
+		wantErr    bool
+		wantConfig bool
+		wantTLS    bool
+		wantReason string
 	}{
 		{name: "mandatory refuses a server without STARTTLS", server: smtptest.NoTLS, mode: TLSMandatory,
-			wantErr: true, wantInErr: "STARTTLS"},
+			wantErr: true, wantConfig: true, wantReason: "no STARTTLS offered"},
 		{name: "mandatory refuses a certificate it does not trust", server: smtptest.StartTLS, mode: TLSMandatory,
-			noCA: true, wantErr: true, wantInErr: "tls certificate not trusted"},
+			noCA: true, wantErr: true, wantConfig: true, wantReason: "tls certificate not trusted"},
+		{name: "mandatory against an implicit-TLS port gets no greeting", server: smtptest.Implicit, mode: TLSMandatory,
+			timeout: 300 * time.Millisecond, wantErr: true, wantReason: "timeout"},
 		{name: "opportunistic uses STARTTLS when offered", server: smtptest.StartTLS, mode: TLSOpportunistic, wantTLS: true},
 		{name: "opportunistic sends in plain text when not offered", server: smtptest.NoTLS, mode: TLSOpportunistic},
 		{name: "opportunistic still verifies the certificate", server: smtptest.StartTLS, mode: TLSOpportunistic,
-			noCA: true, wantErr: true, wantInErr: "tls certificate not trusted"},
+			noCA: true, wantErr: true, wantConfig: true, wantReason: "tls certificate not trusted"},
 		{name: "implicit speaks TLS from the first byte", server: smtptest.Implicit, mode: TLSImplicit, wantTLS: true},
 		{name: "implicit refuses a certificate it does not trust", server: smtptest.Implicit, mode: TLSImplicit,
-			noCA: true, wantErr: true, wantInErr: "tls certificate not trusted"},
+			noCA: true, wantErr: true, wantConfig: true, wantReason: "tls certificate not trusted"},
+		{name: "implicit against a plain-text port says so", server: smtptest.StartTLS, mode: TLSImplicit,
+			wantErr: true, wantConfig: true, wantReason: "not a tls server"},
 		{name: "none never starts TLS", server: smtptest.StartTLS, mode: TLSNone},
 	}
 	for _, tt := range tests {
@@ -149,17 +166,19 @@ func TestSendTLSModes(t *testing.T) {
 				if tt.noCA {
 					c.CAFile = ""
 				}
+				if tt.timeout > 0 {
+					c.Timeout = tt.timeout
+				}
 			})
 			_, err := s.Send(context.Background(), message("evt-1"))
 			if tt.wantErr {
-				if err == nil {
-					t.Fatal("Send succeeded, want an error")
+				var se *Error
+				if !errors.As(err, &se) {
+					t.Fatalf("Send error = %v, want a *Error", err)
 				}
-				if !errors.Is(err, ErrTransient) {
-					t.Errorf("a failure to set up the session should be transient, got %v", err)
-				}
-				if !strings.Contains(err.Error(), tt.wantInErr) {
-					t.Errorf("error %q does not mention %q", err, tt.wantInErr)
+				if !se.Relay || se.Config != tt.wantConfig || se.Reason != tt.wantReason {
+					t.Errorf("got relay=%v config=%v reason=%q, want relay, config=%v, reason %q (%v)",
+						se.Relay, se.Config, se.Reason, tt.wantConfig, tt.wantReason, err)
 				}
 				if n := len(srv.Messages()); n != 0 {
 					t.Errorf("server accepted %d messages, want 0", n)
@@ -186,21 +205,49 @@ func TestSendTLSModes(t *testing.T) {
 	}
 }
 
-func TestSendClassifiesFailures(t *testing.T) {
+// TestSendClassifiesWhatTheRelaySays drives each kind of failure through a
+// real session and checks what an operator and the consumer see: the
+// class, the outcome counter, /readyz, and whether the connection is kept.
+func TestSendClassifiesWhatTheRelaySays(t *testing.T) {
 	tests := []struct {
-		name          string
-		code          int  // scripted reply to RCPT TO; 0 for none
-		refused       bool // nothing listens on the port
-		wantTransient bool
-		wantCode      int
-		wantReason    string
-		wantOutcome   string
+		name        string
+		script      func(*smtptest.Server)
+		refused     bool
+		wantRelay   bool
+		wantPerm    bool
+		wantConfig  bool
+		wantMaybe   bool
+		wantReason  string
+		wantOutcome string
+		wantHealthy bool // Status after the failure
+		wantConns   int  // connections after the failure and one more send
 	}{
-		{name: "451 is transient", code: 451, wantTransient: true, wantCode: 451, wantReason: "smtp 451", wantOutcome: OutcomeTransient},
-		{name: "421 is transient", code: 421, wantTransient: true, wantCode: 421, wantReason: "smtp 421", wantOutcome: OutcomeTransient},
-		{name: "550 is permanent", code: 550, wantTransient: false, wantCode: 550, wantReason: "smtp 550", wantOutcome: OutcomePermanent},
-		{name: "553 is permanent", code: 553, wantTransient: false, wantCode: 553, wantReason: "smtp 553", wantOutcome: OutcomePermanent},
-		{name: "connection refused is transient", refused: true, wantTransient: true, wantReason: "connection refused", wantOutcome: OutcomeTransient},
+		{name: "451 at RCPT is retried later, connection kept",
+			script:     func(s *smtptest.Server) { s.FailNext(1, 451) },
+			wantReason: "smtp 451 4.0.0", wantOutcome: OutcomeTransient, wantHealthy: true, wantConns: 1},
+		{name: "550 at RCPT is permanent, connection kept",
+			script:   func(s *smtptest.Server) { s.FailNext(1, 550) },
+			wantPerm: true, wantReason: "smtp 550 5.0.0", wantOutcome: OutcomePermanent, wantHealthy: true, wantConns: 1},
+		{name: "554 after the data is permanent",
+			script:   func(s *smtptest.Server) { s.FailNextAt(smtptest.AtEndOfData, 1, 554, "5.6.0") },
+			wantPerm: true, wantReason: "smtp 554 5.6.0", wantOutcome: OutcomePermanent, wantHealthy: true, wantConns: 1},
+		{name: "5.7.1 at RCPT alerts and is retried",
+			script:     func(s *smtptest.Server) { s.FailNextAt(smtptest.AtRcpt, 1, 550, "5.7.1") },
+			wantConfig: true, wantReason: "smtp 550 5.7.1", wantOutcome: OutcomeConfig, wantConns: 1},
+		{name: "421 at RCPT replaces the connection",
+			script:    func(s *smtptest.Server) { s.FailNextAt(smtptest.AtRcpt, 1, 421, "4.3.2") },
+			wantRelay: true, wantReason: "smtp 421 4.3.2", wantOutcome: OutcomeTransient, wantConns: 2},
+		{name: "421 at the greeting is the relay's",
+			script:    func(s *smtptest.Server) { s.FailNextAt(smtptest.AtGreeting, 1, 421, "4.3.2") },
+			wantRelay: true, wantReason: "smtp 421 4.3.2", wantOutcome: OutcomeTransient, wantConns: 1},
+		{name: "5.7.1 at MAIL FROM is a relay configuration problem",
+			script:    func(s *smtptest.Server) { s.FailNextAt(smtptest.AtMail, 1, 550, "5.7.1") },
+			wantRelay: true, wantConfig: true, wantReason: "smtp 550 5.7.1", wantOutcome: OutcomeConfig, wantConns: 1},
+		{name: "a drop in the middle of the data is the relay's",
+			script:    func(s *smtptest.Server) { s.DropNextMidData(1) },
+			wantRelay: true, wantOutcome: "", wantConns: 2},
+		{name: "connection refused is the relay's", refused: true,
+			wantRelay: true, wantReason: "connection refused", wantOutcome: OutcomeTransient},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -210,37 +257,44 @@ func TestSendClassifiesFailures(t *testing.T) {
 					c.Port = smtptest.ClosedPort(t)
 				}
 			})
-			if tt.code != 0 {
-				srv.FailNext(1, tt.code)
+			if tt.script != nil {
+				tt.script(srv)
 			}
 			_, err := s.Send(context.Background(), message("evt-1"))
 			var se *Error
 			if !errors.As(err, &se) {
-				t.Fatalf("Send error = %v, want a *smtpsend.Error", err)
+				t.Fatalf("Send error = %v, want a *Error", err)
 			}
-			if se.Transient != tt.wantTransient {
-				t.Errorf("Transient = %v, want %v (%v)", se.Transient, tt.wantTransient, err)
+			if se.Relay != tt.wantRelay || se.Permanent != tt.wantPerm || se.Config != tt.wantConfig {
+				t.Errorf("relay=%v permanent=%v config=%v, want %v %v %v (%v)",
+					se.Relay, se.Permanent, se.Config, tt.wantRelay, tt.wantPerm, tt.wantConfig, err)
 			}
-			if errors.Is(err, ErrTransient) != tt.wantTransient || errors.Is(err, ErrPermanent) == tt.wantTransient {
-				t.Errorf("sentinels do not match the classification: %v", err)
-			}
-			if se.Code != tt.wantCode {
-				t.Errorf("Code = %d, want %d", se.Code, tt.wantCode)
-			}
-			if se.Reason != tt.wantReason {
+			if tt.wantReason != "" && se.Reason != tt.wantReason {
 				t.Errorf("Reason = %q, want %q", se.Reason, tt.wantReason)
 			}
-			if v := testutil.ToFloat64(m.attempts.WithLabelValues(tt.wantOutcome)); v != 1 {
-				t.Errorf("send_attempts_total{outcome=%s} = %v, want 1", tt.wantOutcome, v)
+			if tt.wantOutcome != "" {
+				if v := counter(m, tt.wantOutcome); v != 1 {
+					t.Errorf("send_attempts_total{outcome=%s} = %v, want 1", tt.wantOutcome, v)
+				}
+			}
+			if healthy := s.Status() == nil; healthy != tt.wantHealthy {
+				t.Errorf("Status healthy = %v, want %v (%v)", healthy, tt.wantHealthy, s.Status())
 			}
 			if n := len(srv.Messages()); n != 0 {
 				t.Errorf("server accepted %d messages, want 0", n)
 			}
-			if !tt.refused {
-				// The relay answers again: the next send goes through.
-				if _, err := s.Send(context.Background(), message("evt-2")); err != nil {
-					t.Fatalf("second Send: %v", err)
-				}
+			if tt.refused {
+				return
+			}
+			// The relay answers again: the next send goes through.
+			if _, err := s.Send(context.Background(), message("evt-2")); err != nil {
+				t.Fatalf("second Send: %v", err)
+			}
+			if n := srv.Connections(); n != tt.wantConns {
+				t.Errorf("connections = %d, want %d", n, tt.wantConns)
+			}
+			if s.Status() != nil {
+				t.Errorf("Status after a good send = %v", s.Status())
 			}
 		})
 	}
@@ -265,18 +319,35 @@ func TestSendReusesOneConnection(t *testing.T) {
 	}
 }
 
-func TestSendRedialsAfterAFailure(t *testing.T) {
+func TestPoolBoundsConcurrentSends(t *testing.T) {
 	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
-	s, _ := newSender(t, srv, nil)
-	srv.FailNext(1, 550)
-	if _, err := s.Send(context.Background(), message("evt-1")); !errors.Is(err, ErrPermanent) {
-		t.Fatalf("first Send error = %v, want permanent", err)
+	srv.SetDelay(20 * time.Millisecond)
+	s, m := newSender(t, srv, func(c *Config) { c.PoolSize = 3 })
+	var wg sync.WaitGroup
+	errs := make(chan error, 24)
+	for i := range 24 {
+		wg.Go(func() {
+			if _, err := s.Send(context.Background(), message(fmt.Sprintf("evt-%d", i))); err != nil {
+				errs <- err
+			}
+		})
 	}
-	if _, err := s.Send(context.Background(), message("evt-2")); err != nil {
-		t.Fatalf("second Send: %v", err)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("Send: %v", err)
 	}
-	if n := srv.Connections(); n != 2 {
-		t.Errorf("connections = %d, want 2 (one closed after the failure, one new)", n)
+	if n := len(srv.CountByMessageID()); n != 24 {
+		t.Errorf("server holds %d distinct messages, want 24", n)
+	}
+	if n := srv.MaxActive(); n > 3 {
+		t.Errorf("%d connections were open at once, want at most the pool size 3", n)
+	}
+	if n := srv.Connections(); n > 3 {
+		t.Errorf("%d connections were opened for 24 emails, want them reused (at most 3)", n)
+	}
+	if v := testutil.ToFloat64(m.connections); v != float64(srv.Active()) {
+		t.Errorf("smtp_connections_open = %v, server sees %d", v, srv.Active())
 	}
 }
 
@@ -287,7 +358,7 @@ func TestIdleConnectionIsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(waitLong)
-	for testutil.ToFloat64(m.connections) != 0 {
+	for testutil.ToFloat64(m.connections) != 0 || srv.Active() != 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the idle connection was never closed")
 		}
@@ -301,36 +372,146 @@ func TestIdleConnectionIsClosed(t *testing.T) {
 	}
 }
 
+func TestSendSurvivesAConnectionTheServerDropped(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
+	s, m := newSender(t, srv, nil)
+	if _, err := s.Send(context.Background(), message("evt-1")); err != nil {
+		t.Fatal(err)
+	}
+	srv.DropConnections()
+	if _, err := s.Send(context.Background(), message("evt-2")); err != nil {
+		t.Fatalf("Send on a dropped connection: %v", err)
+	}
+	if n := len(srv.Messages()); n != 2 {
+		t.Errorf("server holds %d messages, want 2", n)
+	}
+	if n := srv.Connections(); n != 2 {
+		t.Errorf("connections = %d, want 2", n)
+	}
+	if v := counter(m, OutcomeTransient); v != 0 {
+		t.Errorf("a stale connection counted as a failed attempt: %v", v)
+	}
+}
+
+func TestSendRetriesOnceWhenAPooledConnectionSays421(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
+	s, _ := newSender(t, srv, nil)
+	if _, err := s.Send(context.Background(), message("evt-1")); err != nil {
+		t.Fatal(err)
+	}
+	srv.FailNextAt(smtptest.AtMail, 1, 421, "4.4.2")
+	if _, err := s.Send(context.Background(), message("evt-2")); err != nil {
+		t.Fatalf("Send after an idle timeout 421: %v", err)
+	}
+	// Only once: two 421 in a row are the relay's problem.
+	srv.FailNextAt(smtptest.AtMail, 2, 421, "4.3.2")
+	if _, err := s.Send(context.Background(), message("evt-3")); !errors.Is(err, ErrRelay) {
+		t.Fatalf("Send after two 421 = %v, want a relay failure", err)
+	}
+	if n := len(srv.Messages()); n != 2 {
+		t.Errorf("server holds %d messages, want 2", n)
+	}
+}
+
+func TestStalledRelayTimesOut(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
+	s, _ := newSender(t, srv, func(c *Config) { c.Timeout = 300 * time.Millisecond })
+	srv.StallNext(1, 5*time.Second)
+	_, err := s.Send(context.Background(), message("evt-1"))
+	var se *Error
+	if !errors.As(err, &se) || !se.Relay || se.Reason != "timeout" || se.Stage != StageMail {
+		t.Fatalf("Send to a stalled relay = %v, want a relay timeout at MAIL FROM", err)
+	}
+	if _, err := s.Send(context.Background(), message("evt-2")); err != nil {
+		t.Fatalf("Send after the stall: %v", err)
+	}
+}
+
 func TestSendWithAuth(t *testing.T) {
 	tests := []struct {
-		name     string
-		password string
-		wantErr  bool
+		name       string
+		offered    []string
+		mode       AuthMode
+		password   string
+		wantMech   string
+		wantReason string // empty: success
 	}{
-		{"the right password sends", "s3cret", false},
-		{"a wrong password is a transient relay problem", "wrong", true},
+		{name: "auto prefers PLAIN over TLS", offered: []string{"CRAM-MD5", "LOGIN", "PLAIN"}, mode: AuthAuto, password: "s3cret", wantMech: "PLAIN"},
+		{name: "auto takes LOGIN when it is all there is", offered: []string{"LOGIN"}, mode: AuthAuto, password: "s3cret", wantMech: "LOGIN"},
+		{name: "auto takes CRAM-MD5 when it is all there is", offered: []string{"CRAM-MD5"}, mode: AuthAuto, password: "s3cret", wantMech: "CRAM-MD5"},
+		{name: "plain", offered: []string{"PLAIN", "LOGIN"}, mode: AuthPlain, password: "s3cret", wantMech: "PLAIN"},
+		{name: "login", offered: []string{"PLAIN", "LOGIN"}, mode: AuthLogin, password: "s3cret", wantMech: "LOGIN"},
+		{name: "cram-md5", offered: []string{"PLAIN", "CRAM-MD5"}, mode: AuthCRAMMD5, password: "s3cret", wantMech: "CRAM-MD5"},
+		{name: "a wrong password is a configuration problem", offered: []string{"PLAIN"}, mode: AuthAuto, password: "wrong",
+			wantReason: "smtp 535 5.7.8"},
+		{name: "a wrong CRAM-MD5 secret is a configuration problem", offered: []string{"CRAM-MD5"}, mode: AuthCRAMMD5, password: "wrong",
+			wantReason: "smtp 535 5.7.8"},
+		{name: "a mechanism the relay does not offer is a configuration problem", offered: []string{"PLAIN"}, mode: AuthLogin, password: "s3cret",
+			wantReason: "auth mechanism not offered"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS, Username: "worker", Password: "s3cret"})
-			s, _ := newSender(t, srv, func(c *Config) { c.Username, c.Password = "worker", tt.password })
+			srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS, Username: "worker", Password: "s3cret", AuthMechanisms: tt.offered})
+			s, m := newSender(t, srv, func(c *Config) { c.Username, c.Password, c.Auth = "worker", tt.password, tt.mode })
 			_, err := s.Send(context.Background(), message("evt-1"))
-			if !tt.wantErr {
+			if tt.wantReason == "" {
 				if err != nil {
 					t.Fatalf("Send: %v", err)
 				}
-				if n := len(srv.Messages()); n != 1 {
-					t.Errorf("server holds %d messages, want 1", n)
+				if msgs := srv.Messages(); len(msgs) != 1 || msgs[0].Auth != tt.wantMech {
+					t.Errorf("messages %d, authenticated with %q, want 1 with %s", len(msgs), msgs[0].Auth, tt.wantMech)
 				}
 				return
 			}
-			if !errors.Is(err, ErrTransient) {
-				t.Fatalf("Send error = %v, want transient", err)
+			var se *Error
+			if !errors.As(err, &se) || !se.Relay || !se.Config || se.Stage != StageAuth || se.Reason != tt.wantReason {
+				t.Fatalf("Send error = %v, want a configuration problem at auth (%s)", err, tt.wantReason)
 			}
 			if strings.Contains(err.Error(), tt.password) {
 				t.Errorf("error reveals the password: %v", err)
 			}
+			if v := counter(m, OutcomeConfig); v != 1 {
+				t.Errorf("send_attempts_total{outcome=config} = %v, want 1", v)
+			}
+			if st := s.Status(); st == nil || !strings.Contains(st.Error(), "configuration problem at auth") {
+				t.Errorf("Status = %v, want the configuration problem", st)
+			}
 		})
+	}
+}
+
+func TestXOAUTH2ReadsTheTokenOnEveryConnect(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.Implicit, Username: "worker@example.com",
+		AuthMechanisms: []string{"XOAUTH2"}, OAuth2Token: "token-2"})
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("token-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := newSender(t, srv, func(c *Config) {
+		c.TLS, c.Username, c.Auth, c.OAuth2TokenFile = TLSImplicit, "worker@example.com", AuthXOAUTH2, tokenFile
+	})
+	_, err := s.Send(context.Background(), message("evt-1"))
+	if !errors.Is(err, ErrConfig) || strings.Contains(err.Error(), "token-1") {
+		t.Fatalf("Send with an expired token = %v, want a configuration problem that does not show the token", err)
+	}
+	// A sidecar refreshes the file; the running sender picks it up.
+	if err := os.WriteFile(tokenFile, []byte("token-2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Send(context.Background(), message("evt-2")); err != nil {
+		t.Fatalf("Send with the refreshed token: %v", err)
+	}
+	if msgs := srv.Messages(); len(msgs) != 1 || msgs[0].Auth != "XOAUTH2" {
+		t.Errorf("want one message authenticated with XOAUTH2, got %+v", msgs)
+	}
+	if err := os.Remove(tokenFile); err != nil {
+		t.Fatal(err)
+	}
+	srv.DropConnections()
+	_, err = s.Send(context.Background(), message("evt-3"))
+	var se *Error
+	if !errors.As(err, &se) || se.Reason != "oauth2 token file unreadable" {
+		t.Errorf("Send without a token file = %v, want oauth2 token file unreadable", err)
 	}
 }
 
@@ -385,8 +566,8 @@ func TestDisplayNameCannotInjectHeaders(t *testing.T) {
 }
 
 func TestCheck(t *testing.T) {
-	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS})
-	s, m := newSender(t, srv, nil)
+	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS, Username: "worker", Password: "s3cret"})
+	s, m := newSender(t, srv, func(c *Config) { c.Username, c.Password = "worker", "s3cret" })
 	if err := s.Status(); !errors.Is(err, ErrNotChecked) {
 		t.Errorf("Status before any check = %v, want ErrNotChecked", err)
 	}
@@ -399,25 +580,70 @@ func TestCheck(t *testing.T) {
 	if v := testutil.ToFloat64(m.connections); v != 0 {
 		t.Errorf("Check left %v connections open", v)
 	}
-
-	down, _ := newSender(t, srv, func(c *Config) { c.Port = smtptest.ClosedPort(t) })
-	err := down.Check(context.Background())
-	if !errors.Is(err, ErrTransient) || !strings.Contains(err.Error(), "connection refused") {
-		t.Errorf("Check against a closed port = %v, want transient connection refused", err)
+	if n := len(srv.Messages()); n != 0 {
+		t.Errorf("Check sent %d messages", n)
 	}
-	if down.Status() == nil {
-		t.Error("Status is healthy after a failed check")
+
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"nothing listens", func(c *Config) { c.Port = smtptest.ClosedPort(t) }, "smtp relay unusable at connect (connection refused)"},
+		{"wrong password", func(c *Config) { c.Password = "wrong" }, "smtp configuration problem at auth (smtp 535 5.7.8)"},
+		{"no credentials where the relay wants them", func(c *Config) { c.Username, c.Password = "", "" },
+			"smtp configuration problem at mail from (smtp 502 5.7.0)"},
+		{"no TLS where the relay wants it", func(c *Config) { c.TLS, c.Username, c.Password = TLSNone, "", "" },
+			"smtp configuration problem at mail from (smtp 530 5.7.0)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bad, _ := newSender(t, srv, func(c *Config) {
+				c.Username, c.Password = "worker", "s3cret"
+				tt.mutate(c)
+			})
+			err := bad.Check(context.Background())
+			if err == nil || !errors.Is(err, ErrRelay) || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Errorf("Check = %v, want %q", err, tt.want)
+			}
+			if st := bad.Status(); st == nil || st.Error() != tt.want {
+				t.Errorf("Status = %v, want %q", st, tt.want)
+			}
+		})
+	}
+}
+
+func TestRateLimitWaitsWithTheContext(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
+	s, _ := newSender(t, srv, func(c *Config) { c.RateLimit = 0.001 }) // one email, then one every 1000 s
+	if _, err := s.Send(context.Background(), message("evt-1")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := s.Send(ctx, message("evt-2"))
+	if !errors.Is(err, ErrRelay) {
+		t.Errorf("Send beyond the rate = %v, want it to give up with the context", err)
+	}
+	if n := len(srv.Messages()); n != 1 {
+		t.Errorf("server holds %d messages, want 1", n)
 	}
 }
 
 func TestSendAfterClose(t *testing.T) {
 	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
-	s, _ := newSender(t, srv, nil)
+	s, m := newSender(t, srv, nil)
+	if _, err := s.Send(context.Background(), message("evt-1")); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Send(context.Background(), message("evt-1")); !errors.Is(err, ErrClosed) || !errors.Is(err, ErrTransient) {
-		t.Errorf("Send after Close = %v, want transient ErrClosed", err)
+	if v := testutil.ToFloat64(m.connections); v != 0 {
+		t.Errorf("smtp_connections_open = %v after Close, want 0", v)
+	}
+	if _, err := s.Send(context.Background(), message("evt-2")); !errors.Is(err, ErrClosed) || !errors.Is(err, ErrRelay) {
+		t.Errorf("Send after Close = %v, want a relay failure ErrClosed", err)
 	}
 }
 
@@ -452,23 +678,42 @@ func alternatives(t *testing.T, data []byte) map[string]string {
 	}
 }
 
-func TestSendSurvivesAConnectionTheServerDropped(t *testing.T) {
-	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
-	s, m := newSender(t, srv, nil)
-	if _, err := s.Send(context.Background(), message("evt-1")); err != nil {
-		t.Fatal(err)
+// BenchmarkSend measures one email at a time over one reused connection
+// to the test server on loopback (STARTTLS).
+func BenchmarkSend(b *testing.B) {
+	srv := smtptest.Start(b, smtptest.Options{TLS: smtptest.StartTLS})
+	s, _ := newSender(b, srv, func(c *Config) { c.PoolSize = 1 })
+	ctx := context.Background()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		if _, err := s.Send(ctx, message(fmt.Sprintf("evt-%d", i))); err != nil {
+			b.Fatal(err)
+		}
 	}
-	srv.DropConnections()
-	if _, err := s.Send(context.Background(), message("evt-2")); err != nil {
-		t.Fatalf("Send on a dropped connection: %v", err)
-	}
-	if n := len(srv.Messages()); n != 2 {
-		t.Errorf("server holds %d messages, want 2", n)
-	}
-	if n := srv.Connections(); n != 2 {
-		t.Errorf("connections = %d, want 2", n)
-	}
-	if v := testutil.ToFloat64(m.attempts.WithLabelValues(OutcomeTransient)); v != 0 {
-		t.Errorf("a stale connection counted as a failed attempt: %v", v)
-	}
+}
+
+// BenchmarkSendPool measures emails sent concurrently through a pool of 4
+// connections.
+func BenchmarkSendPool(b *testing.B) {
+	srv := smtptest.Start(b, smtptest.Options{TLS: smtptest.StartTLS})
+	s, _ := newSender(b, srv, func(c *Config) { c.PoolSize = 4 })
+	ctx := context.Background()
+	var mu sync.Mutex
+	n := 0
+	b.ReportAllocs()
+	b.SetParallelism(2) // 2×GOMAXPROCS goroutines share the 4 connections
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			mu.Lock()
+			n++
+			id := fmt.Sprintf("evt-%d", n)
+			mu.Unlock()
+			if _, err := s.Send(ctx, message(id)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }

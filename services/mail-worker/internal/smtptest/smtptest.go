@@ -1,7 +1,10 @@
 // Package smtptest runs a small, real SMTP server on loopback for tests: it
 // records what it accepts, can offer or require STARTTLS or speak implicit
-// TLS with a certificate made on the spot, can require AUTH PLAIN, and can be
-// told to refuse the next messages with a given reply code.
+// TLS with a certificate made on the spot, can require AUTH (PLAIN, LOGIN,
+// CRAM-MD5, XOAUTH2), and can be told to fail: refuse connections, answer
+// a reply code at the greeting, MAIL FROM, RCPT TO or the end of data,
+// reject one recipient for good, stall, be slow, or drop the connection in
+// the middle of the message data.
 //
 // It is for tests only; nothing in the service imports it.
 package smtptest
@@ -15,6 +18,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"io"
 	"log"
 	"math/big"
@@ -23,11 +28,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
@@ -48,17 +53,34 @@ const (
 // Options configure a Server.
 type Options struct {
 	TLS TLS
-	// Username and Password, when set, make the server offer AUTH PLAIN and
+	// Username and Password, when set, make the server offer AUTH and
 	// refuse mail from sessions that did not authenticate with them.
 	Username, Password string
+	// AuthMechanisms are the mechanisms offered when Username is set
+	// (PLAIN, LOGIN, CRAM-MD5, XOAUTH2); PLAIN alone when empty.
+	AuthMechanisms []string
+	// OAuth2Token is the bearer token XOAUTH2 accepts for Username.
+	OAuth2Token string
 }
+
+// Stage names where a scripted failure answers.
+type Stage string
+
+// Stages at which FailNextAt can answer.
+const (
+	AtGreeting  Stage = "greeting"    // instead of the 220; the connection is then closed
+	AtMail      Stage = "mail"        // MAIL FROM
+	AtRcpt      Stage = "rcpt"        // RCPT TO
+	AtEndOfData Stage = "end of data" // the reply to the final "."; nothing is recorded
+)
 
 // Message is one message the server accepted.
 type Message struct {
 	From string
 	To   []string
 	Data []byte
-	TLS  bool // the session was encrypted
+	TLS  bool   // the session was encrypted
+	Auth string // the AUTH mechanism the session used, or ""
 }
 
 // Header parses the message's header; it fails the test on a malformed one.
@@ -71,6 +93,22 @@ func (m Message) Header(t testing.TB) mail.Header {
 	return msg.Header
 }
 
+// MessageID returns the Message-Id header, or "" when there is none or the
+// message is malformed.
+func (m Message) MessageID() string {
+	msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
+	if err != nil {
+		return ""
+	}
+	return msg.Header.Get("Message-Id")
+}
+
+// failure is a scripted reply for the next times occasions.
+type failure struct {
+	times int
+	err   *smtp.SMTPError
+}
+
 // Server is a running test SMTP server. Its methods are safe for concurrent
 // use.
 type Server struct {
@@ -81,22 +119,37 @@ type Server struct {
 	// usable as SMTP_CA_FILE; empty for NoTLS.
 	CAFile string
 
-	opts Options
+	opts    Options
+	srv     *smtp.Server
+	tlsCfg  *tls.Config
+	serving sync.WaitGroup
+	closing chan struct{} // closed when the test ends
 
 	mu          sync.Mutex
+	ln          net.Listener // nil while refusing
+	refusing    bool
 	messages    []Message
 	connections int
+	active      int
+	maxActive   int
 	open        []net.Conn
-	failCode    int
-	failLeft    int
+	fail        map[Stage]*failure
+	rejected    map[string]*smtp.SMTPError
+	dropMidData int
+	dropFor     map[string]bool
+	stallLeft   int
+	stallFor    time.Duration
+	delay       time.Duration
 	changed     chan struct{} // closed and replaced on every new message
 }
 
 // Start runs a server until the test ends.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	s := &Server{Host: "127.0.0.1", opts: opts, changed: make(chan struct{})}
-
+	s := &Server{
+		Host: "127.0.0.1", opts: opts, changed: make(chan struct{}), closing: make(chan struct{}),
+		fail: make(map[Stage]*failure), rejected: make(map[string]*smtp.SMTPError), dropFor: make(map[string]bool),
+	}
 	be := smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &session{srv: s, conn: c}, nil
 	})
@@ -106,44 +159,130 @@ func Start(t testing.TB, opts Options) *Server {
 	srv.WriteTimeout = time.Minute
 	srv.ErrorLog = log.New(io.Discard, "", 0)
 	srv.AllowInsecureAuth = true
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("smtptest: listen: %v", err)
-	}
+	s.srv = srv
 	if opts.TLS != NoTLS {
 		cfg, caFile := selfSigned(t)
 		s.CAFile = caFile
-		if opts.TLS == Implicit {
-			ln = tls.NewListener(ln, cfg)
-		} else {
+		s.tlsCfg = cfg
+		if opts.TLS != Implicit {
 			srv.TLSConfig = cfg
 		}
 	}
-	s.Port = ln.Addr().(*net.TCPAddr).Port
-	ln = &countingListener{Listener: ln, srv: s}
-
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(ln)
-	}()
+	if err := s.listen("127.0.0.1:0"); err != nil {
+		t.Fatalf("smtptest: listen: %v", err)
+	}
 	t.Cleanup(func() {
+		close(s.closing)
 		_ = srv.Close()
-		// Serve may not have registered the listener with srv yet, in
-		// which case srv.Close did not close it.
-		_ = ln.Close()
-		<-done
+		s.mu.Lock()
+		if s.ln != nil {
+			// Serve may not have registered the listener yet, in which
+			// case srv.Close did not close it.
+			_ = s.ln.Close()
+		}
+		s.mu.Unlock()
+		s.serving.Wait()
 	})
 	return s
 }
 
+// listen starts serving on addr.
+func (s *Server) listen(addr string) error {
+	raw, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	s.Port = raw.Addr().(*net.TCPAddr).Port
+	var ln net.Listener = &countingListener{Listener: raw, srv: s}
+	if s.opts.TLS == Implicit {
+		ln = tls.NewListener(ln, s.tlsCfg)
+	}
+	s.mu.Lock()
+	s.ln = ln
+	s.refusing = false
+	s.mu.Unlock()
+	s.serving.Go(func() { _ = s.srv.Serve(ln) })
+	return nil
+}
+
+// Refuse stops listening, so that new connections are refused, like a relay
+// that is down. Sessions already open finish the transaction they are in;
+// their next MAIL FROM is answered 421.
+func (s *Server) Refuse() {
+	s.mu.Lock()
+	ln := s.ln
+	s.ln, s.refusing = nil, true
+	s.mu.Unlock()
+	if ln != nil {
+		_ = ln.Close()
+	}
+}
+
+// Accept listens again on the same port after Refuse.
+func (s *Server) Accept(t testing.TB) {
+	t.Helper()
+	if err := s.listen(net.JoinHostPort(s.Host, strconv.Itoa(s.Port))); err != nil {
+		t.Fatalf("smtptest: listen again: %v", err)
+	}
+}
+
 // FailNext makes the server answer code (for example 451 or 550) to RCPT TO
 // for the next n messages.
-func (s *Server) FailNext(n, code int) {
+func (s *Server) FailNext(n, code int) { s.FailNextAt(AtRcpt, n, code, "") }
+
+// FailNextAt makes the server answer code with the enhanced status code
+// enhanced ("5.7.1"; the code's class with ".0.0" when empty) at stage, the
+// next n times that stage is reached.
+func (s *Server) FailNextAt(stage Stage, n, code int, enhanced string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.failLeft, s.failCode = n, code
+	s.fail[stage] = &failure{times: n, err: reply(code, enhanced, "scripted failure "+strconv.Itoa(code))}
+}
+
+// RejectRecipient makes the server answer code (with enhanced, see
+// FailNextAt) to RCPT TO for addr, every time; code 0 lifts it.
+func (s *Server) RejectRecipient(addr string, code int, enhanced string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if code == 0 {
+		delete(s.rejected, addr)
+		return
+	}
+	s.rejected[addr] = reply(code, enhanced, "recipient <"+addr+"> rejected")
+}
+
+// DropNextMidData makes the server read only the start of the next n
+// messages' data and then close the connection without a reply; the
+// messages are not recorded.
+func (s *Server) DropNextMidData(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropMidData = n
+}
+
+// DropMidDataFor makes the server drop the connection in the middle of the
+// data of every message to addr, as a relay whose content filter crashes
+// on one message does.
+func (s *Server) DropMidDataFor(addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropFor[addr] = true
+}
+
+// StallNext makes the server leave the next n MAIL FROM commands without an
+// answer for d (or until the test ends).
+func (s *Server) StallNext(n int, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stallLeft, s.stallFor = n, d
+}
+
+// SetDelay makes the server wait d after each message's data before it
+// records the message and answers, like a slow relay.
+func (s *Server) SetDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.delay = d
 }
 
 // Messages returns a copy of the accepted messages, oldest first.
@@ -153,6 +292,15 @@ func (s *Server) Messages() []Message {
 	return append([]Message(nil), s.messages...)
 }
 
+// CountByMessageID returns how often each Message-Id was accepted.
+func (s *Server) CountByMessageID() map[string]int {
+	counts := make(map[string]int)
+	for _, m := range s.Messages() {
+		counts[m.MessageID()]++
+	}
+	return counts
+}
+
 // Connections returns how many TCP connections the server has accepted.
 func (s *Server) Connections() int {
 	s.mu.Lock()
@@ -160,15 +308,30 @@ func (s *Server) Connections() int {
 	return s.connections
 }
 
+// Active returns how many connections are open now.
+func (s *Server) Active() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active
+}
+
+// MaxActive returns the most connections that were open at once.
+func (s *Server) MaxActive() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxActive
+}
+
 // DropConnections closes every connection the server accepted so far,
 // without a goodbye, as a relay does when it times out idle clients.
 func (s *Server) DropConnections() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, c := range s.open {
+	open := s.open
+	s.open = nil
+	s.mu.Unlock()
+	for _, c := range open {
 		_ = c.Close()
 	}
-	s.open = nil
 }
 
 // WaitForMessages waits until the server holds at least n messages and
@@ -193,19 +356,39 @@ func (s *Server) WaitForMessages(t testing.TB, n int, timeout time.Duration) []M
 	}
 }
 
-// takeFailure consumes one scripted failure, if any is left.
-func (s *Server) takeFailure() error {
+// WaitForMessageIDs waits until n distinct Message-Ids were accepted and
+// returns the counts by Message-Id; the test fails after timeout.
+func (s *Server) WaitForMessageIDs(t testing.TB, n int, timeout time.Duration) map[string]int {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		s.mu.Lock()
+		changed := s.changed
+		s.mu.Unlock()
+		counts := s.CountByMessageID()
+		if len(counts) >= n {
+			return counts
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("smtptest: got %d distinct messages after %s, want %d", len(counts), timeout, n)
+			return nil
+		}
+	}
+}
+
+// takeFailure consumes one scripted failure at stage, if any is left.
+func (s *Server) takeFailure(stage Stage) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.failLeft <= 0 {
+	f := s.fail[stage]
+	if f == nil || f.times <= 0 {
 		return nil
 	}
-	s.failLeft--
-	enh := smtp.EnhancedCode{4, 0, 0}
-	if s.failCode >= 500 {
-		enh = smtp.EnhancedCode{5, 0, 0}
-	}
-	return &smtp.SMTPError{Code: s.failCode, EnhancedCode: enh, Message: "scripted failure " + strconv.Itoa(s.failCode)}
+	f.times--
+	return f.err
 }
 
 func (s *Server) record(m Message) {
@@ -216,51 +399,75 @@ func (s *Server) record(m Message) {
 	s.changed = make(chan struct{})
 }
 
+// reply builds an SMTP error reply.
+func reply(code int, enhanced, text string) *smtp.SMTPError {
+	enh := smtp.EnhancedCode{code / 100, 0, 0}
+	if enhanced != "" {
+		parts := strings.Split(enhanced, ".")
+		if len(parts) == 3 {
+			for i, p := range parts {
+				enh[i], _ = strconv.Atoi(p)
+			}
+		}
+	}
+	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: text}
+}
+
 type countingListener struct {
 	net.Listener
 	srv *Server
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if err := l.srv.takeFailure(AtGreeting); err != nil {
+			var se *smtp.SMTPError
+			errors.As(err, &se)
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = fmt.Fprintf(c, "%d %d.%d.%d %s\r\n", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+			_ = c.Close()
+			continue
+		}
 		l.srv.mu.Lock()
 		l.srv.connections++
-		l.srv.open = append(l.srv.open, c)
+		l.srv.active++
+		l.srv.maxActive = max(l.srv.maxActive, l.srv.active)
+		cc := &countingConn{Conn: c, srv: l.srv}
+		l.srv.open = append(l.srv.open, cc)
 		l.srv.mu.Unlock()
+		return cc, nil
 	}
-	return c, err
+}
+
+// countingConn keeps Server.active right.
+type countingConn struct {
+	net.Conn
+	srv  *Server
+	once sync.Once
+}
+
+func (c *countingConn) Close() error {
+	c.once.Do(func() {
+		c.srv.mu.Lock()
+		c.srv.active--
+		c.srv.mu.Unlock()
+	})
+	return c.Conn.Close()
 }
 
 type session struct {
 	srv    *Server
 	conn   *smtp.Conn
-	authed bool
+	authed string // mechanism, once authenticated
 	from   string
 	to     []string
 }
 
 var _ smtp.AuthSession = (*session)(nil)
-
-func (s *session) AuthMechanisms() []string {
-	if s.srv.opts.Username == "" {
-		return nil
-	}
-	return []string{sasl.Plain}
-}
-
-func (s *session) Auth(mech string) (sasl.Server, error) {
-	if mech != sasl.Plain {
-		return nil, smtp.ErrAuthUnknownMechanism
-	}
-	return sasl.NewPlainServer(func(identity, username, password string) error {
-		if username != s.srv.opts.Username || password != s.srv.opts.Password {
-			return smtp.ErrAuthFailed
-		}
-		s.authed = true
-		return nil
-	}), nil
-}
 
 func (s *session) encrypted() bool {
 	_, ok := s.conn.TLSConnectionState()
@@ -268,18 +475,44 @@ func (s *session) encrypted() bool {
 }
 
 func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+	s.srv.mu.Lock()
+	refusing := s.srv.refusing
+	stall := s.srv.stallLeft > 0
+	if stall {
+		s.srv.stallLeft--
+	}
+	stallFor := s.srv.stallFor
+	s.srv.mu.Unlock()
+	if refusing {
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service shutting down"}
+	}
+	if stall {
+		select {
+		case <-time.After(stallFor):
+		case <-s.srv.closing:
+		}
+	}
 	if s.srv.opts.TLS == RequireStartTLS && !s.encrypted() {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
 	}
-	if s.srv.opts.Username != "" && !s.authed {
+	if s.srv.opts.Username != "" && s.authed == "" {
 		return smtp.ErrAuthRequired
+	}
+	if err := s.srv.takeFailure(AtMail); err != nil {
+		return err
 	}
 	s.from = from
 	return nil
 }
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if err := s.srv.takeFailure(); err != nil {
+	s.srv.mu.Lock()
+	rejected := s.srv.rejected[to]
+	s.srv.mu.Unlock()
+	if rejected != nil {
+		return rejected
+	}
+	if err := s.srv.takeFailure(AtRcpt); err != nil {
 		return err
 	}
 	s.to = append(s.to, to)
@@ -287,11 +520,35 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (s *session) Data(r io.Reader) error {
+	s.srv.mu.Lock()
+	drop := s.srv.dropMidData > 0
+	if drop {
+		s.srv.dropMidData--
+	}
+	for _, to := range s.to {
+		drop = drop || s.srv.dropFor[to]
+	}
+	delay := s.srv.delay
+	s.srv.mu.Unlock()
+	if drop {
+		_, _ = io.ReadFull(r, make([]byte, 64))
+		_ = s.conn.Conn().Close()
+		return errors.New("connection dropped mid-data")
+	}
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return err
 	}
-	s.srv.record(Message{From: s.from, To: s.to, Data: b, TLS: s.encrypted()})
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-s.srv.closing:
+		}
+	}
+	if err := s.srv.takeFailure(AtEndOfData); err != nil {
+		return err
+	}
+	s.srv.record(Message{From: s.from, To: s.to, Data: b, TLS: s.encrypted(), Auth: s.authed})
 	return nil
 }
 

@@ -1,0 +1,371 @@
+package consume
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
+)
+
+func TestAPoisonMessageNeitherBlocksNorSlowsTheQueue(t *testing.T) {
+	h := newHarness(t, harnessOptions{maxDeliver: 4})
+	// The relay greylists one recipient for ever; it is published first,
+	// in the middle of 50 good sign-ins.
+	h.smtp.RejectRecipient("poison@example.com", 451, "4.7.1")
+	var ids []string
+	var last uint64
+	for i := range 50 {
+		if i == 10 {
+			poison := person(999)
+			poison.Email = "poison@example.com"
+			h.publish(poison, poison.EventId)
+		}
+		ev := person(i)
+		ids = append(ids, ev.EventId)
+		last = h.publish(ev, ev.EventId).Sequence
+	}
+	h.smtp.WaitForMessageIDs(t, 50, waitLong)
+	h.waitSettled(last)
+	h.eventually("the poison message is dead-lettered", func() (bool, string) {
+		dl := h.deadLetters()
+		return len(dl) == 1, fmt.Sprint(len(dl))
+	})
+
+	h.wantEachOnce(ids...)
+	dl := h.deadLetters()[0]
+	if dl.EventID() != "evt-999" || dl.Reason != ReasonExhausted || dl.Attempts != 4 || dl.Detail != "smtp 451 4.7.1 at rcpt to" {
+		t.Errorf("dead letter = %+v, want evt-999 exhausted after 4 attempts", dl)
+	}
+	h.wantCounter("retries_total", h.metrics.retries, 3)
+	h.wantCounter(`deadletters_total{exhausted}`, h.metrics.deadletters.WithLabelValues(ReasonExhausted), 1)
+	h.wantCounter("relay_paused", h.metrics.relayPaused, 0)
+	if logs := h.logs.String(); strings.Contains(logs, "poison@example.com") {
+		t.Errorf("logs show the address:\n%s", logs)
+	}
+}
+
+func TestAMessageThatBreaksTheConnectionEveryTimeIsDeadLettered(t *testing.T) {
+	// The relay fails only on this one email, in a way that looks like an
+	// outage (the connection breaks). Once other emails get through in
+	// between, the failure counts against the message.
+	h := newHarness(t, harnessOptions{maxDeliver: 3})
+	h.smtp.DropMidDataFor("poison@example.com")
+	poison := person(999)
+	poison.Email = "poison@example.com"
+	h.publish(poison, poison.EventId)
+	var ids []string
+	var last uint64
+	for i := range 20 {
+		ev := person(i)
+		ids = append(ids, ev.EventId)
+		last = h.publish(ev, ev.EventId).Sequence
+	}
+	h.smtp.WaitForMessageIDs(t, 20, waitLong)
+	h.waitSettled(last)
+	h.eventually("the poison message is dead-lettered", func() (bool, string) {
+		return len(h.deadLetters()) == 1, ""
+	})
+	h.wantEachOnce(ids...)
+	if dl := h.deadLetters()[0]; dl.EventID() != "evt-999" || dl.Reason != ReasonExhausted {
+		t.Errorf("dead letter = %+v, want evt-999 exhausted", dl)
+	}
+	h.wantCounter("relay_paused", h.metrics.relayPaused, 0)
+}
+
+func TestARelayOutageCostsNoAttempts(t *testing.T) {
+	// Two deliveries at most: were the outage to count, every email
+	// would be dead-lettered.
+	h := newHarness(t, harnessOptions{maxDeliver: 2})
+	h.smtp.SetDelay(20 * time.Millisecond)
+	var ids []string
+	var last uint64
+	for i := range 12 {
+		ev := person(i)
+		ids = append(ids, ev.EventId)
+		last = h.publish(ev, ev.EventId).Sequence
+	}
+	h.smtp.WaitForMessages(t, 3, waitLong)
+	h.smtp.Refuse()
+	h.eventually("the worker pauses and keeps probing", func() (bool, string) {
+		logs := h.logs.String()
+		return testutil.ToFloat64(h.metrics.relayPaused) == 1 && countLines(logs, "SMTP relay still unusable") >= 5, logs
+	})
+	h.smtp.Accept(t)
+	h.smtp.WaitForMessageIDs(t, 12, waitLong)
+	h.waitSettled(last)
+
+	h.wantEachOnce(ids...)
+	h.wantCounter("events_received_total", h.metrics.received, 12)
+	h.wantCounter("retries_total", h.metrics.retries, 0)
+	h.wantCounter(`deadletters_total{exhausted}`, h.metrics.deadletters.WithLabelValues(ReasonExhausted), 0)
+	h.wantCounter("relay_paused", h.metrics.relayPaused, 0)
+	if dl := h.deadLetters(); len(dl) != 0 {
+		t.Errorf("%d dead letters after an outage, want none", len(dl))
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, "SMTP relay answers again; resuming") {
+		t.Errorf("no resume logged:\n%s", logs)
+	}
+}
+
+func TestRelayFailuresOfOneEmailAreSentAgainOnce(t *testing.T) {
+	tests := []struct {
+		name      string
+		script    func(*smtptest.Server)
+		wantMaybe bool
+		wantLog   string
+	}{
+		{"421 at RCPT TO", func(s *smtptest.Server) { s.FailNextAt(smtptest.AtRcpt, 1, 421, "4.3.2") }, false,
+			"smtp relay unusable at rcpt to (smtp 421 4.3.2)"},
+		{"421 at the greeting", func(s *smtptest.Server) { s.FailNextAt(smtptest.AtGreeting, 1, 421, "4.3.2") }, false,
+			"smtp relay unusable at greeting (smtp 421 4.3.2)"},
+		{"connection dropped in the middle of the data", func(s *smtptest.Server) { s.DropNextMidData(1) }, true,
+			"smtp relay unusable, email may have been accepted at end of data"},
+		{"a stalled relay (longer than SMTP_TIMEOUT)", func(s *smtptest.Server) { s.StallNext(1, waitLong) }, false,
+			"smtp relay unusable at mail from (timeout)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, harnessOptions{maxDeliver: 1, concurrency: 1})
+			tt.script(h.smtp)
+			ack := h.publish(signIn("evt-relay", "dev-a"), "evt-relay")
+			h.smtp.WaitForMessages(t, 1, waitLong)
+			h.waitSettled(ack.Sequence)
+			h.wantEachOnce("evt-relay")
+			h.wantCounter("retries_total", h.metrics.retries, 0)
+			h.wantCounter("events_received_total", h.metrics.received, 1)
+			if dl := h.deadLetters(); len(dl) != 0 {
+				t.Errorf("dead letters = %+v, want none", dl)
+			}
+			logs := h.logs.String()
+			if !strings.Contains(logs, "SMTP relay unusable; pausing") || !strings.Contains(logs, "result=sent attempts=1") {
+				t.Errorf("want a pause and the email sent on its first delivery:\n%s", logs)
+			}
+			if !strings.Contains(logs, tt.wantLog) {
+				t.Errorf("logs lack %q:\n%s", tt.wantLog, logs)
+			}
+			if got := strings.Contains(logs, "may arrive twice"); got != tt.wantMaybe {
+				t.Errorf("a maybe-sent warning logged = %v, want %v", got, tt.wantMaybe)
+			}
+		})
+	}
+}
+
+func TestAConfigurationProblemAtRcptAlertsAndIsRetried(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.smtp.FailNextAt(smtptest.AtRcpt, 1, 550, "5.7.1")
+	ack := h.publish(signIn("evt-policy", "dev-a"), "evt-policy")
+	h.smtp.WaitForMessages(t, 1, waitLong)
+	h.waitSettled(ack.Sequence)
+	h.wantEachOnce("evt-policy")
+	h.wantCounter("retries_total", h.metrics.retries, 1)
+	if dl := h.deadLetters(); len(dl) != 0 {
+		t.Errorf("a 5.7.1 was dead-lettered: %+v", dl)
+	}
+	logs := h.logs.String()
+	if !strings.Contains(logs, `level=ERROR msg="event handled" event_id=evt-policy kind=welcome result=retry attempts=1 stream_seq=1 reason="smtp 550 5.7.1 at rcpt to"`) {
+		t.Errorf("want an ERROR line for the configuration problem:\n%s", logs)
+	}
+}
+
+func TestTheSameEventHandledTwiceAtOnceSendsOneEmail(t *testing.T) {
+	h := newHarness(t, harnessOptions{concurrency: 4})
+	h.smtp.SetDelay(50 * time.Millisecond) // keep the first send in flight while the copies arrive
+	var last uint64
+	for copyNo := range 4 {
+		for i := range 5 {
+			// The same event under other Nats-Msg-Ids: a re-publish after
+			// the duplicate window, or a redrive.
+			last = h.publish(person(i), fmt.Sprintf("%s-copy-%d", person(i).EventId, copyNo)).Sequence
+		}
+	}
+	h.smtp.WaitForMessageIDs(t, 5, waitLong)
+	h.waitSettled(last)
+	h.wantEachOnce("evt-000", "evt-001", "evt-002", "evt-003", "evt-004")
+	if got := testutil.ToFloat64(h.metrics.emails.WithLabelValues("welcome", ResultDuplicate)); got != 15 {
+		t.Errorf(`emails_total{welcome,duplicate} = %v, want 15`, got)
+	}
+}
+
+func TestADeadLetterKeepsTheOriginal(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.smtp.RejectRecipient("gone@example.com", 550, "5.1.1")
+	ev := signIn("evt-gone", "dev-a")
+	ev.Email = "gone@example.com"
+	data := marshal(t, ev)
+	ack := h.publishRaw(data, "evt-gone")
+	h.waitSettled(ack.Sequence)
+
+	dl := h.deadLetters()
+	if len(dl) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dl))
+	}
+	e := dl[0]
+	if !bytes.Equal(e.Data, data) {
+		t.Error("the dead letter does not hold the original bytes")
+	}
+	want := map[string]string{
+		"Content-Type":                 "application/protobuf",
+		"Nats-Msg-Id":                  "dlq-AUTH_EVENTS-" + strconv.FormatUint(ack.Sequence, 10),
+		deadletter.HeaderOriginalMsgID: "evt-gone",
+		deadletter.HeaderReason:        "permanent",
+		deadletter.HeaderDetail:        "smtp 550 5.1.1 at rcpt to",
+		deadletter.HeaderAttempts:      "1",
+		deadletter.HeaderStream:        "AUTH_EVENTS",
+		deadletter.HeaderStreamSeq:     strconv.FormatUint(ack.Sequence, 10),
+		deadletter.HeaderConsumer:      "mail-worker",
+	}
+	for k, v := range want {
+		if got := e.Header.Get(k); got != v {
+			t.Errorf("header %s = %q, want %q", k, got, v)
+		}
+	}
+	if _, err := time.Parse(time.RFC3339Nano, e.Header.Get(deadletter.HeaderTime)); err != nil {
+		t.Errorf("header %s: %v", deadletter.HeaderTime, err)
+	}
+	for k, vs := range e.Header {
+		if strings.Contains(strings.Join(vs, " "), "@example.com") {
+			t.Errorf("header %s shows an address: %v", k, vs)
+		}
+	}
+	// The original is terminated: JetStream never delivers it again.
+	h.wantCounter("events_received_total", h.metrics.received, 1)
+}
+
+func TestADeadLetterThatCannotBeStoredIsNotLost(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	// Someone replaced the dead-letter stream by one under another name.
+	if err := h.js.DeleteStream(ctx, deadletter.Stream); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.js.CreateStream(ctx, jetstream.StreamConfig{Name: "IMPOSTOR", Subjects: []string{deadletter.Subject}}); err != nil {
+		t.Fatal(err)
+	}
+	h.smtp.RejectRecipient("gone@example.com", 550, "5.1.1")
+	ev := signIn("evt-gone", "dev-a")
+	ev.Email = "gone@example.com"
+	ack := h.publish(ev, "evt-gone")
+	h.eventually("the worker says it cannot dead-letter yet", func() (bool, string) {
+		return strings.Contains(h.logs.String(), "cannot dead-letter yet"), ""
+	})
+	if err := h.js.DeleteStream(ctx, "IMPOSTOR"); err != nil {
+		t.Fatal(err)
+	}
+	h.waitSettled(ack.Sequence)
+	h.eventually("the message is dead-lettered", func() (bool, string) {
+		return len(h.deadLetters()) == 1, ""
+	})
+	h.wantCounter(`deadletters_total{permanent}`, h.metrics.deadletters.WithLabelValues(ReasonPermanent), 1)
+	if logs := h.logs.String(); !strings.Contains(logs, "dead-letter stream is missing; making it again") {
+		t.Errorf("the stream was not made again:\n%s", logs)
+	}
+}
+
+func TestMessagesAbandonedOnEveryDeliveryAreDeadLettered(t *testing.T) {
+	// A worker that crashes on every delivery never decides anything;
+	// JetStream's MAX_DELIVERIES advisory is what catches the message.
+	h := newHarness(t, harnessOptions{maxDeliver: 2, ackWait: 300 * time.Millisecond, noRun: true})
+	ack := h.publish(signIn("evt-crash", "dev-a"), "evt-crash")
+	// JetStream notices the exhausted message when it would deliver it a
+	// third time, that is while someone pulls.
+	for range 3 {
+		batch, err := h.cons.Fetch(1, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for msg := range batch.Messages() {
+			_ = msg // taken, never acknowledged: the worker "crashed"
+		}
+	}
+	h.eventually("the abandoned message is dead-lettered", func() (bool, string) {
+		return len(h.deadLetters()) == 1, ""
+	})
+	e := h.deadLetters()[0]
+	if e.Reason != ReasonExhausted || e.Attempts != 2 || e.StreamSeq != ack.Sequence || e.EventID() != "evt-crash" {
+		t.Errorf("dead letter = %+v, want evt-crash exhausted after 2 deliveries", e)
+	}
+	h.wantCounter(`deadletters_total{exhausted}`, h.metrics.deadletters.WithLabelValues(ReasonExhausted), 1)
+}
+
+func TestShutdownFinishesTheSendsInFlight(t *testing.T) {
+	h := newHarness(t, harnessOptions{concurrency: 4})
+	h.smtp.SetDelay(300 * time.Millisecond)
+	for i := range 12 {
+		h.publish(person(i), person(i).EventId)
+	}
+	h.smtp.WaitForMessages(t, 1, waitLong)
+	h.stop()
+
+	// Everything taken was finished: sent and acknowledged, nothing
+	// left unacknowledged to come back after AckWait.
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	info, err := h.cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := len(h.smtp.Messages())
+	if info.NumAckPending != 0 || info.AckFloor.Stream != uint64(sent) || sent >= 12 {
+		t.Errorf("after shutdown: %d sent, ack floor %d, %d unacknowledged; want every taken message sent and acknowledged, the rest untouched",
+			sent, info.AckFloor.Stream, info.NumAckPending)
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, "consumer drained") {
+		t.Errorf("no drain logged:\n%s", logs)
+	}
+}
+
+func TestShutdownDuringAnOutageHandsMessagesBack(t *testing.T) {
+	h := newHarness(t, harnessOptions{concurrency: 2})
+	h.smtp.Refuse()
+	h.publish(person(1), person(1).EventId)
+	h.eventually("the worker pauses", func() (bool, string) {
+		return testutil.ToFloat64(h.metrics.relayPaused) == 1, ""
+	})
+	h.stop()
+	// Handed back, the message is there for the next worker at once, not
+	// only after AckWait (30 s here).
+	batch, err := h.cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for msg := range batch.Messages() {
+		got++
+		_ = msg.Ack()
+	}
+	if got != 1 {
+		t.Errorf("the held message was not handed back (fetched %d)", got)
+	}
+	if n := len(h.smtp.Messages()); n != 0 {
+		t.Errorf("%d emails sent while the relay refused connections", n)
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, "result=shutdown") {
+		t.Errorf("no shutdown outcome logged:\n%s", logs)
+	}
+}
+
+func TestSignInsOfOnePersonAtOnceSendOneWelcome(t *testing.T) {
+	h := newHarness(t, harnessOptions{concurrency: 4})
+	h.smtp.SetDelay(30 * time.Millisecond)
+	var last uint64
+	for i := range 4 {
+		// One person signs in four times in a row from one browser.
+		last = h.publish(signIn(fmt.Sprintf("evt-burst-%d", i), "dev-a"), fmt.Sprintf("evt-burst-%d", i)).Sequence
+	}
+	h.waitSettled(last)
+	if msgs := h.smtp.Messages(); len(msgs) != 1 {
+		t.Errorf("%d emails, want one welcome", len(msgs))
+	}
+	h.wantCounter(`decisions_total{welcome}`, h.metrics.decisions.WithLabelValues("welcome"), 1)
+	h.wantCounter(`decisions_total{none}`, h.metrics.decisions.WithLabelValues("none"), 3)
+}

@@ -1,0 +1,351 @@
+package consume
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
+)
+
+// waitLong bounds every wait; the machine is shared and slow at times.
+const waitLong = 60 * time.Second
+
+// startNATS runs an embedded JetStream server on a random loopback port.
+func startNATS(t testing.TB) string {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{
+		Host:      "127.0.0.1",
+		Port:      -1,
+		JetStream: true,
+		StoreDir:  t.TempDir(),
+		NoLog:     true,
+		NoSigs:    true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	if !s.ReadyForConnections(waitLong) {
+		t.Fatal("nats-server did not start")
+	}
+	return s.ClientURL()
+}
+
+func connectNATS(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+func connect(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	_, js := connectNATS(t, url)
+	return js
+}
+
+func createStream(t testing.TB, js jetstream.JetStream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:     eventsv1.StreamAuthEvents,
+		Subjects: []string{eventsv1.StreamAuthEventsSubjects},
+		Storage:  jetstream.FileStorage,
+		MaxAge:   7 * 24 * time.Hour,
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// logBuffer collects log output for assertions.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+type harness struct {
+	t       testing.TB
+	js      jetstream.JetStream
+	smtp    *smtptest.Server
+	metrics *Metrics
+	smtpM   *smtpsend.Metrics
+	cons    jetstream.Consumer
+	logs    *logBuffer
+	stop    func() // stops Run (and waits for it); idempotent
+}
+
+type harnessOptions struct {
+	maxDeliver  int
+	concurrency int
+	ackWait     time.Duration
+	smtp        smtptest.Options
+	noRun       bool // set everything up but leave consuming to the test
+}
+
+// newHarness wires the real parts: embedded NATS with the AUTH_EVENTS
+// stream, the buckets and the dead-letter stream, the embedded templates,
+// a pool of go-mail connections to a test SMTP server requiring STARTTLS,
+// the max-deliveries watch, and Run in the background.
+func newHarness(t testing.TB, opts harnessOptions) *harness {
+	t.Helper()
+	if opts.maxDeliver == 0 {
+		opts.maxDeliver = 10
+	}
+	if opts.concurrency == 0 {
+		opts.concurrency = 4
+	}
+	if opts.ackWait == 0 {
+		opts.ackWait = 30 * time.Second
+	}
+	if opts.smtp.TLS == smtptest.NoTLS {
+		opts.smtp.TLS = smtptest.RequireStartTLS
+	}
+	nc, js := connectNATS(t, startNATS(t))
+	createStream(t, js)
+	smtpSrv := smtptest.Start(t, opts.smtp)
+	logs := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	reg := prometheus.NewRegistry()
+	metrics, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	smtpMetrics, err := smtpsend.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender, err := smtpsend.New(smtpsend.Config{
+		Host: smtpSrv.Host, Port: smtpSrv.Port, TLS: smtpsend.TLSMandatory, CAFile: smtpSrv.CAFile,
+		Timeout: 5 * time.Second, From: "Doorbell <doorbell@example.com>", HELO: "worker.test",
+		PoolSize: opts.concurrency,
+	}, smtpMetrics, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := history.Open(ctx, js, history.Options{ClaimTTL: opts.ackWait, Holder: "harness"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := deadletter.Ensure(ctx, js, log); err != nil {
+		t.Fatal(err)
+	}
+	dlq := deadletter.NewPublisher(js, log)
+	renderer, err := render.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{AckWait: opts.ackWait, MaxDeliver: opts.maxDeliver, Concurrency: opts.concurrency,
+		ShutdownTimeout: 10 * time.Second, FetchWait: 200 * time.Millisecond}
+	cons, err := Setup(ctx, js, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relay := NewRelay(sender.Check, RelayConfig{ProbeBase: 10 * time.Millisecond, ProbeMax: 100 * time.Millisecond,
+		KeepAlive: opts.ackWait / 3, ProbeTimeout: 5 * time.Second}, metrics, log)
+	h := &Handler{
+		Sender: sender, Renderer: renderer, Sent: store, Users: store, Claims: store, DeadLetters: dlq, Relay: relay,
+		Metrics: metrics, Log: log, SiteName: "Doorbell", AttemptTimeout: opts.ackWait,
+		Retry:  Retry{MaxDeliver: opts.maxDeliver, BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond},
+		Jitter: func() float64 { return 0 },
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := WatchMaxDeliveries(ctx, nc, js, dlq, metrics, log); err != nil {
+			t.Errorf("WatchMaxDeliveries: %v", err)
+		}
+	})
+	runDone := make(chan error, 1)
+	if opts.noRun {
+		runDone <- nil
+	} else {
+		go func() { runDone <- Run(ctx, cons, h.Handle, relay, cfg, log) }()
+	}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-runDone:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(waitLong):
+				t.Error("Run did not return after cancel")
+			}
+			wg.Wait()
+			_ = sender.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return &harness{t: t, js: js, smtp: smtpSrv, metrics: metrics, smtpM: smtpMetrics, cons: cons, logs: logs, stop: stop}
+}
+
+func signIn(eventID, deviceID string) *eventsv1.UserAuthenticated {
+	return &eventsv1.UserAuthenticated{
+		EventId:         eventID,
+		AuthenticatedAt: timestamppb.Now(),
+		Issuer:          "https://idp.example.com",
+		Subject:         "user-1",
+		Provider:        "dev",
+		Email:           "ann@example.com",
+		Name:            "Ann Example",
+		Locale:          "en",
+		Client:          &eventsv1.Client{Ip: "192.0.2.7", UserAgent: "Firefox/140", DeviceId: deviceID},
+	}
+}
+
+// person is sign-in number i of a distinct person, who gets a welcome.
+func person(i int) *eventsv1.UserAuthenticated {
+	ev := signIn(fmt.Sprintf("evt-%03d", i), "dev-a")
+	ev.Subject = fmt.Sprintf("user-%03d", i)
+	ev.Email = fmt.Sprintf("user%03d@example.com", i)
+	return ev
+}
+
+func marshal(t testing.TB, ev *eventsv1.UserAuthenticated) []byte {
+	t.Helper()
+	b, err := proto.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// publish sends an event as the gateway does and returns its stream sequence.
+func (h *harness) publish(ev *eventsv1.UserAuthenticated, msgID string) *jetstream.PubAck {
+	h.t.Helper()
+	return h.publishRaw(marshal(h.t, ev), msgID)
+}
+
+func (h *harness) publishRaw(data []byte, msgID string) *jetstream.PubAck {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	msg := nats.NewMsg(eventsv1.SubjectUserAuthenticated)
+	msg.Data = data
+	msg.Header.Set(eventsv1.HeaderContentType, eventsv1.ContentTypeProtobuf)
+	ack, err := h.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ack
+}
+
+// waitSettled waits until every message up to seq is acknowledged or
+// terminated, so that nothing more can happen to it.
+func (h *harness) waitSettled(seq uint64) {
+	h.t.Helper()
+	h.eventually(fmt.Sprintf("message %d settled", seq), func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		info, err := h.cons.Info(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return info.AckFloor.Stream >= seq && info.NumAckPending == 0, fmt.Sprintf("%+v", info)
+	})
+}
+
+// eventually polls cond until it holds; the test fails after waitLong.
+func (h *harness) eventually(what string, cond func() (bool, string)) {
+	h.t.Helper()
+	deadline := time.Now().Add(waitLong)
+	for {
+		ok, last := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%s: not true after %s; last: %s\nlogs:\n%s", what, waitLong, last, h.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// deadLetters lists MAIL_DEADLETTER.
+func (h *harness) deadLetters() []deadletter.Entry {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	q, err := deadletter.Open(ctx, h.js)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	entries, err := q.List(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return entries
+}
+
+func (h *harness) wantCounter(name string, c prometheus.Collector, want float64) {
+	h.t.Helper()
+	if got := testutil.ToFloat64(c); got != want {
+		h.t.Errorf("%s = %v, want %v", name, got, want)
+	}
+}
+
+// wantEachOnce checks that the SMTP server got exactly one email for each
+// of the event ids and none for any other.
+func (h *harness) wantEachOnce(eventIDs ...string) {
+	h.t.Helper()
+	counts := h.smtp.CountByMessageID()
+	for _, id := range eventIDs {
+		if n := counts["<"+id+"@example.com>"]; n != 1 {
+			h.t.Errorf("event %s: %d emails, want 1", id, n)
+		}
+		delete(counts, "<"+id+"@example.com>")
+	}
+	for id, n := range counts {
+		h.t.Errorf("unexpected email %s (%d times)", id, n)
+	}
+}
+
+func countLines(logs, substr string) int {
+	return strings.Count(logs, substr)
+}

@@ -1,0 +1,532 @@
+package main
+
+// Fault tests at process level: the real worker binary, built once, runs as
+// a child process against an embedded NATS server and a test SMTP server on
+// loopback that the test makes fail. Timings are shortened through the
+// environment (AckWait 3 s, SMTP timeout 1 s, small backoffs); nothing
+// asserts how long anything took.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
+)
+
+var (
+	binDir    string // removed by TestMain
+	buildOnce sync.Once
+	workerBin string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "mail-worker-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// workerBinary builds this package once per test run ("go build -o tmp .").
+func workerBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+		}
+		bin := filepath.Join(binDir, "mail-worker")
+		out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		workerBin = bin
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return workerBin
+}
+
+// proc is one worker process.
+type proc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	logs   *logBuffer
+	admin  string
+	exited chan struct{}
+	err    error // the exit status, once exited is closed
+}
+
+var adminRE = regexp.MustCompile(`msg="admin listening".* addr=(127\.0\.0\.1:\d+)`)
+
+// startProc runs the worker binary with exactly env until the test ends.
+func startProc(t *testing.T, env map[string]string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, cmd: exec.Command(workerBinary(t), args...), logs: &logBuffer{}, exited: make(chan struct{})}
+	for k, v := range env {
+		p.cmd.Env = append(p.cmd.Env, k+"="+v)
+	}
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(p.kill)
+	if len(args) > 0 {
+		return p // a command, not the worker
+	}
+	waitFor(t, "the worker's admin server", func() (bool, string) {
+		select {
+		case <-p.exited:
+			t.Fatalf("the worker exited early (%v):\n%s", p.err, p.logs.String())
+		default:
+		}
+		m := adminRE.FindStringSubmatch(p.logs.String())
+		if m == nil {
+			return false, p.logs.String()
+		}
+		p.admin = "http://" + m[1]
+		return true, ""
+	})
+	return p
+}
+
+// kill ends the process with SIGKILL, as a crash would.
+func (p *proc) kill() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.exited
+}
+
+// terminate sends SIGTERM and returns the exit status.
+func (p *proc) terminate() error {
+	p.t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+		return p.err
+	case <-time.After(waitLong):
+		p.t.Fatalf("the worker did not exit after SIGTERM:\n%s", p.logs.String())
+		return nil
+	}
+}
+
+// wait waits for a command to exit and returns its exit code.
+func (p *proc) wait() int {
+	p.t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(waitLong):
+		p.t.Fatalf("%v did not exit:\n%s", p.cmd.Args, p.logs.String())
+	}
+	var exit *exec.ExitError
+	if errors.As(p.err, &exit) {
+		return exit.ExitCode()
+	}
+	if p.err != nil {
+		p.t.Fatal(p.err)
+	}
+	return 0
+}
+
+func (p *proc) metric(name string) string {
+	_, body := get(p.admin + "/metrics")
+	for line := range strings.Lines(body) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func waitFor(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	eventually(t, what, cond)
+}
+
+// stack is NATS with AUTH_EVENTS, as the auth-gateway leaves it, and a test
+// SMTP server requiring STARTTLS.
+type stack struct {
+	t    *testing.T
+	js   jetstream.JetStream
+	smtp *smtptest.Server
+	env  map[string]string
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	url := startNATS(t)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: eventsv1.StreamAuthEvents, Subjects: []string{eventsv1.StreamAuthEventsSubjects}, Storage: jetstream.FileStorage,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	smtp := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS})
+	env := map[string]string{
+		"WORKER_ADMIN_ADDR":       "127.0.0.1:0",
+		"NATS_URL":                url,
+		"SMTP_HOST":               smtp.Host,
+		"SMTP_PORT":               strconv.Itoa(smtp.Port),
+		"SMTP_CA_FILE":            smtp.CAFile,
+		"SMTP_TLS":                "mandatory",
+		"SMTP_TIMEOUT":            "1s",
+		"SMTP_POOL_SIZE":          "4",
+		"MAIL_FROM":               "Doorbell <doorbell@example.com>",
+		"WORKER_ACK_WAIT":         "3s",
+		"WORKER_MAX_DELIVER":      "3",
+		"WORKER_BACKOFF_BASE":     "20ms",
+		"WORKER_BACKOFF_MAX":      "200ms",
+		"WORKER_RELAY_PROBE_BASE": "20ms",
+		"WORKER_RELAY_PROBE_MAX":  "200ms",
+		"WORKER_SHUTDOWN_TIMEOUT": "5s",
+	}
+	return &stack{t: t, js: js, smtp: smtp, env: env}
+}
+
+// event is the sign-in of person i, who gets a welcome.
+func event(i int) *eventsv1.UserAuthenticated {
+	return &eventsv1.UserAuthenticated{
+		EventId: fmt.Sprintf("0190c4b2-%04d-7abc-8def-0123456789ab", i), AuthenticatedAt: timestamppb.Now(),
+		Issuer: "https://idp.example.com", Subject: fmt.Sprintf("user-%d", i), Provider: "dev",
+		Email: fmt.Sprintf("user%d@example.com", i), Name: fmt.Sprintf("User %d", i),
+		Client: &eventsv1.Client{Ip: "192.0.2.1", UserAgent: "Firefox", DeviceId: "d1"},
+	}
+}
+
+func (s *stack) publish(ev *eventsv1.UserAuthenticated, msgID string) uint64 {
+	s.t.Helper()
+	b, err := proto.Marshal(ev)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return s.publishRaw(b, msgID)
+}
+
+func (s *stack) publishRaw(data []byte, msgID string) uint64 {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	msg := nats.NewMsg(eventsv1.SubjectUserAuthenticated)
+	msg.Data = data
+	msg.Header.Set(eventsv1.HeaderContentType, eventsv1.ContentTypeProtobuf)
+	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return ack.Sequence
+}
+
+// publishPeople publishes the sign-ins of people from..to-1 and returns
+// their event ids.
+func (s *stack) publishPeople(from, to int) []string {
+	s.t.Helper()
+	var ids []string
+	for i := from; i < to; i++ {
+		ev := event(i)
+		s.publish(ev, ev.EventId)
+		ids = append(ids, ev.EventId)
+	}
+	return ids
+}
+
+// waitSettled waits until the worker's consumer has nothing pending and
+// nothing unacknowledged.
+func (s *stack) waitSettled() {
+	s.t.Helper()
+	waitFor(s.t, "every message settled", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		cons, err := s.js.Consumer(ctx, eventsv1.StreamAuthEvents, eventsv1.ConsumerMailWorker)
+		if err != nil {
+			return false, err.Error()
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return info.NumPending == 0 && info.NumAckPending == 0, fmt.Sprintf("%+v", info)
+	})
+}
+
+func (s *stack) deadLetters() []deadletter.Entry {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	q, err := deadletter.Open(ctx, s.js)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	entries, err := q.List(ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return entries
+}
+
+// duplicates checks that every id got at least one email and no other
+// email was sent, and returns how many extra copies there were.
+func (s *stack) duplicates(ids []string) int {
+	s.t.Helper()
+	counts := s.smtp.CountByMessageID()
+	extra := 0
+	for _, id := range ids {
+		n := counts["<"+id+"@example.com>"]
+		if n == 0 {
+			s.t.Errorf("event %s: no email", id)
+		}
+		extra += max(0, n-1)
+		delete(counts, "<"+id+"@example.com>")
+	}
+	for id, n := range counts {
+		s.t.Errorf("unexpected email %s (%d)", id, n)
+	}
+	return extra
+}
+
+func TestProcessSMTPOutageThenBack(t *testing.T) {
+	s := newStack(t)
+	s.env["WORKER_MAX_DELIVER"] = "2" // an outage that counted would dead-letter everything
+	s.smtp.SetDelay(20 * time.Millisecond)
+	w := startProc(t, s.env)
+	ids := s.publishPeople(0, 30)
+	s.smtp.WaitForMessages(t, 5, waitLong)
+
+	s.smtp.Refuse()
+	waitFor(t, "the worker pauses and keeps probing", func() (bool, string) {
+		logs := w.logs.String()
+		return w.metric("doorbell_mailworker_relay_paused") == "1" && strings.Count(logs, "SMTP relay still unusable") >= 5, logs
+	})
+	waitFor(t, "/readyz reports the relay", func() (bool, string) {
+		code, body := get(w.admin + "/readyz")
+		return code == 503 && strings.Contains(body, "connection refused"), body
+	})
+	s.smtp.Accept(t)
+	s.smtp.WaitForMessageIDs(t, 30, waitLong)
+	s.waitSettled()
+
+	if extra := s.duplicates(ids); extra != 0 {
+		t.Errorf("%d duplicate emails", extra)
+	}
+	if dl := s.deadLetters(); len(dl) != 0 {
+		t.Errorf("%d dead letters after an outage, want none", len(dl))
+	}
+	waitFor(t, "the worker resumes", func() (bool, string) {
+		code, body := get(w.admin + "/readyz")
+		return code == 200 && w.metric("doorbell_mailworker_relay_paused") == "0", body
+	})
+	if v := w.metric(`doorbell_mailworker_deadletters_total{reason="exhausted"}`); v != "0" {
+		t.Errorf("deadletters_total{exhausted} = %s", v)
+	}
+}
+
+func TestProcessPermanentRejection(t *testing.T) {
+	s := newStack(t)
+	s.smtp.RejectRecipient("user3@example.com", 550, "5.1.1")
+	w := startProc(t, s.env)
+	ids := s.publishPeople(0, 10)
+	s.smtp.WaitForMessageIDs(t, 9, waitLong)
+	s.waitSettled()
+
+	dl := s.deadLetters()
+	if len(dl) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dl))
+	}
+	e := dl[0]
+	if e.EventID() != ids[3] || e.Reason != "permanent" || e.Detail != "smtp 550 5.1.1 at rcpt to" || e.Attempts != 1 {
+		t.Errorf("dead letter = reason %q detail %q attempts %d event %s", e.Reason, e.Detail, e.Attempts, e.EventID())
+	}
+	for k, vs := range e.Header {
+		if strings.Contains(strings.Join(vs, ""), "@") {
+			t.Errorf("dead-letter header %s shows an address: %v", k, vs)
+		}
+	}
+	if v := w.metric(`doorbell_mailworker_deadletters_total{reason="permanent"}`); v != "1" {
+		t.Errorf("deadletters_total{permanent} = %s", v)
+	}
+	if logs := w.logs.String(); strings.Contains(logs, "user3@example.com") {
+		t.Errorf("the logs show the address:\n%s", logs)
+	}
+
+	// The mailbox exists again: the operator redrives the dead letter.
+	s.smtp.RejectRecipient("user3@example.com", 0, "")
+	redrive := startProc(t, map[string]string{"NATS_URL": s.env["NATS_URL"]}, "dlq", "redrive", "--all")
+	if code := redrive.wait(); code != 0 {
+		t.Fatalf("dlq redrive --all: exit %d\n%s", code, redrive.logs.String())
+	}
+	s.smtp.WaitForMessageIDs(t, 10, waitLong)
+	s.waitSettled()
+	if extra := s.duplicates(ids); extra != 0 {
+		t.Errorf("%d duplicate emails", extra)
+	}
+	if dl := s.deadLetters(); len(dl) != 0 {
+		t.Errorf("%d dead letters after the redrive", len(dl))
+	}
+}
+
+func TestProcessKilledMidStreamAndRestarted(t *testing.T) {
+	s := newStack(t)
+	s.smtp.SetDelay(2 * time.Millisecond)
+	w := startProc(t, s.env)
+	ids := s.publishPeople(0, 200)
+	s.smtp.WaitForMessageIDs(t, 50, waitLong)
+	w.kill()
+	killedAt := len(s.smtp.CountByMessageID())
+
+	w2 := startProc(t, s.env)
+	defer func() {
+		if t.Failed() {
+			for line := range strings.Lines(w2.logs.String()) {
+				if !strings.Contains(line, "result=sent") {
+					t.Log(line)
+				}
+			}
+		}
+	}()
+	s.smtp.WaitForMessageIDs(t, 200, waitLong)
+	s.waitSettled()
+	extra := s.duplicates(ids)
+	t.Logf("killed after %d emails; %d duplicates", killedAt, extra)
+	// Only a send accepted by the relay but not yet marked at the kill can
+	// go out twice (README, "No duplicates"): at most one per connection.
+	if extra > 4 {
+		t.Errorf("%d duplicates, want at most SMTP_POOL_SIZE (4)", extra)
+	}
+	if dl := s.deadLetters(); len(dl) != 0 {
+		t.Errorf("%d dead letters, want none", len(dl))
+	}
+}
+
+func TestProcessSameEventPublishedTwice(t *testing.T) {
+	s := newStack(t)
+	s.smtp.SetDelay(10 * time.Millisecond)
+	startProc(t, s.env)
+	var ids []string
+	for i := range 20 {
+		ev := event(i)
+		ids = append(ids, ev.EventId)
+		s.publish(ev, ev.EventId)
+		s.publish(ev, ev.EventId+"-again") // e.g. re-published from the gateway's spool after the dedup window
+	}
+	s.smtp.WaitForMessageIDs(t, 20, waitLong)
+	s.waitSettled()
+	if extra := s.duplicates(ids); extra != 0 {
+		t.Errorf("%d duplicate emails", extra)
+	}
+}
+
+func TestProcessMalformedPayload(t *testing.T) {
+	s := newStack(t)
+	w := startProc(t, s.env)
+	ids := s.publishPeople(0, 3)
+	garbage := []byte("\x00\x01 definitely not protobuf \xff")
+	badSeq := s.publishRaw(garbage, "garbage-1")
+	ids = append(ids, s.publishPeople(3, 6)...)
+	s.smtp.WaitForMessageIDs(t, 6, waitLong)
+	s.waitSettled()
+
+	if extra := s.duplicates(ids); extra != 0 {
+		t.Errorf("%d duplicate emails", extra)
+	}
+	dl := s.deadLetters()
+	if len(dl) != 1 || dl[0].Reason != "undecodable" || string(dl[0].Data) != string(garbage) || dl[0].StreamSeq != badSeq {
+		t.Fatalf("dead letters = %+v, want the garbage, undecodable", dl)
+	}
+	select {
+	case <-w.exited:
+		t.Fatalf("the worker exited: %v", w.err)
+	default:
+	}
+	code, body := get(w.admin + "/healthz")
+	if code != 200 {
+		t.Errorf("/healthz = %d %s", code, body)
+	}
+}
+
+func TestProcessTwoWorkersShareTheConsumer(t *testing.T) {
+	s := newStack(t)
+	s.smtp.SetDelay(5 * time.Millisecond)
+	a := startProc(t, s.env)
+	b := startProc(t, s.env)
+	ids := s.publishPeople(0, 100)
+	s.smtp.WaitForMessageIDs(t, 100, waitLong)
+	s.waitSettled()
+	if extra := s.duplicates(ids); extra != 0 {
+		t.Errorf("%d duplicate emails", extra)
+	}
+	sentBy := func(p *proc) int { return strings.Count(p.logs.String(), "result=sent") }
+	waitFor(t, "the workers log 100 emails sent in all", func() (bool, string) {
+		return sentBy(a)+sentBy(b) == 100, fmt.Sprintf("%d + %d", sentBy(a), sentBy(b))
+	})
+	t.Logf("worker a sent %d, worker b sent %d", sentBy(a), sentBy(b))
+}
+
+func TestProcessGracefulShutdown(t *testing.T) {
+	s := newStack(t)
+	s.smtp.SetDelay(200 * time.Millisecond)
+	w := startProc(t, s.env)
+	ids := s.publishPeople(0, 20)
+	s.smtp.WaitForMessages(t, 2, waitLong)
+	if err := w.terminate(); err != nil {
+		t.Fatalf("exit status after SIGTERM = %v, want 0\n%s", err, w.logs.String())
+	}
+	logs := w.logs.String()
+	for _, want := range []string{"shutting down", "consumer drained", "stopped"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q:\n%s", want, logs)
+		}
+	}
+	// Every email that arrived was acknowledged before the exit.
+	if before := len(s.smtp.Messages()); strings.Count(logs, "result=sent") != before {
+		t.Errorf("%d emails arrived but the worker logged %d as sent", before, strings.Count(logs, "result=sent"))
+	}
+
+	startProc(t, s.env)
+	s.smtp.WaitForMessageIDs(t, 20, waitLong)
+	s.waitSettled()
+	if extra := s.duplicates(ids); extra != 0 {
+		t.Errorf("%d duplicate emails", extra)
+	}
+}
