@@ -67,6 +67,10 @@ func Run(ctx context.Context, cons jetstream.Consumer, handle func(context.Conte
 			if free == 0 {
 				return nil // ctx done
 			}
+			if ctx.Err() != nil { // a slot and ctx.Done were both ready
+				giveSlots(slots, free)
+				return nil
+			}
 			if err := relay.Wait(ctx, nil); err != nil {
 				giveSlots(slots, free)
 				return nil
@@ -113,15 +117,23 @@ func Run(ctx context.Context, cons jetstream.Consumer, handle func(context.Conte
 	if at := stoppedAt.Load(); at != 0 {
 		left -= time.Since(time.Unix(0, at))
 	}
-	timer := time.NewTimer(max(0, left))
+	// However late the pulls ended, finished handlers get a moment to say so.
+	timer := time.NewTimer(max(250*time.Millisecond, left))
 	defer timer.Stop()
+	// A run of late pulls can use up the time before the handlers are
+	// checked: finished handlers win over an expired timer.
 	select {
 	case <-done:
-		log.Info("consumer drained")
-	case <-timer.C:
-		stopWork()
-		log.Warn("shutdown timeout: messages still in flight come back after AckWait", "timeout", cfg.ShutdownTimeout)
+	default:
+		select {
+		case <-done:
+		case <-timer.C:
+			stopWork()
+			log.Warn("shutdown timeout: messages still in flight come back after AckWait", "timeout", cfg.ShutdownTimeout)
+			return runErr
+		}
 	}
+	log.Info("consumer drained")
 	return runErr
 }
 
