@@ -23,6 +23,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/admin"
@@ -32,6 +34,7 @@ import (
 	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
 )
 
 func main() {
@@ -77,6 +80,28 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		return err
 	}
 	log := newLogger(cfg, logOut)
+
+	tracerProvider, stopTracing, err := telemetry.Setup(ctx, cfg.TraceExport)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Last, so that the spans of the messages finished during the
+		// shutdown go out too.
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownReserve(cfg.ShutdownTimeout))
+		defer cancel()
+		if err := stopTracing(flushCtx); err != nil {
+			log.Warn("tracing: flushing spans at shutdown", "error", err)
+		}
+	}()
+	if cfg.TraceExport {
+		otelLog := log.With("component", "telemetry")
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+			otelLog.Warn("tracing: spans not exported", "error", err)
+		}))
+		log.Info("tracing on: spans are exported over OTLP/HTTP to the collector OTEL_EXPORTER_OTLP_* names")
+	}
+	tracer := tracerProvider.Tracer(consume.TracerName)
 
 	reg := prometheus.NewRegistry()
 	if err := reg.Register(collectors.NewGoCollector()); err != nil {
@@ -132,7 +157,8 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		"admin_addr", cfg.AdminAddr, "nats_url", redactURL(cfg.NATSURL),
 		"smtp", sender.Addr(), "smtp_auth", smtpAuth, "smtp_pool_size", cfg.SMTPPoolSize,
 		"smtp_rate_limit", cfg.SMTPRateLimit, "mail_from", cfg.MailFrom,
-		"templates_dir", cfg.TemplatesDir, "max_deliver", cfg.MaxDeliver, "ack_wait", cfg.AckWait)
+		"templates_dir", cfg.TemplatesDir, "max_deliver", cfg.MaxDeliver, "ack_wait", cfg.AckWait,
+		"tracing", cfg.TraceExport, "log_emails", cfg.LogEmails)
 
 	natsClosed := make(chan struct{})
 	nc, err := nats.Connect(cfg.NATSURL,
@@ -223,6 +249,9 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		SiteName:       cfg.SiteName,
 		AttemptTimeout: cfg.AckWait,
 		Retry:          consume.Retry{MaxDeliver: cfg.MaxDeliver, BackoffBase: cfg.BackoffBase, BackoffMax: cfg.BackoffMax},
+		Tracer:         tracer,
+		Propagator:     propagation.TraceContext{},
+		LogEmails:      cfg.LogEmails,
 	}, log)
 
 	// Shut down: consuming has stopped; close the SMTP sessions, flush
@@ -289,7 +318,7 @@ func consumeUntilDone(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		if err := consume.WatchMaxDeliveries(watchCtx, nc, js, dlq, h.Metrics, log); err != nil {
+		if err := consume.WatchMaxDeliveries(watchCtx, nc, js, dlq, h.Metrics, h.Tracer, log); err != nil {
 			log.Error("cannot watch for messages that run out of deliveries; they stay in the stream", "error", err)
 		}
 	}()

@@ -25,7 +25,9 @@ const checkTimeout = 3 * time.Second
 // are what /readyz runs, by name.
 func Handler(reg prometheus.Gatherer, checks map[string]Check) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// OpenMetrics when the scraper asks for it: only that format carries
+	// the exemplars (trace ids) of the latency histograms.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})

@@ -13,6 +13,7 @@ import (
 	"math"
 	"net"
 	"net/mail"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -73,6 +74,15 @@ type Config struct {
 
 	LogLevel  slog.Level // LOG_LEVEL
 	LogFormat string     // LOG_FORMAT: text or json
+	// LogEmails puts the recipient's address into the info-level line each
+	// message logs (WORKER_LOG_EMAILS); off by default.
+	LogEmails bool
+
+	// TraceExport says whether spans are exported over OTLP/HTTP: when
+	// OTEL_TRACES_EXPORTER is otlp, or an OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT
+	// is set and OTEL_TRACES_EXPORTER is not none, unless OTEL_SDK_DISABLED
+	// is true. The exporter reads the other OTEL_* variables itself.
+	TraceExport bool
 }
 
 // Load builds a Config from getenv (os.Getenv in production). Files named by
@@ -107,6 +117,8 @@ func Load(getenv func(string) string) (Config, error) {
 		RelayProbeMax:   l.duration("WORKER_RELAY_PROBE_MAX", 30*time.Second),
 		LogLevel:        l.level("LOG_LEVEL", slog.LevelInfo),
 		LogFormat:       l.oneOf("LOG_FORMAT", "text", "text", "json"),
+		LogEmails:       l.boolean("WORKER_LOG_EMAILS", false),
+		TraceExport:     l.traceExport(),
 	}
 	defaultPort := 587
 	if c.SMTPTLS == TLSImplicit {
@@ -319,6 +331,60 @@ func (l *loader) addr(name, def string) string {
 		return def
 	}
 	return v
+}
+
+func (l *loader) boolean(name string, def bool) bool {
+	v := l.str(name, "")
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		l.fail(name, v, errors.New("must be true or false"))
+		return def
+	}
+	return b
+}
+
+// traceExport reads the standard OpenTelemetry variables that decide
+// whether spans are exported, and checks the ones the OTLP/HTTP exporter
+// would otherwise ignore or misread.
+func (l *loader) traceExport() bool {
+	if v := l.str("OTEL_SDK_DISABLED", ""); v != "" {
+		disabled, err := strconv.ParseBool(v)
+		if err != nil {
+			l.fail("OTEL_SDK_DISABLED", v, errors.New("must be true or false"))
+		} else if disabled {
+			return false
+		}
+	}
+	exporter := strings.ToLower(l.str("OTEL_TRACES_EXPORTER", ""))
+	switch exporter {
+	case "", "otlp", "none":
+	default:
+		l.fail("OTEL_TRACES_EXPORTER", exporter, errors.New("is not supported: use otlp (OTLP over HTTP) or none"))
+		return false
+	}
+	endpoint := false
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} {
+		v := l.str(name, "")
+		if v == "" {
+			continue
+		}
+		endpoint = true
+		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			// The URL may hold credentials: do not echo it.
+			l.fail(name, "(hidden)", errors.New("is not an http(s) URL such as http://otel-collector:4318"))
+		}
+	}
+	for _, name := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
+		switch v := l.str(name, ""); v {
+		case "", "http/protobuf", "http/json":
+		default:
+			l.fail(name, v, errors.New("is not supported: the worker exports over HTTP, use http/protobuf (port 4318)"))
+		}
+	}
+	return exporter == "otlp" || (exporter == "" && endpoint)
 }
 
 func (l *loader) level(name string, def slog.Level) slog.Level {

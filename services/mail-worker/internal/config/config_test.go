@@ -158,3 +158,83 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		})
 	}
 }
+
+func TestTraceExportFollowsTheOpenTelemetryVariables(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want bool
+	}{
+		{"off by default", nil, false},
+		{"on with OTEL_TRACES_EXPORTER=otlp", map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, true},
+		{"the exporter name is case-insensitive", map[string]string{"OTEL_TRACES_EXPORTER": "OTLP"}, true},
+		{"on with a base endpoint", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, true},
+		{"on with a traces endpoint", map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://collector.example.com/v1/traces"}, true},
+		{"none wins over an endpoint", map[string]string{"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, false},
+		{"OTEL_SDK_DISABLED wins over everything", map[string]string{"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"}, false},
+		{"OTEL_SDK_DISABLED=false changes nothing", map[string]string{"OTEL_SDK_DISABLED": "false", "OTEL_TRACES_EXPORTER": "otlp"}, true},
+		{"http/json is accepted", map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(env(tt.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.TraceExport != tt.want {
+				t.Errorf("TraceExport = %v, want %v", c.TraceExport, tt.want)
+			}
+		})
+	}
+}
+
+func TestBadOpenTelemetryVariablesAreRefusedClearly(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"grpc is not spoken", map[string]string{"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+			[]string{`OTEL_EXPORTER_OTLP_PROTOCOL="grpc"`, "use http/protobuf (port 4318)"}},
+		{"grpc for traces alone is not spoken either", map[string]string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"},
+			[]string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"}},
+		{"other exporters are not built in", map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"},
+			[]string{`OTEL_TRACES_EXPORTER="zipkin"`, "use otlp (OTLP over HTTP) or none"}},
+		{"an endpoint must be an http(s) URL", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"},
+			[]string{"OTEL_EXPORTER_OTLP_ENDPOINT", "http(s) URL"}},
+		{"OTEL_SDK_DISABLED is a boolean", map[string]string{"OTEL_SDK_DISABLED": "yes please"},
+			[]string{"OTEL_SDK_DISABLED", "true or false"}},
+		{"WORKER_LOG_EMAILS is a boolean", map[string]string{"WORKER_LOG_EMAILS": "sometimes"},
+			[]string{"WORKER_LOG_EMAILS", "true or false"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(env(tt.env))
+			if err == nil {
+				t.Fatal("Load accepted it")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+	// An endpoint URL may carry credentials: the error never shows it.
+	_, err := Load(env(map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector?token=s3cret"}))
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("error %v: want a refusal that does not echo the URL", err)
+	}
+}
+
+func TestLogEmailsIsOffUnlessAsked(t *testing.T) {
+	for v, want := range map[string]bool{"": false, "false": false, "true": true, "1": true} {
+		c, err := Load(env(map[string]string{"WORKER_LOG_EMAILS": v}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.LogEmails != want {
+			t.Errorf("WORKER_LOG_EMAILS=%q: LogEmails = %v, want %v", v, c.LogEmails, want)
+		}
+	}
+}

@@ -11,6 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
@@ -44,7 +47,15 @@ const advisoryTimeout = 30 * time.Second
 // Advisories are not stored: one sent while no worker runs is missed, and
 // the message then stays in AUTH_EVENTS (see the README). It returns when
 // ctx is done, or at once when it cannot subscribe.
-func WatchMaxDeliveries(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, dlq DeadLetters, m *Metrics, log *slog.Logger) error {
+//
+// The dead-letter publish is a span of tracer (none when nil) in the trace
+// whose context the message carries.
+func WatchMaxDeliveries(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, dlq DeadLetters, m *Metrics,
+	tracer trace.Tracer, log *slog.Logger,
+) error {
+	if tracer == nil {
+		tracer = noop.NewTracerProvider().Tracer(TracerName)
+	}
 	ch := make(chan *nats.Msg, 256)
 	sub, err := nc.ChanSubscribe(MaxDeliveriesSubject, ch)
 	if err != nil {
@@ -57,13 +68,15 @@ func WatchMaxDeliveries(ctx context.Context, nc *nats.Conn, js jetstream.JetStre
 			return nil
 		case msg := <-ch:
 			actx, cancel := context.WithTimeout(ctx, advisoryTimeout)
-			deadLetterExhausted(actx, js, dlq, m, log, msg.Data)
+			deadLetterExhausted(actx, js, dlq, m, tracer, log, msg.Data)
 			cancel()
 		}
 	}
 }
 
-func deadLetterExhausted(ctx context.Context, js jetstream.JetStream, dlq DeadLetters, m *Metrics, log *slog.Logger, data []byte) {
+func deadLetterExhausted(ctx context.Context, js jetstream.JetStream, dlq DeadLetters, m *Metrics,
+	tracer trace.Tracer, log *slog.Logger, data []byte,
+) {
 	var adv maxDeliveriesAdvisory
 	if err := json.Unmarshal(data, &adv); err != nil || adv.StreamSeq == 0 {
 		log.WarnContext(ctx, "unreadable MAX_DELIVERIES advisory", "error", err)
@@ -87,7 +100,8 @@ func deadLetterExhausted(ctx context.Context, js jetstream.JetStream, dlq DeadLe
 	}
 	detail := "delivered " + strconv.FormatUint(adv.Deliveries, 10) +
 		" times without an outcome (the worker crashed, hung or could not store a dead letter each time)"
-	duplicate, err := dlq.Publish(ctx, deadletter.Letter{
+	traced := propagation.TraceContext{}.Extract(ctx, headerCarrier(raw.Header))
+	duplicate, err := publishDeadLetter(traced, tracer, dlq, deadletter.Letter{
 		Data: raw.Data, Header: raw.Header, Reason: deadletter.ReasonExhausted, Detail: detail,
 		Attempts: adv.Deliveries, Stream: adv.Stream, StreamSeq: adv.StreamSeq, Consumer: adv.Consumer, Time: time.Now(),
 	})

@@ -12,6 +12,10 @@ import (
 	"unicode"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
@@ -20,6 +24,7 @@ import (
 	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
 )
 
 // Sender delivers one email and returns once the relay accepted it. Its
@@ -75,7 +80,8 @@ type Retry struct {
 // ends acknowledged, handed back with a delay, or dead-lettered and
 // terminated, and produces exactly one log line at info level or above.
 //
-// All fields but AttemptTimeout, Now and Jitter are required. A Handler is
+// All fields but AttemptTimeout, Now, Jitter, Tracer, Propagator and
+// LogEmails are required. A Handler is
 // safe for concurrent use if its parts are.
 type Handler struct {
 	Sender      Sender
@@ -97,6 +103,19 @@ type Handler struct {
 	Now func() time.Time
 	// Jitter returns a factor in [-1, 1] for Backoff; uniform random when nil.
 	Jitter func() float64
+	// Tracer makes a consumer span per delivery, continuing the trace of
+	// the sign-in whose context the message carries, with child spans for
+	// the bucket reads and writes, decide, render, smtp send and the
+	// dead-letter publish. No spans when nil.
+	Tracer trace.Tracer
+	// Propagator reads the trace context from the message headers; nil
+	// means W3C Trace Context (traceparent, tracestate), as the contract
+	// says.
+	Propagator propagation.TextMapPropagator
+	// LogEmails adds the recipient's address to the info-level line each
+	// message logs. Off by default: the address then appears at debug
+	// level only.
+	LogEmails bool
 }
 
 // Results logged per message.
@@ -138,23 +157,28 @@ func (h *Handler) Handle(ctx context.Context, msg jetstream.Msg) {
 	if md, err := msg.Metadata(); err == nil {
 		d.attempts, d.seq, d.stream, d.consumer = md.NumDelivered, md.Sequence.Stream, md.Stream, md.Consumer
 	}
+	ctx, span := h.startConsume(ctx, msg, d)
+	defer span.End()
 
 	ev := &eventsv1.UserAuthenticated{}
+	var o outcome
+	eventID := "" // only from a valid event
 	if err := proto.Unmarshal(msg.Data(), ev); err != nil {
-		o := h.giveUp(ctx, d, "", ReasonUndecodable, "payload is not a UserAuthenticated protobuf", err)
-		h.logOutcome(ctx, "", d, o)
-		return
+		o = h.giveUp(ctx, d, "", ReasonUndecodable, "payload is not a UserAuthenticated protobuf", err)
+	} else if err := validate(ev); err != nil {
+		o = h.giveUp(ctx, d, "", ReasonUndecodable, "invalid event: "+err.Error(), err)
+	} else {
+		eventID = ev.GetEventId()
+		span.SetAttributes(attrEventID.String(eventID))
+		o = h.process(ctx, d, ev)
+		o.hide = ev.GetEmail()
 	}
-	if err := validate(ev); err != nil {
-		o := h.giveUp(ctx, d, "", ReasonUndecodable, "invalid event: "+err.Error(), err)
-		h.logOutcome(ctx, "", d, o)
-		return
+	endConsume(span, eventID, o)
+	h.logOutcome(ctx, eventID, d, o)
+	if eventID != "" {
+		h.Log.DebugContext(ctx, "event details", "event_id", eventID, "email", ev.GetEmail(),
+			"provider", ev.GetProvider(), "device_id", ev.GetClient().GetDeviceId())
 	}
-	o := h.process(ctx, d, ev)
-	o.hide = ev.GetEmail()
-	h.logOutcome(ctx, ev.GetEventId(), d, o)
-	h.Log.DebugContext(ctx, "event details", "event_id", ev.GetEventId(), "email", ev.GetEmail(),
-		"provider", ev.GetProvider(), "device_id", ev.GetClient().GetDeviceId())
 }
 
 // process attempts the message until it is settled. An attempt that fails
@@ -237,7 +261,11 @@ func (h *Handler) attempt(ctx context.Context, d delivery, ev *eventsv1.UserAuth
 	id, issuer, subject := ev.GetEventId(), ev.GetIssuer(), ev.GetSubject()
 	device := ev.GetClient().GetDeviceId()
 
-	claim, err := h.Claims.Claim(ctx, history.UserKey(issuer, subject))
+	var claim history.Claim
+	err := h.step(ctx, "kv claim", func(ctx context.Context) (err error) {
+		claim, err = h.Claims.Claim(ctx, history.UserKey(issuer, subject))
+		return err
+	})
 	var held *history.ClaimedError
 	if errors.As(err, &held) {
 		wait := held.Left + h.Retry.BackoffBase // the claim has surely ended then
@@ -263,7 +291,12 @@ func (h *Handler) attempt(ctx context.Context, d delivery, ev *eventsv1.UserAuth
 		}
 	}()
 
-	marker, done, err := h.Sent.Sent(ctx, id)
+	var marker history.Sent
+	var done bool
+	err = h.step(ctx, "kv read sent-marker", func(ctx context.Context) (err error) {
+		marker, done, err = h.Sent.Sent(ctx, id)
+		return err
+	})
 	if err != nil {
 		return h.retry(ctx, d, "", "cannot read sent-markers", err), next{}
 	}
@@ -274,25 +307,26 @@ func (h *Handler) attempt(ctx context.Context, d delivery, ev *eventsv1.UserAuth
 		}
 		// The email went out before; make sure the person's record says
 		// so too (a crash may have come between the two writes).
-		if err := h.Users.RememberSignIn(ctx, issuer, subject, device, h.now()); err != nil {
+		trace.SpanFromContext(ctx).SetAttributes(attrDuplicate.Bool(true))
+		if err := h.remember(ctx, issuer, subject, device); err != nil {
 			return h.retryRecord(ctx, d, outcome{kind: kind, result: logDuplicate}, err), next{}
 		}
 		return h.ack(ctx, d, outcome{kind: kind, result: logDuplicate}), next{}
 	}
 
-	user, err := h.Users.User(ctx, issuer, subject)
+	kind, err := h.decide(ctx, issuer, subject, device)
 	if err != nil {
 		return h.retry(ctx, d, "", "cannot read user record", err), next{}
 	}
-	kind := decide.Decide(user, device)
 	h.Metrics.decisions.WithLabelValues(string(kind)).Inc()
 	if kind == decide.None {
-		if err := h.Users.RememberSignIn(ctx, issuer, subject, device, h.now()); err != nil {
+		if err := h.remember(ctx, issuer, subject, device); err != nil {
 			return h.retry(ctx, d, kind, "cannot update user record", err), next{}
 		}
 		return h.ack(ctx, d, outcome{kind: kind, result: logNothing}), next{}
 	}
 
+	_, renderSpan := h.tracer().Start(ctx, spanRender, trace.WithAttributes(attrKind.String(string(kind))))
 	email, err := h.Renderer.Render(string(kind), render.Data{
 		SiteName:  h.SiteName,
 		Name:      ev.GetName(),
@@ -304,13 +338,19 @@ func (h *Handler) attempt(ctx context.Context, d delivery, ev *eventsv1.UserAuth
 		Provider:  ev.GetProvider(),
 	})
 	if err != nil {
+		renderSpan.SetStatus(codes.Error, "cannot render")
+	}
+	renderSpan.End()
+	if err != nil {
 		return h.giveUp(ctx, d, kind, ReasonPermanent, "cannot render", err), next{}
 	}
 
 	// Tell JetStream the message is being worked on, so a slow SMTP
 	// exchange does not run past AckWait and reach another replica.
 	_ = d.msg.InProgress()
-	receipt, err := h.Sender.Send(ctx, smtpsend.Message{
+	sendCtx, sendSpan := h.tracer().Start(ctx, spanSend, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attrKind.String(string(kind)), attrAttempt.Int64(int64(d.attempts))))
+	receipt, err := h.Sender.Send(sendCtx, smtpsend.Message{
 		EventID: id,
 		ToName:  ev.GetName(),
 		ToAddr:  ev.GetEmail(),
@@ -318,12 +358,15 @@ func (h *Handler) attempt(ctx context.Context, d delivery, ev *eventsv1.UserAuth
 		Text:    email.Text,
 		HTML:    email.HTML,
 	})
+	sendSpan.SetAttributes(attrSMTPOutcome.String(smtpsend.OutcomeOf(err)))
 	if err != nil {
 		reason := "smtp failure"
 		var se *smtpsend.Error
 		if errors.As(err, &se) {
 			reason = se.Reason + " at " + string(se.Stage)
 		}
+		sendSpan.SetStatus(codes.Error, reason)
+		sendSpan.End()
 		switch {
 		case errors.Is(err, smtpsend.ErrRelay):
 			if errors.Is(err, smtpsend.ErrMaybeSent) {
@@ -342,14 +385,17 @@ func (h *Handler) attempt(ctx context.Context, d delivery, ev *eventsv1.UserAuth
 	h.Relay.Delivered()
 	h.Metrics.emails.WithLabelValues(string(kind), ResultSent).Inc()
 	if at := ev.GetAuthenticatedAt(); at != nil && at.IsValid() {
-		h.Metrics.loginToMail.Observe(receipt.AcceptedAt.Sub(at.AsTime()).Seconds())
+		telemetry.Observe(sendCtx, h.Metrics.loginToMail, receipt.AcceptedAt.Sub(at.AsTime()).Seconds())
 	}
-	markErr := h.Sent.MarkSent(ctx, id, history.Sent{MessageID: receipt.MessageID, SentAt: receipt.AcceptedAt, Kind: string(kind)})
+	sendSpan.End()
+	markErr := h.step(ctx, "kv write sent-marker", func(ctx context.Context) error {
+		return h.Sent.MarkSent(ctx, id, history.Sent{MessageID: receipt.MessageID, SentAt: receipt.AcceptedAt, Kind: string(kind)})
+	})
 	if markErr != nil {
 		// The claim stands in for the marker until it ends.
 		keepClaim = true
 	}
-	userErr := h.Users.RememberSignIn(ctx, issuer, subject, device, h.now())
+	userErr := h.remember(ctx, issuer, subject, device)
 	switch {
 	case userErr != nil && markErr == nil:
 		// The redelivery finds the sent-marker, sends nothing and updates
@@ -418,7 +464,7 @@ func (h *Handler) retryRecord(ctx context.Context, d delivery, o outcome, err er
 // reports it with a MAX_DELIVERIES advisory; WatchMaxDeliveries files it.)
 func (h *Handler) giveUp(ctx context.Context, d delivery, kind decide.Kind, deadReason, reason string, err error) outcome {
 	full := deadReason + ": " + reason
-	duplicate, pubErr := h.DeadLetters.Publish(ctx, deadletter.Letter{
+	duplicate, pubErr := publishDeadLetter(ctx, h.tracer(), h.DeadLetters, deadletter.Letter{
 		Data: d.msg.Data(), Header: d.msg.Headers(), Reason: deadReason, Detail: reason,
 		Attempts: d.attempts, Stream: d.stream, StreamSeq: d.seq, Consumer: d.consumer, Time: h.now(),
 	})
@@ -467,6 +513,12 @@ func (h *Handler) logOutcome(ctx context.Context, eventID string, d delivery, o 
 	if o.retryIn > 0 {
 		attrs = append(attrs, slog.Duration("retry_in", o.retryIn))
 	}
+	if h.LogEmails && o.hide != "" {
+		attrs = append(attrs, slog.String("email", o.hide))
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsSampled() && trace.SpanFromContext(ctx).IsRecording() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
+	}
 	if o.err != nil {
 		msg := o.err.Error()
 		if o.hide != "" {
@@ -476,6 +528,51 @@ func (h *Handler) logOutcome(ctx context.Context, eventID string, d delivery, o 
 		attrs = append(attrs, slog.String("error", msg))
 	}
 	h.Log.LogAttrs(ctx, level, "event handled", attrs...)
+}
+
+// decide reads the person's record and decides what to send, in the
+// decide span.
+func (h *Handler) decide(ctx context.Context, issuer, subject, device string) (decide.Kind, error) {
+	ctx, span := h.tracer().Start(ctx, spanDecide)
+	defer span.End()
+	var user *decide.User
+	err := h.step(ctx, "kv read user", func(ctx context.Context) (err error) {
+		user, err = h.Users.User(ctx, issuer, subject)
+		return err
+	})
+	if err != nil {
+		span.SetStatus(codes.Error, "cannot read user record")
+		return "", err
+	}
+	kind := decide.Decide(user, device)
+	span.SetAttributes(attrKind.String(string(kind)))
+	return kind, nil
+}
+
+// remember writes the sign-in into the person's record.
+func (h *Handler) remember(ctx context.Context, issuer, subject, device string) error {
+	return h.step(ctx, "kv write user", func(ctx context.Context) error {
+		return h.Users.RememberSignIn(ctx, issuer, subject, device, h.now())
+	})
+}
+
+// publishDeadLetter stores l in a producer span of ctx's trace.
+func publishDeadLetter(ctx context.Context, tracer trace.Tracer, dlq DeadLetters, l deadletter.Letter) (bool, error) {
+	ctx, span := tracer.Start(ctx, spanDeadLetter, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.operation.type", "send"),
+			attribute.String("messaging.destination.name", deadletter.Subject),
+			attrReason.String(l.Reason),
+			attrAttempt.Int64(int64(l.Attempts)),
+		))
+	defer span.End()
+	duplicate, err := dlq.Publish(ctx, l)
+	if err != nil {
+		span.SetStatus(codes.Error, "cannot store the dead letter")
+	}
+	span.SetAttributes(attrDuplicate.Bool(duplicate))
+	return duplicate, err
 }
 
 func (h *Handler) attemptTimeout() time.Duration {

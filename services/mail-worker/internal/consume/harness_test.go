@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -110,6 +111,7 @@ type harness struct {
 	t       testing.TB
 	js      jetstream.JetStream
 	smtp    *smtptest.Server
+	reg     *prometheus.Registry
 	metrics *Metrics
 	smtpM   *smtpsend.Metrics
 	cons    jetstream.Consumer
@@ -123,6 +125,8 @@ type harnessOptions struct {
 	ackWait     time.Duration
 	smtp        smtptest.Options
 	noRun       bool // set everything up but leave consuming to the test
+	tracer      trace.TracerProvider
+	logEmails   bool
 }
 
 // newHarness wires the real parts: embedded NATS with the AUTH_EVENTS
@@ -190,12 +194,16 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	h := &Handler{
 		Sender: sender, Renderer: renderer, Sent: store, Users: store, Claims: store, DeadLetters: dlq, Relay: relay,
 		Metrics: metrics, Log: log, SiteName: "Doorbell", AttemptTimeout: opts.ackWait,
-		Retry:  Retry{MaxDeliver: opts.maxDeliver, BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond},
-		Jitter: func() float64 { return 0 },
+		Retry:     Retry{MaxDeliver: opts.maxDeliver, BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond},
+		Jitter:    func() float64 { return 0 },
+		LogEmails: opts.logEmails,
+	}
+	if opts.tracer != nil {
+		h.Tracer = opts.tracer.Tracer(TracerName)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if err := WatchMaxDeliveries(ctx, nc, js, dlq, metrics, log); err != nil {
+		if err := WatchMaxDeliveries(ctx, nc, js, dlq, metrics, h.Tracer, log); err != nil {
 			t.Errorf("WatchMaxDeliveries: %v", err)
 		}
 	})
@@ -222,7 +230,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		})
 	}
 	t.Cleanup(stop)
-	return &harness{t: t, js: js, smtp: smtpSrv, metrics: metrics, smtpM: smtpMetrics, cons: cons, logs: logs, stop: stop}
+	return &harness{t: t, js: js, smtp: smtpSrv, reg: reg, metrics: metrics, smtpM: smtpMetrics, cons: cons, logs: logs, stop: stop}
 }
 
 func signIn(eventID, deviceID string) *eventsv1.UserAuthenticated {
@@ -264,11 +272,21 @@ func (h *harness) publish(ev *eventsv1.UserAuthenticated, msgID string) *jetstre
 
 func (h *harness) publishRaw(data []byte, msgID string) *jetstream.PubAck {
 	h.t.Helper()
+	return h.publishWithHeader(data, msgID, nil)
+}
+
+// publishWithHeader is publishRaw with extra headers, set exactly as
+// spelled in extra (NATS headers are case-sensitive).
+func (h *harness) publishWithHeader(data []byte, msgID string, extra map[string]string) *jetstream.PubAck {
+	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
 	msg := nats.NewMsg(eventsv1.SubjectUserAuthenticated)
 	msg.Data = data
 	msg.Header.Set(eventsv1.HeaderContentType, eventsv1.ContentTypeProtobuf)
+	for k, v := range extra {
+		msg.Header[k] = []string{v}
+	}
 	ack, err := h.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
 	if err != nil {
 		h.t.Fatal(err)

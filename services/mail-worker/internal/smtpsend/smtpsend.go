@@ -30,6 +30,8 @@ import (
 
 	"github.com/wneessen/go-mail"
 	"golang.org/x/time/rate"
+
+	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
 )
 
 // TLSMode says how the connection to the relay is encrypted.
@@ -289,7 +291,7 @@ func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
 
 	start = time.Now()
 	e := s.send(ctx, msg, m.ToAddr)
-	s.metrics.duration.Observe(time.Since(start).Seconds())
+	telemetry.Observe(ctx, s.metrics.duration, time.Since(start).Seconds())
 	if e != nil {
 		return Receipt{}, s.count(e)
 	}
@@ -329,29 +331,46 @@ func (s *Sender) send(ctx context.Context, msg *mail.Msg, to string) *Error {
 	return e
 }
 
+// OutcomeOf classifies the result of Send as one of the Outcome*
+// constants, as send_attempts_total counts it: OutcomeSuccess for nil.
+// An error that is not a *Error counts as transient.
+func OutcomeOf(err error) string {
+	var e *Error
+	switch {
+	case err == nil:
+		return OutcomeSuccess
+	case !errors.As(err, &e):
+		return OutcomeTransient
+	case e.Config:
+		return OutcomeConfig
+	case e.MaybeSent:
+		return OutcomeMaybeSent
+	case e.Relay:
+		return OutcomeTransient
+	case e.Permanent:
+		return OutcomePermanent
+	default:
+		return OutcomeTransient
+	}
+}
+
 // count records the outcome of a failed attempt and updates Status.
 func (s *Sender) count(e *Error) *Error {
+	s.metrics.attempts.WithLabelValues(OutcomeOf(e)).Inc()
 	switch {
-	case e.Config:
-		s.metrics.attempts.WithLabelValues(OutcomeConfig).Inc()
-		s.setStatus(e)
-	case e.MaybeSent:
-		s.metrics.attempts.WithLabelValues(OutcomeMaybeSent).Inc()
+	case e.Config, e.MaybeSent:
 		s.setStatus(e)
 	case e.Relay:
-		s.metrics.attempts.WithLabelValues(OutcomeTransient).Inc()
 		if !errors.Is(e, ErrClosed) && !errors.Is(e, context.Canceled) && !(e.Stage == StageConnect && errors.Is(e, context.DeadlineExceeded)) {
 			// Not when this side gave up waiting (shutdown, the caller's
 			// deadline, the rate limit): that says nothing about the relay.
 			s.setStatus(e)
 		}
 	case e.Permanent:
-		s.metrics.attempts.WithLabelValues(OutcomePermanent).Inc()
 		if e.Stage != StageBuild {
 			s.setStatus(nil) // the relay answered
 		}
 	default:
-		s.metrics.attempts.WithLabelValues(OutcomeTransient).Inc()
 		s.setStatus(nil) // the relay answered
 	}
 	return e
