@@ -76,7 +76,9 @@ type stack struct {
 	wkAdmin   string
 }
 
-func startStack(t *testing.T) *stack {
+// startStack starts a whole Doorbell; extraEnv (NAME=value) is added to
+// both services' environment.
+func startStack(t *testing.T, extraEnv ...string) *stack {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s := &stack{t: t, dir: t.TempDir(), natsPort: freePort(t)}
@@ -118,7 +120,7 @@ func startStack(t *testing.T) *stack {
 	s.wkAdmin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	// Only the variables of DESIGN.md (plus the dev inbox's CA), as an
 	// operator would set them.
-	s.gateway = startProcess(t, "gateway", binaries.gateway, []string{
+	s.gateway = startProcess(t, "gateway", binaries.gateway, append([]string{
 		"GATEWAY_ADDR=" + gwAddr,
 		"GATEWAY_PUBLIC_URL=" + s.publicURL,
 		"GATEWAY_ADMIN_ADDR=" + s.gwAdmin,
@@ -128,8 +130,8 @@ func startStack(t *testing.T) *stack {
 		"OIDC_CLIENT_SECRET=" + s.idp.ClientSecret(),
 		"NATS_URL=" + s.natsURL(),
 		"GATEWAY_PUBLISH_TIMEOUT=3s",
-	})
-	s.worker = startProcess(t, "worker", binaries.worker, []string{
+	}, extraEnv...))
+	s.worker = startProcess(t, "worker", binaries.worker, append([]string{
 		"WORKER_ADMIN_ADDR=" + s.wkAdmin,
 		"NATS_URL=" + s.natsURL(),
 		"SMTP_HOST=" + smtpHost,
@@ -137,7 +139,7 @@ func startStack(t *testing.T) *stack {
 		"SMTP_TLS=mandatory",
 		"SMTP_CA_FILE=" + caFile,
 		"MAIL_FROM=Doorbell <doorbell@example.test>",
-	})
+	}, extraEnv...))
 	waitReady(t, "gateway", "http://"+s.gwAdmin+"/readyz")
 	waitReady(t, "worker", "http://"+s.wkAdmin+"/readyz")
 	return s
