@@ -324,6 +324,7 @@ func TestRunBringsUpTheStackAndStopsItOnCancel(t *testing.T) {
 		{"gateway", "OIDC_CLIENT_ID", "doorbell"},
 		{"gateway", "OIDC_CLIENT_SECRET", "doorbell-dev-secret"},
 		{"gateway", "OIDC_PROVIDER_ID", "dev"},
+		{"gateway", "OIDC_PROVIDER_NAME", "the dev identity provider"},
 		{"gateway", "NATS_URL", natsURL},
 		{"gateway", "LOG_LEVEL", "debug"},
 		{"worker", "WORKER_ADMIN_ADDR", d.addr["worker-admin-addr"]},

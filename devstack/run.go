@@ -185,6 +185,7 @@ func services(cfg config, e *embedded, cookieKey string) []service {
 				"OIDC_CLIENT_ID":     e.idp.ClientID(),
 				"OIDC_CLIENT_SECRET": e.idp.ClientSecret(),
 				"OIDC_PROVIDER_ID":   "dev",
+				"OIDC_PROVIDER_NAME": "the dev identity provider",
 				"NATS_URL":           e.nats.ClientURL(),
 			},
 			readyURL: "http://" + cfg.gwAdminAddr + "/readyz",
