@@ -17,6 +17,7 @@ import (
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 )
 
 // dlqFixture is a NATS server with AUTH_EVENTS and three dead letters:
@@ -29,16 +30,8 @@ type dlqFixture struct {
 
 func newDLQFixture(t *testing.T) *dlqFixture {
 	t.Helper()
-	url := startNATS(t)
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	url := natstest.Start(t)
+	_, js := natstest.Connect(t, url)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
@@ -262,7 +255,7 @@ func TestDLQUsageAndFailures(t *testing.T) {
 		t.Errorf("unreachable NATS: exit %d, %q", code, errOut.String())
 	}
 
-	empty := startNATS(t)
+	empty := natstest.Start(t)
 	errOut.Reset()
 	code = runDLQ(context.Background(), []string{"list"}, func(k string) string {
 		return map[string]string{"NATS_URL": empty}[k]

@@ -12,13 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
 )
 
@@ -39,25 +38,6 @@ func (b *logBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
-}
-
-func startNATS(t *testing.T) string {
-	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	if !s.ReadyForConnections(waitLong) {
-		t.Fatal("nats-server did not start")
-	}
-	return s.ClientURL()
 }
 
 // eventually polls cond until it holds; the test fails after waitLong.
@@ -151,7 +131,7 @@ func baseEnv(natsURL string, smtp *smtptest.Server) map[string]string {
 }
 
 func TestWorkerEndToEnd(t *testing.T) {
-	natsURL := startNATS(t)
+	natsURL := natstest.Start(t)
 	smtp := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS})
 	w := startWorker(t, baseEnv(natsURL, smtp))
 
@@ -164,15 +144,7 @@ func TestWorkerEndToEnd(t *testing.T) {
 		return code == 503 && strings.Contains(body, "waiting for stream AUTH_EVENTS"), body
 	})
 
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, natsURL)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
@@ -276,7 +248,7 @@ func TestWorkerReportsAnUnusableRelayClearly(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			natsURL := startNATS(t)
+			natsURL := natstest.Start(t)
 			smtp := smtptest.Start(t, tt.server)
 			env := baseEnv(natsURL, smtp)
 			for k, v := range tt.env {

@@ -19,6 +19,7 @@ import (
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 )
 
 func TestFirstSignInGetsOneWelcome(t *testing.T) {
@@ -261,7 +262,7 @@ func TestUndecodableAndInvalidPayloadsAreTerminated(t *testing.T) {
 }
 
 func TestSetupWaitsForTheStream(t *testing.T) {
-	js := connect(t, startNATS(t))
+	js := natstest.JetStream(t)
 	logs := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
@@ -346,7 +347,7 @@ func TestConsumerStatsAreAbsentWithoutAConsumer(t *testing.T) {
 }
 
 func TestSetupGivesUpWhenCancelled(t *testing.T) {
-	js := connect(t, startNATS(t))
+	js := natstest.JetStream(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err := Setup(ctx, js, Config{AckWait: time.Minute, MaxDeliver: 1}, slog.New(slog.NewTextHandler(io.Discard, nil)))

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +21,7 @@ import (
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
@@ -29,51 +29,6 @@ import (
 
 // waitLong bounds every wait; the machine is shared and slow at times.
 const waitLong = 60 * time.Second
-
-// startNATS runs an embedded JetStream server on a random loopback port.
-func startNATS(t testing.TB) string {
-	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      -1,
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		NoLog:     true,
-		NoSigs:    true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	if !s.ReadyForConnections(waitLong) {
-		t.Fatal("nats-server did not start")
-	}
-	return s.ClientURL()
-}
-
-func connectNATS(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc, js
-}
-
-func connect(t testing.TB, url string) jetstream.JetStream {
-	t.Helper()
-	_, js := connectNATS(t, url)
-	return js
-}
 
 func createStream(t testing.TB, js jetstream.JetStream) {
 	t.Helper()
@@ -147,7 +102,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if opts.smtp.TLS == smtptest.NoTLS {
 		opts.smtp.TLS = smtptest.RequireStartTLS
 	}
-	nc, js := connectNATS(t, startNATS(t))
+	nc, js := natstest.Connect(t, natstest.Start(t))
 	createStream(t, js)
 	smtpSrv := smtptest.Start(t, opts.smtp)
 	logs := &logBuffer{}

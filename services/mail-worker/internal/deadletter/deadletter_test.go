@@ -9,40 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 )
 
 const waitLong = 60 * time.Second
-
-func startJetStream(t *testing.T) jetstream.JetStream {
-	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	if !s.ReadyForConnections(waitLong) {
-		t.Fatal("nats-server did not start")
-	}
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
-}
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -84,7 +57,7 @@ func TestSubjectMatching(t *testing.T) {
 }
 
 func TestEnsureCreatesTheStream(t *testing.T) {
-	js := startJetStream(t)
+	js := natstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
 	if err := Ensure(ctx, js, discard); err != nil {
@@ -106,7 +79,7 @@ func TestEnsureCreatesTheStream(t *testing.T) {
 }
 
 func TestEnsureUsesAnOperatorsStream(t *testing.T) {
-	js := startJetStream(t)
+	js := natstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: Stream, Subjects: []string{"mail.>"}, MaxAge: 90 * 24 * time.Hour}); err != nil {
@@ -136,7 +109,7 @@ func TestEnsureUsesAnOperatorsStream(t *testing.T) {
 }
 
 func TestPublishIsIdempotentAndKeepsTheOriginal(t *testing.T) {
-	js := startJetStream(t)
+	js := natstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
 	if err := Ensure(ctx, js, discard); err != nil {
