@@ -55,51 +55,28 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// TestRunServesUntilCancelledThenStopsCleanly runs the real wiring against a
-// real provider and NATS: it becomes ready, serves pages, and returns nil
-// once its context is cancelled (as on SIGTERM).
-func TestRunServesUntilCancelledThenStopsCleanly(t *testing.T) {
+// startIDP runs a mock OpenID provider until the test ends.
+func startIDP(t *testing.T) *mockoidc.MockOIDC {
+	t.Helper()
 	idp, err := mockoidc.Run()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = idp.Shutdown() })
-	ns := natstest.Run(t)
-	addr, adminAddr := freeAddr(t), freeAddr(t)
-	env := map[string]string{
-		"GATEWAY_ADDR":       addr,
-		"GATEWAY_ADMIN_ADDR": adminAddr,
-		"GATEWAY_PUBLIC_URL": "http://" + addr,
-		"GATEWAY_COOKIE_KEY": base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32)),
-		"OIDC_ISSUER":        idp.Issuer(),
-		"OIDC_CLIENT_ID":     idp.ClientID,
-		"OIDC_CLIENT_SECRET": idp.ClientSecret,
-		"NATS_URL":           ns.ClientURL(),
-	}
-	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, logs)
-	}()
+	return idp
+}
 
-	deadline, stop := context.WithTimeout(context.Background(), 60*time.Second)
-	defer stop()
+// TestRunServesUntilCancelledThenStopsCleanly runs the real wiring against a
+// real provider and NATS: it becomes ready, serves pages, and returns nil
+// once its context is cancelled (as on SIGTERM).
+func TestRunServesUntilCancelledThenStopsCleanly(t *testing.T) {
+	idp := startIDP(t)
+	ns := natstest.Run(t)
+	env := gatewayEnv(t, idp, ns.ClientURL())
+	addr, adminAddr := env["GATEWAY_ADDR"], env["GATEWAY_ADMIN_ADDR"]
+	logs, stop := startRun(t, env, http.StatusOK)
+
 	client := &http.Client{Timeout: 10 * time.Second}
-	for {
-		if status, _ := fetch(client, "http://"+adminAddr+"/readyz"); status == http.StatusOK {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("run returned early: %v\n%s", err, logs)
-		case <-deadline.Done():
-			_, body := fetch(client, "http://"+adminAddr+"/readyz")
-			t.Fatalf("never ready: %s\n%s", body, logs)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 	if status, body := fetch(client, "http://"+addr+"/"); status != http.StatusOK || !strings.Contains(body, "Sign in") {
 		t.Errorf("GET / = %d %s", status, body)
 	}
@@ -108,14 +85,8 @@ func TestRunServesUntilCancelledThenStopsCleanly(t *testing.T) {
 		t.Errorf("/metrics = %d, lacks the pre-initialised login series", status)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run after cancel = %v", err)
-		}
-	case <-deadline.Done():
-		t.Fatal("run did not stop after cancel")
+	if err := stop(); err != nil {
+		t.Fatalf("run after cancel = %v", err)
 	}
 	if strings.Contains(logs.String(), "GATEWAY_COOKIE_KEY is not set") {
 		t.Error("warned about a missing cookie key that was set")
@@ -134,31 +105,12 @@ func TestRunStartsWithoutItsDependencies(t *testing.T) {
 		"OIDC_CLIENT_ID":     "doorbell",
 		"NATS_URL":           "nats://" + freeAddr(t),
 	}
-	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, logs)
-	}()
+	// Any answer from /readyz shows that run did not exit with its
+	// dependencies down.
+	logs, stop := startRun(t, env, 0)
 
-	deadline, stop := context.WithTimeout(context.Background(), 60*time.Second)
-	defer stop()
 	client := &http.Client{Timeout: 10 * time.Second}
-	var status int
-	var body string
-	for {
-		if status, body = fetch(client, "http://"+adminAddr+"/readyz"); status != 0 {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("run exited with its dependencies down: %v\n%s", err, logs)
-		case <-deadline.Done():
-			t.Fatalf("admin server never answered\n%s", logs)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	status, body := fetch(client, "http://"+adminAddr+"/readyz")
 	if status != http.StatusServiceUnavailable || !strings.Contains(body, `"status":"unavailable"`) ||
 		!strings.Contains(body, `"nats":`) || !strings.Contains(body, `"provider":`) {
 		t.Errorf("/readyz = %d %s", status, body)
@@ -173,25 +125,15 @@ func TestRunStartsWithoutItsDependencies(t *testing.T) {
 	if !strings.Contains(logs.String(), "GATEWAY_COOKIE_KEY is not set") {
 		t.Error("no warning about the generated cookie key")
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run after cancel = %v", err)
-		}
-	case <-deadline.Done():
-		t.Fatal("run did not stop after cancel")
+	if err := stop(); err != nil {
+		t.Fatalf("run after cancel = %v", err)
 	}
 }
 
 // TestRunWithAProvidersFile starts the real wiring with several providers
 // from a file: one button each, metrics for each and for "unknown".
 func TestRunWithAProvidersFile(t *testing.T) {
-	idp, err := mockoidc.Run()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = idp.Shutdown() })
+	idp := startIDP(t)
 	ns := natstest.Run(t)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "dex.secret"), []byte(idp.ClientSecret+"\n"), 0o600); err != nil {
@@ -215,29 +157,9 @@ func TestRunWithAProvidersFile(t *testing.T) {
 		"GATEWAY_PROVIDERS_FILE": file,
 		"NATS_URL":               ns.ClientURL(),
 	}
-	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, func(k string) (string, bool) { v, ok := env[k]; return v, ok }, logs)
-	}()
-	deadline, stop := context.WithTimeout(context.Background(), 60*time.Second)
-	defer stop()
+	logs, stop := startRun(t, env, http.StatusOK)
+
 	client := &http.Client{Timeout: 10 * time.Second}
-	for {
-		if status, _ := fetch(client, "http://"+adminAddr+"/readyz"); status == http.StatusOK {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("run returned early: %v\n%s", err, logs)
-		case <-deadline.Done():
-			_, body := fetch(client, "http://"+adminAddr+"/readyz")
-			t.Fatalf("never ready: %s\n%s", body, logs)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 	_, home := fetch(client, "http://"+addr+"/")
 	for _, want := range []string{`href="/login?provider=dex">Sign in with Dex`, `href="/login?provider=github">Sign in with GitHub`} {
 		if !strings.Contains(home, want) {
@@ -258,14 +180,8 @@ func TestRunWithAProvidersFile(t *testing.T) {
 	if !strings.Contains(logs.String(), "providers=dex,github") {
 		t.Errorf("start-up log does not list the providers:\n%s", logs)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run after cancel = %v", err)
-		}
-	case <-deadline.Done():
-		t.Fatal("run did not stop after cancel")
+	if err := stop(); err != nil {
+		t.Fatalf("run after cancel = %v", err)
 	}
 }
 
@@ -397,11 +313,7 @@ func streamEvents(t *testing.T, url string) []*jetstream.RawStreamMsg {
 // GATEWAY_SPOOL_DIR stays ready with NATS down, says so, signs people in,
 // and publishes their events once NATS is up.
 func TestRunWithASpoolSignsPeopleInWhileNATSIsDown(t *testing.T) {
-	idp, err := mockoidc.Run()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = idp.Shutdown() })
+	idp := startIDP(t)
 	natsAddr, dir := freeAddr(t), filepath.Join(t.TempDir(), "spool")
 	env := gatewayEnv(t, idp, "nats://"+natsAddr)
 	env["GATEWAY_SPOOL_DIR"] = dir
@@ -485,11 +397,7 @@ func TestRunExportsSpansWhenAsked(t *testing.T) {
 	t.Setenv("OTEL_SERVICE_NAME", "")
 	t.Setenv("OTEL_TRACES_SAMPLER", "")
 
-	idp, err := mockoidc.Run()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = idp.Shutdown() })
+	idp := startIDP(t)
 	ns := natstest.Run(t)
 	env := gatewayEnv(t, idp, ns.ClientURL())
 	env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = collector.URL + "/v1/traces"
