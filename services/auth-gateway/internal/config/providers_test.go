@@ -25,6 +25,22 @@ func providersEnv(t *testing.T, yaml string) (map[string]string, string) {
 	return map[string]string{"GATEWAY_PROVIDERS_FILE": path}, path
 }
 
+// checkErrorText reports each of wantIn that err does not mention, and each
+// of notIn (a secret or a value that must not be echoed) that it does.
+func checkErrorText(t *testing.T, err error, wantIn, notIn []string) {
+	t.Helper()
+	for _, s := range wantIn {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error %q does not mention %q", err, s)
+		}
+	}
+	for _, s := range notIn {
+		if strings.Contains(err.Error(), s) {
+			t.Errorf("error %q leaks %q", err, s)
+		}
+	}
+}
+
 func TestProvidersFileDescribesEveryKind(t *testing.T) {
 	e, path := providersEnv(t, `
 providers:
@@ -219,16 +235,7 @@ func TestProvidersFileErrorsNameFileProviderAndField(t *testing.T) {
 			if err == nil {
 				t.Fatal("Load accepted the providers file")
 			}
-			for _, s := range tt.wantIn {
-				if !strings.Contains(err.Error(), s) {
-					t.Errorf("error %q does not mention %q", err, s)
-				}
-			}
-			for _, s := range tt.notIn {
-				if strings.Contains(err.Error(), s) {
-					t.Errorf("error %q leaks %q", err, s)
-				}
-			}
+			checkErrorText(t, err, tt.wantIn, tt.notIn)
 		})
 	}
 }
@@ -319,16 +326,7 @@ func TestLoadRejectsBadGatewaySettings(t *testing.T) {
 			if err == nil {
 				t.Fatal("Load accepted bad configuration")
 			}
-			for _, s := range tt.wantIn {
-				if !strings.Contains(err.Error(), s) {
-					t.Errorf("error %q does not mention %q", err, s)
-				}
-			}
-			for _, s := range tt.notIn {
-				if strings.Contains(err.Error(), s) {
-					t.Errorf("error %q leaks %q", err, s)
-				}
-			}
+			checkErrorText(t, err, tt.wantIn, tt.notIn)
 		})
 	}
 }
