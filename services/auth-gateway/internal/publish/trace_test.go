@@ -130,18 +130,26 @@ func TestSpooledEventsKeepTheirTraceContext(t *testing.T) {
 	if sc, _ := extracted(t, msgs[0].Header); sc.TraceID() != parent.SpanContext().TraceID() {
 		t.Errorf("drained message's trace %s, want the sign-in's %s", sc.TraceID(), parent.SpanContext().TraceID())
 	}
-	var drains int
-	for _, s := range exp.GetSpans() {
-		// Attempts that failed while NATS was starting are spans too.
-		if slices.Contains(s.Attributes, attribute.Bool("doorbell.from_spool", true)) && s.Status.Code != codes.Error {
-			drains++
-			if s.SpanContext.TraceID() != parent.SpanContext().TraceID() {
-				t.Errorf("drain span in trace %s, want %s", s.SpanContext.TraceID(), parent.SpanContext().TraceID())
+	// The drain span ends just after the spool file is removed: wait for it.
+	drainSpans := func() []tracetest.SpanStub {
+		var out []tracetest.SpanStub
+		for _, s := range exp.GetSpans() {
+			// Attempts that failed while NATS was starting are spans too.
+			if slices.Contains(s.Attributes, attribute.Bool("doorbell.from_spool", true)) && s.Status.Code != codes.Error {
+				out = append(out, s)
 			}
 		}
+		return out
 	}
-	if drains != 1 {
-		t.Errorf("%d successful drain spans, want 1", drains)
+	waitFor(testCtx(t), t, "the successful drain span", func() bool { return len(drainSpans()) > 0 })
+	drains := drainSpans()
+	for _, s := range drains {
+		if s.SpanContext.TraceID() != parent.SpanContext().TraceID() {
+			t.Errorf("drain span in trace %s, want %s", s.SpanContext.TraceID(), parent.SpanContext().TraceID())
+		}
+	}
+	if len(drains) != 1 {
+		t.Errorf("%d successful drain spans, want 1", len(drains))
 	}
 }
 
