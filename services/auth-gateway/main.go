@@ -128,7 +128,7 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 		return err
 	}
 	gw, err := login.New(login.Config{
-		Providers:      loginProviders(cfg.Providers),
+		Providers:      cfg.Providers,
 		PublicURL:      cfg.PublicURL,
 		CookieDomain:   cfg.CookieDomain,
 		PublishTimeout: cfg.PublishTimeout,
@@ -247,21 +247,6 @@ func serve(srv *http.Server, ln net.Listener) error {
 		return err
 	}
 	return nil
-}
-
-// loginProviders copies the configured providers into the login package's
-// type.
-func loginProviders(ps []config.Provider) []login.ProviderConfig {
-	out := make([]login.ProviderConfig, len(ps))
-	for i, p := range ps {
-		out[i] = login.ProviderConfig{
-			ID: p.ID, Type: p.Type, Name: p.Name, Issuer: p.Issuer,
-			ClientID: p.ClientID, ClientSecret: p.ClientSecret, Scopes: p.Scopes,
-			AllowedEmailDomains: p.AllowedEmailDomains,
-			GitHubAPIURL:        p.GitHubAPIURL, GitHubAuthURL: p.GitHubAuthURL, GitHubTokenURL: p.GitHubTokenURL,
-		}
-	}
-	return out
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {

@@ -21,6 +21,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/config"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -46,38 +47,19 @@ type Publisher interface {
 	Publish(ctx context.Context, ev *eventsv1.UserAuthenticated) (publish.Ack, error)
 }
 
-// Provider types.
+// Provider types, as the configuration names them.
 const (
-	TypeOIDC   = "oidc"
-	TypeGitHub = "github"
+	TypeOIDC   = config.TypeOIDC
+	TypeGitHub = config.TypeGitHub
 )
 
 // UnknownProvider is the provider label of failures that cannot be tied to
 // one configured provider while several are configured.
 const UnknownProvider = "unknown"
 
-// ProviderConfig is one identity provider.
-type ProviderConfig struct {
-	// ID names the provider in /login?provider=ID, events and metric labels.
-	ID string
-	// Type is TypeOIDC or TypeGitHub.
-	Type string
-	// Name is shown on the sign-in button; empty means the issuer's host
-	// (OIDC) or "GitHub".
-	Name string
-	// Issuer is the OIDC issuer URL, exactly as in its tokens (OIDC only).
-	Issuer       string
-	ClientID     string
-	ClientSecret string
-	// Scopes requested; OIDC needs "openid", GitHub "user:email".
-	Scopes []string
-	// AllowedEmailDomains, when not empty, are the only email domains
-	// (lowercase, exact) allowed to sign in through this provider.
-	AllowedEmailDomains []string
-	// GitHubAPIURL is GitHub's API base URL and the issuer of its events;
-	// GitHubAuthURL and GitHubTokenURL are its OAuth endpoints (GitHub only).
-	GitHubAPIURL, GitHubAuthURL, GitHubTokenURL string
-}
+// ProviderConfig is one identity provider, as the configuration describes
+// it (see config.Provider for what each field promises).
+type ProviderConfig = config.Provider
 
 // Config is the login flow's configuration.
 type Config struct {
