@@ -329,8 +329,18 @@ doorbell_mailworker_consumer_ack_pending_messages 0
 # TYPE doorbell_mailworker_consumer_pending_messages gauge
 doorbell_mailworker_consumer_pending_messages 2
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
-		t.Error(err)
+	// The server counts a stored message into the consumer's pending a moment
+	// after it acknowledges the publish, so read the gauges until they settle.
+	deadline = time.Now().Add(waitLong)
+	for {
+		err := testutil.GatherAndCompare(reg, strings.NewReader(want))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
