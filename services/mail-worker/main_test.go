@@ -126,7 +126,7 @@ func baseEnv(natsURL string, smtp *smtptest.Server) map[string]string {
 		"WORKER_BACKOFF_BASE":     "10ms",
 		"WORKER_BACKOFF_MAX":      "100ms",
 		"WORKER_ACK_WAIT":         "30s",
-		"WORKER_SHUTDOWN_TIMEOUT": "5s",
+		"WORKER_SHUTDOWN_TIMEOUT": "20s", // a drain takes only as long as the sends in flight
 	}
 }
 

@@ -214,7 +214,9 @@ func newStack(t *testing.T) *stack {
 		"WORKER_BACKOFF_MAX":      "200ms",
 		"WORKER_RELAY_PROBE_BASE": "20ms",
 		"WORKER_RELAY_PROBE_MAX":  "200ms",
-		"WORKER_SHUTDOWN_TIMEOUT": "5s",
+		// Generous: a drain takes only as long as the sends in flight, and
+		// a quarter of it (at most 3 s) is what the span flush gets.
+		"WORKER_SHUTDOWN_TIMEOUT": "20s",
 	}
 	return &stack{t: t, js: js, smtp: smtp, env: env}
 }
@@ -376,6 +378,12 @@ func TestProcessPermanentRejection(t *testing.T) {
 			t.Errorf("dead-letter header %s shows an address: %v", k, vs)
 		}
 	}
+	// The worker counts the dead letter after JetStream has the term (which
+	// is all waitSettled sees), then logs the message's line.
+	waitFor(t, "the worker logs the rejected event", func() (bool, string) {
+		logs := w.logs.String()
+		return strings.Contains(logs, "event_id="+ids[3]+" kind=welcome result=failed"), logs
+	})
 	if v := w.metric(`doorbell_mailworker_deadletters_total{reason="permanent"}`); v != "1" {
 		t.Errorf("deadletters_total{permanent} = %s", v)
 	}

@@ -241,7 +241,11 @@ func TestADeadLetterKeepsTheOriginal(t *testing.T) {
 }
 
 func TestADeadLetterThatCannotBeStoredIsNotLost(t *testing.T) {
-	h := newHarness(t, harnessOptions{})
+	// Deliveries enough to outlast the impostor however slowly the test
+	// gets to removing it: the backoff is at most 50 ms here, and with the
+	// default 10 a stall of well under a second would exhaust the message
+	// (the MAX_DELIVERIES path, reason exhausted) before the stream is back.
+	h := newHarness(t, harnessOptions{maxDeliver: 10000})
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
 	// Someone replaced the dead-letter stream by one under another name.
@@ -277,8 +281,10 @@ func TestMessagesAbandonedOnEveryDeliveryAreDeadLettered(t *testing.T) {
 	h := newHarness(t, harnessOptions{maxDeliver: 2, ackWait: 300 * time.Millisecond, noRun: true})
 	ack := h.publish(signIn("evt-crash", "dev-a"), "evt-crash")
 	// JetStream notices the exhausted message when it would deliver it a
-	// third time, that is while someone pulls.
-	for range 3 {
+	// third time, that is while someone pulls: pull until the watcher has
+	// filed it (it logs its line after counting it), however late the
+	// redeliveries come on a busy machine.
+	h.eventually("the abandoned message is dead-lettered", func() (bool, string) {
 		batch, err := h.cons.Fetch(1, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			t.Fatal(err)
@@ -286,9 +292,8 @@ func TestMessagesAbandonedOnEveryDeliveryAreDeadLettered(t *testing.T) {
 		for msg := range batch.Messages() {
 			_ = msg // taken, never acknowledged: the worker "crashed"
 		}
-	}
-	h.eventually("the abandoned message is dead-lettered", func() (bool, string) {
-		return len(h.deadLetters()) == 1, ""
+		return len(h.deadLetters()) == 1 &&
+			strings.Contains(h.logs.String(), `msg="event handled" event_id=evt-crash result=failed`), ""
 	})
 	e := h.deadLetters()[0]
 	if e.Reason != ReasonExhausted || e.Attempts != 2 || e.StreamSeq != ack.Sequence || e.EventID() != "evt-crash" {
@@ -300,7 +305,10 @@ func TestMessagesAbandonedOnEveryDeliveryAreDeadLettered(t *testing.T) {
 func TestShutdownFinishesTheSendsInFlight(t *testing.T) {
 	h := newHarness(t, harnessOptions{concurrency: 4})
 	h.smtp.SetDelay(300 * time.Millisecond)
-	for i := range 12 {
+	// Enough that the stop comes long before the last is taken, even when
+	// the test is descheduled for a while after the first email.
+	const published = 48
+	for i := range published {
 		h.publish(person(i), person(i).EventId)
 	}
 	h.smtp.WaitForMessages(t, 1, waitLong)
@@ -315,7 +323,7 @@ func TestShutdownFinishesTheSendsInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	sent := len(h.smtp.Messages())
-	if info.NumAckPending != 0 || info.AckFloor.Stream != uint64(sent) || sent >= 12 {
+	if info.NumAckPending != 0 || info.AckFloor.Stream != uint64(sent) || sent >= published {
 		t.Errorf("after shutdown: %d sent, ack floor %d, %d unacknowledged; want every taken message sent and acknowledged, the rest untouched",
 			sent, info.AckFloor.Stream, info.NumAckPending)
 	}
@@ -333,8 +341,9 @@ func TestShutdownDuringAnOutageHandsMessagesBack(t *testing.T) {
 	})
 	h.stop()
 	// Handed back, the message is there for the next worker at once, not
-	// only after AckWait (30 s here).
-	batch, err := h.cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	// only after AckWait (30 s here, counted from the delivery or the
+	// progress report before the send); 15 s leaves room on both sides.
+	batch, err := h.cons.Fetch(1, jetstream.FetchMaxWait(15*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,6 +73,10 @@ type harness struct {
 	cons    jetstream.Consumer
 	logs    *logBuffer
 	stop    func() // stops Run (and waits for it); idempotent
+	// handling counts the Handle calls Run has started and not finished.
+	// A handler counts its metrics and logs its line after JetStream has
+	// its ack or term, so waitSettled also waits for this to reach zero.
+	handling *atomic.Int64
 }
 
 type harnessOptions struct {
@@ -163,10 +168,16 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		}
 	})
 	runDone := make(chan error, 1)
+	handling := &atomic.Int64{}
+	handle := func(ctx context.Context, msg jetstream.Msg) {
+		handling.Add(1)
+		defer handling.Add(-1)
+		h.Handle(ctx, msg)
+	}
 	if opts.noRun {
 		runDone <- nil
 	} else {
-		go func() { runDone <- Run(ctx, cons, h.Handle, relay, cfg, log) }()
+		go func() { runDone <- Run(ctx, cons, handle, relay, cfg, log) }()
 	}
 	var once sync.Once
 	stop := func() {
@@ -185,7 +196,8 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		})
 	}
 	t.Cleanup(stop)
-	return &harness{t: t, js: js, smtp: smtpSrv, reg: reg, metrics: metrics, smtpM: smtpMetrics, cons: cons, logs: logs, stop: stop}
+	return &harness{t: t, js: js, smtp: smtpSrv, reg: reg, metrics: metrics, smtpM: smtpMetrics, cons: cons, logs: logs, stop: stop,
+		handling: handling}
 }
 
 func signIn(eventID, deviceID string) *eventsv1.UserAuthenticated {
@@ -250,7 +262,9 @@ func (h *harness) publishWithHeader(data []byte, msgID string, extra map[string]
 }
 
 // waitSettled waits until every message up to seq is acknowledged or
-// terminated, so that nothing more can happen to it.
+// terminated, so that nothing more can happen to it, and until no handler
+// is running any more: the server counts an ack or term before the
+// handler that sent it has counted its metrics and logged its line.
 func (h *harness) waitSettled(seq uint64) {
 	h.t.Helper()
 	h.eventually(fmt.Sprintf("message %d settled", seq), func() (bool, string) {
@@ -260,7 +274,11 @@ func (h *harness) waitSettled(seq uint64) {
 		if err != nil {
 			return false, err.Error()
 		}
-		return info.AckFloor.Stream >= seq && info.NumAckPending == 0, fmt.Sprintf("%+v", info)
+		// Read after the consumer info: every handler that settled one of
+		// these messages was counted before its ack reached the server.
+		busy := h.handling.Load()
+		return info.AckFloor.Stream >= seq && info.NumAckPending == 0 && busy == 0,
+			fmt.Sprintf("%d handlers running; %+v", busy, info)
 	})
 }
 

@@ -415,8 +415,12 @@ func TestSendRetriesOnceWhenAPooledConnectionSays421(t *testing.T) {
 
 func TestStalledRelayTimesOut(t *testing.T) {
 	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
-	s, _ := newSender(t, srv, func(c *Config) { c.Timeout = 300 * time.Millisecond })
-	srv.StallNext(1, 5*time.Second)
+	// The timeout bounds the session set-up too (TCP, greeting, EHLO,
+	// STARTTLS): short enough for the test, long enough that a slow
+	// handshake on a busy machine does not end the session before MAIL
+	// FROM (a timeout at another stage) or fail the send after the stall.
+	s, _ := newSender(t, srv, func(c *Config) { c.Timeout = 5 * time.Second })
+	srv.StallNext(1, waitLong) // or until the test ends
 	_, err := s.Send(context.Background(), message("evt-1"))
 	var se *Error
 	if !errors.As(err, &se) || !se.Relay || se.Reason != "timeout" || se.Stage != StageMail {
