@@ -3,7 +3,7 @@ package main
 // Fault tests at process level: the real worker binary, built once, runs as
 // a child process against an embedded NATS server and a test SMTP server on
 // loopback that the test makes fail. Timings are shortened through the
-// environment (AckWait 3 s, SMTP timeout 1 s, small backoffs); nothing
+// environment (AckWait 8 s, SMTP timeout 3 s, small backoffs); nothing
 // asserts how long anything took.
 
 import (
@@ -205,10 +205,10 @@ func newStack(t *testing.T) *stack {
 		"SMTP_PORT":               strconv.Itoa(smtp.Port),
 		"SMTP_CA_FILE":            smtp.CAFile,
 		"SMTP_TLS":                "mandatory",
-		"SMTP_TIMEOUT":            "1s",
+		"SMTP_TIMEOUT":            "3s",
 		"SMTP_POOL_SIZE":          "4",
 		"MAIL_FROM":               "Doorbell <doorbell@example.com>",
-		"WORKER_ACK_WAIT":         "3s",
+		"WORKER_ACK_WAIT":         "8s",
 		"WORKER_MAX_DELIVER":      "3",
 		"WORKER_BACKOFF_BASE":     "20ms",
 		"WORKER_BACKOFF_MAX":      "200ms",
