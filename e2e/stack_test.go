@@ -129,7 +129,9 @@ func startStack(t *testing.T, extraEnv ...string) *stack {
 		"OIDC_CLIENT_ID=" + s.idp.ClientID(),
 		"OIDC_CLIENT_SECRET=" + s.idp.ClientSecret(),
 		"NATS_URL=" + s.natsURL(),
-		"GATEWAY_PUBLISH_TIMEOUT=3s",
+		// Above the default (5s): a sign-in's publish waits for JetStream
+		// on a shared, loaded machine.
+		"GATEWAY_PUBLISH_TIMEOUT=15s",
 	}, extraEnv...))
 	s.worker = startProcess(t, "worker", binaries.worker, append([]string{
 		"WORKER_ADMIN_ADDR=" + s.wkAdmin,
@@ -201,18 +203,34 @@ func (s *stack) publishedEvents(ctx context.Context) []*eventsv1.UserAuthenticat
 	return events
 }
 
-// waitConsumerIdle waits until the mail-worker consumer has nothing pending
-// and nothing waiting for an ack: every published event has been handled.
+// waitConsumerIdle waits until the mail-worker consumer has been delivered
+// every event in the stream so far and has nothing pending and nothing
+// waiting for an ack: every published event has been handled.
+//
+// NumPending alone is not enough: the server counts a stored message into
+// the consumer's pending a moment after it acknowledges the publish, so
+// right after a publish the consumer can look idle although it has not seen
+// the event yet.
 func (s *stack) waitConsumerIdle(ctx context.Context) {
 	s.t.Helper()
 	js := s.jetStream()
-	eventually(s.t, 60*time.Second, "mail-worker consumer to finish its work", func() bool {
+	st, err := js.Stream(ctx, eventsv1.StreamAuthEvents)
+	if err != nil {
+		s.t.Fatalf("stream %s: %v", eventsv1.StreamAuthEvents, err)
+	}
+	sinfo, err := st.Info(ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	last := sinfo.State.LastSeq
+	eventually(s.t, 60*time.Second, fmt.Sprintf("mail-worker consumer to finish its work up to stream sequence %d", last), func() bool {
 		c, err := js.Consumer(ctx, eventsv1.StreamAuthEvents, eventsv1.ConsumerMailWorker)
 		if err != nil {
 			return false
 		}
 		info, err := c.Info(ctx)
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0
+		return err == nil && info.Delivered.Stream >= last &&
+			info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0
 	})
 }
 

@@ -189,8 +189,11 @@ func newGateway(t *testing.T, opts ...gatewayOption) *gateway {
 	}
 	g.log = log
 	g.cfg = login.Config{
-		PublicURL:      g.url,
-		PublishTimeout: 5 * time.Second,
+		PublicURL: g.url,
+		// Generous: a publish waits for JetStream to store the event, on a
+		// shared machine under the race detector. No test relies on it
+		// running out; those with NATS down wait until the publisher noticed.
+		PublishTimeout: 30 * time.Second,
 		SessionTTL:     12 * time.Hour,
 		DeviceKey:      deviceKey,
 		RateLimit:      10,
@@ -216,6 +219,15 @@ func newGateway(t *testing.T, opts ...gatewayOption) *gateway {
 		defer cancel()
 		_ = pub.Close(ctx)
 	})
+	// Connect returns without waiting for NATS, and on a loaded machine its
+	// first attempt can time out and be retried in the background: the
+	// tests' sign-ins expect it connected.
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(g.logs.String(), `msg="nats connected"`); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the publisher did not connect to NATS within 60s:\n%s", g.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if g.spool != nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})

@@ -710,8 +710,10 @@ func TestProviderDownAtCallbackTime(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHostileIdP(t)
 			h.set(tt.setup)
-			// The provider client's timeout is what bounds the wait.
-			g := hostileGateway(t, h, withConfig(func(c *login.Config) { c.HTTPClient = &http.Client{Timeout: 2 * time.Second} }))
+			// The provider client's timeout is what bounds the wait. It also
+			// bounds the discovery before it, real work on a loaded machine,
+			// so it is not short.
+			g := hostileGateway(t, h, withConfig(func(c *login.Config) { c.HTTPClient = &http.Client{Timeout: 10 * time.Second} }))
 			b := g.browser()
 			resp := b.finish(b.begin(""), nil)
 			assertRefused(t, g, resp, http.StatusBadGateway, "hostile", "exchange_failed",

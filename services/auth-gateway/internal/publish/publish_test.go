@@ -109,6 +109,7 @@ func TestPublishCreatesTheStreamWhenMissing(t *testing.T) {
 	srv := natstest.Run(t)
 	h := newHarness(t, srv.ClientURL())
 	ctx := testCtx(t)
+	waitConnected(ctx, t, h)
 
 	if _, err := h.pub.Publish(ctx, event("0190f0c2-0000-7000-8000-000000000001")); err != nil {
 		t.Fatalf("Publish: %v", err)
@@ -133,6 +134,7 @@ func TestPublishedMessageCarriesTheContract(t *testing.T) {
 	srv := natstest.Run(t)
 	h := newHarness(t, srv.ClientURL())
 	ctx := testCtx(t)
+	waitConnected(ctx, t, h)
 	ev := event("0190f0c2-0000-7000-8000-000000000002")
 
 	ack, err := h.pub.Publish(ctx, ev)
@@ -190,6 +192,7 @@ func TestPublishingTheSameEventTwiceStoresItOnce(t *testing.T) {
 	srv := natstest.Run(t)
 	h := newHarness(t, srv.ClientURL())
 	ctx := testCtx(t)
+	waitConnected(ctx, t, h)
 	ev := event("0190f0c2-0000-7000-8000-000000000003")
 
 	first, err := h.pub.Publish(ctx, ev)
@@ -332,6 +335,7 @@ func TestExistingStreamIsLeftAlone(t *testing.T) {
 				t.Fatal(err)
 			}
 			h := newHarness(t, srv.ClientURL())
+			waitConnected(ctx, t, h)
 			if err := h.pub.EnsureStream(ctx); err != nil {
 				t.Fatalf("EnsureStream: %v", err)
 			}
@@ -339,7 +343,7 @@ func TestExistingStreamIsLeftAlone(t *testing.T) {
 			if warned != tt.wantWarn {
 				t.Errorf("warned = %v, want %v; logs:\n%s", warned, tt.wantWarn, h.logs)
 			}
-			pubCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			pubCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 			defer cancel()
 			_, err := h.pub.Publish(pubCtx, event("0190f0c2-0000-7000-8000-00000000000d"))
 			if (err == nil) != tt.wantPublish {

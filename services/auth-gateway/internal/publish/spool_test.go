@@ -3,6 +3,7 @@ package publish_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -71,6 +72,27 @@ func waitNotConnected(ctx context.Context, t *testing.T, p *publish.Publisher) {
 		defer cancel()
 		err := p.Ready(probe)
 		return errors.Is(err, publish.ErrNotConnected) || errors.Is(err, publish.ErrSpooling)
+	})
+}
+
+// waitConnected waits until the publisher's first connection to NATS is up
+// (its connect handler logged it): Connect does not wait for it, and on a
+// loaded machine the first attempt can time out and be retried.
+func waitConnected(ctx context.Context, t *testing.T, h *harness) {
+	t.Helper()
+	waitFor(ctx, t, "the publisher to connect to NATS", func() bool {
+		return strings.Contains(h.logs.String(), `msg="nats connected"`)
+	})
+}
+
+// waitDrained waits until the spool is empty and the drainer has logged n
+// published events. Remove takes an entry out of the spool before it deletes
+// its file, and the drainer logs only after that, so once the log lines are
+// there the files are gone too.
+func waitDrained(ctx context.Context, t *testing.T, h *harness, sp *spool.Spool, n int) {
+	t.Helper()
+	waitFor(ctx, t, fmt.Sprintf("the spool to drain and %d spooled events to be logged as published", n), func() bool {
+		return sp.Len() == 0 && strings.Count(h.logs.String(), `msg="spooled event published"`) >= n
 	})
 }
 
@@ -160,9 +182,10 @@ func TestSpooledEventReachesTheStreamOnceNATSIsBack(t *testing.T) {
 	h := newHarness(t, srv.ClientURL(), withSpool(sp))
 	h.run(t)
 	ctx := testCtx(t)
+	waitConnected(ctx, t, h)
 
-	if _, err := h.pub.Publish(ctx, event("0190f0c2-0000-7000-8000-000000000101")); err != nil {
-		t.Fatalf("Publish while NATS is up: %v", err)
+	if ack, err := h.pub.Publish(ctx, event("0190f0c2-0000-7000-8000-000000000101")); err != nil || ack.Spooled {
+		t.Fatalf("Publish while NATS is up = %+v, %v; want it stored in the stream", ack, err)
 	}
 	srv.Shutdown()
 	srv.WaitForShutdown()
@@ -206,7 +229,7 @@ func TestSpooledEventReachesTheStreamOnceNATSIsBack(t *testing.T) {
 
 	// NATS is back, with its store.
 	srv = natstest.RunWithStore(t, portOf(t, addr), store)
-	waitFor(ctx, t, "the spool to drain", func() bool { return sp.Len() == 0 })
+	waitDrained(ctx, t, h, sp, 1)
 
 	msgs := streamMessages(ctx, t, inspector(t, srv.ClientURL()))
 	if ids := eventIDs(t, msgs); !slices.Equal(ids, []string{"0190f0c2-0000-7000-8000-000000000101", ev.EventId}) {
@@ -282,7 +305,7 @@ func TestAPublisherStartedLaterDrainsWhatAnEarlierOneSpooled(t *testing.T) {
 	}
 	second := newHarness(t, srv.ClientURL(), withSpool(sp))
 	second.run(t)
-	waitFor(ctx, t, "the spool to drain", func() bool { return sp.Len() == 0 })
+	waitDrained(ctx, t, second, sp, 3)
 
 	if got := eventIDs(t, streamMessages(ctx, t, inspector(t, srv.ClientURL()))); !slices.Equal(got, ids) {
 		t.Errorf("stream holds %v, want %v in that order", got, ids)
@@ -340,7 +363,12 @@ func TestUnusableSpoolFilesAreSetAsideAndTheRestDrained(t *testing.T) {
 	}
 	h := newHarness(t, srv.ClientURL(), withSpool(sp))
 	h.run(t)
-	waitFor(ctx, t, "the spool to drain", func() bool { return sp.Len() == 0 })
+	// SetAside takes an entry out of the spool before it moves the file and
+	// logs the warning: wait for the warnings too.
+	waitDrained(ctx, t, h, sp, 2)
+	waitFor(ctx, t, "a warning for each file set aside", func() bool {
+		return strings.Count(logs.String(), "level=WARN") >= 3
+	})
 
 	got := eventIDs(t, streamMessages(ctx, t, inspector(t, srv.ClientURL())))
 	if want := []string{"0190f0c2-0000-7000-8000-000000000301", "0190f0c2-0000-7000-8000-000000000303"}; !slices.Equal(got, want) {

@@ -49,6 +49,7 @@ func TestMessagesCarryTheCallersTraceContext(t *testing.T) {
 	srv := natstest.Run(t)
 	tp, exp := tracing()
 	h := newHarness(t, srv.ClientURL(), withTracing(tp))
+	waitConnected(testCtx(t), t, h)
 	ctx, parent := tp.Tracer("test").Start(testCtx(t), "login.callback")
 	ack, err := h.pub.Publish(ctx, event("0190f0c2-0000-7000-8000-000000000601"))
 	if err != nil {
@@ -92,6 +93,7 @@ func TestMessagesCarryTheCallersTraceContext(t *testing.T) {
 func TestWithoutTracingMessagesCarryNoTraceContext(t *testing.T) {
 	srv := natstest.Run(t)
 	h := newHarness(t, srv.ClientURL())
+	waitConnected(testCtx(t), t, h)
 	ack, err := h.pub.Publish(testCtx(t), event("0190f0c2-0000-7000-8000-000000000602"))
 	if err != nil {
 		t.Fatal(err)
