@@ -337,13 +337,18 @@ func waitReady(t *testing.T, name, url string) {
 }
 
 // eventually polls cond until it holds or the (generous) deadline passes.
-// It bounds a wait; it never asserts how fast something happened.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+// It bounds a wait; it never asserts how fast something happened. A
+// lastSeen function, when given, says in the failure what the last poll saw.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool, lastSeen ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("gave up after %s waiting for %s", within, what)
+			seen := ""
+			for _, f := range lastSeen {
+				seen += "; last seen:\n" + f()
+			}
+			t.Fatalf("gave up after %s waiting for %s%s", within, what, seen)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
