@@ -311,6 +311,10 @@ func consumeUntilDone(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 		return stopped(err)
 	}
 	dlq := deadletter.NewPublisher(js, log)
+	advisories, err := consume.SetupMaxDeliveries(ctx, js, log)
+	if err != nil {
+		return stopped(err)
+	}
 	h.Sent, h.Users, h.Claims, h.DeadLetters = store, store, store, dlq
 	ready.Store(&cons)
 
@@ -318,8 +322,9 @@ func consumeUntilDone(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		if err := consume.WatchMaxDeliveries(watchCtx, nc, js, dlq, h.Metrics, h.Tracer, log); err != nil {
-			log.Error("cannot watch for messages that run out of deliveries; they stay in the stream", "error", err)
+		if err := consume.WatchMaxDeliveries(watchCtx, advisories, js, dlq, h.Metrics, h.Tracer, log); err != nil {
+			log.Error("cannot watch for messages that run out of deliveries; their advisories wait in "+
+				eventsv1.StreamMaxDeliveries, "error", err)
 		}
 	}()
 	runErr := consume.Run(ctx, cons, h.Handle, h.Relay, ccfg, log)

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -21,8 +20,7 @@ import (
 
 // MaxDeliveriesSubject is where JetStream announces that a message of
 // AUTH_EVENTS reached the mail-worker consumer's MaxDeliver.
-const MaxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." +
-	eventsv1.StreamAuthEvents + "." + eventsv1.ConsumerMailWorker
+const MaxDeliveriesSubject = eventsv1.SubjectMaxDeliveries
 
 // maxDeliveriesAdvisory is the part of io.nats.jetstream.advisory.v1.max_deliver
 // the worker reads.
@@ -33,70 +31,169 @@ type maxDeliveriesAdvisory struct {
 	Deliveries uint64 `json:"deliveries"`
 }
 
-// advisoryTimeout bounds the handling of one advisory.
-const advisoryTimeout = 30 * time.Second
+// Settings of the MAIL_MAX_DELIVERIES stream and of the consumer the
+// replicas share on it.
+const (
+	// maxDeliveriesDescription marks the stream as the worker's own, so
+	// that it is kept up to date; one an operator made is used as it is.
+	maxDeliveriesDescription = "Doorbell mail-worker: MAX_DELIVERIES advisories of AUTH_EVENTS/mail-worker, kept until the message is dead-lettered"
+	// maxDeliveriesMaxAge matches AUTH_EVENTS: after that the message an
+	// advisory names is gone anyway.
+	maxDeliveriesMaxAge = 7 * 24 * time.Hour
+	// advisoryTimeout bounds the handling of one advisory.
+	advisoryTimeout = 30 * time.Second
+	// advisoryAckWait is well above advisoryTimeout: an advisory comes back
+	// only when the replica that took it died.
+	advisoryAckWait = 2 * advisoryTimeout
+	// advisoryRetryBase and advisoryRetryMax space the retries of an
+	// advisory whose message could not be read or dead-lettered.
+	advisoryRetryBase = time.Second
+	advisoryRetryMax  = 5 * time.Minute
+)
+
+// SetupMaxDeliveries makes sure the advisories that a message ran out of
+// deliveries are stored until a worker has acted on them: the
+// MAIL_MAX_DELIVERIES work-queue stream on MaxDeliveriesSubject, and the
+// durable consumer "mail-worker" every replica shares on it. The server
+// sends the advisory when the last delivery's AckWait runs out, which is
+// often while no worker runs (they all crashed on that message); a plain
+// subscription would miss it and leave the message in AUTH_EVENTS.
+//
+// Like the other objects the worker owns, it creates or updates the stream
+// and uses one an operator made (with another description) as it is.
+func SetupMaxDeliveries(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (jetstream.Consumer, error) {
+	name := eventsv1.StreamMaxDeliveries
+	cfg := jetstream.StreamConfig{
+		Name:        name,
+		Description: maxDeliveriesDescription,
+		Subjects:    []string{MaxDeliveriesSubject},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		MaxAge:      maxDeliveriesMaxAge,
+	}
+	stream, err := js.Stream(ctx, name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		stream, err = js.CreateStream(ctx, cfg)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			stream, err = js.Stream(ctx, name) // another replica was faster
+		} else if err == nil {
+			log.InfoContext(ctx, "advisory stream created", "stream", name, "subject", MaxDeliveriesSubject)
+		}
+	case err == nil && stream.CachedInfo().Config.Description == maxDeliveriesDescription:
+		cfg.Replicas = max(1, stream.CachedInfo().Config.Replicas)
+		stream, err = js.UpdateStream(ctx, cfg)
+	case err == nil:
+		log.InfoContext(ctx, "using the advisory stream an operator made, as it is", "stream", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", name, err)
+	}
+	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       eventsv1.ConsumerMailWorker,
+		Description:   "Doorbell mail-worker: dead-letters the messages these advisories name",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       advisoryAckWait,
+		MaxAckPending: 64,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on stream %s: %w", eventsv1.ConsumerMailWorker, name, err)
+	}
+	return cons, nil
+}
 
 // WatchMaxDeliveries dead-letters messages that ran out of deliveries
 // without a handler deciding their fate: a worker that crashed or hung on
 // every delivery, or a dead letter that could not be stored on the last
-// one. It listens for the MAX_DELIVERIES advisory, reads the message from
-// AUTH_EVENTS by sequence and files it with reason "exhausted".
+// one. It takes the stored MAX_DELIVERIES advisories from cons (made by
+// SetupMaxDeliveries), reads each message from AUTH_EVENTS by sequence and
+// files it with reason "exhausted", then acknowledges the advisory; when
+// that fails it tries the advisory again later, with backoff.
 //
-// Every replica listens; the dead letter's Nats-Msg-Id makes the extra
-// copies disappear, and only the replica whose copy was stored counts it.
-// Advisories are not stored: one sent while no worker runs is missed, and
-// the message then stays in AUTH_EVENTS (see the README). It returns when
-// ctx is done, or at once when it cannot subscribe.
+// Replicas share cons, so each advisory is handled by one of them; the
+// dead letter's Nats-Msg-Id still makes a second filing disappear. It
+// returns when ctx is done, or at once when it cannot start consuming.
 //
 // The dead-letter publish is a span of tracer (none when nil) in the trace
 // whose context the message carries.
-func WatchMaxDeliveries(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, dlq DeadLetters, m *Metrics,
+func WatchMaxDeliveries(ctx context.Context, cons jetstream.Consumer, js jetstream.JetStream, dlq DeadLetters, m *Metrics,
 	tracer trace.Tracer, log *slog.Logger,
 ) error {
 	if tracer == nil {
 		tracer = noop.NewTracerProvider().Tracer(TracerName)
 	}
-	ch := make(chan *nats.Msg, 256)
-	sub, err := nc.ChanSubscribe(MaxDeliveriesSubject, ch)
+	it, err := cons.Messages(jetstream.PullMaxMessages(16))
 	if err != nil {
-		return fmt.Errorf("subscribe to %s: %w", MaxDeliveriesSubject, err)
+		return fmt.Errorf("consume %s: %w", eventsv1.StreamMaxDeliveries, err)
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	for {
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
 		select {
 		case <-ctx.Done():
-			return nil
-		case msg := <-ch:
-			actx, cancel := context.WithTimeout(ctx, advisoryTimeout)
-			deadLetterExhausted(actx, js, dlq, m, tracer, log, msg.Data)
-			cancel()
+		case <-stopped:
 		}
+		it.Stop()
+	}()
+	for {
+		msg, err := it.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			// Missed heartbeats and the like: the iterator goes on by itself.
+			log.WarnContext(ctx, "reading advisories", "stream", eventsv1.StreamMaxDeliveries, "error", err)
+			continue
+		}
+		actx, cancel := context.WithTimeout(ctx, advisoryTimeout)
+		done := deadLetterExhausted(actx, js, dlq, m, tracer, log, msg.Data())
+		cancel()
+		if done {
+			if err := msg.DoubleAck(ctx); err != nil && ctx.Err() == nil {
+				log.WarnContext(ctx, "advisory handled but not acknowledged; it comes back and is filed once",
+					"error", err)
+			}
+			continue
+		}
+		delivered := uint64(1)
+		if md, err := msg.Metadata(); err == nil {
+			delivered = md.NumDelivered
+		}
+		_ = msg.NakWithDelay(Backoff(advisoryRetryBase, advisoryRetryMax, delivered, 0))
 	}
 }
 
+// deadLetterExhausted files the message one advisory names. It reports
+// whether the advisory is dealt with (filed, already filed, the message is
+// gone, or the advisory is unreadable); false means try again later.
 func deadLetterExhausted(ctx context.Context, js jetstream.JetStream, dlq DeadLetters, m *Metrics,
 	tracer trace.Tracer, log *slog.Logger, data []byte,
-) {
+) bool {
 	var adv maxDeliveriesAdvisory
-	if err := json.Unmarshal(data, &adv); err != nil || adv.StreamSeq == 0 {
-		log.WarnContext(ctx, "unreadable MAX_DELIVERIES advisory", "error", err)
-		return
+	if err := json.Unmarshal(data, &adv); err != nil || adv.StreamSeq == 0 || adv.Stream == "" {
+		log.WarnContext(ctx, "unreadable MAX_DELIVERIES advisory, dropped", "error", err)
+		return true
 	}
 	stream, err := js.Stream(ctx, adv.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		log.WarnContext(ctx, "message ran out of deliveries, but its stream is gone", "stream", adv.Stream, "stream_seq", adv.StreamSeq)
+		return true
+	}
 	if err != nil {
-		log.ErrorContext(ctx, "message ran out of deliveries, but its stream cannot be read; it stays there",
+		log.ErrorContext(ctx, "message ran out of deliveries, but its stream cannot be read; trying again later",
 			"stream", adv.Stream, "stream_seq", adv.StreamSeq, "error", err)
-		return
+		return false
 	}
 	raw, err := stream.GetMsg(ctx, adv.StreamSeq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		log.InfoContext(ctx, "message ran out of deliveries and is gone already", "stream_seq", adv.StreamSeq)
-		return
+		return true
 	}
 	if err != nil {
-		log.ErrorContext(ctx, "message ran out of deliveries, but cannot be read; it stays in the stream",
+		log.ErrorContext(ctx, "message ran out of deliveries, but cannot be read; trying again later",
 			"stream", adv.Stream, "stream_seq", adv.StreamSeq, "error", err)
-		return
+		return false
 	}
 	detail := "delivered " + strconv.FormatUint(adv.Deliveries, 10) +
 		" times without an outcome (the worker crashed, hung or could not store a dead letter each time)"
@@ -106,13 +203,14 @@ func deadLetterExhausted(ctx context.Context, js jetstream.JetStream, dlq DeadLe
 		Attempts: adv.Deliveries, Stream: adv.Stream, StreamSeq: adv.StreamSeq, Consumer: adv.Consumer, Time: time.Now(),
 	})
 	if err != nil {
-		log.ErrorContext(ctx, "message ran out of deliveries and cannot be dead-lettered; it stays in the stream",
+		log.ErrorContext(ctx, "message ran out of deliveries and cannot be dead-lettered yet; trying again later",
 			"stream", adv.Stream, "stream_seq", adv.StreamSeq, "error", err)
-		return
+		return false
 	}
 	if !duplicate {
 		m.deadletters.WithLabelValues(deadletter.ReasonExhausted).Inc()
 		log.ErrorContext(ctx, "event handled", "event_id", raw.Header.Get(jetstream.MsgIDHeader), "result", logFailed,
 			"attempts", adv.Deliveries, "stream_seq", adv.StreamSeq, "reason", deadletter.ReasonExhausted+": "+detail)
 	}
+	return true
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
 )
@@ -300,6 +301,109 @@ func TestMessagesAbandonedOnEveryDeliveryAreDeadLettered(t *testing.T) {
 		t.Errorf("dead letter = %+v, want evt-crash exhausted after 2 deliveries", e)
 	}
 	h.wantCounter(`deadletters_total{exhausted}`, h.metrics.deadletters.WithLabelValues(ReasonExhausted), 1)
+}
+
+// exhaust takes the message and never answers, as workers that crash on it
+// would, until the server has announced that it ran out of deliveries and
+// the announcement is stored. The server announces it when it would
+// deliver the message once more, so it is a pull (here, or the next
+// worker's first one) that triggers it.
+func (h *harness) exhaust() {
+	h.t.Helper()
+	h.eventually("the message to run out of deliveries and the advisory to be stored", func() (bool, string) {
+		batch, err := h.cons.Fetch(1, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		for range batch.Messages() {
+			// taken, never acknowledged
+		}
+		n, state := h.storedAdvisories()
+		return n == 1, state
+	})
+}
+
+// storedAdvisories is how many advisories wait in MAIL_MAX_DELIVERIES.
+func (h *harness) storedAdvisories() (uint64, string) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	s, err := h.js.Stream(ctx, eventsv1.StreamMaxDeliveries)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return info.State.Msgs, fmt.Sprintf("%+v", info.State)
+}
+
+func TestAnExhaustedMessageIsDeadLetteredThoughNoWorkerWatchedWhenItRanOut(t *testing.T) {
+	// Every worker crashed on the message. The next one to start pulls
+	// before its watcher runs, and that pull is what makes the server
+	// announce that the message ran out of deliveries: the announcement
+	// waits in MAIL_MAX_DELIVERIES instead of being missed.
+	h := newHarness(t, harnessOptions{maxDeliver: 2, ackWait: 300 * time.Millisecond, noRun: true, noWatch: true})
+	ack := h.publish(signIn("evt-orphan", "dev-a"), "evt-orphan")
+	h.exhaust()
+	if n := len(h.deadLetters()); n != 0 {
+		t.Fatalf("%d dead letters before any worker watched", n)
+	}
+
+	h.watch() // a worker starts again
+	h.eventually("the exhausted message is dead-lettered", func() (bool, string) {
+		return len(h.deadLetters()) == 1 &&
+			strings.Contains(h.logs.String(), `msg="event handled" event_id=evt-orphan result=failed`), ""
+	})
+	e := h.deadLetters()[0]
+	if e.Reason != ReasonExhausted || e.Attempts != 2 || e.StreamSeq != ack.Sequence || e.EventID() != "evt-orphan" {
+		t.Errorf("dead letter = %+v, want evt-orphan exhausted after 2 deliveries", e)
+	}
+	h.eventually("the advisory is acknowledged and gone", func() (bool, string) {
+		n, state := h.storedAdvisories()
+		return n == 0, state
+	})
+	h.wantCounter(`deadletters_total{exhausted}`, h.metrics.deadletters.WithLabelValues(ReasonExhausted), 1)
+}
+
+func TestAnAdvisoryWhoseDeadLetterCannotBeStoredIsTriedAgain(t *testing.T) {
+	h := newHarness(t, harnessOptions{maxDeliver: 2, ackWait: 300 * time.Millisecond, noRun: true, noWatch: true})
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	// Someone replaced the dead-letter stream by one under another name.
+	if err := h.js.DeleteStream(ctx, deadletter.Stream); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.js.CreateStream(ctx, jetstream.StreamConfig{Name: "IMPOSTOR", Subjects: []string{deadletter.Subject}}); err != nil {
+		t.Fatal(err)
+	}
+	h.publish(signIn("evt-later", "dev-a"), "evt-later")
+	h.exhaust()
+	h.watch()
+	h.eventually("the watcher says it tries again later", func() (bool, string) {
+		return strings.Contains(h.logs.String(), "cannot be dead-lettered yet; trying again later"), ""
+	})
+	if n, state := h.storedAdvisories(); n != 1 {
+		t.Fatalf("the advisory is not kept for the retry: %s", state)
+	}
+	if err := h.js.DeleteStream(ctx, "IMPOSTOR"); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually("the message is dead-lettered on a retry", func() (bool, string) {
+		// The watcher makes the dead-letter stream again on its retry.
+		if _, err := h.js.Stream(ctx, deadletter.Stream); err != nil {
+			return false, err.Error()
+		}
+		return len(h.deadLetters()) == 1, ""
+	})
+	if e := h.deadLetters()[0]; e.Reason != ReasonExhausted || e.EventID() != "evt-later" {
+		t.Errorf("dead letter = %+v, want evt-later exhausted", e)
+	}
+	h.eventually("the advisory is acknowledged and gone", func() (bool, string) {
+		n, state := h.storedAdvisories()
+		return n == 0, state
+	})
 }
 
 func TestShutdownFinishesTheSendsInFlight(t *testing.T) {

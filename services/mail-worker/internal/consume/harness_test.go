@@ -73,6 +73,7 @@ type harness struct {
 	cons    jetstream.Consumer
 	logs    *logBuffer
 	stop    func() // stops Run (and waits for it); idempotent
+	watch   func() // starts WatchMaxDeliveries (see harnessOptions.noWatch)
 	// handling counts the Handle calls Run has started and not finished.
 	// A handler counts its metrics and logs its line after JetStream has
 	// its ack or term, so waitSettled also waits for this to reach zero.
@@ -85,6 +86,7 @@ type harnessOptions struct {
 	ackWait     time.Duration
 	smtp        smtptest.Options
 	noRun       bool // set everything up but leave consuming to the test
+	noWatch     bool // do not watch for exhausted messages until the test calls watch
 	tracer      trace.TracerProvider
 	logEmails   bool
 }
@@ -107,7 +109,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if opts.smtp.TLS == smtptest.NoTLS {
 		opts.smtp.TLS = smtptest.RequireStartTLS
 	}
-	nc, js := natstest.Connect(t, natstest.Start(t))
+	_, js := natstest.Connect(t, natstest.Start(t))
 	createStream(t, js)
 	smtpSrv := smtptest.Start(t, opts.smtp)
 	logs := &logBuffer{}
@@ -161,12 +163,21 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if opts.tracer != nil {
 		h.Tracer = opts.tracer.Tracer(TracerName)
 	}
+	advisories, err := SetupMaxDeliveries(ctx, js, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := WatchMaxDeliveries(ctx, nc, js, dlq, metrics, h.Tracer, log); err != nil {
-			t.Errorf("WatchMaxDeliveries: %v", err)
-		}
-	})
+	watch := func() {
+		wg.Go(func() {
+			if err := WatchMaxDeliveries(ctx, advisories, js, dlq, metrics, h.Tracer, log); err != nil {
+				t.Errorf("WatchMaxDeliveries: %v", err)
+			}
+		})
+	}
+	if !opts.noWatch {
+		watch()
+	}
 	runDone := make(chan error, 1)
 	handling := &atomic.Int64{}
 	handle := func(ctx context.Context, msg jetstream.Msg) {
@@ -197,7 +208,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	}
 	t.Cleanup(stop)
 	return &harness{t: t, js: js, smtp: smtpSrv, reg: reg, metrics: metrics, smtpM: smtpMetrics, cons: cons, logs: logs, stop: stop,
-		handling: handling}
+		watch: watch, handling: handling}
 }
 
 func signIn(eventID, deviceID string) *eventsv1.UserAuthenticated {
