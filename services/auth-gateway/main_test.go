@@ -143,6 +143,7 @@ func TestRunWithAProvidersFile(t *testing.T) {
 	yaml := "providers:\n" +
 		"  - id: dex\n    type: oidc\n    name: Dex\n    issuer: " + idp.Issuer() + "\n" +
 		"    client_id: " + idp.ClientID + "\n    client_secret_file: dex.secret\n" +
+		"    token_endpoint_auth_method: client_secret_post\n" +
 		"  - id: github\n    type: github\n    client_id: gh\n    client_secret: gh-secret\n" +
 		"    github_api_url: http://" + freeAddr(t) + "\n"
 	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
@@ -272,7 +273,9 @@ func gatewayEnv(t *testing.T, idp *mockoidc.MockOIDC, natsURL string) map[string
 		"OIDC_ISSUER":        idp.Issuer(),
 		"OIDC_CLIENT_ID":     idp.ClientID,
 		"OIDC_CLIENT_SECRET": idp.ClientSecret,
-		"NATS_URL":           natsURL,
+		// mockoidc reads the secret from the form only.
+		"OIDC_TOKEN_AUTH_METHOD": "client_secret_post",
+		"NATS_URL":               natsURL,
 	}
 }
 

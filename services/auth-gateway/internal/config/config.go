@@ -162,7 +162,7 @@ func Load(lookup func(string) (string, bool)) (*Config, error) {
 // file.
 var oidcVariables = []string{
 	"OIDC_ISSUER", "OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET", "OIDC_CLIENT_SECRET_FILE", "OIDC_SCOPES", "OIDC_PROVIDER_ID",
-	"OIDC_PROVIDER_NAME",
+	"OIDC_PROVIDER_NAME", "OIDC_TOKEN_AUTH_METHOD",
 }
 
 // envProvider is the one OIDC provider the OIDC_* variables describe.
@@ -175,6 +175,14 @@ func (l *loader) envProvider() []Provider {
 		ClientSecret: l.secret("OIDC_CLIENT_SECRET"),
 		Scopes:       withScope("openid", splitScopes(l.get("OIDC_SCOPES"), "openid email profile")),
 	}
+	method, ok := tokenAuthMethod(l.get("OIDC_TOKEN_AUTH_METHOD"))
+	switch {
+	case !ok:
+		l.fail("OIDC_TOKEN_AUTH_METHOD", "%q is not one of %s, %s, %s", method, TokenAuthAuto, TokenAuthBasic, TokenAuthPost)
+	case method != TokenAuthAuto && p.ClientSecret == "":
+		l.fail("OIDC_TOKEN_AUTH_METHOD", "%s needs OIDC_CLIENT_SECRET (or OIDC_CLIENT_SECRET_FILE)", method)
+	}
+	p.TokenAuthMethod = method
 	p.Name = l.get("OIDC_PROVIDER_NAME")
 	if len(p.Name) > 64 {
 		l.fail("OIDC_PROVIDER_NAME", "longer than 64 characters")

@@ -69,6 +69,7 @@ func TestLoadDefaultsWorkOnLoopback(t *testing.T) {
 		{"client secret", c.Providers[0].ClientSecret, ""},
 		{"scopes", c.Providers[0].Scopes, []string{"openid", "email", "profile"}},
 		{"provider id", c.Providers[0].ID, "oidc"},
+		{"token auth method", c.Providers[0].TokenAuthMethod, "auto"},
 		{"allowed domains", len(c.Providers[0].AllowedEmailDomains), 0},
 		{"device key", c.DeviceKey, []byte(nil)},
 		{"cookie domain", c.CookieDomain, ""},
@@ -118,6 +119,15 @@ func TestLoadReadsValues(t *testing.T) {
 			check: func(t *testing.T, c *config.Config) {
 				if len(c.CookieKeys) != 2 || !bytes.Equal(c.CookieKeys[0], k1) || !bytes.Equal(c.CookieKeys[1], k2) {
 					t.Errorf("keys = %x", c.CookieKeys)
+				}
+			},
+		},
+		{
+			name: "token auth method is read",
+			env:  with(map[string]string{"OIDC_CLIENT_SECRET": "s", "OIDC_TOKEN_AUTH_METHOD": " client_secret_post "}),
+			check: func(t *testing.T, c *config.Config) {
+				if got := c.Providers[0].TokenAuthMethod; got != config.TokenAuthPost {
+					t.Errorf("TokenAuthMethod = %q, want %q", got, config.TokenAuthPost)
 				}
 			},
 		},
@@ -272,6 +282,16 @@ func TestLoadRejectsBadValuesClearly(t *testing.T) {
 			env:    with(map[string]string{"GATEWAY_COOKIE_KEY": base64.StdEncoding.EncodeToString(make([]byte, 32)) + ",not*base64"}),
 			wantIn: []string{"GATEWAY_COOKIE_KEY", "key 2 is not base64"},
 			notIn:  []string{"not*base64"},
+		},
+		{
+			name:   "unknown token auth method",
+			env:    with(map[string]string{"OIDC_CLIENT_SECRET": "s", "OIDC_TOKEN_AUTH_METHOD": "private_key_jwt"}),
+			wantIn: []string{"OIDC_TOKEN_AUTH_METHOD", `"private_key_jwt" is not one of auto, client_secret_basic, client_secret_post`},
+		},
+		{
+			name:   "token auth method without a secret",
+			env:    with(map[string]string{"OIDC_TOKEN_AUTH_METHOD": "client_secret_basic"}),
+			wantIn: []string{"OIDC_TOKEN_AUTH_METHOD", "client_secret_basic needs OIDC_CLIENT_SECRET"},
 		},
 		{
 			name:   "missing secret file",

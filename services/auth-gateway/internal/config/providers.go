@@ -54,6 +54,32 @@ type Provider struct {
 	// GitHubAPIURL, GitHubAuthURL and GitHubTokenURL are GitHub's API base
 	// and OAuth endpoints (set for GitHub only).
 	GitHubAPIURL, GitHubAuthURL, GitHubTokenURL string
+	// TokenAuthMethod is how an OIDC client with a secret authenticates at
+	// the token endpoint: TokenAuthAuto, TokenAuthBasic or TokenAuthPost.
+	TokenAuthMethod string
+}
+
+// Token endpoint authentication methods (RFC 7591 names) for
+// Provider.TokenAuthMethod.
+const (
+	// TokenAuthAuto picks client_secret_basic, the default of a client
+	// registration, unless the provider's discovery lists only
+	// client_secret_post.
+	TokenAuthAuto  = "auto"
+	TokenAuthBasic = "client_secret_basic"
+	TokenAuthPost  = "client_secret_post"
+)
+
+// tokenAuthMethod checks a token_endpoint_auth_method value ("" is auto);
+// ok is false for an unknown one.
+func tokenAuthMethod(v string) (method string, ok bool) {
+	switch v = strings.TrimSpace(v); v {
+	case "", TokenAuthAuto:
+		return TokenAuthAuto, true
+	case TokenAuthBasic, TokenAuthPost:
+		return v, true
+	}
+	return v, false
 }
 
 // fileProvider is one entry of the providers file, as written.
@@ -70,12 +96,13 @@ type fileProvider struct {
 	GitHubAPIURL        string   `yaml:"github_api_url"`
 	GitHubAuthURL       string   `yaml:"github_auth_url"`
 	GitHubTokenURL      string   `yaml:"github_token_url"`
+	TokenAuthMethod     string   `yaml:"token_endpoint_auth_method"`
 }
 
 // providerFields are the keys a providers file entry may have.
 var providerFields = []string{
 	"id", "type", "name", "issuer", "client_id", "client_secret", "client_secret_file", "scopes",
-	"allowed_email_domains", "github_api_url", "github_auth_url", "github_token_url",
+	"allowed_email_domains", "github_api_url", "github_auth_url", "github_token_url", "token_endpoint_auth_method",
 }
 
 // domainPattern is a lowercase DNS name with at least one dot.
@@ -259,12 +286,23 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 			scopes = []string{"email", "profile"}
 		}
 		p.Scopes = withScope("openid", scopes)
+		method, ok := tokenAuthMethod(fp.TokenAuthMethod)
+		switch {
+		case !ok:
+			bad("token_endpoint_auth_method", "%q is not one of %s, %s, %s", method, TokenAuthAuto, TokenAuthBasic, TokenAuthPost)
+		case method != TokenAuthAuto && p.ClientSecret == "":
+			bad("token_endpoint_auth_method", "%s needs a client secret (client_secret or client_secret_file)", method)
+		}
+		p.TokenAuthMethod = method
 		if p.Name == "" {
 			p.Name = hostOf(p.Issuer)
 		}
 	case TypeGitHub:
 		if p.Issuer != "" {
 			bad("issuer", "not used by type github (its issuer is github_api_url)")
+		}
+		if strings.TrimSpace(fp.TokenAuthMethod) != "" {
+			bad("token_endpoint_auth_method", "only for type oidc")
 		}
 		if p.ClientSecret == "" {
 			bad("client_secret", "required for type github (or client_secret_file)")

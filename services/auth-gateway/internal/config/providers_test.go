@@ -52,6 +52,7 @@ providers:
     client_secret_file: keycloak.secret
     scopes: [email, groups]
     allowed_email_domains: [Example.com, corp.example.com]
+    token_endpoint_auth_method: client_secret_post
   - id: google
     type: oidc
     issuer: https://accounts.google.com
@@ -79,11 +80,12 @@ providers:
 		{
 			ID: "keycloak", Type: "oidc", Name: "Company account", Issuer: "https://sso.example.com/realms/staff",
 			ClientID: "doorbell", ClientSecret: "kc-secret", Scopes: []string{"openid", "email", "groups"},
-			AllowedEmailDomains: []string{"example.com", "corp.example.com"},
+			AllowedEmailDomains: []string{"example.com", "corp.example.com"}, TokenAuthMethod: "client_secret_post",
 		},
 		{
 			ID: "google", Type: "oidc", Name: "accounts.google.com", Issuer: "https://accounts.google.com",
 			ClientID: "g-client", ClientSecret: "g-secret", Scopes: []string{"openid", "email", "profile"},
+			TokenAuthMethod: "auto",
 		},
 		{
 			ID: "github", Type: "github", Name: "GitHub", ClientID: "gh-client", ClientSecret: "gh-secret",
@@ -150,6 +152,21 @@ func TestProvidersFileErrorsNameFileProviderAndField(t *testing.T) {
 			name:   "unknown type",
 			yaml:   "providers:\n  - {id: dex, type: saml, client_id: x}\n",
 			wantIn: []string{"type:", `"saml" is not oidc or github`},
+		},
+		{
+			name:   "unknown token endpoint auth method",
+			yaml:   "providers:\n  - {id: dex, type: oidc, issuer: https://a.example.com, client_id: x, client_secret: s, token_endpoint_auth_method: none}\n",
+			wantIn: []string{`provider "dex"`, `token_endpoint_auth_method: "none" is not one of auto, client_secret_basic, client_secret_post`},
+		},
+		{
+			name:   "token endpoint auth method without a secret",
+			yaml:   "providers:\n  - {id: dex, type: oidc, issuer: https://a.example.com, client_id: x, token_endpoint_auth_method: client_secret_post}\n",
+			wantIn: []string{"token_endpoint_auth_method: client_secret_post needs a client secret"},
+		},
+		{
+			name:   "token endpoint auth method on github",
+			yaml:   "providers:\n  - {id: gh, type: github, client_id: x, client_secret: s, token_endpoint_auth_method: client_secret_post}\n",
+			wantIn: []string{`provider "gh"`, "token_endpoint_auth_method: only for type oidc"},
 		},
 		{
 			name:   "oidc without issuer",

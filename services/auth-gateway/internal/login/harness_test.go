@@ -30,6 +30,7 @@ import (
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/config"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/cookie"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/natstest"
@@ -129,12 +130,14 @@ func withConfig(change func(c *login.Config)) gatewayOption {
 	return func(g *gateway) { change(&g.cfg) }
 }
 
-// mockProvider is the default provider: mockoidc, as id test-idp.
+// mockProvider is the default provider: mockoidc, as id test-idp. Its
+// token endpoint reads the client secret from the form only, though its
+// discovery lists client_secret_basic too: configured as an operator would.
 func (g *gateway) mockProvider() login.ProviderConfig {
 	return login.ProviderConfig{
 		ID: providerID, Type: login.TypeOIDC, Issuer: g.idp.Issuer(),
 		ClientID: g.idp.ClientID, ClientSecret: g.idp.ClientSecret,
-		Scopes: []string{"openid", "email", "profile"},
+		Scopes: []string{"openid", "email", "profile"}, TokenAuthMethod: config.TokenAuthPost,
 	}
 }
 

@@ -16,6 +16,8 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
+
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/config"
 )
 
 // provider is one configured identity provider.
@@ -134,11 +136,13 @@ type oidcFlow struct {
 	issuer       string
 	clientID     string
 	clientSecret string
-	scopes       []string
-	redirectURL  string
-	displayName  string
-	client       *http.Client
-	tracer       trace.Tracer
+	// tokenAuth is config.TokenAuthAuto, TokenAuthBasic or TokenAuthPost.
+	tokenAuth   string
+	scopes      []string
+	redirectURL string
+	displayName string
+	client      *http.Client
+	tracer      trace.Tracer
 
 	d        atomic.Pointer[discovered]
 	mu       sync.Mutex
@@ -162,6 +166,7 @@ func newOIDCFlow(cfg ProviderConfig, redirectURL string, client *http.Client, tr
 		issuer:       cfg.Issuer,
 		clientID:     cfg.ClientID,
 		clientSecret: cfg.ClientSecret,
+		tokenAuth:    cfg.TokenAuthMethod,
 		scopes:       cfg.Scopes,
 		redirectURL:  redirectURL,
 		displayName:  cfg.Name,
@@ -244,7 +249,7 @@ func (p *oidcFlow) discover(ctx context.Context) (d *discovered, err error) {
 		meta.EndSession = ""
 	}
 	endpoint := op.Endpoint()
-	endpoint.AuthStyle = authStyle(meta.AuthMethods, p.clientSecret != "")
+	endpoint.AuthStyle = authStyle(p.tokenAuth, meta.AuthMethods, p.clientSecret != "")
 	return &discovered{
 		provider: op,
 		oauth2: &oauth2.Config{
@@ -264,11 +269,20 @@ func (p *oidcFlow) discover(ctx context.Context) (d *discovered, err error) {
 // endpoint. It never leaves oauth2 to guess: its guess retries a failed
 // exchange with the other style, which sends the single-use code twice and
 // doubles the wait on a provider that does not answer. Public clients send
-// their id as a form field; confidential ones use client_secret_post when
-// the provider lists it, else client_secret_basic (OIDC Discovery's
-// default when the list is absent).
-func authStyle(methods []string, confidential bool) oauth2.AuthStyle {
-	if !confidential || slices.Contains(methods, "client_secret_post") {
+// their id as a form field. Confidential ones use the configured method;
+// with "auto" (or none), client_secret_basic, which is what a client is
+// registered with unless said otherwise (RFC 7591) and OIDC Discovery's
+// default when the provider lists nothing, and client_secret_post only when
+// the provider lists it and not basic.
+func authStyle(configured string, supported []string, confidential bool) oauth2.AuthStyle {
+	switch {
+	case !confidential:
+		return oauth2.AuthStyleInParams
+	case configured == config.TokenAuthPost:
+		return oauth2.AuthStyleInParams
+	case configured == config.TokenAuthBasic:
+		return oauth2.AuthStyleInHeader
+	case slices.Contains(supported, config.TokenAuthPost) && !slices.Contains(supported, config.TokenAuthBasic):
 		return oauth2.AuthStyleInParams
 	}
 	return oauth2.AuthStyleInHeader
