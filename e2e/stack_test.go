@@ -258,10 +258,10 @@ type process struct {
 	err  error
 }
 
-func startProcess(t *testing.T, name, bin string, env []string) *process {
+func startProcess(t *testing.T, name, bin string, env []string, args ...string) *process {
 	t.Helper()
 	p := &process{name: name, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "LOG_LEVEL=debug"}, env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
