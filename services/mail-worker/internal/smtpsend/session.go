@@ -101,10 +101,10 @@ func (s *Sender) transact(sc *smtp.Client, msg *mail.Msg, from, to string) (heal
 		}
 		return sc.Reset() == nil, e
 	}
-	if err := sc.Mail(from); err != nil {
+	if err := sc.Mail(envelope(from)); err != nil {
 		return refused(StageMail, err)
 	}
-	if err := sc.Rcpt(to); err != nil {
+	if err := sc.Rcpt(envelope(to)); err != nil {
 		return refused(StageRcpt, err)
 	}
 	w, err := sc.Data()
@@ -134,4 +134,12 @@ func quit(sc *smtp.Client) {
 	if err := sc.Quit(); err != nil {
 		_ = sc.Close()
 	}
+}
+
+// envelope is addr as MAIL FROM and RCPT TO take it: in angle brackets
+// (RFC 5321 4.1.2). go-mail's smtp client sends its argument as it is, and
+// strict servers (Mailpit among them) refuse a bare address with 501.
+// addr is a bare address net/mail parsed, so it holds no <, > or line break.
+func envelope(addr string) string {
+	return "<" + addr + ">"
 }

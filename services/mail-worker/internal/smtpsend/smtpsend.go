@@ -229,7 +229,7 @@ func (s *Sender) Check(ctx context.Context) error {
 		s.setStatus(e)
 		return e
 	}
-	if err := sc.Mail(s.from.Address); err != nil {
+	if err := sc.Mail(envelope(s.from.Address)); err != nil {
 		e := Classify(StageMail, err)
 		s.setStatus(e)
 		return e

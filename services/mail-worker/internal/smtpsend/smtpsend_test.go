@@ -721,3 +721,35 @@ func BenchmarkSendPool(b *testing.B) {
 		}
 	})
 }
+
+// Envelope addresses go in angle brackets (RFC 5321 4.1.2): go-mail's
+// client sends MAIL FROM and RCPT TO arguments as given, and strict relays
+// such as Mailpit answer a bare address with 501.
+func TestEnvelopeAddressesAreInAngleBrackets(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.NoTLS})
+	s, _ := newSender(t, srv, func(c *Config) { c.TLS = TLSNone })
+	if err := s.Check(context.Background()); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	if _, err := s.Send(context.Background(), message("evt-1")); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	var mail, rcpt []string
+	for _, line := range strings.Split(srv.Transcript(), "\r\n") {
+		switch upper := strings.ToUpper(line); {
+		case strings.HasPrefix(upper, "MAIL FROM:"):
+			mail = append(mail, line)
+		case strings.HasPrefix(upper, "RCPT TO:"):
+			rcpt = append(rcpt, line)
+		}
+	}
+	if len(mail) != 2 || len(rcpt) != 1 {
+		t.Fatalf("want 2 MAIL FROM (check, send) and 1 RCPT TO, got %q and %q", mail, rcpt)
+	}
+	for _, line := range append(mail, rcpt...) {
+		arg := line[strings.IndexByte(line, ':')+1:]
+		if !strings.HasPrefix(arg, "<") || !strings.Contains(arg, ">") {
+			t.Errorf("%q: the address is not in angle brackets", line)
+		}
+	}
+}

@@ -141,6 +141,7 @@ type Server struct {
 	stallFor    time.Duration
 	delay       time.Duration
 	changed     chan struct{} // closed and replaced on every new message
+	transcript  bytes.Buffer  // what clients sent, as read off the socket
 }
 
 // Start runs a server until the test ends.
@@ -448,6 +449,28 @@ type countingConn struct {
 	net.Conn
 	srv  *Server
 	once sync.Once
+}
+
+// Read keeps what the client sends for Transcript.
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.srv.mu.Lock()
+		c.srv.transcript.Write(p[:n])
+		c.srv.mu.Unlock()
+	}
+	return n, err
+}
+
+// Transcript is every byte clients sent to the server, as read off the
+// socket: readable SMTP commands for NoTLS, ciphertext after a TLS
+// handshake. The SMTP library behind this server accepts envelope
+// addresses without angle brackets, which strict relays refuse; tests read
+// the commands here to hold the client to RFC 5321.
+func (s *Server) Transcript() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.transcript.String()
 }
 
 func (c *countingConn) Close() error {
