@@ -1,8 +1,8 @@
 # Doorbell's entry points. `make run` starts the whole system on loopback;
 # `make test` runs every module's tests. Tools (buf, protoc-gen-go,
-# staticcheck) are pinned in tools/go.mod, Ory Hydra (an OIDC provider the
-# e2e tests sign in through) in tools/hydra/go.mod; all are built into bin/
-# on first use.
+# staticcheck) are pinned in tools/go.mod; Ory Hydra (an OIDC provider the
+# e2e tests sign in through) and Mailpit (an SMTP server they deliver to) in
+# tools/hydra and tools/mailpit. All are built into bin/ on first use.
 
 GO      ?= go
 BIN     := $(CURDIR)/bin
@@ -36,9 +36,9 @@ test-unit:
 		(cd $$m && $(GO) test -race $(GOTEST_FLAGS) ./...); \
 	done
 
-test-e2e: $(BIN)/hydra
+test-e2e: $(BIN)/hydra $(BIN)/mailpit
 	@echo "==> go test ./e2e/..."
-	cd e2e && DOORBELL_HYDRA=$(BIN)/hydra $(GO) test $(GOTEST_FLAGS) ./...
+	cd e2e && DOORBELL_HYDRA=$(BIN)/hydra DOORBELL_MAILPIT=$(BIN)/mailpit $(GO) test $(GOTEST_FLAGS) ./...
 
 ## bench: the benchmarks of every module (numbers, never pass/fail)
 bench:
@@ -63,7 +63,7 @@ lint: $(BIN)/staticcheck
 		(cd $$m && $(GO) vet ./... && $(BIN)/staticcheck ./...); \
 	done
 
-tools: $(TOOLS) $(BIN)/hydra
+tools: $(TOOLS) $(BIN)/hydra $(BIN)/mailpit
 
 $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/staticcheck: tools/go.mod tools/go.sum
 	GOWORK=off $(GO) build -C tools -o $(BIN)/ \
@@ -74,6 +74,9 @@ $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/staticcheck: tools/go.mod tools/go.sum
 # SQLite (cgo) is Hydra's in-memory store: DSN=memory.
 $(BIN)/hydra: tools/hydra/go.mod tools/hydra/go.sum
 	GOWORK=off $(GO) build -C tools/hydra -tags sqlite,sqlite_omit_load_extension -o $(BIN)/hydra github.com/ory/hydra/v2
+
+$(BIN)/mailpit: tools/mailpit/go.mod tools/mailpit/go.sum
+	GOWORK=off $(GO) build -C tools/mailpit -o $(BIN)/mailpit github.com/axllent/mailpit
 
 clean:
 	rm -rf $(BIN) .devstack

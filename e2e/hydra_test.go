@@ -32,18 +32,19 @@ type hydra struct {
 	admin  string
 }
 
-// hydraBinary finds bin/hydra. Locally a missing one skips the test with a
-// loud reason; in CI it fails it, since make test builds it.
-func hydraBinary(t *testing.T) string {
+// builtTool finds bin/<name>, a program make builds from tools/<name>
+// ($DOORBELL_<NAME> when set, as make test-e2e sets it). Locally a missing
+// one skips the test with a loud reason; in CI it fails it.
+func builtTool(t *testing.T, name string) string {
 	t.Helper()
-	bin := os.Getenv("DOORBELL_HYDRA")
+	bin := os.Getenv("DOORBELL_" + strings.ToUpper(name))
 	if bin == "" {
-		bin = filepath.Join("..", "bin", "hydra")
+		bin = filepath.Join("..", "bin", name)
 	}
 	if _, err := os.Stat(bin); err == nil {
 		return bin
 	}
-	msg := bin + " not found: run the tests with make test (it builds bin/hydra from tools/hydra), or make bin/hydra"
+	msg := bin + " not found: run the tests with make test (it builds bin/" + name + " from tools/" + name + "), or make bin/" + name
 	if os.Getenv("CI") != "" {
 		t.Fatal("CI must run this test: " + msg)
 	}
@@ -53,7 +54,7 @@ func hydraBinary(t *testing.T) string {
 
 func startHydra(t *testing.T) *hydra {
 	t.Helper()
-	bin := hydraBinary(t)
+	bin := builtTool(t, "hydra")
 	publicPort, adminPort := freePort(t), freePort(t)
 	h := &hydra{t: t, admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort)}
 	app := httptest.NewServer(h.loginApp())
