@@ -249,13 +249,7 @@ func TestADeadLetterThatCannotBeStoredIsNotLost(t *testing.T) {
 	h := newHarness(t, harnessOptions{maxDeliver: 10000})
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	// Someone replaced the dead-letter stream by one under another name.
-	if err := h.js.DeleteStream(ctx, deadletter.Stream); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.js.CreateStream(ctx, jetstream.StreamConfig{Name: "IMPOSTOR", Subjects: []string{deadletter.Subject}}); err != nil {
-		t.Fatal(err)
-	}
+	h.replaceDeadLetterStream(ctx)
 	h.smtp.RejectRecipient("gone@example.com", 550, "5.1.1")
 	ev := signIn("evt-gone", "dev-a")
 	ev.Email = "gone@example.com"
@@ -301,6 +295,18 @@ func TestMessagesAbandonedOnEveryDeliveryAreDeadLettered(t *testing.T) {
 		t.Errorf("dead letter = %+v, want evt-crash exhausted after 2 deliveries", e)
 	}
 	h.wantCounter(`deadletters_total{exhausted}`, h.metrics.deadletters.WithLabelValues(ReasonExhausted), 1)
+}
+
+// replaceDeadLetterStream has someone replace the dead-letter stream by
+// one under another name, IMPOSTOR, which the test deletes to heal it.
+func (h *harness) replaceDeadLetterStream(ctx context.Context) {
+	h.t.Helper()
+	if err := h.js.DeleteStream(ctx, deadletter.Stream); err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.js.CreateStream(ctx, jetstream.StreamConfig{Name: "IMPOSTOR", Subjects: []string{deadletter.Subject}}); err != nil {
+		h.t.Fatal(err)
+	}
 }
 
 // exhaust takes the message and never answers, as workers that crash on it
@@ -371,13 +377,7 @@ func TestAnAdvisoryWhoseDeadLetterCannotBeStoredIsTriedAgain(t *testing.T) {
 	h := newHarness(t, harnessOptions{maxDeliver: 2, ackWait: 300 * time.Millisecond, noRun: true, noWatch: true})
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	// Someone replaced the dead-letter stream by one under another name.
-	if err := h.js.DeleteStream(ctx, deadletter.Stream); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.js.CreateStream(ctx, jetstream.StreamConfig{Name: "IMPOSTOR", Subjects: []string{deadletter.Subject}}); err != nil {
-		t.Fatal(err)
-	}
+	h.replaceDeadLetterStream(ctx)
 	h.publish(signIn("evt-later", "dev-a"), "evt-later")
 	h.exhaust()
 	h.watch()
