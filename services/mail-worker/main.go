@@ -311,21 +311,19 @@ func consumeUntilDone(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 		return stopped(err)
 	}
 	dlq := deadletter.NewPublisher(js, log)
-	advisories, err := consume.SetupMaxDeliveries(ctx, js, log)
-	if err != nil {
-		return stopped(err)
-	}
+	// Made before the first pull when it can be, so that no advisory is
+	// sent before it is stored; the watcher keeps trying when it cannot.
+	advisories, _ := consume.SetupMaxDeliveries(ctx, js, log)
 	h.Sent, h.Users, h.Claims, h.DeadLetters = store, store, store, dlq
 	ready.Store(&cons)
 
-	watchCtx, stopWatch := context.WithCancel(ctx)
+	// The watcher outlives the signal: it finishes the advisory in hand
+	// while Run drains, and stops when Run has returned.
+	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		if err := consume.WatchMaxDeliveries(watchCtx, advisories, js, dlq, h.Metrics, h.Tracer, log); err != nil {
-			log.Error("cannot watch for messages that run out of deliveries; their advisories wait in "+
-				eventsv1.StreamMaxDeliveries, "error", err)
-		}
+		consume.WatchMaxDeliveries(watchCtx, advisories, nc, js, dlq, h.Metrics, h.Tracer, log)
 	}()
 	runErr := consume.Run(ctx, cons, h.Handle, h.Relay, ccfg, log)
 	stopWatch()

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -42,8 +43,9 @@ const (
 	maxDeliveriesMaxAge = 7 * 24 * time.Hour
 	// advisoryTimeout bounds the handling of one advisory.
 	advisoryTimeout = 30 * time.Second
-	// advisoryAckWait is well above advisoryTimeout: an advisory comes back
-	// only when the replica that took it died.
+	// advisoryAckWait is well above advisoryTimeout, and advisories are
+	// pulled one at a time: one comes back only when the replica that took
+	// it died or lost NATS.
 	advisoryAckWait = 2 * advisoryTimeout
 	// advisoryRetryBase and advisoryRetryMax space the retries of an
 	// advisory whose message could not be read or dead-lettered.
@@ -70,6 +72,8 @@ func SetupMaxDeliveries(ctx context.Context, js jetstream.JetStream, log *slog.L
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		MaxAge:      maxDeliveriesMaxAge,
+		// The server publishes advisories without a reply subject.
+		NoAck: true,
 	}
 	stream, err := js.Stream(ctx, name)
 	switch {
@@ -107,23 +111,68 @@ func SetupMaxDeliveries(ctx context.Context, js jetstream.JetStream, log *slog.L
 // without a handler deciding their fate: a worker that crashed or hung on
 // every delivery, or a dead letter that could not be stored on the last
 // one. It takes the stored MAX_DELIVERIES advisories from cons (made by
-// SetupMaxDeliveries), reads each message from AUTH_EVENTS by sequence and
-// files it with reason "exhausted", then acknowledges the advisory; when
-// that fails it tries the advisory again later, with backoff.
+// SetupMaxDeliveries; nil when that failed at start), reads each message
+// from AUTH_EVENTS by sequence and files it with reason "exhausted", then
+// acknowledges the advisory; when that fails it tries the advisory again
+// later, with backoff.
+//
+// It keeps going until ctx is done: when the stream or consumer cannot be
+// made, or is deleted under it, it logs why and sets them up again with
+// backoff. When another stream already captures the advisories (an
+// operator's audit stream on $JS.EVENT.>), it cannot have its own, says
+// so, and listens with a plain subscription instead, which misses
+// advisories sent while no worker listens.
 //
 // Replicas share cons, so each advisory is handled by one of them; the
-// dead letter's Nats-Msg-Id still makes a second filing disappear. It
-// returns when ctx is done, or at once when it cannot start consuming.
-//
-// The dead-letter publish is a span of tracer (none when nil) in the trace
+// dead letter's Nats-Msg-Id still makes a second filing disappear. The
+// dead-letter publish is a span of tracer (none when nil) in the trace
 // whose context the message carries.
-func WatchMaxDeliveries(ctx context.Context, cons jetstream.Consumer, js jetstream.JetStream, dlq DeadLetters, m *Metrics,
-	tracer trace.Tracer, log *slog.Logger,
-) error {
+func WatchMaxDeliveries(ctx context.Context, cons jetstream.Consumer, nc *nats.Conn, js jetstream.JetStream,
+	dlq DeadLetters, m *Metrics, tracer trace.Tracer, log *slog.Logger,
+) {
 	if tracer == nil {
 		tracer = noop.NewTracerProvider().Tracer(TracerName)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(16))
+	file := func(actx context.Context, data []byte) bool {
+		return deadLetterExhausted(actx, js, dlq, m, tracer, log, data)
+	}
+	for attempt := uint64(1); ctx.Err() == nil; attempt++ {
+		var err error
+		if cons == nil {
+			cons, err = SetupMaxDeliveries(ctx, js, log)
+		}
+		switch {
+		case isSubjectOverlap(err):
+			err = watchUnstored(ctx, nc, file, log, err)
+		case err == nil:
+			err = consumeAdvisories(ctx, cons, file)
+			cons = nil
+			attempt = 1
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		wait := Backoff(advisoryRetryBase, advisoryRetryMax, attempt, 0)
+		log.ErrorContext(ctx, "cannot take MAX_DELIVERIES advisories; setting up again", "stream", eventsv1.StreamMaxDeliveries,
+			"error", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+}
+
+// isSubjectOverlap reports whether err is JetStream refusing a stream
+// whose subjects another stream captures (err_code 10065).
+func isSubjectOverlap(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10065
+}
+
+// consumeAdvisories files the advisories cons holds, one at a time, until
+// ctx is done (nil) or the consumer is unusable (its error).
+func consumeAdvisories(ctx context.Context, cons jetstream.Consumer, file func(context.Context, []byte) bool) error {
+	it, err := cons.Messages(jetstream.PullMaxMessages(1))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", eventsv1.StreamMaxDeliveries, err)
 	}
@@ -138,22 +187,20 @@ func WatchMaxDeliveries(ctx context.Context, cons jetstream.Consumer, js jetstre
 	}()
 	for {
 		msg, err := it.Next()
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
-			// Missed heartbeats and the like: the iterator goes on by itself.
-			log.WarnContext(ctx, "reading advisories", "stream", eventsv1.StreamMaxDeliveries, "error", err)
-			continue
+			// The iterator rides out reconnects and missed heartbeats by
+			// itself; what reaches here (the consumer or stream deleted)
+			// has already stopped it.
+			return err
 		}
 		actx, cancel := context.WithTimeout(ctx, advisoryTimeout)
-		done := deadLetterExhausted(actx, js, dlq, m, tracer, log, msg.Data())
+		done := file(actx, msg.Data())
 		cancel()
 		if done {
-			if err := msg.DoubleAck(ctx); err != nil && ctx.Err() == nil {
-				log.WarnContext(ctx, "advisory handled but not acknowledged; it comes back and is filed once",
-					"error", err)
-			}
+			_ = msg.DoubleAck(ctx) // if it fails, the advisory comes back and is filed once
 			continue
 		}
 		delivered := uint64(1)
@@ -161,6 +208,35 @@ func WatchMaxDeliveries(ctx context.Context, cons jetstream.Consumer, js jetstre
 			delivered = md.NumDelivered
 		}
 		_ = msg.NakWithDelay(Backoff(advisoryRetryBase, advisoryRetryMax, delivered, 0))
+	}
+}
+
+// watchUnstored files advisories from a plain subscription until ctx is
+// done (nil), or returns why it cannot subscribe; why is the reason the
+// worker cannot store them.
+func watchUnstored(ctx context.Context, nc *nats.Conn, file func(context.Context, []byte) bool, log *slog.Logger, why error) error {
+	ch := make(chan *nats.Msg, 256)
+	sub, err := nc.ChanSubscribe(MaxDeliveriesSubject, ch)
+	if err != nil {
+		return fmt.Errorf("subscribe to %s: %w", MaxDeliveriesSubject, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.FlushTimeout(advisoryTimeout); err != nil { // the server has the subscription
+		return fmt.Errorf("subscribe to %s: %w", MaxDeliveriesSubject, err)
+	}
+	log.WarnContext(ctx, "another stream already captures the MAX_DELIVERIES advisories, so "+
+		eventsv1.StreamMaxDeliveries+" cannot: listening without storing them. Exclude "+
+		MaxDeliveriesSubject+" from that stream, or make it the one the worker uses by naming it "+
+		eventsv1.StreamMaxDeliveries, "error", why)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case msg := <-ch:
+			actx, cancel := context.WithTimeout(ctx, advisoryTimeout)
+			file(actx, msg.Data)
+			cancel()
+		}
 	}
 }
 
@@ -173,6 +249,11 @@ func deadLetterExhausted(ctx context.Context, js jetstream.JetStream, dlq DeadLe
 	var adv maxDeliveriesAdvisory
 	if err := json.Unmarshal(data, &adv); err != nil || adv.StreamSeq == 0 || adv.Stream == "" {
 		log.WarnContext(ctx, "unreadable MAX_DELIVERIES advisory, dropped", "error", err)
+		return true
+	}
+	if adv.Stream != eventsv1.StreamAuthEvents || adv.Consumer != eventsv1.ConsumerMailWorker {
+		// An operator's stream under the worker's name may capture more.
+		log.WarnContext(ctx, "MAX_DELIVERIES advisory of another consumer, dropped", "stream", adv.Stream, "consumer", adv.Consumer)
 		return true
 	}
 	stream, err := js.Stream(ctx, adv.Stream)

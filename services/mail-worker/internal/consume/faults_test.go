@@ -406,6 +406,58 @@ func TestAnAdvisoryWhoseDeadLetterCannotBeStoredIsTriedAgain(t *testing.T) {
 	})
 }
 
+func TestTheAdvisoryConsumerIsMadeAgainWhenDeleted(t *testing.T) {
+	h := newHarness(t, harnessOptions{maxDeliver: 2, ackWait: 300 * time.Millisecond, noRun: true})
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	// An operator removes the worker's consumer on MAIL_MAX_DELIVERIES.
+	if err := h.js.DeleteConsumer(ctx, eventsv1.StreamMaxDeliveries, eventsv1.ConsumerMailWorker); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually("the watcher says it sets up again", func() (bool, string) {
+		return strings.Contains(h.logs.String(), "setting up again"), ""
+	})
+	h.eventually("the consumer is back", func() (bool, string) {
+		_, err := h.js.Consumer(ctx, eventsv1.StreamMaxDeliveries, eventsv1.ConsumerMailWorker)
+		return err == nil, fmt.Sprint(err)
+	})
+	ack := h.publish(signIn("evt-after", "dev-a"), "evt-after")
+	h.pullUntilDeadLettered("evt-after")
+	if e := h.deadLetters()[0]; e.Reason != ReasonExhausted || e.StreamSeq != ack.Sequence {
+		t.Errorf("dead letter = %+v, want evt-after exhausted", e)
+	}
+}
+
+func TestAdvisoriesCapturedByAnotherStreamAreStillActedOn(t *testing.T) {
+	// An audit stream on $JS.EVENT.ADVISORY.> leaves no room for
+	// MAIL_MAX_DELIVERIES: the worker says so and listens instead.
+	h := newHarness(t, harnessOptions{maxDeliver: 2, ackWait: 300 * time.Millisecond, noRun: true, auditStream: true})
+	h.eventually("the watcher explains why it cannot store advisories", func() (bool, string) {
+		return strings.Contains(h.logs.String(), "another stream already captures the MAX_DELIVERIES advisories"), ""
+	})
+	ack := h.publish(signIn("evt-audited", "dev-a"), "evt-audited")
+	h.pullUntilDeadLettered("evt-audited")
+	if e := h.deadLetters()[0]; e.Reason != ReasonExhausted || e.StreamSeq != ack.Sequence {
+		t.Errorf("dead letter = %+v, want evt-audited exhausted", e)
+	}
+}
+
+// pullUntilDeadLettered takes the message again and again without an
+// answer, as crashing workers would, until the watcher has filed it.
+func (h *harness) pullUntilDeadLettered(eventID string) {
+	h.t.Helper()
+	h.eventually(eventID+" is dead-lettered", func() (bool, string) {
+		batch, err := h.cons.Fetch(1, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		for range batch.Messages() {
+			// taken, never acknowledged
+		}
+		return strings.Contains(h.logs.String(), `msg="event handled" event_id=`+eventID+` result=failed`), ""
+	})
+}
+
 func TestShutdownFinishesTheSendsInFlight(t *testing.T) {
 	h := newHarness(t, harnessOptions{concurrency: 4})
 	h.smtp.SetDelay(300 * time.Millisecond)

@@ -87,6 +87,7 @@ type harnessOptions struct {
 	smtp        smtptest.Options
 	noRun       bool // set everything up but leave consuming to the test
 	noWatch     bool // do not watch for exhausted messages until the test calls watch
+	auditStream bool // another stream captures the advisories before the worker starts
 	tracer      trace.TracerProvider
 	logEmails   bool
 }
@@ -109,7 +110,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if opts.smtp.TLS == smtptest.NoTLS {
 		opts.smtp.TLS = smtptest.RequireStartTLS
 	}
-	_, js := natstest.Connect(t, natstest.Start(t))
+	nc, js := natstest.Connect(t, natstest.Start(t))
 	createStream(t, js)
 	smtpSrv := smtptest.Start(t, opts.smtp)
 	logs := &logBuffer{}
@@ -163,17 +164,18 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if opts.tracer != nil {
 		h.Tracer = opts.tracer.Tracer(TracerName)
 	}
-	advisories, err := SetupMaxDeliveries(ctx, js, log)
-	if err != nil {
+	var advisories jetstream.Consumer // nil: WatchMaxDeliveries sets it up
+	if opts.auditStream {
+		// An operator's audit stream already captures every advisory.
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT", Subjects: []string{"$JS.EVENT.ADVISORY.>"}, NoAck: true}); err != nil {
+			t.Fatal(err)
+		}
+	} else if advisories, err = SetupMaxDeliveries(ctx, js, log); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
 	watch := func() {
-		wg.Go(func() {
-			if err := WatchMaxDeliveries(ctx, advisories, js, dlq, metrics, h.Tracer, log); err != nil {
-				t.Errorf("WatchMaxDeliveries: %v", err)
-			}
-		})
+		wg.Go(func() { WatchMaxDeliveries(ctx, advisories, nc, js, dlq, metrics, h.Tracer, log) })
 	}
 	if !opts.noWatch {
 		watch()
