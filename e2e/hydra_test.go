@@ -70,7 +70,9 @@ func startHydra(t *testing.T) *hydra {
 		"SERVE_ADMIN_HOST=127.0.0.1",
 		fmt.Sprintf("SERVE_ADMIN_PORT=%d", adminPort),
 	}, "serve", "all", "--dev")
-	waitReady(t, "hydra", h.admin+"/health/ready")
+	// Hydra starts its admin and public listeners each on its own.
+	waitReady(t, "hydra admin", h.admin+"/health/ready")
+	waitReady(t, "hydra public", fmt.Sprintf("http://127.0.0.1:%d/health/ready", publicPort))
 
 	var discovery struct {
 		Issuer string `json:"issuer"`
@@ -102,12 +104,14 @@ func (h *hydra) registerClient(id, secret, redirectURI string) {
 // nil); anything but 2xx fails the test.
 func (h *hydra) call(method, rawURL string, body, out any) {
 	h.t.Helper()
-	if err := hydraCall(method, rawURL, body, out); err != nil {
+	if err := callJSON(method, rawURL, body, out); err != nil {
 		h.t.Fatal(err)
 	}
 }
 
-func hydraCall(method, rawURL string, body, out any) error {
+// callJSON sends body as JSON to an HTTP API (Hydra's, Mailpit's) and
+// decodes the JSON answer into out (when not nil).
+func callJSON(method, rawURL string, body, out any) error {
 	var in io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -172,7 +176,7 @@ func (h *hydra) loginApp() http.Handler {
 			RedirectTo string `json:"redirect_to"`
 		}
 		// The answers ride in the login's context to the consent step.
-		err := hydraCall(http.MethodPut, h.admin+"/admin/oauth2/auth/requests/login/accept?login_challenge="+
+		err := callJSON(http.MethodPut, h.admin+"/admin/oauth2/auth/requests/login/accept?login_challenge="+
 			url.QueryEscape(r.PostForm.Get("login_challenge")), map[string]any{
 			"subject": "hydra-" + r.PostForm.Get("email"),
 			"context": map[string]any{
@@ -194,14 +198,14 @@ func (h *hydra) loginApp() http.Handler {
 			RequestedAudience []string       `json:"requested_access_token_audience"`
 			Context           map[string]any `json:"context"`
 		}
-		if err := hydraCall(http.MethodGet, h.admin+"/admin/oauth2/auth/requests/consent?consent_challenge="+challenge, nil, &consent); err != nil {
+		if err := callJSON(http.MethodGet, h.admin+"/admin/oauth2/auth/requests/consent?consent_challenge="+challenge, nil, &consent); err != nil {
 			fail(w, err)
 			return
 		}
 		var next struct {
 			RedirectTo string `json:"redirect_to"`
 		}
-		err := hydraCall(http.MethodPut, h.admin+"/admin/oauth2/auth/requests/consent/accept?consent_challenge="+challenge, map[string]any{
+		err := callJSON(http.MethodPut, h.admin+"/admin/oauth2/auth/requests/consent/accept?consent_challenge="+challenge, map[string]any{
 			"grant_scope":                 consent.RequestedScope,
 			"grant_access_token_audience": consent.RequestedAudience,
 			"session":                     map[string]any{"id_token": consent.Context},

@@ -83,7 +83,7 @@ func (m *mailpit) recipientError(code int) {
 	if code == 0 {
 		body = map[string]any{"Recipient": map[string]int{"ErrorCode": 451, "Probability": 0}}
 	}
-	if err := hydraCall(http.MethodPut, m.api+"/api/v1/chaos", body, nil); err != nil {
+	if err := callJSON(http.MethodPut, m.api+"/api/v1/chaos", body, nil); err != nil {
 		m.t.Fatal(err)
 	}
 }
@@ -100,7 +100,7 @@ func (m *mailpit) mailTo(addr string) []mailpitMessage {
 	var list struct {
 		Messages []mailpitMessage `json:"messages"`
 	}
-	if err := hydraCall(http.MethodGet, m.api+"/api/v1/messages?limit=1000", nil, &list); err != nil {
+	if err := callJSON(http.MethodGet, m.api+"/api/v1/messages?limit=1000", nil, &list); err != nil {
 		m.t.Fatal(err)
 	}
 	var out []mailpitMessage
@@ -115,10 +115,11 @@ func (m *mailpit) mailTo(addr string) []mailpitMessage {
 	return out
 }
 
-// counter reads one sample of the worker's /metrics (0 when absent).
+// workerCounter reads one sample of the worker's /metrics (0 when absent).
 func (s *stack) workerCounter(series string) float64 {
 	s.t.Helper()
-	resp, err := http.Get("http://" + s.wkAdmin + "/metrics")
+	client := &http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Get("http://" + s.wkAdmin + "/metrics")
 	if err != nil {
 		s.t.Fatal(err)
 	}

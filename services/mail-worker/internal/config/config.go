@@ -126,8 +126,11 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	c.SMTPPort = l.port("SMTP_PORT", defaultPort)
 
-	if _, err := mail.ParseAddress(c.MailFrom); err != nil {
+	if from, err := mail.ParseAddress(c.MailFrom); err != nil {
 		l.fail("MAIL_FROM", c.MailFrom, fmt.Errorf("not an email address: %w", err))
+	} else if strings.ContainsAny(from.Address, "<> ") {
+		// Quoted local parts may hold them, but not the SMTP envelope.
+		l.fail("MAIL_FROM", c.MailFrom, errors.New("the address must not contain <, > or spaces"))
 	}
 	if strings.ContainsAny(c.SiteName, "\r\n") {
 		l.fail("MAIL_SITE_NAME", c.SiteName, errors.New("must be one line"))

@@ -121,6 +121,7 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"base above max", map[string]string{"WORKER_BACKOFF_BASE": "10m"}, []string{"must not exceed WORKER_BACKOFF_MAX"}},
 		{"ack wait too short for SMTP", map[string]string{"WORKER_ACK_WAIT": "20s"}, []string{"WORKER_ACK_WAIT", "twice SMTP_TIMEOUT"}},
 		{"bad from", map[string]string{"MAIL_FROM": "not an address"}, []string{"MAIL_FROM"}},
+		{"from with a bracket in a quoted local part", map[string]string{"MAIL_FROM": `"a>b"@example.com`}, []string{"MAIL_FROM", "must not contain <, > or spaces"}},
 		{"bad admin address", map[string]string{"WORKER_ADMIN_ADDR": "9102"}, []string{"WORKER_ADMIN_ADDR", "host:port"}},
 		{"bad log level", map[string]string{"LOG_LEVEL": "loud"}, []string{"LOG_LEVEL"}},
 		{"bad log format", map[string]string{"LOG_FORMAT": "xml"}, []string{"LOG_FORMAT"}},

@@ -61,6 +61,8 @@ type Options struct {
 	AuthMechanisms []string
 	// OAuth2Token is the bearer token XOAUTH2 accepts for Username.
 	OAuth2Token string
+	// Transcript keeps every byte clients send, for Server.Transcript.
+	Transcript bool
 }
 
 // Stage names where a scripted failure answers.
@@ -451,10 +453,10 @@ type countingConn struct {
 	once sync.Once
 }
 
-// Read keeps what the client sends for Transcript.
+// Read keeps what the client sends for Transcript, when asked to.
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if n > 0 {
+	if n > 0 && c.srv.opts.Transcript {
 		c.srv.mu.Lock()
 		c.srv.transcript.Write(p[:n])
 		c.srv.mu.Unlock()
@@ -462,8 +464,8 @@ func (c *countingConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Transcript is every byte clients sent to the server, as read off the
-// socket: readable SMTP commands for NoTLS, ciphertext after a TLS
+// Transcript is every byte clients sent to the server (with
+// Options.Transcript), as read off the socket: readable SMTP commands for NoTLS, ciphertext after a TLS
 // handshake. The SMTP library behind this server accepts envelope
 // addresses without angle brackets, which strict relays refuse; tests read
 // the commands here to hold the client to RFC 5321.
