@@ -99,8 +99,18 @@ func TestEnsureUsesAnOperatorsStream(t *testing.T) {
 	if err := js.DeleteStream(ctx, Stream); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: Stream, Subjects: []string{"mail.other"}}); err != nil {
-		t.Fatal(err)
+	// The server may still be removing the old stream's files, and then
+	// refuses a new one of the same name for a moment ("error creating
+	// store for stream").
+	for deadline := time.Now().Add(time.Minute); ; {
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: Stream, Subjects: []string{"mail.other"}})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	err = Ensure(ctx, js, discard)
 	if err == nil || !strings.Contains(err.Error(), "does not take subject mail.deadletter") {
