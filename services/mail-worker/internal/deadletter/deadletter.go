@@ -91,7 +91,11 @@ func StreamConfig() jetstream.StreamConfig {
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		MaxAge:      MaxAge,
-		Duplicates:  2 * time.Minute,
+		// Above the longest retry delay of a dead-letter publish (the
+		// worker's backoff and the advisory retries top out at 5 minutes by
+		// default), so a publish that timed out but was stored, then
+		// retried, is still stored once.
+		Duplicates: 15 * time.Minute,
 	}
 }
 
