@@ -40,7 +40,7 @@ func newDLQFixture(t *testing.T) *dlqFixture {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if err := deadletter.Ensure(ctx, js, log); err != nil {
+	if err := deadletter.Ensure(ctx, js, 1, log); err != nil {
 		t.Fatal(err)
 	}
 	event := func(id, email string) []byte {
@@ -55,7 +55,7 @@ func newDLQFixture(t *testing.T) *dlqFixture {
 		return b
 	}
 	f := &dlqFixture{url: url, js: js, ann: event("evt-ann", "ann@example.com")}
-	pub := deadletter.NewPublisher(js, log)
+	pub := deadletter.NewPublisher(js, 1, log)
 	for i, l := range []deadletter.Letter{
 		{Data: f.ann, Reason: deadletter.ReasonPermanent, Detail: "smtp 550 5.1.1 at rcpt to", Attempts: 1, StreamSeq: 11},
 		{Data: []byte("\xff not protobuf"), Reason: deadletter.ReasonUndecodable, Detail: "payload is not a UserAuthenticated protobuf", Attempts: 1, StreamSeq: 12},

@@ -154,7 +154,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		smtpAuth = cfg.SMTPAuth
 	}
 	log.Info("mail-worker starting",
-		"admin_addr", cfg.AdminAddr, "nats_url", redactURL(cfg.NATSURL),
+		"admin_addr", cfg.AdminAddr, "nats_url", redactURL(cfg.NATSURL), "nats_stream_replicas", cfg.NATSReplicas,
 		"smtp", sender.Addr(), "smtp_auth", smtpAuth, "smtp_pool_size", cfg.SMTPPoolSize,
 		"smtp_rate_limit", cfg.SMTPRateLimit, "mail_from", cfg.MailFrom,
 		"templates_dir", cfg.TemplatesDir, "max_deliver", cfg.MaxDeliver, "ack_wait", cfg.AckWait,
@@ -303,17 +303,17 @@ func consumeUntilDone(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	if err != nil {
 		return stopped(err)
 	}
-	store, err := history.Open(ctx, js, history.Options{ClaimTTL: cfg.AckWait}, log)
+	store, err := history.Open(ctx, js, history.Options{ClaimTTL: cfg.AckWait, Replicas: cfg.NATSReplicas}, log)
 	if err != nil {
 		return stopped(err)
 	}
-	if err := deadletter.Ensure(ctx, js, log); err != nil {
+	if err := deadletter.Ensure(ctx, js, cfg.NATSReplicas, log); err != nil {
 		return stopped(err)
 	}
-	dlq := deadletter.NewPublisher(js, log)
+	dlq := deadletter.NewPublisher(js, cfg.NATSReplicas, log)
 	// Made before the first pull when it can be, so that no advisory is
 	// sent before it is stored; the watcher keeps trying when it cannot.
-	advisories, _ := consume.SetupMaxDeliveries(ctx, js, log)
+	advisories, _ := consume.SetupMaxDeliveries(ctx, js, cfg.NATSReplicas, log)
 	h.Sent, h.Users, h.Claims, h.DeadLetters = store, store, store, dlq
 	ready.Store(&cons)
 
@@ -323,7 +323,7 @@ func consumeUntilDone(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		consume.WatchMaxDeliveries(watchCtx, advisories, nc, js, dlq, h.Metrics, h.Tracer, log)
+		consume.WatchMaxDeliveries(watchCtx, advisories, nc, js, cfg.NATSReplicas, dlq, h.Metrics, h.Tracer, log)
 	}()
 	runErr := consume.Run(ctx, cons, h.Handle, h.Relay, ccfg, log)
 	stopWatch()

@@ -46,6 +46,9 @@ const maxPoolSize = 64
 type Config struct {
 	AdminAddr string // WORKER_ADMIN_ADDR
 	NATSURL   string // NATS_URL (may carry credentials: never log it)
+	// NATSReplicas (NATS_STREAM_REPLICAS) is the least replica count of
+	// the streams and buckets the worker owns.
+	NATSReplicas int
 
 	SMTPHost            string        // SMTP_HOST
 	SMTPPort            int           // SMTP_PORT
@@ -92,6 +95,7 @@ func Load(getenv func(string) string) (Config, error) {
 	c := Config{
 		AdminAddr:    l.addr("WORKER_ADMIN_ADDR", "127.0.0.1:9102"),
 		NATSURL:      l.secret("NATS_URL", "nats://127.0.0.1:4222"),
+		NATSReplicas: l.intIn("NATS_STREAM_REPLICAS", 1, 1, 5),
 		SMTPHost:     l.str("SMTP_HOST", "localhost"),
 		SMTPUsername: l.secret("SMTP_USERNAME", ""),
 		SMTPPassword: l.secret("SMTP_PASSWORD", ""),

@@ -19,7 +19,7 @@ func TestDefaultsWorkOnLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		AdminAddr: "127.0.0.1:9102", NATSURL: "nats://127.0.0.1:4222",
+		AdminAddr: "127.0.0.1:9102", NATSURL: "nats://127.0.0.1:4222", NATSReplicas: 1,
 		SMTPHost: "localhost", SMTPPort: 587, SMTPAuth: AuthAuto, SMTPTLS: TLSMandatory, SMTPTimeout: 15 * time.Second,
 		SMTPPoolSize: 4, SMTPIdleTimeout: 30 * time.Second,
 		MailFrom: "Doorbell <doorbell@localhost>", SiteName: "Doorbell",
@@ -67,6 +67,12 @@ func TestLoad(t *testing.T) {
 			func(t *testing.T, c Config) {
 				if c.SMTPPassword != "from-file" {
 					t.Errorf("password %q", c.SMTPPassword)
+				}
+			}},
+		{"stream replicas for a cluster", map[string]string{"NATS_STREAM_REPLICAS": "3"},
+			func(t *testing.T, c Config) {
+				if c.NATSReplicas != 3 {
+					t.Errorf("replicas %d", c.NATSReplicas)
 				}
 			}},
 		{"durations, numbers and levels are parsed",
@@ -120,6 +126,7 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"zero deliveries", map[string]string{"WORKER_MAX_DELIVER": "0"}, []string{"WORKER_MAX_DELIVER"}},
 		{"base above max", map[string]string{"WORKER_BACKOFF_BASE": "10m"}, []string{"must not exceed WORKER_BACKOFF_MAX"}},
 		{"ack wait too short for SMTP", map[string]string{"WORKER_ACK_WAIT": "20s"}, []string{"WORKER_ACK_WAIT", "twice SMTP_TIMEOUT"}},
+		{"replicas out of range", map[string]string{"NATS_STREAM_REPLICAS": "7"}, []string{"NATS_STREAM_REPLICAS"}},
 		{"bad from", map[string]string{"MAIL_FROM": "not an address"}, []string{"MAIL_FROM"}},
 		{"from with a bracket in a quoted local part", map[string]string{"MAIL_FROM": `"a>b"@example.com`}, []string{"MAIL_FROM", "must not contain <, > or spaces"}},
 		{"bad admin address", map[string]string{"WORKER_ADMIN_ADDR": "9102"}, []string{"WORKER_ADMIN_ADDR", "host:port"}},

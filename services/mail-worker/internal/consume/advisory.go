@@ -63,7 +63,10 @@ const (
 //
 // Like the other objects the worker owns, it creates or updates the stream
 // and uses one an operator made (with another description) as it is.
-func SetupMaxDeliveries(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (jetstream.Consumer, error) {
+//
+// replicas (at least 1) is the replica count it creates the stream with;
+// a higher one an operator set is kept.
+func SetupMaxDeliveries(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (jetstream.Consumer, error) {
 	name := eventsv1.StreamMaxDeliveries
 	cfg := jetstream.StreamConfig{
 		Name:        name,
@@ -73,7 +76,8 @@ func SetupMaxDeliveries(ctx context.Context, js jetstream.JetStream, log *slog.L
 		Storage:     jetstream.FileStorage,
 		MaxAge:      maxDeliveriesMaxAge,
 		// The server publishes advisories without a reply subject.
-		NoAck: true,
+		NoAck:    true,
+		Replicas: max(1, replicas),
 	}
 	stream, err := js.Stream(ctx, name)
 	switch {
@@ -85,7 +89,7 @@ func SetupMaxDeliveries(ctx context.Context, js jetstream.JetStream, log *slog.L
 			log.InfoContext(ctx, "advisory stream created", "stream", name, "subject", MaxDeliveriesSubject)
 		}
 	case err == nil && stream.CachedInfo().Config.Description == maxDeliveriesDescription:
-		cfg.Replicas = max(1, stream.CachedInfo().Config.Replicas)
+		cfg.Replicas = max(cfg.Replicas, stream.CachedInfo().Config.Replicas)
 		stream, err = js.UpdateStream(ctx, cfg)
 	case err == nil:
 		log.InfoContext(ctx, "using the advisory stream an operator made, as it is", "stream", name)
@@ -127,7 +131,7 @@ func SetupMaxDeliveries(ctx context.Context, js jetstream.JetStream, log *slog.L
 // dead letter's Nats-Msg-Id still makes a second filing disappear. The
 // dead-letter publish is a span of tracer (none when nil) in the trace
 // whose context the message carries.
-func WatchMaxDeliveries(ctx context.Context, cons jetstream.Consumer, nc *nats.Conn, js jetstream.JetStream,
+func WatchMaxDeliveries(ctx context.Context, cons jetstream.Consumer, nc *nats.Conn, js jetstream.JetStream, replicas int,
 	dlq DeadLetters, m *Metrics, tracer trace.Tracer, log *slog.Logger,
 ) {
 	if tracer == nil {
@@ -139,7 +143,7 @@ func WatchMaxDeliveries(ctx context.Context, cons jetstream.Consumer, nc *nats.C
 	for attempt := uint64(1); ctx.Err() == nil; attempt++ {
 		var err error
 		if cons == nil {
-			cons, err = SetupMaxDeliveries(ctx, js, log)
+			cons, err = SetupMaxDeliveries(ctx, js, replicas, log)
 		}
 		switch {
 		case isSubjectOverlap(err):

@@ -138,10 +138,10 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := deadletter.Ensure(ctx, js, log); err != nil {
+	if err := deadletter.Ensure(ctx, js, 1, log); err != nil {
 		t.Fatal(err)
 	}
-	dlq := deadletter.NewPublisher(js, log)
+	dlq := deadletter.NewPublisher(js, 1, log)
 	renderer, err := render.New("")
 	if err != nil {
 		t.Fatal(err)
@@ -170,12 +170,12 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT", Subjects: []string{"$JS.EVENT.ADVISORY.>"}, NoAck: true}); err != nil {
 			t.Fatal(err)
 		}
-	} else if advisories, err = SetupMaxDeliveries(ctx, js, log); err != nil {
+	} else if advisories, err = SetupMaxDeliveries(ctx, js, 1, log); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
 	watch := func() {
-		wg.Go(func() { WatchMaxDeliveries(ctx, advisories, nc, js, dlq, metrics, h.Tracer, log) })
+		wg.Go(func() { WatchMaxDeliveries(ctx, advisories, nc, js, 1, dlq, metrics, h.Tracer, log) })
 	}
 	if !opts.noWatch {
 		watch()

@@ -99,12 +99,13 @@ func StreamConfig() jetstream.StreamConfig {
 	}
 }
 
-// Ensure makes MAIL_DEADLETTER usable: it creates the stream when it is
-// missing and updates it when the worker made it (keeping its replica
-// count, which an operator may have raised). A stream an operator made
-// (another description) is used as it is, as long as it takes Subject.
-func Ensure(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
+// Ensure makes MAIL_DEADLETTER usable: it creates the stream with replicas
+// (at least 1) when it is missing and updates it when the worker made it
+// (keeping a higher replica count an operator set). A stream an operator
+// made (another description) is used as it is, as long as it takes Subject.
+func Ensure(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) error {
 	cfg := StreamConfig()
+	cfg.Replicas = max(1, replicas)
 	s, err := js.Stream(ctx, Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		_, err = js.CreateStream(ctx, cfg)
@@ -128,7 +129,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error
 		log.InfoContext(ctx, "using the dead-letter stream an operator made, as it is", "stream", Stream)
 		return nil
 	}
-	cfg.Replicas = max(1, have.Replicas)
+	cfg.Replicas = max(cfg.Replicas, have.Replicas)
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		return fmt.Errorf("update stream %s: %w", Stream, err)
 	}
@@ -158,13 +159,15 @@ func matches(filter, subject string) bool {
 
 // Publisher files dead letters. It is safe for concurrent use.
 type Publisher struct {
-	js  jetstream.JetStream
-	log *slog.Logger
+	js       jetstream.JetStream
+	replicas int
+	log      *slog.Logger
 }
 
-// NewPublisher returns a Publisher on js. Call Ensure first.
-func NewPublisher(js jetstream.JetStream, log *slog.Logger) *Publisher {
-	return &Publisher{js: js, log: log}
+// NewPublisher returns a Publisher on js. Call Ensure first; replicas is
+// what Ensure got, for making the stream again when it is deleted.
+func NewPublisher(js jetstream.JetStream, replicas int, log *slog.Logger) *Publisher {
+	return &Publisher{js: js, replicas: replicas, log: log}
 }
 
 // Publish stores l in MAIL_DEADLETTER and returns once JetStream confirmed
@@ -194,7 +197,7 @@ func (p *Publisher) Publish(ctx context.Context, l Letter) (duplicate bool, err 
 	ack, err := p.js.PublishMsg(ctx, msg, opts...)
 	if errors.Is(err, jetstream.ErrNoStreamResponse) {
 		p.log.WarnContext(ctx, "dead-letter stream is missing; making it again", "stream", Stream)
-		if err := Ensure(ctx, p.js, p.log); err != nil {
+		if err := Ensure(ctx, p.js, p.replicas, p.log); err != nil {
 			return false, fmt.Errorf("publish dead letter: %w", err)
 		}
 		ack, err = p.js.PublishMsg(ctx, msg, opts...)

@@ -60,7 +60,7 @@ func TestEnsureCreatesTheStream(t *testing.T) {
 	js := natstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	if err := Ensure(ctx, js, discard); err != nil {
+	if err := Ensure(ctx, js, 1, discard); err != nil {
 		t.Fatal(err)
 	}
 	s, err := js.Stream(ctx, Stream)
@@ -73,7 +73,7 @@ func TestEnsureCreatesTheStream(t *testing.T) {
 		t.Errorf("stream config = %+v", c)
 	}
 	// A second worker (or a restart) finds it and keeps it.
-	if err := Ensure(ctx, js, discard); err != nil {
+	if err := Ensure(ctx, js, 1, discard); err != nil {
 		t.Errorf("Ensure again: %v", err)
 	}
 }
@@ -85,7 +85,7 @@ func TestEnsureUsesAnOperatorsStream(t *testing.T) {
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: Stream, Subjects: []string{"mail.>"}, MaxAge: 90 * 24 * time.Hour}); err != nil {
 		t.Fatal(err)
 	}
-	if err := Ensure(ctx, js, discard); err != nil {
+	if err := Ensure(ctx, js, 1, discard); err != nil {
 		t.Fatalf("Ensure with an operator's stream: %v", err)
 	}
 	s, err := js.Stream(ctx, Stream)
@@ -112,7 +112,7 @@ func TestEnsureUsesAnOperatorsStream(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	err = Ensure(ctx, js, discard)
+	err = Ensure(ctx, js, 1, discard)
 	if err == nil || !strings.Contains(err.Error(), "does not take subject mail.deadletter") {
 		t.Errorf("Ensure with a stream on other subjects = %v", err)
 	}
@@ -122,10 +122,10 @@ func TestPublishIsIdempotentAndKeepsTheOriginal(t *testing.T) {
 	js := natstest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	if err := Ensure(ctx, js, discard); err != nil {
+	if err := Ensure(ctx, js, 1, discard); err != nil {
 		t.Fatal(err)
 	}
-	p := NewPublisher(js, discard)
+	p := NewPublisher(js, 1, discard)
 	l := Letter{
 		Data: []byte("payload"),
 		Header: nats.Header{"Content-Type": {"application/protobuf"}, "Nats-Msg-Id": {"evt-1"},

@@ -46,6 +46,9 @@ type Options struct {
 	// Holder names this process in its claims (for operators); host name
 	// and pid when empty.
 	Holder string
+	// Replicas is the least replica count of the buckets: one an operator
+	// raised keeps its count. 1 when zero.
+	Replicas int
 }
 
 // maxCASAttempts bounds the read-modify-write loop on a user record when
@@ -81,6 +84,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options, log *slog.L
 	}
 	sent, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      BucketSent,
+		Replicas:    replicas(ctx, js, BucketSent, opts.Replicas),
 		Description: "Doorbell mail-worker: events whose email was sent (key: event id)",
 		TTL:         SentTTL,
 		History:     1,
@@ -91,6 +95,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options, log *slog.L
 	}
 	users, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      BucketUsers,
+		Replicas:    replicas(ctx, js, BucketUsers, opts.Replicas),
 		Description: "Doorbell mail-worker: first sign-in and known devices per person (key: sha256 of issuer and subject)",
 		History:     1,
 		Storage:     jetstream.FileStorage,
@@ -100,6 +105,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options, log *slog.L
 	}
 	sending, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      BucketSending,
+		Replicas:    replicas(ctx, js, BucketSending, opts.Replicas),
 		Description: "Doorbell mail-worker: people whose sign-in is being handled right now (key: sha256 of issuer and subject)",
 		TTL:         opts.ClaimTTL,
 		History:     1,
@@ -109,6 +115,16 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options, log *slog.L
 		return nil, fmt.Errorf("create or update bucket %s: %w", BucketSending, err)
 	}
 	return &Store{sent: sent, users: users, sending: sending, claimTTL: opts.ClaimTTL, holder: opts.Holder, log: log}, nil
+}
+
+// replicas is the replica count for bucket: want (at least 1), or more
+// when the bucket already has more.
+func replicas(ctx context.Context, js jetstream.JetStream, bucket string, want int) int {
+	want = max(1, want)
+	if s, err := js.Stream(ctx, "KV_"+bucket); err == nil {
+		want = max(want, s.CachedInfo().Config.Replicas)
+	}
+	return want
 }
 
 // UserKey is the mail_users key of a person: the hex SHA-256 of issuer, a
