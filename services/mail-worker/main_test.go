@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -299,5 +300,53 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("error reveals the password: %v", err)
+	}
+}
+
+// In a three-node cluster the worker keeps what it owns on every node
+// (NATS_STREAM_REPLICAS=3), and a later start asking for fewer does not
+// lower the count.
+func TestWorkerReplicatesWhatItOwnsInACluster(t *testing.T) {
+	natsURL := natstest.StartCluster(t, 3)
+	_, js := natstest.Connect(t, natsURL)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: eventsv1.StreamAuthEvents, Subjects: []string{eventsv1.StreamAuthEventsSubjects},
+		Storage: jetstream.FileStorage, Replicas: 3,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	smtp := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS})
+	owned := []string{eventsv1.StreamDeadLetter, eventsv1.StreamMaxDeliveries, "KV_mail_sent", "KV_mail_users", "KV_mail_sending"}
+	wantReplicas := func(when string) {
+		t.Helper()
+		for _, name := range owned {
+			s, err := js.Stream(ctx, name)
+			if err != nil {
+				t.Fatalf("%s: stream %s: %v", when, name, err)
+			}
+			if got := s.CachedInfo().Config.Replicas; got != 3 {
+				t.Errorf("%s: stream %s has %d replicas, want 3", when, name, got)
+			}
+		}
+	}
+	for _, replicas := range []string{"3", "1"} {
+		env := baseEnv(natsURL, smtp)
+		env["NATS_STREAM_REPLICAS"] = replicas
+		w := startWorker(t, env)
+		eventually(t, "the worker ready on the cluster", func() (bool, string) {
+			code, body := get(w.admin + "/readyz")
+			return code == http.StatusOK, body
+		})
+		// The advisory stream is made by the watcher when not at start.
+		eventually(t, "the advisory stream", func() (bool, string) {
+			_, err := js.Stream(ctx, eventsv1.StreamMaxDeliveries)
+			return err == nil, fmt.Sprint(err)
+		})
+		wantReplicas("NATS_STREAM_REPLICAS=" + replicas)
+		if err := w.stop(); err != nil {
+			t.Fatalf("run: %v", err)
+		}
 	}
 }

@@ -3,6 +3,10 @@
 package natstest
 
 import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,4 +69,67 @@ func JetStream(t testing.TB) jetstream.JetStream {
 	t.Helper()
 	_, js := Connect(t, Start(t))
 	return js
+}
+
+// StartCluster runs a JetStream cluster of n nats-servers on loopback, each
+// with its store in a temporary directory, waits until it has elected a
+// meta leader, and returns the client URLs joined by commas (a NATS_URL).
+// The servers shut down when the test ends.
+func StartCluster(t testing.TB, n int) string {
+	t.Helper()
+	routePorts := make([]int, n)
+	for i := range routePorts {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("natstest: %v", err)
+		}
+		routePorts[i] = ln.Addr().(*net.TCPAddr).Port
+		_ = ln.Close()
+	}
+	var routes []string
+	for _, p := range routePorts {
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
+	}
+	var urls []string
+	for i := range n {
+		s, err := server.NewServer(&server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1),
+			Host:       "127.0.0.1",
+			Port:       server.RANDOM_PORT,
+			JetStream:  true,
+			StoreDir:   t.TempDir(),
+			NoLog:      true,
+			NoSigs:     true,
+			Cluster:    server.ClusterOpts{Name: "natstest", Host: "127.0.0.1", Port: routePorts[i]},
+			Routes:     server.RoutesFromStr(strings.Join(routes, ",")),
+		})
+		if err != nil {
+			t.Fatalf("natstest: new server: %v", err)
+		}
+		s.Start()
+		t.Cleanup(func() {
+			s.Shutdown()
+			s.WaitForShutdown()
+		})
+		if !s.ReadyForConnections(readyWait) {
+			t.Fatalf("natstest: nats-server %d not ready after %s", i+1, readyWait)
+		}
+		urls = append(urls, s.ClientURL())
+	}
+	url := strings.Join(urls, ",")
+	nc, js := Connect(t, url)
+	defer nc.Close()
+	deadline := time.Now().Add(readyWait)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := js.AccountInfo(ctx)
+		cancel()
+		if err == nil {
+			return url
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("natstest: the JetStream cluster has no meta leader after %s: %v", readyWait, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
