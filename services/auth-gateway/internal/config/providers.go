@@ -290,7 +290,8 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 		switch {
 		case !ok:
 			bad("token_endpoint_auth_method", "%q is not one of %s, %s, %s", method, TokenAuthAuto, TokenAuthBasic, TokenAuthPost)
-		case method != TokenAuthAuto && p.ClientSecret == "":
+		case method != TokenAuthAuto && p.ClientSecret == "" && strings.TrimSpace(fp.ClientSecretFile) == "":
+			// (An unreadable or empty client_secret_file has its own error.)
 			bad("token_endpoint_auth_method", "%s needs a client secret (client_secret or client_secret_file)", method)
 		}
 		p.TokenAuthMethod = method
