@@ -245,6 +245,8 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 		b, err := os.ReadFile(file)
 		if err != nil {
 			bad("client_secret_file", "cannot read: %v", err)
+		} else if strings.TrimSpace(string(b)) == "" {
+			bad("client_secret_file", "%s is empty", file)
 		}
 		p.ClientSecret = strings.TrimSpace(string(b))
 	default:

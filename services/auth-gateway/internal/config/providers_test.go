@@ -169,6 +169,11 @@ func TestProvidersFileErrorsNameFileProviderAndField(t *testing.T) {
 			wantIn: []string{`provider "gh"`, "token_endpoint_auth_method: only for type oidc"},
 		},
 		{
+			name:   "empty secret file",
+			yaml:   "providers:\n  - {id: dex, type: oidc, issuer: https://a.example.com, client_id: x, client_secret_file: /dev/null}\n",
+			wantIn: []string{`provider "dex"`, "client_secret_file: /dev/null is empty"},
+		},
+		{
 			name:   "oidc without issuer",
 			yaml:   "providers:\n  - {id: dex, type: oidc, client_id: x}\n",
 			wantIn: []string{"issuer: required for type oidc"},
