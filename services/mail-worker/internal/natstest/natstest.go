@@ -24,14 +24,16 @@ const readyWait = 60 * time.Second
 // shuts down when the test ends.
 func Start(t testing.TB) string {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      server.RANDOM_PORT,
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		NoLog:     true,
-		NoSigs:    true,
-	})
+	return run(t, &server.Options{Port: server.RANDOM_PORT}).ClientURL()
+}
+
+// run starts a JetStream-enabled server with opts on loopback, its store in
+// a temporary directory, and waits until it accepts connections. It shuts
+// down when the test ends.
+func run(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.JetStream, opts.StoreDir, opts.NoLog, opts.NoSigs = "127.0.0.1", true, t.TempDir(), true, true
+	s, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatalf("natstest: new server: %v", err)
 	}
@@ -41,9 +43,9 @@ func Start(t testing.TB) string {
 		s.WaitForShutdown()
 	})
 	if !s.ReadyForConnections(readyWait) {
-		t.Fatalf("natstest: nats-server not ready after %s", readyWait)
+		t.Fatalf("natstest: nats-server %s not ready after %s", opts.ServerName, readyWait)
 	}
-	return s.ClientURL()
+	return s
 }
 
 // Connect connects to the server at url and returns the connection and a
@@ -92,28 +94,12 @@ func StartCluster(t testing.TB, n int) string {
 	}
 	var urls []string
 	for i := range n {
-		s, err := server.NewServer(&server.Options{
+		s := run(t, &server.Options{
 			ServerName: fmt.Sprintf("n%d", i+1),
-			Host:       "127.0.0.1",
 			Port:       server.RANDOM_PORT,
-			JetStream:  true,
-			StoreDir:   t.TempDir(),
-			NoLog:      true,
-			NoSigs:     true,
 			Cluster:    server.ClusterOpts{Name: "natstest", Host: "127.0.0.1", Port: routePorts[i]},
 			Routes:     server.RoutesFromStr(strings.Join(routes, ",")),
 		})
-		if err != nil {
-			t.Fatalf("natstest: new server: %v", err)
-		}
-		s.Start()
-		t.Cleanup(func() {
-			s.Shutdown()
-			s.WaitForShutdown()
-		})
-		if !s.ReadyForConnections(readyWait) {
-			t.Fatalf("natstest: nats-server %d not ready after %s", i+1, readyWait)
-		}
 		urls = append(urls, s.ClientURL())
 	}
 	url := strings.Join(urls, ",")
