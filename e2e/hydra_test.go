@@ -86,8 +86,10 @@ func startHydra(t *testing.T) *hydra {
 }
 
 // registerClient registers the gateway as a confidential client whose only
-// redirect is its callback.
-func (h *hydra) registerClient(id, secret, redirectURI string) {
+// redirect is its callback, authenticating at the token endpoint with
+// authMethod (client_secret_basic or client_secret_post): Hydra refuses
+// the other one.
+func (h *hydra) registerClient(id, secret, redirectURI, authMethod string) {
 	h.t.Helper()
 	h.call(http.MethodPost, h.admin+"/admin/clients", map[string]any{
 		"client_id":                  id,
@@ -96,7 +98,7 @@ func (h *hydra) registerClient(id, secret, redirectURI string) {
 		"grant_types":                []string{"authorization_code"},
 		"response_types":             []string{"code"},
 		"scope":                      "openid email profile",
-		"token_endpoint_auth_method": "client_secret_basic",
+		"token_endpoint_auth_method": authMethod,
 	}, nil)
 }
 
@@ -223,7 +225,7 @@ func TestSignInThroughOryHydra(t *testing.T) {
 	idp := startHydra(t)
 	const clientID, secret = "doorbell-hydra", "doorbell-hydra-client-secret"
 	s := startStack(t, "OIDC_ISSUER="+idp.issuer, "OIDC_CLIENT_ID="+clientID, "OIDC_CLIENT_SECRET="+secret)
-	idp.registerClient(clientID, secret, s.publicURL+"/auth/callback")
+	idp.registerClient(clientID, secret, s.publicURL+"/auth/callback", "client_secret_basic")
 	ctx := context.Background()
 
 	// Refused first: an address Hydra does not vouch for.
@@ -257,4 +259,21 @@ func TestSignInThroughOryHydra(t *testing.T) {
 	if n := len(s.mailTo(unverified)); n != 0 {
 		t.Errorf("%d emails went to the unverified address, want 0", n)
 	}
+}
+
+// A client registered for client_secret_post signs in once the gateway is
+// told so (OIDC_TOKEN_AUTH_METHOD); Hydra would refuse Basic for it.
+func TestSignInThroughOryHydraWithClientSecretPost(t *testing.T) {
+	idp := startHydra(t)
+	const clientID, secret = "doorbell-hydra-post", "doorbell-hydra-post-secret"
+	s := startStack(t, "OIDC_ISSUER="+idp.issuer, "OIDC_CLIENT_ID="+clientID, "OIDC_CLIENT_SECRET="+secret,
+		"OIDC_TOKEN_AUTH_METHOD=client_secret_post")
+	idp.registerClient(clientID, secret, s.publicURL+"/auth/callback", "client_secret_post")
+
+	const email = "barbara@example.test"
+	landed := newBrowser(t).signIn(s.publicURL, email, true)
+	if landed.status != http.StatusOK || !strings.Contains(landed.body, "Signed in as") {
+		t.Fatalf("sign-in with client_secret_post: status %d, want the signed-in page:\n%s", landed.status, landed.body)
+	}
+	eventually(t, 60*time.Second, "the welcome email", func() bool { return len(s.mailTo(email)) == 1 })
 }

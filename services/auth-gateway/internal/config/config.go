@@ -219,7 +219,13 @@ func (l *loader) secret(name string) string {
 		l.fail(name+"_FILE", "cannot read secret file: %v", err)
 		return ""
 	}
-	return strings.TrimSpace(string(b))
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		// An unset variable means no secret; a file that was meant to hold
+		// one and is empty is a mistake (a mount that did not happen).
+		l.fail(name+"_FILE", "%s is empty", path)
+	}
+	return v
 }
 
 func (l *loader) required(name string) string {

@@ -294,6 +294,11 @@ func TestLoadRejectsBadValuesClearly(t *testing.T) {
 			wantIn: []string{"OIDC_TOKEN_AUTH_METHOD", "client_secret_basic needs OIDC_CLIENT_SECRET"},
 		},
 		{
+			name:   "empty secret file",
+			env:    with(map[string]string{"OIDC_CLIENT_SECRET_FILE": "/dev/null"}),
+			wantIn: []string{"OIDC_CLIENT_SECRET_FILE", "/dev/null is empty"},
+		},
+		{
 			name:   "missing secret file",
 			env:    with(map[string]string{"OIDC_CLIENT_SECRET_FILE": "/nonexistent/secret"}),
 			wantIn: []string{"OIDC_CLIENT_SECRET_FILE", "cannot read"},
