@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,29 +11,12 @@ import (
 	"github.com/chromedp/chromedp"
 )
 
-// requireSystemTool finds a program a test needs from the machine's
-// packages. Locally a missing one skips the test with a loud reason; in CI
-// (CI is set) it fails it, since .ci/run installs the package.
-func requireSystemTool(t *testing.T, name, debianPackage string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err == nil {
-		return path
-	}
-	msg := name + " not found: install Debian's " + debianPackage + " (apt-get install " + debianPackage + ") to run this test"
-	if os.Getenv("CI") != "" {
-		t.Fatal("CI must run this test: " + msg)
-	}
-	t.Skip("SKIPPED, NOT PASSED: " + msg)
-	return ""
-}
-
 // A real browser signs in: headless Chromium clicks the gateway's sign-in
 // link, types into the dev IdP's form and comes back signed in; the email
 // arrives. Screenshots of each page land in the test's temp dir (or in
 // $DOORBELL_SCREENSHOTS when set) for a person to look at.
 func TestBrowserSignIn(t *testing.T) {
-	chromium := requireSystemTool(t, "chromium", "chromium")
+	chromium := requireTool(t, "chromium", "chromium")
 	s := startStack(t)
 	const email = "katherine@example.test"
 

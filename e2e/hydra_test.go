@@ -44,11 +44,8 @@ func builtTool(t *testing.T, name string) string {
 	if _, err := os.Stat(bin); err == nil {
 		return bin
 	}
-	msg := bin + " not found: run the tests with make test (it builds bin/" + name + " from tools/" + name + "), or make bin/" + name
-	if os.Getenv("CI") != "" {
-		t.Fatal("CI must run this test: " + msg)
-	}
-	t.Skip("SKIPPED, NOT PASSED: " + msg)
+	missingTool(t, bin+" not found, so this test checks NOTHING: run the tests with make test (it builds bin/"+name+
+		" from tools/"+name+"), or make bin/"+name)
 	return ""
 }
 

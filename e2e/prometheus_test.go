@@ -270,12 +270,18 @@ func requireTool(t *testing.T, name, debianPackage string) string {
 	if p := "/usr/bin/" + name; fileExists(p) {
 		return p
 	}
-	msg := fmt.Sprintf("%s is not installed, so this test checks NOTHING; install it with: apt-get install %s", name, debianPackage)
+	missingTool(t, fmt.Sprintf("%s is not installed, so this test checks NOTHING; install it with: apt-get install %s", name, debianPackage))
+	return ""
+}
+
+// missingTool skips the test on a workstation, loudly, and fails it in CI
+// (CI set), where .ci/run and make provide every tool.
+func missingTool(t *testing.T, msg string) {
+	t.Helper()
 	if os.Getenv("CI") != "" {
 		t.Fatal(msg + " (CI is set: a missing tool is a failure there, not a skip)")
 	}
 	t.Skip("SKIPPED: " + msg)
-	return ""
 }
 
 func fileExists(p string) bool {
