@@ -27,18 +27,18 @@ var (
 	// ErrPermanent: this email will never be accepted as it is (the server
 	// answered 5xx to it, or it cannot be built, e.g. a malformed address).
 	ErrPermanent = errors.New("permanent smtp failure")
-	// ErrRelay: the relay is not usable right now (refused, reset, timeout,
-	// TLS, AUTH, 421, any refusal before RCPT TO). The failure is not the
-	// email's: every email would fail the same way, so it must not count
-	// against the email's attempts.
+	// ErrRelay: the relay is not usable right now (refused, reset or
+	// timed out before RCPT TO, TLS, AUTH, 421, any refusal before RCPT
+	// TO). The failure is not the email's: every email would fail the same
+	// way, so it must not count against the email.
 	ErrRelay = errors.New("smtp relay unusable")
 	// ErrConfig: the relay refuses on authentication or policy grounds
 	// (5.7.x, 530/534/535/538) or its TLS cannot be used as configured. An
 	// operator has to act; retrying alone will not help.
 	ErrConfig = errors.New("smtp configuration problem")
-	// ErrMaybeSent: the connection broke after the end of the message data
-	// was sent and before the server answered. The server may have
-	// accepted the email.
+	// ErrMaybeSent: the connection broke, or the reply did not come within
+	// Config.FinalTimeout, after the end of the message data was sent. The
+	// server may have accepted the email.
 	ErrMaybeSent = errors.New("smtp outcome unknown")
 )
 
@@ -152,9 +152,12 @@ func (e *Error) Unwrap() []error {
 //   - At RCPT TO, DATA or the end of data: 4xx is transient for this email,
 //     5xx permanent, except that 5.7.x (policy, authentication) is a
 //     configuration problem that is retried like a 4xx rather than given up.
-//   - No reply at all (EOF, reset, timeout) during the transaction: the
-//     connection broke, the relay is unusable. After the end-of-data mark
-//     was sent the server may already hold the email: MaybeSent.
+//   - No reply at all (EOF, reset, timeout) before RCPT TO: the relay is
+//     unusable. During this email's transaction (RCPT TO, DATA, the
+//     content) it is this email's transient failure: the session worked
+//     until then, and a relay that is really down fails the next session
+//     before RCPT TO. After the end-of-data mark was sent the server may
+//     already hold the email: MaybeSent.
 //
 // go-mail's SendError.IsTemp only looks for a leading "4", so it calls a
 // lost connection permanent; this function does not use it.
@@ -190,10 +193,13 @@ func Classify(stage Stage, err error) *Error {
 		}
 		return e
 	}
-	e.Relay = true
 	e.Reason, e.Config = cause(err)
-	if stage == StageEndOfData {
+	switch stage {
+	case StageEndOfData:
 		e.MaybeSent = true
+	case StageRcpt, StageData:
+	default:
+		e.Relay = true
 	}
 	return e
 }

@@ -3,6 +3,7 @@ package smtpsend
 import (
 	"context"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -29,7 +30,11 @@ type pool struct {
 
 // conn is one open session.
 type conn struct {
-	sc       *smtp.Client
+	sc *smtp.Client
+	// raw is the TCP connection under sc (and under its TLS), whose
+	// deadlines bound each step and cut the session at once when needed:
+	// sc's own methods wait for the command in progress.
+	raw      net.Conn
 	lastUsed time.Time
 }
 
@@ -71,9 +76,9 @@ func (p *pool) idleConn() *conn {
 }
 
 // opened counts a new session.
-func (p *pool) opened(sc *smtp.Client) *conn {
+func (p *pool) opened(c *conn) *conn {
 	p.metrics.connections.Inc()
-	return &conn{sc: sc}
+	return c
 }
 
 // put keeps c for reuse when healthy, else closes it without a goodbye (a

@@ -3,11 +3,11 @@ package smtpsend
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"strconv"
 	"time"
 
-	"github.com/wneessen/go-mail"
 	"github.com/wneessen/go-mail/smtp"
 )
 
@@ -18,39 +18,39 @@ const quitTimeout = 2 * time.Second
 // dial opens a session with the relay: TCP (and TLS for implicit TLS),
 // greeting, EHLO, STARTTLS as the TLS mode says, AUTH. ctx and
 // Config.Timeout bound it together. The socket is closed on any failure.
-func (s *Sender) dial(ctx context.Context) (*smtp.Client, *Error) {
+func (s *Sender) dial(ctx context.Context) (*conn, *Error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	addr := net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port))
 	dialer := &net.Dialer{}
 	var (
-		conn net.Conn
-		err  error
+		raw net.Conn
+		err error
 	)
 	if s.cfg.TLS == TLSImplicit {
-		conn, err = (&tls.Dialer{NetDialer: dialer, Config: s.tls}).DialContext(ctx, "tcp", addr)
+		raw, err = (&tls.Dialer{NetDialer: dialer, Config: s.tls}).DialContext(ctx, "tcp", addr)
 	} else {
-		conn, err = dialer.DialContext(ctx, "tcp", addr)
+		raw, err = dialer.DialContext(ctx, "tcp", addr)
 	}
 	if err != nil {
-		return nil, Classify(StageConnect, err)
+		return nil, classifyCut(ctx, StageConnect, err)
 	}
 	// The session set-up is bounded by the same deadline, and given up at
 	// once when ctx ends. stop must run before cancel, or the deadline
 	// would cut the connection being returned.
 	if deadline, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(deadline)
+		_ = raw.SetDeadline(deadline)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Now()) })
 	defer stop()
 
-	sc, err := smtp.NewClient(conn, s.cfg.Host) // closes conn on failure
+	sc, err := smtp.NewClient(raw, s.cfg.Host) // closes conn on failure
 	if err != nil {
-		return nil, Classify(StageGreeting, err)
+		return nil, classifyCut(ctx, StageGreeting, err)
 	}
-	fail := func(stage Stage, err error) (*smtp.Client, *Error) {
+	fail := func(stage Stage, err error) (*conn, *Error) {
 		_ = sc.Close()
-		return nil, Classify(stage, err)
+		return nil, classifyCut(ctx, stage, err)
 	}
 	if err := sc.Hello(s.helo); err != nil {
 		return fail(StageHello, err)
@@ -81,25 +81,71 @@ func (s *Sender) dial(ctx context.Context) (*smtp.Client, *Error) {
 		// ctx ended just now and may have cut the connection.
 		return fail(StageAuth, ctx.Err())
 	}
-	_ = conn.SetDeadline(time.Time{})
-	return sc, nil
+	_ = raw.SetDeadline(time.Time{})
+	return &conn{sc: sc, raw: raw}, nil
 }
 
-// transact sends msg on sc, one SMTP transaction. It returns nil once the
-// server accepted the email. healthy says whether sc can carry another
-// transaction. Config.Timeout bounds the whole transaction.
-func (s *Sender) transact(sc *smtp.Client, msg *mail.Msg, from, to string) (healthy bool, _ *Error) {
-	if err := sc.UpdateDeadline(s.cfg.Timeout); err != nil {
+// classifyCut classifies a failure of the session set-up, which ctx bounds
+// (with Config.Timeout): when ctx ended, its cause (the caller stopping,
+// or the timeout) is the failure, not the i/o error it provoked.
+func classifyCut(ctx context.Context, stage Stage, err error) *Error {
+	if ctx.Err() != nil {
+		return Classify(stage, context.Cause(ctx))
+	}
+	return Classify(stage, err)
+}
+
+// transact sends msg on c, one SMTP transaction. It returns nil once the
+// server accepted the email. healthy says whether c can carry another
+// transaction.
+//
+// Config.Timeout bounds everything up to and including the content, none
+// of which can have delivered the email; when ctx ends meanwhile the
+// session is cut at once. The reply to the final "." gets
+// Config.FinalTimeout and is awaited whatever ctx does: the server may be
+// scanning a message it already stored (RFC 5321 4.5.3.2.6), and giving
+// up on it would send the email twice.
+func (s *Sender) transact(ctx context.Context, c *conn, data []byte, from, to string) (healthy bool, _ *Error) {
+	if err := c.raw.SetDeadline(time.Now().Add(s.cfg.Timeout)); err != nil {
 		return false, Classify(StageMail, err)
+	}
+	cut := context.AfterFunc(ctx, func() { _ = c.raw.SetDeadline(time.Now()) })
+	w, healthy, stage, err := transfer(c.sc, data, from, to)
+	if !cut() || (err != nil && ctx.Err() != nil) {
+		// Stopped before the end-of-data mark: nothing was delivered, and
+		// the session is in an unknown state.
+		return false, Classify(stage, context.Cause(ctx))
+	}
+	if err != nil {
+		return healthy, err
+	}
+	if err := c.raw.SetDeadline(time.Now().Add(s.cfg.FinalTimeout)); err != nil {
+		return false, Classify(StageEndOfData, err)
+	}
+	if err := w.Close(); err != nil {
+		e := Classify(StageEndOfData, err)
+		// After a reply the transaction is over and the session usable.
+		return e.Code != 0 && e.Code != 421, e
+	}
+	return true, nil
+}
+
+// transfer runs a transaction up to, not including, the end-of-data mark:
+// MAIL FROM, RCPT TO, DATA and the content, flushed. It returns the data
+// writer, whose Close sends the mark and reads the reply. On failure it
+// returns the stage and whether the session can carry another transaction.
+func transfer(sc *smtp.Client, data []byte, from, to string) (io.WriteCloser, bool, Stage, *Error) {
+	if ok, _ := sc.Extension("PIPELINING"); ok {
+		return transferPipelined(sc, data, from, to)
 	}
 	// A refused command leaves the session usable after RSET; a broken
 	// connection or a 421 does not.
-	refused := func(stage Stage, err error) (bool, *Error) {
+	refused := func(stage Stage, err error) (io.WriteCloser, bool, Stage, *Error) {
 		e := Classify(stage, err)
 		if e.Code == 0 || e.Code == 421 {
-			return false, e
+			return nil, false, stage, e
 		}
-		return sc.Reset() == nil, e
+		return nil, sc.Reset() == nil, stage, e
 	}
 	if err := sc.Mail(envelope(from)); err != nil {
 		return refused(StageMail, err)
@@ -111,21 +157,16 @@ func (s *Sender) transact(sc *smtp.Client, msg *mail.Msg, from, to string) (heal
 	if err != nil {
 		return refused(StageData, err)
 	}
-	if _, err := msg.WriteTo(w); err != nil {
-		return false, Classify(StageData, err)
+	if _, err := w.Write(data); err != nil {
+		return nil, false, StageData, Classify(StageData, err)
 	}
 	// Push the content out before the end-of-data mark: a failure up to
 	// here means the server cannot have accepted the email, while one
 	// after the mark leaves it unknown.
 	if err := sc.Text.W.Flush(); err != nil {
-		return false, Classify(StageData, err)
+		return nil, false, StageData, Classify(StageData, err)
 	}
-	if err := w.Close(); err != nil {
-		e := Classify(StageEndOfData, err)
-		// After a reply the transaction is over and the session usable.
-		return e.Code != 0 && e.Code != 421, e
-	}
-	return true, nil
+	return w, true, StageData, nil
 }
 
 // quit says QUIT, briefly, and closes sc.

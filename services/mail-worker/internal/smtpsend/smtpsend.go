@@ -15,6 +15,7 @@
 package smtpsend
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -53,6 +54,9 @@ const (
 const (
 	DefaultPoolSize    = 4
 	DefaultIdleTimeout = 30 * time.Second
+	// DefaultFinalTimeout is RFC 5321's minimum for the reply to the
+	// final ".".
+	DefaultFinalTimeout = 10 * time.Minute
 )
 
 // Config describes the relay, the pool and the sender address.
@@ -71,8 +75,14 @@ type Config struct {
 	// the system's. Certificates are always verified, against Host.
 	CAFile string
 	// Timeout bounds opening a session (TCP, greeting, TLS, AUTH) and,
-	// separately, the transfer of one email.
+	// separately, one email's transaction up to the end of its content:
+	// everything that cannot have delivered it.
 	Timeout time.Duration
+	// FinalTimeout bounds the wait for the reply to the final "." of an
+	// email, which the server may send only after scanning a message it
+	// already stored; RFC 5321 4.5.3.2.6 asks for 10 minutes.
+	// DefaultFinalTimeout when zero.
+	FinalTimeout time.Duration
 	// From is the From header, e.g. "Doorbell <doorbell@example.com>". Its
 	// domain also ends every Message-ID.
 	From string
@@ -140,6 +150,9 @@ func New(cfg Config, metrics *Metrics, log *slog.Logger) (*Sender, error) {
 	}
 	if cfg.Auth == "" {
 		cfg.Auth = AuthAuto
+	}
+	if cfg.FinalTimeout <= 0 {
+		cfg.FinalTimeout = DefaultFinalTimeout
 	}
 	if cfg.Timeout <= 0 {
 		return nil, errors.New("smtpsend: timeout must be positive")
@@ -218,11 +231,12 @@ func (s *Sender) Check(ctx context.Context) error {
 		return Classify(StageConnect, err)
 	}
 	defer s.pool.give()
-	sc, e := s.dial(ctx)
+	c, e := s.dial(ctx)
 	if e != nil {
 		s.setStatus(e)
 		return e
 	}
+	sc := c.sc
 	defer quit(sc)
 	if err := sc.UpdateDeadline(s.cfg.Timeout); err != nil {
 		e := Classify(StageMail, err)
@@ -264,11 +278,16 @@ func (s *Sender) setStatus(e *Error) {
 }
 
 // Send hands m to the relay and returns once the relay accepted it. A
-// failure is a *Error (see Classify). ctx bounds waiting for the rate limit
-// and a connection, and opening a session; the transfer itself is bounded
-// by Config.Timeout, so that an email in flight at shutdown is finished.
+// failure is a *Error (see Classify).
+//
+// When ctx ends, Send gives up at once unless the end-of-data mark is
+// already sent: waiting for the rate limit, for a connection, opening a
+// session, the commands and the content are cut, with nothing delivered.
+// Once the mark is sent Send waits for the reply (Config.FinalTimeout)
+// whatever ctx does, so that an email in flight at shutdown is finished
+// rather than left for a retry that could deliver it twice.
 func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
-	msg, err := s.build(m)
+	data, messageID, err := s.build(m)
 	if err != nil {
 		e := Classify(StageBuild, err)
 		s.count(e)
@@ -290,7 +309,7 @@ func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
 	defer s.pool.give()
 
 	start = time.Now()
-	e := s.send(ctx, msg, m.ToAddr)
+	e := s.send(ctx, data, m.ToAddr)
 	telemetry.Observe(ctx, s.metrics.duration, time.Since(start).Seconds())
 	if e != nil {
 		return Receipt{}, s.count(e)
@@ -299,33 +318,33 @@ func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
 	s.metrics.attempts.WithLabelValues(OutcomeSuccess).Inc()
 	s.metrics.lastSuccess.Set(float64(now.UnixNano()) / 1e9)
 	s.setStatus(nil)
-	return Receipt{MessageID: msg.GetMessageID(), AcceptedAt: now}, nil
+	return Receipt{MessageID: messageID, AcceptedAt: now}, nil
 }
 
 // send runs one email on a pooled connection, holding a pool slot.
-func (s *Sender) send(ctx context.Context, msg *mail.Msg, to string) *Error {
+func (s *Sender) send(ctx context.Context, data []byte, to string) *Error {
 	c := s.pool.idleConn()
 	reused := c != nil
 	if !reused {
-		sc, e := s.dial(ctx)
+		dc, e := s.dial(ctx)
 		if e != nil {
 			return e
 		}
-		c = s.pool.opened(sc)
+		c = s.pool.opened(dc)
 	}
-	healthy, e := s.transact(c.sc, msg, s.from.Address, to)
-	if e != nil && reused && e.Stage == StageMail && (e.Code == 0 || e.Code == 421) {
+	healthy, e := s.transact(ctx, c, data, s.from.Address, to)
+	if e != nil && reused && ctx.Err() == nil && e.Stage == StageMail && (e.Code == 0 || e.Code == 421) {
 		// The pooled connection died while idle (the server timed it out,
 		// a proxy dropped it). Nothing was sent on it: once more on a new
 		// connection.
 		s.log.DebugContext(ctx, "pooled smtp connection is dead; redialling", "reason", e.Reason)
 		s.pool.put(c, false)
-		sc, de := s.dial(ctx)
+		dc, de := s.dial(ctx)
 		if de != nil {
 			return de
 		}
-		c = s.pool.opened(sc)
-		healthy, e = s.transact(c.sc, msg, s.from.Address, to)
+		c = s.pool.opened(dc)
+		healthy, e = s.transact(ctx, c, data, s.from.Address, to)
 	}
 	s.pool.put(c, healthy)
 	return e
@@ -358,7 +377,7 @@ func OutcomeOf(err error) string {
 func (s *Sender) count(e *Error) *Error {
 	s.metrics.attempts.WithLabelValues(OutcomeOf(e)).Inc()
 	switch {
-	case e.Config, e.MaybeSent:
+	case e.Config:
 		s.setStatus(e)
 	case e.Relay:
 		if !errors.Is(e, ErrClosed) && !errors.Is(e, context.Canceled) && !(e.Stage == StageConnect && errors.Is(e, context.DeadlineExceeded)) {
@@ -366,13 +385,11 @@ func (s *Sender) count(e *Error) *Error {
 			// deadline, the rate limit): that says nothing about the relay.
 			s.setStatus(e)
 		}
-	case e.Permanent:
-		if e.Stage != StageBuild {
-			s.setStatus(nil) // the relay answered
-		}
-	default:
+	case e.Code != 0:
 		s.setStatus(nil) // the relay answered
 	}
+	// No reply during one email's transaction (or an email that cannot be
+	// built) says nothing about the relay as a whole.
 	return e
 }
 
@@ -383,14 +400,16 @@ func (s *Sender) Close() error {
 	return nil
 }
 
-// build turns m into a go-mail message.
-func (s *Sender) build(m Message) (*mail.Msg, error) {
+// build turns m into the bytes of an email (a go-mail message, written
+// out before a connection is taken, so that a connection carries emails
+// rather than waits for their encoding) and its Message-ID.
+func (s *Sender) build(m Message) ([]byte, string, error) {
 	if !validEventID(m.EventID) {
-		return nil, fmt.Errorf("event id %q cannot be part of a Message-ID", m.EventID)
+		return nil, "", fmt.Errorf("event id %q cannot be part of a Message-ID", m.EventID)
 	}
 	to, err := netmail.ParseAddress(m.ToAddr)
 	if err != nil || to.Address != m.ToAddr {
-		return nil, errors.New("recipient is not a bare email address")
+		return nil, "", errors.New("recipient is not a bare email address")
 	}
 	to.Name = displayName(m.ToName)
 
@@ -405,7 +424,12 @@ func (s *Sender) build(m Message) (*mail.Msg, error) {
 	msg.SetGenHeader(mail.HeaderXAutoResponseSuppress, "All")
 	msg.SetBodyString(mail.TypeTextPlain, m.Text)
 	msg.AddAlternativeString(mail.TypeTextHTML, m.HTML)
-	return msg, nil
+	var buf bytes.Buffer
+	buf.Grow(len(m.Text) + len(m.HTML) + 2048)
+	if _, err := msg.WriteTo(&buf); err != nil {
+		return nil, "", fmt.Errorf("write message: %w", err)
+	}
+	return buf.Bytes(), msg.GetMessageID(), nil
 }
 
 // validEventID accepts what may stand left of the "@" in a Message-ID and in

@@ -243,9 +243,9 @@ func TestSendClassifiesWhatTheRelaySays(t *testing.T) {
 		{name: "5.7.1 at MAIL FROM is a relay configuration problem",
 			script:    func(s *smtptest.Server) { s.FailNextAt(smtptest.AtMail, 1, 550, "5.7.1") },
 			wantRelay: true, wantConfig: true, wantReason: "smtp 550 5.7.1", wantOutcome: OutcomeConfig, wantConns: 1},
-		{name: "a drop in the middle of the data is the relay's",
+		{name: "a drop after the data leaves the outcome unknown, connection replaced",
 			script:    func(s *smtptest.Server) { s.DropNextMidData(1) },
-			wantRelay: true, wantOutcome: "", wantConns: 2},
+			wantMaybe: true, wantReason: "connection closed by server", wantOutcome: OutcomeMaybeSent, wantConns: 2},
 		{name: "connection refused is the relay's", refused: true,
 			wantRelay: true, wantReason: "connection refused", wantOutcome: OutcomeTransient},
 	}
@@ -265,9 +265,9 @@ func TestSendClassifiesWhatTheRelaySays(t *testing.T) {
 			if !errors.As(err, &se) {
 				t.Fatalf("Send error = %v, want a *Error", err)
 			}
-			if se.Relay != tt.wantRelay || se.Permanent != tt.wantPerm || se.Config != tt.wantConfig {
-				t.Errorf("relay=%v permanent=%v config=%v, want %v %v %v (%v)",
-					se.Relay, se.Permanent, se.Config, tt.wantRelay, tt.wantPerm, tt.wantConfig, err)
+			if se.Relay != tt.wantRelay || se.Permanent != tt.wantPerm || se.Config != tt.wantConfig || se.MaybeSent != tt.wantMaybe {
+				t.Errorf("relay=%v permanent=%v config=%v maybe sent=%v, want %v %v %v %v (%v)",
+					se.Relay, se.Permanent, se.Config, se.MaybeSent, tt.wantRelay, tt.wantPerm, tt.wantConfig, tt.wantMaybe, err)
 			}
 			if tt.wantReason != "" && se.Reason != tt.wantReason {
 				t.Errorf("Reason = %q, want %q", se.Reason, tt.wantReason)
@@ -429,6 +429,78 @@ func TestStalledRelayTimesOut(t *testing.T) {
 	if _, err := s.Send(context.Background(), message("evt-2")); err != nil {
 		t.Fatalf("Send after the stall: %v", err)
 	}
+}
+
+// A relay that stores the message and answers the final "." only after a
+// content scan longer than Timeout: the reply gets FinalTimeout, and the
+// email is accepted once.
+func TestTheFinalReplyGetsItsOwnTimeout(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
+	s, _ := newSender(t, srv, func(c *Config) { c.Timeout = time.Second; c.FinalTimeout = waitLong })
+	srv.SetReplyDelay(3 * time.Second)
+	if _, err := s.Send(context.Background(), message("evt-slow")); err != nil {
+		t.Fatalf("Send to a slow content filter = %v, want accepted", err)
+	}
+	if n := len(srv.Messages()); n != 1 {
+		t.Errorf("server holds %d messages, want 1", n)
+	}
+}
+
+// When the reply to the final "." does not come within FinalTimeout, the
+// outcome is unknown: the relay may hold the email.
+func TestNoFinalReplyIsMaybeSent(t *testing.T) {
+	srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
+	s, m := newSender(t, srv, func(c *Config) { c.FinalTimeout = 200 * time.Millisecond })
+	srv.SetReplyDelay(waitLong)
+	_, err := s.Send(context.Background(), message("evt-unknown"))
+	var se *Error
+	if !errors.As(err, &se) || !se.MaybeSent || se.Relay || se.Stage != StageEndOfData || se.Reason != "timeout" {
+		t.Fatalf("Send without a final reply = %v, want maybe sent (timeout at end of data)", err)
+	}
+	if v := counter(m, OutcomeMaybeSent); v != 1 {
+		t.Errorf("send_attempts_total{maybe_sent} = %v, want 1", v)
+	}
+}
+
+// A send cut by its context before the end-of-data mark delivers nothing
+// and returns at once; one past the mark is finished whatever the context
+// does.
+func TestSendStopsBeforeTheFinalDotButNotAfter(t *testing.T) {
+	t.Run("before the mark", func(t *testing.T) {
+		srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
+		s, _ := newSender(t, srv, func(c *Config) { c.Timeout = waitLong })
+		srv.StallNext(1, waitLong) // MAIL FROM hangs
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			for srv.Active() == 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
+			cancel()
+		}()
+		_, err := s.Send(ctx, message("evt-cut"))
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Send cut before the mark = %v, want context.Canceled", err)
+		}
+		if n := len(srv.Messages()); n != 0 {
+			t.Errorf("server holds %d messages, want 0", n)
+		}
+	})
+	t.Run("after the mark", func(t *testing.T) {
+		srv := smtptest.Start(t, smtptest.Options{TLS: smtptest.StartTLS})
+		s, _ := newSender(t, srv, func(c *Config) { c.FinalTimeout = waitLong })
+		srv.SetReplyDelay(2 * time.Second)
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			srv.WaitForMessages(t, 1, waitLong) // the relay stored it; the reply is pending
+			cancel()
+		}()
+		if _, err := s.Send(ctx, message("evt-finish")); err != nil {
+			t.Fatalf("Send cancelled after the mark = %v, want it finished and accepted", err)
+		}
+		if n := len(srv.Messages()); n != 1 {
+			t.Errorf("server holds %d messages, want 1", n)
+		}
+	})
 }
 
 func TestSendWithAuth(t *testing.T) {

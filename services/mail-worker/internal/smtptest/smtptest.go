@@ -139,9 +139,11 @@ type Server struct {
 	rejected    map[string]*smtp.SMTPError
 	dropMidData int
 	dropFor     map[string]bool
+	stallRcpt   map[string]time.Duration
 	stallLeft   int
 	stallFor    time.Duration
 	delay       time.Duration
+	replyDelay  time.Duration
 	changed     chan struct{} // closed and replaced on every new message
 	transcript  bytes.Buffer  // what clients sent, as read off the socket
 }
@@ -152,6 +154,7 @@ func Start(t testing.TB, opts Options) *Server {
 	s := &Server{
 		Host: "127.0.0.1", opts: opts, changed: make(chan struct{}), closing: make(chan struct{}),
 		fail: make(map[Stage]*failure), rejected: make(map[string]*smtp.SMTPError), dropFor: make(map[string]bool),
+		stallRcpt: make(map[string]time.Duration),
 	}
 	be := smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &session{srv: s, conn: c}, nil
@@ -280,12 +283,30 @@ func (s *Server) StallNext(n int, d time.Duration) {
 	s.stallLeft, s.stallFor = n, d
 }
 
+// StallFor makes the server leave every RCPT TO for addr without an answer
+// for d (or until the test ends), as a relay that hangs on one recipient.
+func (s *Server) StallFor(addr string, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stallRcpt[addr] = d
+}
+
 // SetDelay makes the server wait d after each message's data before it
 // records the message and answers, like a slow relay.
 func (s *Server) SetDelay(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.delay = d
+}
+
+// SetReplyDelay makes the server record each message as soon as its data
+// has arrived and only then wait d before it answers the final ".", as a
+// relay whose content filter scans stored messages does. A client that
+// gives up before the reply has delivered the message all the same.
+func (s *Server) SetReplyDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.replyDelay = d
 }
 
 // Messages returns a copy of the accepted messages, oldest first.
@@ -532,8 +553,14 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	s.srv.mu.Lock()
-	rejected := s.srv.rejected[to]
+	rejected, stall := s.srv.rejected[to], s.srv.stallRcpt[to]
 	s.srv.mu.Unlock()
+	if stall > 0 {
+		select {
+		case <-time.After(stall):
+		case <-s.srv.closing:
+		}
+	}
 	if rejected != nil {
 		return rejected
 	}
@@ -553,7 +580,7 @@ func (s *session) Data(r io.Reader) error {
 	for _, to := range s.to {
 		drop = drop || s.srv.dropFor[to]
 	}
-	delay := s.srv.delay
+	delay, replyDelay := s.srv.delay, s.srv.replyDelay
 	s.srv.mu.Unlock()
 	if drop {
 		_, _ = io.ReadFull(r, make([]byte, 64))
@@ -574,6 +601,12 @@ func (s *session) Data(r io.Reader) error {
 		return err
 	}
 	s.srv.record(Message{From: s.from, To: s.to, Data: b, TLS: s.encrypted(), Auth: s.authed})
+	if replyDelay > 0 {
+		select {
+		case <-time.After(replyDelay):
+		case <-s.srv.closing:
+		}
+	}
 	return nil
 }
 

@@ -1,0 +1,196 @@
+package smtpsend
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// scriptedRelay is a minimal SMTP server for pipelining tests: it offers
+// PIPELINING, answers RCPT TO with rcptReply and DATA with dataReply, and
+// records each burst of commands as it arrived in one read.
+type scriptedRelay struct {
+	port int
+
+	mu        sync.Mutex
+	rcptReply string
+	dataReply string
+	bursts    []string // each transaction's commands as they arrived with its MAIL FROM
+	messages  int      // data ended with a "." after a 354
+}
+
+// script sets the replies to RCPT TO and DATA.
+func (r *scriptedRelay) script(rcpt, data string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rcptReply, r.dataReply = rcpt, data
+}
+
+func startScriptedRelay(t *testing.T, rcptReply, dataReply string) *scriptedRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &scriptedRelay{port: ln.Addr().(*net.TCPAddr).Port, rcptReply: rcptReply, dataReply: dataReply}
+
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		_ = ln.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { r.serve(c) })
+		}
+	})
+	return r
+}
+
+func (r *scriptedRelay) serve(c net.Conn) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(waitLong))
+	br := bufio.NewReader(c)
+	say := func(s string) { _, _ = c.Write([]byte(s)) }
+	say("220 scripted ESMTP\r\n")
+	inData := false
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if inData {
+			if line == ".\r\n" {
+				inData = false
+				r.mu.Lock()
+				r.messages++
+				r.mu.Unlock()
+				say("250 2.0.0 queued\r\n")
+			}
+			continue
+		}
+		cmd := strings.ToUpper(strings.TrimSpace(line))
+		r.mu.Lock()
+		rcptReply, dataReply := r.rcptReply, r.dataReply
+		if strings.HasPrefix(cmd, "MAIL") {
+			// What else came in the same write is already buffered.
+			burst := strings.TrimSpace(line)
+			if n := br.Buffered(); n > 0 {
+				more, _ := br.Peek(n)
+				burst += " | " + strings.ReplaceAll(strings.TrimSpace(string(more)), "\r\n", " | ")
+			}
+			r.bursts = append(r.bursts, burst)
+		}
+		r.mu.Unlock()
+		switch {
+		case strings.HasPrefix(cmd, "EHLO"):
+			say("250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+		case strings.HasPrefix(cmd, "MAIL"), strings.HasPrefix(cmd, "RSET"):
+			say("250 2.1.0 ok\r\n")
+		case strings.HasPrefix(cmd, "RCPT"):
+			say(rcptReply + "\r\n")
+		case strings.HasPrefix(cmd, "DATA"):
+			say(dataReply + "\r\n")
+			inData = strings.HasPrefix(dataReply, "354")
+		case strings.HasPrefix(cmd, "QUIT"):
+			say("221 bye\r\n")
+			return
+		default:
+			say("502 5.5.2 what\r\n")
+		}
+	}
+}
+
+func (r *scriptedRelay) sender(t *testing.T) (*Sender, *Metrics) {
+	t.Helper()
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Host: "127.0.0.1", Port: r.port, TLS: TLSNone, Timeout: 10 * time.Second,
+		From: "Doorbell <doorbell@example.com>", HELO: "worker.test", PoolSize: 1}, m, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s, m
+}
+
+// A relay that offers PIPELINING gets MAIL FROM, RCPT TO and DATA in one
+// write (RFC 2920): two round trips per email instead of four.
+func TestPipeliningSendsTheEnvelopeInOneWrite(t *testing.T) {
+	r := startScriptedRelay(t, "250 2.1.5 ok", "354 go ahead")
+	s, _ := r.sender(t)
+	if _, err := s.Send(context.Background(), message("evt-pipe")); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.messages != 1 || len(r.bursts) != 1 {
+		t.Fatalf("relay got %d messages in %d transactions, want 1", r.messages, len(r.bursts))
+	}
+	want := "MAIL FROM:<doorbell@example.com> BODY=8BITMIME | RCPT TO:<ann@example.com> | DATA"
+	if r.bursts[0] != want {
+		t.Errorf("the envelope arrived as %q, want %q in one write", r.bursts[0], want)
+	}
+}
+
+// With pipelining the replies come after the commands: the first refusal
+// is the failure, and a relay that answers 354 to the DATA of a refused
+// transaction gets an empty message, so that nothing is delivered.
+func TestPipeliningTakesTheFirstRefusal(t *testing.T) {
+	tests := []struct {
+		name       string
+		rcpt, data string
+		wantCode   int
+		wantPerm   bool
+		wantStage  Stage
+	}{
+		{"a refused recipient, DATA refused as well", "550 5.1.1 no such user", "554 5.5.1 no valid recipients", 550, true, StageRcpt},
+		{"a deferred recipient", "451 4.3.0 try later", "503 5.5.1 no recipients", 451, false, StageRcpt},
+		{"a refused recipient, DATA taken all the same", "550 5.1.1 no such user", "354 go ahead", 550, true, StageRcpt},
+		{"DATA refused", "250 2.1.5 ok", "451 4.3.0 queue full", 451, false, StageData},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := startScriptedRelay(t, tt.rcpt, tt.data)
+			s, m := r.sender(t)
+			_, err := s.Send(context.Background(), message("evt-refused"))
+			var se *Error
+			if !errors.As(err, &se) || se.Code != tt.wantCode || se.Permanent != tt.wantPerm || se.Stage != tt.wantStage {
+				t.Fatalf("Send = %v, want %d at %s (permanent %v)", err, tt.wantCode, tt.wantStage, tt.wantPerm)
+			}
+			r.mu.Lock()
+			delivered := r.messages
+			r.mu.Unlock()
+			if tt.data[:3] == "354" {
+				// The empty message the client ended at once.
+				delivered--
+			}
+			if delivered != 0 {
+				t.Errorf("the relay got %d messages with content, want none", delivered)
+			}
+			// The connection carries the next email after RSET.
+			r.script("250 2.1.5 ok", "354 go ahead")
+			if _, err := s.Send(context.Background(), message("evt-next")); err != nil {
+				t.Errorf("the next email: %v", err)
+			}
+			if got := testutil.ToFloat64(m.connections); got != 1 {
+				t.Errorf("%v connections open, want the one reused", got)
+			}
+		})
+	}
+}
