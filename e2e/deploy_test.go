@@ -32,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -76,6 +77,7 @@ func deployChecks() []deployCheck {
 		{"every Deployment has a PodDisruptionBudget that lets a node drain", kubeDisruptionBudgetsAllowDrain},
 		{"kustomizations list exactly the manifests beside them", kustomizationsListTheirFiles},
 		{"the NATS cluster's routes, Services and replicas fit together", natsClusterIsConsistent},
+		{"the mail-worker gets its shutdown budget before it is killed", workerGraceCoversShutdown},
 	}
 }
 
@@ -93,6 +95,13 @@ func TestDeployChecksCatchMistakes(t *testing.T) {
 		}},
 		{"an image does not set the gateway's admin address", imagesListenOnAllInterfaces, func(d *deployFiles) {
 			delete(d.dockerfiles["auth-gateway"], "GATEWAY_ADMIN_ADDR")
+		}},
+		{"compose kills the worker before its shutdown budget", workerGraceCoversShutdown, func(d *deployFiles) {
+			d.compose.Services["mail-worker"].StopGracePeriod = ""
+		}},
+		{"Kubernetes kills the worker before its shutdown budget", workerGraceCoversShutdown, func(d *deployFiles) {
+			thirty := int64(30)
+			d.kubeObject("Deployment", "mail-worker").workload.Template.Spec.TerminationGracePeriodSeconds = &thirty
 		}},
 		{"compose sets a variable the README does not document", composeEnvIsDocumented, func(d *deployFiles) {
 			d.compose.Services["auth-gateway"].Environment["GATEWAY_LISTEN"] = "0.0.0.0:8080"
@@ -277,6 +286,8 @@ type composeService struct {
 	Expose      []portRef      `yaml:"expose"`
 	Volumes     []composeMount `yaml:"volumes"`
 	DependsOn   composeNames   `yaml:"depends_on"`
+	// StopGracePeriod is how long compose waits after SIGTERM (10s when empty).
+	StopGracePeriod string `yaml:"stop_grace_period"`
 }
 
 type composeFileRef struct {
@@ -489,9 +500,10 @@ type kubeWorkload struct {
 			Annotations map[string]string `yaml:"annotations"`
 		} `yaml:"metadata"`
 		Spec struct {
-			SecurityContext kubeSecurityContext `yaml:"securityContext"`
-			Containers      []*kubeContainer    `yaml:"containers"`
-			Volumes         []struct {
+			TerminationGracePeriodSeconds *int64              `yaml:"terminationGracePeriodSeconds"`
+			SecurityContext               kubeSecurityContext `yaml:"securityContext"`
+			Containers                    []*kubeContainer    `yaml:"containers"`
+			Volumes                       []struct {
 				Name   string `yaml:"name"`
 				Secret *struct {
 					SecretName string `yaml:"secretName"`
@@ -1611,6 +1623,59 @@ func natsClusterIsConsistent(d *deployFiles) []string {
 		if r := env["NATS_STREAM_REPLICAS"]; r != "" {
 			if n, err := strconv.Atoi(r); err != nil || n > replicas {
 				problems = append(problems, fmt.Sprintf("%s: Deployment %s: NATS_STREAM_REPLICAS=%s, but NATS has %d servers", dep.file, name, r, replicas))
+			}
+		}
+	}
+	return problems
+}
+
+// workerGraceCoversShutdown holds compose's stop_grace_period and the
+// Kubernetes terminationGracePeriodSeconds of the mail-worker to at least
+// its WORKER_SHUTDOWN_TIMEOUT (by default SMTP_FINAL_TIMEOUT + 30s): a
+// worker killed while it waits for the relay's reply to an email the relay
+// already has sends that email twice.
+func workerGraceCoversShutdown(d *deployFiles) []string {
+	budget := func(env map[string]string) (time.Duration, error) {
+		if v := env["WORKER_SHUTDOWN_TIMEOUT"]; v != "" {
+			return time.ParseDuration(v)
+		}
+		final := 10 * time.Minute
+		if v := env["SMTP_FINAL_TIMEOUT"]; v != "" {
+			var err error
+			if final, err = time.ParseDuration(v); err != nil {
+				return 0, err
+			}
+		}
+		return final + 30*time.Second, nil
+	}
+	var problems []string
+	if svc := d.compose.Services["mail-worker"]; svc != nil {
+		want, err := budget(d.composeEnvOf("mail-worker"))
+		grace, gerr := time.ParseDuration(cmp.Or(svc.StopGracePeriod, "10s"))
+		switch {
+		case err != nil || gerr != nil:
+			problems = append(problems, fmt.Sprintf("docker-compose.yml: mail-worker: %v %v", err, gerr))
+		case grace < want:
+			problems = append(problems, fmt.Sprintf("docker-compose.yml: mail-worker: stop_grace_period %s is shorter than its shutdown budget %s", grace, want))
+		}
+	}
+	for _, w := range d.kubeObjects("Deployment") {
+		if w.Metadata.Name != "mail-worker" || w.workload == nil {
+			continue
+		}
+		for _, c := range w.workload.Template.Spec.Containers {
+			env, envProblems := d.kubeEnv(w, c)
+			problems = append(problems, envProblems...)
+			want, err := budget(env)
+			grace := 30 * time.Second
+			if g := w.workload.Template.Spec.TerminationGracePeriodSeconds; g != nil {
+				grace = time.Duration(*g) * time.Second
+			}
+			switch {
+			case err != nil:
+				problems = append(problems, fmt.Sprintf("%s: mail-worker: %v", w.file, err))
+			case grace < want:
+				problems = append(problems, fmt.Sprintf("%s: mail-worker: terminationGracePeriodSeconds %s is shorter than its shutdown budget %s", w.file, grace, want))
 			}
 		}
 	}

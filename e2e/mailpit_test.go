@@ -70,9 +70,6 @@ func (m *mailpit) workerEnv() []string {
 		"SMTP_CA_FILE=" + m.caFile,
 		"WORKER_BACKOFF_BASE=100ms",
 		"WORKER_BACKOFF_MAX=500ms",
-		// Deliveries enough to outlast the failures the test injects
-		// however slowly it gets to lifting them.
-		"WORKER_MAX_DELIVER=1000",
 	}
 }
 

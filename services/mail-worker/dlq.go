@@ -31,7 +31,7 @@ commands:
   show SEQ [--reveal]   headers and event of one dead letter; the email address
                         is masked unless --reveal
   redrive SEQ | --all   publish the event again to user.authenticated (under a
-                        new Nats-Msg-Id; the worker's sent-marker still stops a
+                        new Nats-Msg-Id; the person's record still stops a
                         second email) and delete the dead letter
   purge SEQ | --all     delete one dead letter, or all of them
 

@@ -21,7 +21,8 @@ import (
 )
 
 // dlqFixture is a NATS server with AUTH_EVENTS and three dead letters:
-// 1 permanent (ann), 2 undecodable, 3 exhausted (bob).
+// 1 permanent (ann), 2 undecodable, 3 exhausted (bob, a reason of earlier
+// versions: their letters stay listable and redrivable).
 type dlqFixture struct {
 	url string
 	js  jetstream.JetStream
@@ -59,7 +60,7 @@ func newDLQFixture(t *testing.T) *dlqFixture {
 	for i, l := range []deadletter.Letter{
 		{Data: f.ann, Reason: deadletter.ReasonPermanent, Detail: "smtp 550 5.1.1 at rcpt to", Attempts: 1, StreamSeq: 11},
 		{Data: []byte("\xff not protobuf"), Reason: deadletter.ReasonUndecodable, Detail: "payload is not a UserAuthenticated protobuf", Attempts: 1, StreamSeq: 12},
-		{Data: event("evt-bob", "bob@example.com"), Reason: deadletter.ReasonExhausted, Detail: "smtp 451 4.0.0 at rcpt to", Attempts: 10, StreamSeq: 13},
+		{Data: event("evt-bob", "bob@example.com"), Reason: "exhausted", Detail: "smtp 451 4.0.0 at rcpt to", Attempts: 10, StreamSeq: 13},
 	} {
 		l.Header = nats.Header{"Content-Type": {"application/protobuf"}, "Nats-Msg-Id": {"orig-" + strconv.Itoa(i)}}
 		l.Stream, l.Consumer, l.Time = eventsv1.StreamAuthEvents, eventsv1.ConsumerMailWorker, time.Now()

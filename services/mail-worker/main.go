@@ -31,7 +31,7 @@ import (
 	"github.com/doorbell/doorbell/services/mail-worker/internal/config"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/consume"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
@@ -133,6 +133,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		TLS:             smtpsend.TLSMode(cfg.SMTPTLS),
 		CAFile:          cfg.SMTPCAFile,
 		Timeout:         cfg.SMTPTimeout,
+		FinalTimeout:    cfg.SMTPFinalTimeout,
 		From:            cfg.MailFrom,
 		PoolSize:        cfg.SMTPPoolSize,
 		IdleTimeout:     cfg.SMTPIdleTimeout,
@@ -142,10 +143,9 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		return err
 	}
 	defer func() { _ = sender.Close() }()
-	relay := consume.NewRelay(sender.Check, consume.RelayConfig{
+	gate := consume.NewGate(sender.Check, consume.GateConfig{
 		ProbeBase:    cfg.RelayProbeBase,
 		ProbeMax:     cfg.RelayProbeMax,
-		KeepAlive:    cfg.AckWait / 3,
 		ProbeTimeout: 2 * cfg.SMTPTimeout,
 	}, consumeMetrics, log)
 
@@ -157,8 +157,12 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		"admin_addr", cfg.AdminAddr, "nats_url", redactURL(cfg.NATSURL), "nats_stream_replicas", cfg.NATSReplicas,
 		"smtp", sender.Addr(), "smtp_auth", smtpAuth, "smtp_pool_size", cfg.SMTPPoolSize,
 		"smtp_rate_limit", cfg.SMTPRateLimit, "mail_from", cfg.MailFrom,
-		"templates_dir", cfg.TemplatesDir, "max_deliver", cfg.MaxDeliver, "ack_wait", cfg.AckWait,
+		"templates_dir", cfg.TemplatesDir, "retry_horizon", cfg.RetryHorizon, "ack_wait", cfg.AckWait,
+		"smtp_final_timeout", cfg.SMTPFinalTimeout, "shutdown_timeout", cfg.ShutdownTimeout,
 		"tracing", cfg.TraceExport, "log_emails", cfg.LogEmails)
+	for _, v := range config.Ignored(getenv) {
+		log.Warn("a setting of an earlier version is set and ignored", "variable", v)
+	}
 
 	natsClosed := make(chan struct{})
 	nc, err := nats.Connect(cfg.NATSURL,
@@ -234,24 +238,24 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		log.Error("SMTP relay is not usable; emails wait in JetStream until it is (see /readyz)",
 			"host", cfg.SMTPHost, "port", cfg.SMTPPort, "tls", cfg.SMTPTLS, "auth", smtpAuth,
 			"error", err, "hint", smtpHint(err))
-		relay.Down(ctx, err) // pull nothing until a probe succeeds
+		gate.Down(ctx, err) // pull nothing until a probe succeeds
 	} else {
 		log.Info("SMTP relay reachable", "smtp", sender.Addr(), "auth", smtpAuth)
 	}
 	cancelCheck()
 
-	runErr := consumeUntilDone(ctx, nc, js, cfg, &consumer, &consume.Handler{
-		Sender:         sender,
-		Renderer:       renderer,
-		Relay:          relay,
-		Metrics:        consumeMetrics,
-		Log:            log,
-		SiteName:       cfg.SiteName,
-		AttemptTimeout: cfg.AckWait,
-		Retry:          consume.Retry{MaxDeliver: cfg.MaxDeliver, BackoffBase: cfg.BackoffBase, BackoffMax: cfg.BackoffMax},
-		Tracer:         tracer,
-		Propagator:     propagation.TraceContext{},
-		LogEmails:      cfg.LogEmails,
+	runErr := consumeUntilDone(ctx, js, cfg, &consumer, &consume.Handler{
+		Sender:     sender,
+		Renderer:   renderer,
+		Gate:       gate,
+		Metrics:    consumeMetrics,
+		Log:        log,
+		SiteName:   cfg.SiteName,
+		AckWait:    cfg.AckWait,
+		Retry:      consume.Retry{BackoffBase: cfg.BackoffBase, BackoffMax: cfg.BackoffMax, Horizon: cfg.RetryHorizon},
+		Tracer:     tracer,
+		Propagator: propagation.TraceContext{},
+		LogEmails:  cfg.LogEmails,
 	}, log)
 
 	// Shut down: consuming has stopped; close the SMTP sessions, flush
@@ -281,16 +285,19 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	return nil
 }
 
-// consumeUntilDone waits for JetStream to be ready, opens the buckets and
-// the dead-letter stream, and consumes until ctx is done, watching for
-// messages that run out of deliveries meanwhile. h gets its stores here.
-func consumeUntilDone(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg config.Config,
+// consumeUntilDone waits for JetStream to be ready, opens the people's
+// records and the dead-letter stream, and consumes until ctx is done. h
+// gets its stores here.
+func consumeUntilDone(ctx context.Context, js jetstream.JetStream, cfg config.Config,
 	ready *atomic.Pointer[jetstream.Consumer], h *consume.Handler, log *slog.Logger,
 ) error {
 	ccfg := consume.Config{
-		AckWait:         cfg.AckWait,
-		MaxDeliver:      cfg.MaxDeliver,
-		Concurrency:     cfg.SMTPPoolSize,
+		AckWait: cfg.AckWait,
+		// A handler holds an SMTP connection only while it sends; four
+		// times as many keep the connections busy during the NATS round
+		// trips, the rendering and the encoding of the others.
+		Concurrency:     4 * cfg.SMTPPoolSize,
+		Horizon:         cfg.RetryHorizon,
 		ShutdownTimeout: cfg.ShutdownTimeout - shutdownReserve(cfg.ShutdownTimeout),
 	}
 	stopped := func(err error) error {
@@ -303,32 +310,20 @@ func consumeUntilDone(ctx context.Context, nc *nats.Conn, js jetstream.JetStream
 	if err != nil {
 		return stopped(err)
 	}
-	store, err := history.Open(ctx, js, history.Options{ClaimTTL: cfg.AckWait, Replicas: cfg.NATSReplicas}, log)
+	stream, err := js.Stream(ctx, eventsv1.StreamAuthEvents)
+	if err != nil {
+		return stopped(fmt.Errorf("look up stream %s: %w", eventsv1.StreamAuthEvents, err))
+	}
+	people, err := ledger.Open(ctx, js, cfg.NATSReplicas, log)
 	if err != nil {
 		return stopped(err)
 	}
 	if err := deadletter.Ensure(ctx, js, cfg.NATSReplicas, log); err != nil {
 		return stopped(err)
 	}
-	dlq := deadletter.NewPublisher(js, cfg.NATSReplicas, log)
-	// Made before the first pull when it can be, so that no advisory is
-	// sent before it is stored; the watcher keeps trying when it cannot.
-	advisories, _ := consume.SetupMaxDeliveries(ctx, js, cfg.NATSReplicas, log)
-	h.Sent, h.Users, h.Claims, h.DeadLetters = store, store, store, dlq
+	h.People, h.InStream, h.DeadLetters = people, consume.StreamHas(stream), deadletter.NewPublisher(js, cfg.NATSReplicas, log)
 	ready.Store(&cons)
-
-	// The watcher outlives the signal: it finishes the advisory in hand
-	// while Run drains, and stops when Run has returned.
-	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		consume.WatchMaxDeliveries(watchCtx, advisories, nc, js, cfg.NATSReplicas, dlq, h.Metrics, h.Tracer, log)
-	}()
-	runErr := consume.Run(ctx, cons, h.Handle, h.Relay, ccfg, log)
-	stopWatch()
-	<-watchDone
-	return runErr
+	return consume.Run(ctx, cons, h.Handle, h.Gate, ccfg, log)
 }
 
 // smtpHint says what to check for an SMTP failure at start, in terms of

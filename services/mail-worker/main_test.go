@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
 )
@@ -127,6 +127,7 @@ func baseEnv(natsURL string, smtp *smtptest.Server) map[string]string {
 		"WORKER_BACKOFF_BASE":     "10ms",
 		"WORKER_BACKOFF_MAX":      "100ms",
 		"WORKER_ACK_WAIT":         "30s",
+		"SMTP_FINAL_TIMEOUT":      "10s",
 		"WORKER_SHUTDOWN_TIMEOUT": "20s", // a drain takes only as long as the sends in flight
 	}
 }
@@ -183,14 +184,17 @@ func TestWorkerEndToEnd(t *testing.T) {
 		`doorbell_mailworker_events_received_total 1`,
 		`doorbell_mailworker_emails_total{kind="new_device",result="failed"} 0`,
 		`doorbell_mailworker_decisions_total{kind="none"} 0`,
-		`doorbell_mailworker_deadletters_total{reason="exhausted"} 0`,
+		`doorbell_mailworker_deadletters_total{reason="expired"} 0`,
+		`doorbell_mailworker_deadletters_total{reason="poison"} 0`,
+		`doorbell_mailworker_deadletters_total{reason="unconfirmed"} 0`,
 		`doorbell_mailworker_send_attempts_total{outcome="success"} 1`,
 		`doorbell_mailworker_send_attempts_total{outcome="config"} 0`,
 		`doorbell_mailworker_send_attempts_total{outcome="maybe_sent"} 0`,
 		`doorbell_mailworker_deadletters_total{reason="undecodable"} 0`,
 		`doorbell_mailworker_relay_paused 0`,
 		`doorbell_mailworker_smtp_pool_wait_seconds_count 1`,
-		`doorbell_mailworker_retries_total 0`,
+		`doorbell_mailworker_retries_total{cause="email"} 0`,
+		`doorbell_mailworker_retries_total{cause="relay"} 0`,
 		`doorbell_mailworker_smtp_connections_open 1`,
 		`doorbell_mailworker_login_to_email_seconds_count 1`,
 		`doorbell_mailworker_smtp_send_duration_seconds_count 1`,
@@ -288,12 +292,12 @@ func TestWorkerReportsAnUnusableRelayClearly(t *testing.T) {
 
 func TestRunRefusesBadConfiguration(t *testing.T) {
 	err := run(context.Background(), func(k string) string {
-		return map[string]string{"SMTP_TLS": "starttls", "WORKER_MAX_DELIVER": "0", "SMTP_PASSWORD": "hunter2"}[k]
+		return map[string]string{"SMTP_TLS": "starttls", "WORKER_RETRY_HORIZON": "0", "SMTP_PASSWORD": "hunter2"}[k]
 	}, io.Discard)
 	if err == nil {
 		t.Fatal("run accepted a bad configuration")
 	}
-	for _, want := range []string{"SMTP_TLS", "WORKER_MAX_DELIVER", "SMTP_PASSWORD"} {
+	for _, want := range []string{"SMTP_TLS", "WORKER_RETRY_HORIZON", "SMTP_PASSWORD"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s: %v", want, err)
 		}
@@ -318,7 +322,7 @@ func TestWorkerReplicatesWhatItOwnsInACluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	smtp := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS})
-	owned := []string{eventsv1.StreamDeadLetter, eventsv1.StreamMaxDeliveries, "KV_mail_sent", "KV_mail_users", "KV_mail_sending"}
+	owned := []string{eventsv1.StreamDeadLetter, "KV_" + ledger.Bucket}
 	wantReplicas := func(when string) {
 		t.Helper()
 		for _, name := range owned {
@@ -338,11 +342,6 @@ func TestWorkerReplicatesWhatItOwnsInACluster(t *testing.T) {
 		eventually(t, "the worker ready on the cluster", func() (bool, string) {
 			code, body := get(w.admin + "/readyz")
 			return code == http.StatusOK, body
-		})
-		// The advisory stream is made by the watcher when not at start.
-		eventually(t, "the advisory stream", func() (bool, string) {
-			_, err := js.Stream(ctx, eventsv1.StreamMaxDeliveries)
-			return err == nil, fmt.Sprint(err)
 		})
 		wantReplicas("NATS_STREAM_REPLICAS=" + replicas)
 		if err := w.stop(); err != nil {

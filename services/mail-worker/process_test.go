@@ -51,9 +51,14 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// workerBinary builds this package once per test run ("go build -o tmp .").
+// workerBinary builds this package once per test run ("go build -o tmp
+// ."), or returns $MAIL_WORKER_BIN when set, to hold another build (an
+// earlier version, say) to these tests.
 func workerBinary(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv("MAIL_WORKER_BIN"); bin != "" {
+		return bin
+	}
 	buildOnce.Do(func() {
 		goTool, err := exec.LookPath("go")
 		if err != nil {
@@ -181,6 +186,7 @@ func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 // SMTP server requiring STARTTLS.
 type stack struct {
 	t    *testing.T
+	nats *natstest.Server
 	js   jetstream.JetStream
 	smtp *smtptest.Server
 	env  map[string]string
@@ -188,8 +194,9 @@ type stack struct {
 
 func newStack(t *testing.T) *stack {
 	t.Helper()
-	url := natstest.Start(t)
-	_, js := natstest.Connect(t, url)
+	natsSrv := natstest.StartServer(t)
+	url := natsSrv.URL
+	_, js := natstest.Connect(t, url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
@@ -209,16 +216,16 @@ func newStack(t *testing.T) *stack {
 		"SMTP_POOL_SIZE":          "4",
 		"MAIL_FROM":               "Doorbell <doorbell@example.com>",
 		"WORKER_ACK_WAIT":         "8s",
-		"WORKER_MAX_DELIVER":      "3",
 		"WORKER_BACKOFF_BASE":     "20ms",
 		"WORKER_BACKOFF_MAX":      "200ms",
 		"WORKER_RELAY_PROBE_BASE": "20ms",
 		"WORKER_RELAY_PROBE_MAX":  "200ms",
 		// Generous: a drain takes only as long as the sends in flight, and
 		// a quarter of it (at most 3 s) is what the span flush gets.
+		"SMTP_FINAL_TIMEOUT":      "10s",
 		"WORKER_SHUTDOWN_TIMEOUT": "20s",
 	}
-	return &stack{t: t, js: js, smtp: smtp, env: env}
+	return &stack{t: t, nats: natsSrv, js: js, smtp: smtp, env: env}
 }
 
 // event is the sign-in of person i, who gets a welcome.
@@ -323,7 +330,6 @@ func (s *stack) duplicates(ids []string) int {
 
 func TestProcessSMTPOutageThenBack(t *testing.T) {
 	s := newStack(t)
-	s.env["WORKER_MAX_DELIVER"] = "2" // an outage that counted would dead-letter everything
 	s.smtp.SetDelay(20 * time.Millisecond)
 	w := startProc(t, s.env)
 	ids := s.publishPeople(0, 30)
@@ -352,8 +358,8 @@ func TestProcessSMTPOutageThenBack(t *testing.T) {
 		code, body := get(w.admin + "/readyz")
 		return code == 200 && w.metric("doorbell_mailworker_relay_paused") == "0", body
 	})
-	if v := w.metric(`doorbell_mailworker_deadletters_total{reason="exhausted"}`); v != "0" {
-		t.Errorf("deadletters_total{exhausted} = %s", v)
+	if v := w.metric(`doorbell_mailworker_retries_total{cause="email"}`); v != "0" {
+		t.Errorf("retries_total{email} = %s: the outage was charged to emails", v)
 	}
 }
 
@@ -529,5 +535,97 @@ func TestProcessGracefulShutdown(t *testing.T) {
 	s.waitSettled()
 	if extra := s.duplicates(ids); extra != 0 {
 		t.Errorf("%d duplicate emails", extra)
+	}
+}
+
+// The relay stores each email but answers the final "." only after a
+// content scan longer than SMTP_TIMEOUT: one copy each, nothing retried.
+func TestProcessSlowContentFilterGetsOneCopy(t *testing.T) {
+	s := newStack(t)
+	s.env["SMTP_TIMEOUT"] = "1s"
+	s.smtp.SetReplyDelay(2500 * time.Millisecond)
+	startProc(t, s.env)
+	ids := s.publishPeople(0, 3)
+	s.smtp.WaitForMessageIDs(t, 3, waitLong)
+	s.waitSettled()
+	if extra := s.duplicates(ids); extra != 0 {
+		t.Errorf("%d extra copies stored by the relay", extra)
+	}
+	if dl := s.deadLetters(); len(dl) != 0 {
+		t.Errorf("%d dead letters, want none", len(dl))
+	}
+}
+
+// The relay defers every recipient (451) for longer than the emails'
+// backoff: nothing is dead-lettered, everything arrives once after it
+// recovers.
+func TestProcessRelayWideDeferralLosesNothing(t *testing.T) {
+	s := newStack(t)
+	s.smtp.FailNext(1<<20, 451)
+	w := startProc(t, s.env)
+	ids := s.publishPeople(0, 5)
+	time.Sleep(3 * time.Second) // the outage: many times WORKER_BACKOFF_MAX (200ms)
+	s.smtp.FailNext(0, 451)
+	waitFor(t, "every email delivered, or a dead letter", func() (bool, string) {
+		return len(s.smtp.CountByMessageID()) == len(ids) || len(s.deadLetters()) > 0, w.logs.String()
+	})
+	s.waitSettled()
+	if dl := s.deadLetters(); len(dl) != 0 {
+		t.Fatalf("%d dead letters after a relay-wide deferral, want none:\n%s", len(dl), w.logs.String())
+	}
+	if extra := s.duplicates(ids); extra != 0 {
+		t.Errorf("%d extra copies", extra)
+	}
+}
+
+// SIGTERM while the relay scans an email it already stored: the worker
+// waits for the reply, records and acknowledges it, and exits 0; the next
+// worker sends nothing again.
+func TestProcessSIGTERMDuringASlowSendFinishesIt(t *testing.T) {
+	s := newStack(t)
+	s.env["SMTP_TIMEOUT"] = "1s"
+	s.env["SMTP_FINAL_TIMEOUT"] = "30s"
+	s.env["WORKER_SHUTDOWN_TIMEOUT"] = "45s"
+	s.smtp.SetReplyDelay(3 * time.Second)
+	w := startProc(t, s.env)
+	ids := s.publishPeople(0, 1)
+	s.smtp.WaitForMessages(t, 1, waitLong) // stored; the reply is pending
+	if err := w.terminate(); err != nil {
+		t.Fatalf("exit status after SIGTERM = %v, want 0\n%s", err, w.logs.String())
+	}
+	if logs := w.logs.String(); !strings.Contains(logs, "result=sent") {
+		t.Errorf("the send in flight was not finished:\n%s", logs)
+	}
+	startProc(t, s.env)
+	s.waitSettled()
+	if extra := s.duplicates(ids); extra != 0 {
+		t.Errorf("%d extra copies", extra)
+	}
+}
+
+// The network to NATS breaks (a partition: bytes are lost, not queued)
+// right after the relay took an email, before the worker recorded it, for
+// longer than AckWait: the worker keeps trying, and one copy goes out.
+func TestProcessNATSPartitionJustAfterTheRelayAccepted(t *testing.T) {
+	s := newStack(t)
+	proxy := natstest.StartProxy(t, s.env["NATS_URL"])
+	s.env["NATS_URL"] = proxy.URL
+	s.smtp.SetReplyDelay(time.Second)
+	w := startProc(t, s.env)
+	ids := s.publishPeople(0, 1)
+	s.smtp.WaitForMessages(t, 1, waitLong) // stored; the 250 comes in a second
+	proxy.Partition()
+	time.Sleep(12 * time.Second) // longer than AckWait (8 s) and than any one write may take
+	proxy.Heal()
+	waitFor(t, "the worker reconnected", func() (bool, string) {
+		return strings.Contains(w.logs.String(), "nats reconnected"), w.logs.String()
+	})
+	waitFor(t, "the email recorded and acknowledged", func() (bool, string) {
+		logs := w.logs.String()
+		return strings.Contains(logs, "result=sent") || strings.Contains(logs, "result=duplicate"), logs
+	})
+	s.waitSettled()
+	if extra := s.duplicates(ids); extra != 0 {
+		t.Errorf("%d extra copies:\n%s", extra, w.logs.String())
 	}
 }

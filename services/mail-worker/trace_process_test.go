@@ -134,7 +134,7 @@ func TestProcessExportsSpansInThePublishersTrace(t *testing.T) {
 	if !bytes.Equal(consume.GetParentSpanId(), parentID) || consume.GetKind() != tracev1.Span_SPAN_KIND_CONSUMER {
 		t.Errorf("consume span: parent %x kind %v, want parent %s, consumer", consume.GetParentSpanId(), consume.GetKind(), spanIDHex)
 	}
-	for _, want := range []string{"decide", "render", "smtp send"} {
+	for _, want := range []string{"kv read person", "kv write person", "render", "smtp send"} {
 		if !inTrace[want] {
 			t.Errorf("collector got no %s span in the trace; got %v", want, inTrace)
 		}

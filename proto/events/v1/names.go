@@ -17,13 +17,6 @@ const (
 	StreamDeadLetter = "MAIL_DEADLETTER"
 	// SubjectDeadLetter is the only subject of StreamDeadLetter.
 	SubjectDeadLetter = "mail.deadletter"
-	// StreamMaxDeliveries keeps JetStream's advisories that a message of
-	// StreamAuthEvents ran out of deliveries on ConsumerMailWorker, until a
-	// mail-worker has dead-lettered that message; the mail-worker owns it.
-	StreamMaxDeliveries = "MAIL_MAX_DELIVERIES"
-	// SubjectMaxDeliveries is the only subject of StreamMaxDeliveries: where
-	// the NATS server announces those messages.
-	SubjectMaxDeliveries = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + StreamAuthEvents + "." + ConsumerMailWorker
 )
 
 // Header names and values on a published UserAuthenticated message. The

@@ -41,6 +41,23 @@ const (
 // (often to 10–20) anyway.
 const maxPoolSize = 64
 
+// maxRetryHorizon bounds WORKER_RETRY_HORIZON: well inside the 31 days a
+// person's record remembers a settled email.
+const maxRetryHorizon = 30 * 24 * time.Hour
+
+// Shutdown budget beyond SMTP_FINAL_TIMEOUT: shutdownMargin at least (to
+// record, acknowledge and close), defaultShutdownMargin by default.
+const (
+	shutdownMargin        = 10 * time.Second
+	defaultShutdownMargin = 30 * time.Second
+)
+
+// removedVariables were settings of earlier versions; set, they are
+// ignored with a warning naming what replaced them.
+var removedVariables = []struct{ name, instead string }{
+	{"WORKER_MAX_DELIVER", "the worker gives up by age, WORKER_RETRY_HORIZON"},
+}
+
 // Config holds every setting of the mail-worker. The zero value is not
 // useful; build one with Load.
 type Config struct {
@@ -59,6 +76,7 @@ type Config struct {
 	SMTPTLS             string        // SMTP_TLS: one of the TLS* constants
 	SMTPCAFile          string        // SMTP_CA_FILE
 	SMTPTimeout         time.Duration // SMTP_TIMEOUT
+	SMTPFinalTimeout    time.Duration // SMTP_FINAL_TIMEOUT
 	SMTPPoolSize        int           // SMTP_POOL_SIZE
 	SMTPIdleTimeout     time.Duration // SMTP_IDLE_TIMEOUT
 	SMTPRateLimit       float64       // SMTP_RATE_LIMIT: emails per second, 0 = none
@@ -67,7 +85,7 @@ type Config struct {
 	TemplatesDir string // MAIL_TEMPLATES_DIR
 	SiteName     string // MAIL_SITE_NAME
 
-	MaxDeliver      int           // WORKER_MAX_DELIVER
+	RetryHorizon    time.Duration // WORKER_RETRY_HORIZON
 	BackoffBase     time.Duration // WORKER_BACKOFF_BASE
 	BackoffMax      time.Duration // WORKER_BACKOFF_MAX
 	AckWait         time.Duration // WORKER_ACK_WAIT
@@ -104,31 +122,42 @@ func Load(getenv func(string) string) (Config, error) {
 		SMTPOAuth2TokenFile: l.str("SMTP_OAUTH2_TOKEN_FILE", ""),
 		SMTPTLS: l.oneOf("SMTP_TLS", TLSMandatory,
 			TLSMandatory, TLSOpportunistic, TLSImplicit, TLSNone),
-		SMTPCAFile:      l.str("SMTP_CA_FILE", ""),
-		SMTPTimeout:     l.duration("SMTP_TIMEOUT", 15*time.Second),
-		SMTPPoolSize:    l.intIn("SMTP_POOL_SIZE", 4, 1, maxPoolSize),
-		SMTPIdleTimeout: l.duration("SMTP_IDLE_TIMEOUT", 30*time.Second),
-		SMTPRateLimit:   l.rate("SMTP_RATE_LIMIT"),
-		MailFrom:        l.str("MAIL_FROM", "Doorbell <doorbell@localhost>"),
-		TemplatesDir:    l.str("MAIL_TEMPLATES_DIR", ""),
-		SiteName:        l.str("MAIL_SITE_NAME", "Doorbell"),
-		MaxDeliver:      l.positiveInt("WORKER_MAX_DELIVER", 10),
-		BackoffBase:     l.duration("WORKER_BACKOFF_BASE", 2*time.Second),
-		BackoffMax:      l.duration("WORKER_BACKOFF_MAX", 5*time.Minute),
-		AckWait:         l.duration("WORKER_ACK_WAIT", 60*time.Second),
-		ShutdownTimeout: l.duration("WORKER_SHUTDOWN_TIMEOUT", 20*time.Second),
-		RelayProbeBase:  l.duration("WORKER_RELAY_PROBE_BASE", time.Second),
-		RelayProbeMax:   l.duration("WORKER_RELAY_PROBE_MAX", 30*time.Second),
-		LogLevel:        l.level("LOG_LEVEL", slog.LevelInfo),
-		LogFormat:       l.oneOf("LOG_FORMAT", "text", "text", "json"),
-		LogEmails:       l.boolean("WORKER_LOG_EMAILS", false),
-		TraceExport:     l.traceExport(),
+		SMTPCAFile:       l.str("SMTP_CA_FILE", ""),
+		SMTPTimeout:      l.duration("SMTP_TIMEOUT", 15*time.Second),
+		SMTPFinalTimeout: l.duration("SMTP_FINAL_TIMEOUT", 10*time.Minute),
+		SMTPPoolSize:     l.intIn("SMTP_POOL_SIZE", 4, 1, maxPoolSize),
+		SMTPIdleTimeout:  l.duration("SMTP_IDLE_TIMEOUT", 30*time.Second),
+		SMTPRateLimit:    l.rate("SMTP_RATE_LIMIT"),
+		MailFrom:         l.str("MAIL_FROM", "Doorbell <doorbell@localhost>"),
+		TemplatesDir:     l.str("MAIL_TEMPLATES_DIR", ""),
+		SiteName:         l.str("MAIL_SITE_NAME", "Doorbell"),
+		RetryHorizon:     l.days("WORKER_RETRY_HORIZON", 5*24*time.Hour),
+		BackoffBase:      l.duration("WORKER_BACKOFF_BASE", 2*time.Second),
+		BackoffMax:       l.duration("WORKER_BACKOFF_MAX", 5*time.Minute),
+		AckWait:          l.duration("WORKER_ACK_WAIT", 60*time.Second),
+
+		RelayProbeBase: l.duration("WORKER_RELAY_PROBE_BASE", time.Second),
+		RelayProbeMax:  l.duration("WORKER_RELAY_PROBE_MAX", 30*time.Second),
+		LogLevel:       l.level("LOG_LEVEL", slog.LevelInfo),
+		LogFormat:      l.oneOf("LOG_FORMAT", "text", "text", "json"),
+		LogEmails:      l.boolean("WORKER_LOG_EMAILS", false),
+		TraceExport:    l.traceExport(),
 	}
 	defaultPort := 587
 	if c.SMTPTLS == TLSImplicit {
 		defaultPort = 465
 	}
 	c.SMTPPort = l.port("SMTP_PORT", defaultPort)
+	// SIGTERM waits for a send whose data the relay has (its final reply
+	// may take SMTP_FINAL_TIMEOUT), then records and acknowledges it.
+	minShutdown := c.SMTPFinalTimeout + shutdownMargin
+	c.ShutdownTimeout = l.duration("WORKER_SHUTDOWN_TIMEOUT", c.SMTPFinalTimeout+defaultShutdownMargin)
+	if c.ShutdownTimeout < minShutdown {
+		l.fail("WORKER_SHUTDOWN_TIMEOUT", c.ShutdownTimeout.String(),
+			fmt.Errorf("must be at least SMTP_FINAL_TIMEOUT (%s) + %s: a SIGTERM waits for the relay's reply to an email it already has, "+
+				"and cutting that wait could send the email twice; raise it to %s or more, or lower SMTP_FINAL_TIMEOUT",
+				c.SMTPFinalTimeout, shutdownMargin, minShutdown))
+	}
 
 	if from, err := mail.ParseAddress(c.MailFrom); err != nil {
 		l.fail("MAIL_FROM", c.MailFrom, fmt.Errorf("not an email address: %w", err))
@@ -183,26 +212,30 @@ func Load(getenv func(string) string) (Config, error) {
 		l.fail("WORKER_BACKOFF_BASE", c.BackoffBase.String(),
 			fmt.Errorf("must not exceed WORKER_BACKOFF_MAX (%s)", c.BackoffMax))
 	}
-	// A send may take one SMTP_TIMEOUT to dial and one to transfer; the
-	// message must not run past AckWait meanwhile, or JetStream hands it to
-	// another replica and the person gets two emails.
-	if c.SMTPTimeout > 0 && c.AckWait > 0 && 2*c.SMTPTimeout >= c.AckWait {
-		l.fail("WORKER_ACK_WAIT", c.AckWait.String(),
-			fmt.Errorf("must be more than twice SMTP_TIMEOUT (%s)", c.SMTPTimeout))
+	// A message in hand is reported in progress every third of AckWait.
+	if c.AckWait < time.Second {
+		l.fail("WORKER_ACK_WAIT", c.AckWait.String(), errors.New("must be at least 1s"))
 	}
-	// Waiting for the rate limit happens after the message was reported
-	// in progress, before its send; it too must fit into AckWait.
-	if c.SMTPRateLimit > 0 && c.AckWait > 0 {
-		wait := time.Duration(float64(c.SMTPPoolSize) / c.SMTPRateLimit * float64(time.Second))
-		if wait+2*c.SMTPTimeout >= c.AckWait {
-			l.fail("SMTP_RATE_LIMIT", strconv.FormatFloat(c.SMTPRateLimit, 'f', -1, 64),
-				fmt.Errorf("too low for WORKER_ACK_WAIT (%s): SMTP_POOL_SIZE/SMTP_RATE_LIMIT + 2×SMTP_TIMEOUT must stay below it", c.AckWait))
-		}
+	if c.RetryHorizon < time.Minute || c.RetryHorizon > maxRetryHorizon {
+		l.fail("WORKER_RETRY_HORIZON", c.RetryHorizon.String(),
+			fmt.Errorf("must be from 1m to %s (emails are remembered for 31 days; AUTH_EVENTS keeps events 7 days by default)", maxRetryHorizon))
 	}
 	if err := errors.Join(l.errs...); err != nil {
 		return Config{}, fmt.Errorf("configuration: %w", err)
 	}
 	return c, nil
+}
+
+// Ignored returns the variables of earlier versions that are set but mean
+// nothing any more, each with what replaced it, for a warning at start.
+func Ignored(getenv func(string) string) []string {
+	var set []string
+	for _, v := range removedVariables {
+		if strings.TrimSpace(getenv(v.name)) != "" {
+			set = append(set, v.name+" (now: "+v.instead+")")
+		}
+	}
+	return set
 }
 
 // NATSURL reads only NATS_URL (or NATS_URL_FILE), for commands that need
@@ -233,8 +266,8 @@ func (l *loader) str(name, def string) string {
 	return def
 }
 
-// secret reads NAME_FILE when set (it wins), else NAME. Errors never quote the
-// secret itself.
+// secret reads NAME_FILE when set (it wins), else NAME. An empty file is an
+// error, as in the auth-gateway. Errors never quote the secret itself.
 func (l *loader) secret(name, def string) string {
 	if path := strings.TrimSpace(l.getenv(name + "_FILE")); path != "" {
 		b, err := os.ReadFile(path)
@@ -242,7 +275,13 @@ func (l *loader) secret(name, def string) string {
 			l.errs = append(l.errs, fmt.Errorf("%s_FILE=%q: %w", name, path, err))
 			return ""
 		}
-		return strings.TrimRight(string(b), "\r\n")
+		v := strings.TrimRight(string(b), "\r\n")
+		if v == "" {
+			// A mount that failed leaves an empty file: never read it as
+			// "no secret" (or as the default NATS URL).
+			l.errs = append(l.errs, fmt.Errorf("%s_FILE=%q: the file is empty", name, path))
+		}
+		return v
 	}
 	if v := l.getenv(name); v != "" {
 		return v
@@ -278,17 +317,18 @@ func (l *loader) duration(name string, def time.Duration) time.Duration {
 	return d
 }
 
-func (l *loader) positiveInt(name string, def int) int {
+// days reads a duration that may also be given in whole days ("5d").
+func (l *loader) days(name string, def time.Duration) time.Duration {
 	v := l.str(name, "")
-	if v == "" {
-		return def
+	if n, ok := strings.CutSuffix(v, "d"); ok {
+		d, err := strconv.Atoi(n)
+		if err != nil || d < 1 {
+			l.fail(name, v, errors.New("not a duration (examples: 5d, 72h, 30m)"))
+			return def
+		}
+		return time.Duration(d) * 24 * time.Hour
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		l.fail(name, v, errors.New("must be a whole number of at least 1"))
-		return def
-	}
-	return n
+	return l.duration(name, def)
 }
 
 func (l *loader) intIn(name string, def, lo, hi int) int {

@@ -21,10 +21,10 @@ func TestDefaultsWorkOnLoopback(t *testing.T) {
 	want := Config{
 		AdminAddr: "127.0.0.1:9102", NATSURL: "nats://127.0.0.1:4222", NATSReplicas: 1,
 		SMTPHost: "localhost", SMTPPort: 587, SMTPAuth: AuthAuto, SMTPTLS: TLSMandatory, SMTPTimeout: 15 * time.Second,
-		SMTPPoolSize: 4, SMTPIdleTimeout: 30 * time.Second,
+		SMTPFinalTimeout: 10 * time.Minute, SMTPPoolSize: 4, SMTPIdleTimeout: 30 * time.Second,
 		MailFrom: "Doorbell <doorbell@localhost>", SiteName: "Doorbell",
-		MaxDeliver: 10, BackoffBase: 2 * time.Second, BackoffMax: 5 * time.Minute,
-		AckWait: 60 * time.Second, ShutdownTimeout: 20 * time.Second,
+		RetryHorizon: 5 * 24 * time.Hour, BackoffBase: 2 * time.Second, BackoffMax: 5 * time.Minute,
+		AckWait: 60 * time.Second, ShutdownTimeout: 10*time.Minute + 30*time.Second,
 		RelayProbeBase: time.Second, RelayProbeMax: 30 * time.Second,
 		LogLevel: slog.LevelInfo, LogFormat: "text",
 	}
@@ -76,13 +76,25 @@ func TestLoad(t *testing.T) {
 				}
 			}},
 		{"durations, numbers and levels are parsed",
-			map[string]string{"WORKER_MAX_DELIVER": "3", "WORKER_BACKOFF_BASE": "250ms", "WORKER_BACKOFF_MAX": "1m",
+			map[string]string{"WORKER_RETRY_HORIZON": "2d", "WORKER_BACKOFF_BASE": "250ms", "WORKER_BACKOFF_MAX": "1m",
 				"WORKER_ACK_WAIT": "2m", "SMTP_TIMEOUT": "20s", "LOG_LEVEL": "debug", "LOG_FORMAT": "json"},
 			func(t *testing.T, c Config) {
-				if c.MaxDeliver != 3 || c.BackoffBase != 250*time.Millisecond || c.BackoffMax != time.Minute ||
+				if c.RetryHorizon != 48*time.Hour || c.BackoffBase != 250*time.Millisecond || c.BackoffMax != time.Minute ||
 					c.AckWait != 2*time.Minute || c.SMTPTimeout != 20*time.Second ||
 					c.LogLevel != slog.LevelDebug || c.LogFormat != "json" {
 					t.Errorf("got %+v", c)
+				}
+			}},
+		{"the retry horizon also takes a Go duration", map[string]string{"WORKER_RETRY_HORIZON": "90m"},
+			func(t *testing.T, c Config) {
+				if c.RetryHorizon != 90*time.Minute {
+					t.Errorf("horizon %s", c.RetryHorizon)
+				}
+			}},
+		{"the shutdown budget follows a shorter final timeout", map[string]string{"SMTP_FINAL_TIMEOUT": "1m"},
+			func(t *testing.T, c Config) {
+				if c.SMTPFinalTimeout != time.Minute || c.ShutdownTimeout != 90*time.Second {
+					t.Errorf("final %s shutdown %s", c.SMTPFinalTimeout, c.ShutdownTimeout)
 				}
 			}},
 		{"pool, idle timeout, rate limit and probing are parsed",
@@ -114,6 +126,10 @@ func TestLoad(t *testing.T) {
 }
 
 func TestLoadRejectsBadValues(t *testing.T) {
+	emptyFile := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(emptyFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		env  map[string]string
@@ -123,9 +139,13 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"port out of range", map[string]string{"SMTP_PORT": "70000"}, []string{"SMTP_PORT", "between 1 and 65535"}},
 		{"not a duration", map[string]string{"SMTP_TIMEOUT": "15"}, []string{"SMTP_TIMEOUT", "not a duration"}},
 		{"negative duration", map[string]string{"WORKER_BACKOFF_BASE": "-1s"}, []string{"WORKER_BACKOFF_BASE", "positive"}},
-		{"zero deliveries", map[string]string{"WORKER_MAX_DELIVER": "0"}, []string{"WORKER_MAX_DELIVER"}},
+		{"a horizon of no days", map[string]string{"WORKER_RETRY_HORIZON": "0d"}, []string{"WORKER_RETRY_HORIZON", "not a duration"}},
+		{"a horizon beyond what the record remembers", map[string]string{"WORKER_RETRY_HORIZON": "40d"}, []string{"WORKER_RETRY_HORIZON", "from 1m to 720h"}},
+		{"a shutdown shorter than the final reply", map[string]string{"WORKER_SHUTDOWN_TIMEOUT": "20s"},
+			[]string{"WORKER_SHUTDOWN_TIMEOUT", "at least SMTP_FINAL_TIMEOUT (10m0s) + 10s", "raise it to 10m10s"}},
+		{"an empty secret file", map[string]string{"NATS_URL_FILE": emptyFile}, []string{"NATS_URL_FILE", "the file is empty"}},
 		{"base above max", map[string]string{"WORKER_BACKOFF_BASE": "10m"}, []string{"must not exceed WORKER_BACKOFF_MAX"}},
-		{"ack wait too short for SMTP", map[string]string{"WORKER_ACK_WAIT": "20s"}, []string{"WORKER_ACK_WAIT", "twice SMTP_TIMEOUT"}},
+		{"ack wait too short to report progress", map[string]string{"WORKER_ACK_WAIT": "500ms"}, []string{"WORKER_ACK_WAIT", "at least 1s"}},
 		{"replicas out of range", map[string]string{"NATS_STREAM_REPLICAS": "7"}, []string{"NATS_STREAM_REPLICAS"}},
 		{"bad from", map[string]string{"MAIL_FROM": "not an address"}, []string{"MAIL_FROM"}},
 		{"from with a bracket in a quoted local part", map[string]string{"MAIL_FROM": `"a>b"@example.com`}, []string{"MAIL_FROM", "must not contain <, > or spaces"}},
@@ -145,7 +165,6 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"pool of zero", map[string]string{"SMTP_POOL_SIZE": "0"}, []string{"SMTP_POOL_SIZE", "from 1 to 64"}},
 		{"idle timeout at a relay's", map[string]string{"SMTP_IDLE_TIMEOUT": "5m"}, []string{"SMTP_IDLE_TIMEOUT", "below 5m"}},
 		{"negative rate", map[string]string{"SMTP_RATE_LIMIT": "-1"}, []string{"SMTP_RATE_LIMIT", "emails per second"}},
-		{"rate too low for AckWait", map[string]string{"SMTP_RATE_LIMIT": "0.1"}, []string{"SMTP_RATE_LIMIT", "too low for WORKER_ACK_WAIT"}},
 		{"probe base above max", map[string]string{"WORKER_RELAY_PROBE_BASE": "1m"}, []string{"must not exceed WORKER_RELAY_PROBE_MAX"}},
 		{"every bad value is reported at once", map[string]string{"SMTP_TLS": "x", "LOG_LEVEL": "y"}, []string{"SMTP_TLS", "LOG_LEVEL"}},
 	}
@@ -232,6 +251,19 @@ func TestBadOpenTelemetryVariablesAreRefusedClearly(t *testing.T) {
 	_, err := Load(env(map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "collector?token=s3cret"}))
 	if err == nil || strings.Contains(err.Error(), "s3cret") {
 		t.Errorf("error %v: want a refusal that does not echo the URL", err)
+	}
+}
+
+func TestSettingsOfEarlierVersionsAreNamedAsIgnored(t *testing.T) {
+	got := Ignored(env(map[string]string{"WORKER_MAX_DELIVER": "10"}))
+	if len(got) != 1 || !strings.Contains(got[0], "WORKER_MAX_DELIVER") || !strings.Contains(got[0], "WORKER_RETRY_HORIZON") {
+		t.Errorf("Ignored = %q, want WORKER_MAX_DELIVER pointing to WORKER_RETRY_HORIZON", got)
+	}
+	if _, err := Load(env(map[string]string{"WORKER_MAX_DELIVER": "10"})); err != nil {
+		t.Errorf("an old setting stops the worker: %v", err)
+	}
+	if got := Ignored(env(nil)); len(got) != 0 {
+		t.Errorf("Ignored with nothing set = %q", got)
 	}
 }
 

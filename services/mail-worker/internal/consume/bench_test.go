@@ -5,10 +5,10 @@ import (
 )
 
 // BenchmarkHandle measures the whole consume path per sign-in: pull from an
-// embedded JetStream, claim, read the sent-marker and the person's record,
+// embedded JetStream, read the person's record, claim the email in it,
 // render, send over a pool of 4 connections to the test SMTP server (no
-// STARTTLS delay beyond the first), write the marker and the record,
-// acknowledge. Numbers only.
+// STARTTLS delay beyond the first), record the result, acknowledge.
+// Numbers only.
 func BenchmarkHandle(b *testing.B) {
 	h := newHarness(b, harnessOptions{concurrency: 4})
 	events := make([][]byte, b.N)

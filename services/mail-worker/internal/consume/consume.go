@@ -1,9 +1,12 @@
-// Package consume runs the mail-worker's JetStream consumer: it sets up the
+// Package consume is the mail-worker's delivery core: it sets up the
 // durable pull consumer "mail-worker" on the gateway's AUTH_EVENTS stream
 // (Setup) and feeds user.authenticated messages, several at a time, to a
-// Handler (Run), which claims, decides, renders, sends and acknowledges, or
-// dead-letters. Relay pauses everything while the SMTP relay is down;
-// WatchMaxDeliveries dead-letters messages nobody decided about.
+// Handler (Run), which claims the email in the person's record, renders,
+// sends, records and acknowledges, or hands back, or dead-letters. A Gate
+// stops the pulling while the SMTP relay fails everyone.
+//
+// The semantics are stated in the mail-worker's README ("Delivery
+// semantics"); the handler's one path is in handle.go and settle.go.
 package consume
 
 import (
@@ -23,11 +26,13 @@ type Config struct {
 	// AckWait is how long JetStream waits for an acknowledgement (or a
 	// progress report) before it delivers a message again.
 	AckWait time.Duration
-	// MaxDeliver is how often a message is delivered at most.
-	MaxDeliver int
-	// Concurrency is how many messages are handled at once; use the SMTP
-	// pool size. 1 when zero.
+	// Concurrency is how many messages are handled at once. Use twice the
+	// SMTP pool size: a handler holds a connection only while it sends, and
+	// spends the rest of its time on NATS round trips. 1 when zero.
 	Concurrency int
+	// Horizon is the retry horizon (Retry.Horizon); Setup warns when the
+	// stream keeps events for less.
+	Horizon time.Duration
 	// FetchWait bounds one pull request while no message is waiting; Run
 	// notices a shutdown within it. DefaultFetchWait when zero.
 	FetchWait time.Duration
@@ -40,7 +45,7 @@ type Config struct {
 const DefaultFetchWait = time.Second
 
 // MaxAckPending caps unacknowledged messages across all replicas.
-const MaxAckPending = 256
+const MaxAckPending = 1024
 
 // Setup waits until the AUTH_EVENTS stream exists (the auth-gateway creates
 // it) and then creates or updates the durable consumer. It logs the first
@@ -60,6 +65,12 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Lo
 		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("set up consumer: %w", ctx.Err())
+		}
+		if errors.Is(err, errShortStream) {
+			log.WarnContext(ctx, "AUTH_EVENTS drops events before the retry horizon: an event the relay keeps refusing "+
+				"vanishes unsent and is never dead-lettered; raise the stream's max age or lower WORKER_RETRY_HORIZON",
+				"error", err)
+			return cons, nil
 		}
 		if problem := err.Error(); problem != lastProblem {
 			lastProblem = problem
@@ -91,12 +102,21 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, cfg Config) (je
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       cfg.AckWait,
-		MaxDeliver:    cfg.MaxDeliver,
+		// Unlimited: the worker gives up by age and dead-letters in its
+		// handler; a server-side limit would drop messages silently.
+		MaxDeliver:    -1,
 		MaxAckPending: MaxAckPending,
 		FilterSubject: eventsv1.SubjectUserAuthenticated,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create or update consumer %s: %w", eventsv1.ConsumerMailWorker, err)
 	}
+	if age := stream.CachedInfo().Config.MaxAge; age > 0 && age <= cfg.Horizon {
+		return cons, fmt.Errorf("%w: max age %s, retry horizon %s", errShortStream, age, cfg.Horizon)
+	}
 	return cons, nil
 }
+
+// errShortStream says that AUTH_EVENTS keeps events for less than the
+// retry horizon.
+var errShortStream = errors.New("the stream keeps events for less than the retry horizon")

@@ -18,7 +18,7 @@ import (
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 )
 
@@ -68,33 +68,21 @@ func TestTheSameEventSendsOnlyOnce(t *testing.T) {
 	if ack := h.publish(ev, "evt-dup"); !ack.Duplicate {
 		t.Errorf("a re-publish with the same Nats-Msg-Id was not flagged as duplicate")
 	}
-	// Simulate a crash after the email and its sent-marker but before the
-	// person's record was written: without the marker, the event would
-	// now look like a first sign-in again.
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	users, err := h.js.KeyValue(ctx, history.BucketUsers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := history.UserKey(ev.Issuer, ev.Subject)
-	if err := users.Purge(ctx, key); err != nil {
-		t.Fatal(err)
-	}
-	// The same event under another Nats-Msg-Id (a redelivery, or a publish
-	// after the dedup window) reaches the worker, which must not send it
-	// again, and repairs the record.
+	// The same event under another Nats-Msg-Id (a publish from the
+	// gateway's spool after the dedup window) reaches the worker, which
+	// finds the email sent in the person's record.
 	ack := h.publish(ev, "evt-dup-again")
 	h.waitSettled(ack.Sequence)
 
 	if n := len(h.smtp.Messages()); n != 1 {
 		t.Errorf("server got %d emails, want 1", n)
 	}
-	if _, err := users.Get(ctx, key); err != nil {
-		t.Errorf("the duplicate did not restore the user record: %v", err)
+	if e, ok := h.record(ev).Email("evt-dup"); !ok || e.State != ledger.Sent || e.MessageID != "<evt-dup@example.com>" {
+		t.Errorf("the record's email = %+v, want sent with its Message-ID", e)
 	}
 	h.wantCounter(`emails_total{welcome,duplicate}`, h.metrics.emails.WithLabelValues("welcome", ResultDuplicate), 1)
 	h.wantCounter(`emails_total{welcome,sent}`, h.metrics.emails.WithLabelValues("welcome", ResultSent), 1)
+	h.wantCounter(`decisions_total{welcome}`, h.metrics.decisions.WithLabelValues("welcome"), 1)
 }
 
 func TestKnownDeviceGetsNothingAndNewDeviceGetsAnAlert(t *testing.T) {
@@ -151,7 +139,8 @@ func TestTransientFailuresAreRetriedAndDeliveredOnce(t *testing.T) {
 	if got := msgs[0].Header(t).Get("Message-Id"); got != "<evt-451@example.com>" {
 		t.Errorf("Message-ID = %q", got)
 	}
-	h.wantCounter("retries_total", h.metrics.retries, 2)
+	h.wantCounter("retries_total{email}", h.retries(causeEmail), 2)
+	h.wantCounter("relay_paused", h.metrics.relayPaused, 0)
 	h.wantCounter("events_received_total", h.metrics.received, 3)
 	h.wantCounter(`emails_total{welcome,sent}`, h.metrics.emails.WithLabelValues("welcome", ResultSent), 1)
 	h.wantCounter(`emails_total{welcome,failed}`, h.metrics.emails.WithLabelValues("welcome", ResultFailed), 0)
@@ -171,7 +160,7 @@ func TestPermanentFailureTerminatesAndTheNextMessageFlows(t *testing.T) {
 	}
 	h.wantCounter(`deadletters_total{permanent}`, h.metrics.deadletters.WithLabelValues(ReasonPermanent), 1)
 	h.wantCounter(`emails_total{welcome,failed}`, h.metrics.emails.WithLabelValues("welcome", ResultFailed), 1)
-	h.wantCounter("retries_total", h.metrics.retries, 0)
+	h.wantCounter("retries_total{email}", h.retries(causeEmail), 0)
 	h.wantCounter("events_received_total", h.metrics.received, 1)
 	if dl := h.deadLetters(); len(dl) != 1 || dl[0].Reason != ReasonPermanent || dl[0].Detail != "smtp 550 5.0.0 at rcpt to" ||
 		dl[0].StreamSeq != ack.Sequence || dl[0].EventID() != "evt-550" {
@@ -186,22 +175,29 @@ func TestPermanentFailureTerminatesAndTheNextMessageFlows(t *testing.T) {
 	}
 }
 
-func TestRetriesRunOutAndTheMessageIsTerminated(t *testing.T) {
-	h := newHarness(t, harnessOptions{maxDeliver: 3})
-	h.smtp.FailNext(100, 451)
-	ack := h.publish(signIn("evt-exhaust", "dev-a"), "evt-exhaust")
-	h.waitSettled(ack.Sequence)
+func TestAnEventPastTheRetryHorizonIsDeadLetteredAsExpired(t *testing.T) {
+	// A mailbox deferred for ever (4xx to this one recipient); the others
+	// go through, so the relay is not to blame.
+	h := newHarness(t, harnessOptions{horizon: 2 * time.Second})
+	h.smtp.RejectRecipient("ann@example.com", 452, "4.2.2")
+	ack := h.publish(signIn("evt-expire", "dev-a"), "evt-expire")
+	ids, last := h.publishPeople(0, 5)
+	h.waitSettled(max(ack.Sequence, last))
 
-	if n := len(h.smtp.Messages()); n != 0 {
-		t.Fatalf("server got %d emails, want 0", n)
+	h.wantEachOnce(ids...)
+	dl := h.deadLetters()
+	if len(dl) != 1 || dl[0].Reason != ReasonExpired || dl[0].EventID() != "evt-expire" ||
+		dl[0].Detail != "smtp 452 4.2.2 at rcpt to; older than the retry horizon" || dl[0].Attempts < 2 {
+		t.Fatalf("dead letters = %+v, want evt-expire expired after several attempts", dl)
 	}
-	h.wantCounter("events_received_total", h.metrics.received, 3)
-	h.wantCounter("retries_total", h.metrics.retries, 2)
-	h.wantCounter(`deadletters_total{exhausted}`, h.metrics.deadletters.WithLabelValues(ReasonExhausted), 1)
+	h.wantCounter(`deadletters_total{expired}`, h.metrics.deadletters.WithLabelValues(ReasonExpired), 1)
 	h.wantCounter(`emails_total{welcome,failed}`, h.metrics.emails.WithLabelValues("welcome", ResultFailed), 1)
-	if dl := h.deadLetters(); len(dl) != 1 || dl[0].Reason != ReasonExhausted || dl[0].Attempts != 3 ||
-		dl[0].Detail != "smtp 451 4.0.0 at rcpt to" {
-		t.Errorf("dead letters = %+v, want one exhausted after 3 attempts", dl)
+	h.wantCounter("relay_paused", h.metrics.relayPaused, 0)
+	if got := testutil.ToFloat64(h.retries(causeEmail)); got != float64(dl[0].Attempts-1) {
+		t.Errorf("retries_total{email} = %v, want one per failed attempt but the last (%d)", got, dl[0].Attempts-1)
+	}
+	if e, _ := h.record(signIn("evt-expire", "")).Email("evt-expire"); e.State != ledger.Failed {
+		t.Errorf("the record says %+v, want failed", e)
 	}
 }
 
@@ -254,7 +250,7 @@ func TestUndecodableAndInvalidPayloadsAreTerminated(t *testing.T) {
 			t.Errorf("%s: dead letter %+v, want the original bytes with reason undecodable", p.name, e)
 		}
 	}
-	h.wantCounter("retries_total", h.metrics.retries, 0)
+	h.wantCounter("retries_total{store}", h.retries(causeStore), 0)
 	if logs := h.logs.String(); strings.Count(logs, `result=failed attempts=1`) != len(payloads) ||
 		strings.Count(logs, `reason="undecodable: `) != len(payloads) {
 		t.Errorf("want one undecodable log line per bad payload:\n%s", logs)
@@ -274,7 +270,7 @@ func TestSetupWaitsForTheStream(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		cons, err := Setup(ctx, js, Config{AckWait: 30 * time.Second, MaxDeliver: 4}, log)
+		cons, err := Setup(ctx, js, Config{AckWait: 30 * time.Second, Horizon: 24 * time.Hour}, log)
 		done <- result{cons, err}
 	}()
 
@@ -304,7 +300,7 @@ func TestSetupWaitsForTheStream(t *testing.T) {
 	c := info.Config
 	if c.Durable != eventsv1.ConsumerMailWorker || c.AckPolicy != jetstream.AckExplicitPolicy ||
 		c.FilterSubject != eventsv1.SubjectUserAuthenticated || c.DeliverPolicy != jetstream.DeliverAllPolicy ||
-		c.AckWait != 30*time.Second || c.MaxDeliver != 4 || c.MaxAckPending != MaxAckPending {
+		c.AckWait != 30*time.Second || c.MaxDeliver != -1 || c.MaxAckPending != MaxAckPending {
 		t.Errorf("consumer config = %+v", c)
 	}
 	if n := strings.Count(logs.String(), "waiting for the stream"); n != 1 {
@@ -360,7 +356,7 @@ func TestSetupGivesUpWhenCancelled(t *testing.T) {
 	js := natstest.JetStream(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := Setup(ctx, js, Config{AckWait: time.Minute, MaxDeliver: 1}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	_, err := Setup(ctx, js, Config{AckWait: time.Minute}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("Setup with a cancelled context = %v, want context.Canceled", err)
 	}

@@ -21,7 +21,7 @@ import (
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
@@ -65,15 +65,16 @@ func (b *logBuffer) String() string {
 
 type harness struct {
 	t       testing.TB
+	nats    *natstest.Server
 	js      jetstream.JetStream
 	smtp    *smtptest.Server
 	reg     *prometheus.Registry
 	metrics *Metrics
 	smtpM   *smtpsend.Metrics
 	cons    jetstream.Consumer
+	handler *Handler
 	logs    *logBuffer
 	stop    func() // stops Run (and waits for it); idempotent
-	watch   func() // starts WatchMaxDeliveries (see harnessOptions.noWatch)
 	// handling counts the Handle calls Run has started and not finished.
 	// A handler counts its metrics and logs its line after JetStream has
 	// its ack or term, so waitSettled also waits for this to reach zero.
@@ -81,36 +82,44 @@ type harness struct {
 }
 
 type harnessOptions struct {
-	maxDeliver  int
-	concurrency int
-	ackWait     time.Duration
-	smtp        smtptest.Options
-	noRun       bool // set everything up but leave consuming to the test
-	noWatch     bool // do not watch for exhausted messages until the test calls watch
-	auditStream bool // another stream captures the advisories before the worker starts
-	tracer      trace.TracerProvider
-	logEmails   bool
+	concurrency  int
+	ackWait      time.Duration
+	horizon      time.Duration
+	smtpTimeout  time.Duration
+	finalTimeout time.Duration
+	smtp         smtptest.Options
+	noRun        bool // set everything up but leave consuming to the test
+	tracer       trace.TracerProvider
+	logEmails    bool
+	// wrap, when set, replaces each delivered message before the handler
+	// sees it (to play a worker that dies: see deadMsg).
+	wrap func(jetstream.Msg) jetstream.Msg
 }
 
-// newHarness wires the real parts: embedded NATS with the AUTH_EVENTS
-// stream, the buckets and the dead-letter stream, the embedded templates,
-// a pool of go-mail connections to a test SMTP server requiring STARTTLS,
-// the max-deliveries watch, and Run in the background.
+// newHarness wires the real parts: an embedded NATS server with the
+// AUTH_EVENTS stream, the people's bucket and the dead-letter stream, the
+// embedded templates, a pool of SMTP connections to a test SMTP server
+// requiring STARTTLS, the Gate, and Run in the background. Backoffs and
+// probe intervals are short; the SMTP timeout is 5 s.
 func newHarness(t testing.TB, opts harnessOptions) *harness {
 	t.Helper()
-	if opts.maxDeliver == 0 {
-		opts.maxDeliver = 10
-	}
 	if opts.concurrency == 0 {
 		opts.concurrency = 4
 	}
 	if opts.ackWait == 0 {
 		opts.ackWait = 30 * time.Second
 	}
+	if opts.horizon == 0 {
+		opts.horizon = 24 * time.Hour
+	}
+	if opts.smtpTimeout == 0 {
+		opts.smtpTimeout = 5 * time.Second
+	}
 	if opts.smtp.TLS == smtptest.NoTLS {
 		opts.smtp.TLS = smtptest.RequireStartTLS
 	}
-	nc, js := natstest.Connect(t, natstest.Start(t))
+	natsSrv := natstest.StartServer(t)
+	_, js := natstest.Connect(t, natsSrv.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	createStream(t, js)
 	smtpSrv := smtptest.Start(t, opts.smtp)
 	logs := &logBuffer{}
@@ -128,69 +137,60 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	}
 	sender, err := smtpsend.New(smtpsend.Config{
 		Host: smtpSrv.Host, Port: smtpSrv.Port, TLS: smtpsend.TLSMandatory, CAFile: smtpSrv.CAFile,
-		Timeout: 5 * time.Second, From: "Doorbell <doorbell@example.com>", HELO: "worker.test",
+		Timeout: opts.smtpTimeout, FinalTimeout: opts.finalTimeout, From: "Doorbell <doorbell@example.com>", HELO: "worker.test",
 		PoolSize: opts.concurrency,
 	}, smtpMetrics, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := history.Open(ctx, js, history.Options{ClaimTTL: opts.ackWait, Holder: "harness"}, log)
+	people, err := ledger.Open(ctx, js, 1, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := deadletter.Ensure(ctx, js, 1, log); err != nil {
 		t.Fatal(err)
 	}
-	dlq := deadletter.NewPublisher(js, 1, log)
 	renderer, err := render.New("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{AckWait: opts.ackWait, MaxDeliver: opts.maxDeliver, Concurrency: opts.concurrency,
+	cfg := Config{AckWait: opts.ackWait, Concurrency: opts.concurrency, Horizon: opts.horizon,
 		ShutdownTimeout: 10 * time.Second, FetchWait: 200 * time.Millisecond}
 	cons, err := Setup(ctx, js, cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	relay := NewRelay(sender.Check, RelayConfig{ProbeBase: 10 * time.Millisecond, ProbeMax: 100 * time.Millisecond,
-		KeepAlive: opts.ackWait / 3, ProbeTimeout: 5 * time.Second}, metrics, log)
+	stream, err := js.Stream(ctx, eventsv1.StreamAuthEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := NewGate(sender.Check, GateConfig{ProbeBase: 10 * time.Millisecond, ProbeMax: 100 * time.Millisecond,
+		ProbeTimeout: 5 * time.Second}, metrics, log)
 	h := &Handler{
-		Sender: sender, Renderer: renderer, Sent: store, Users: store, Claims: store, DeadLetters: dlq, Relay: relay,
-		Metrics: metrics, Log: log, SiteName: "Doorbell", AttemptTimeout: opts.ackWait,
-		Retry:     Retry{MaxDeliver: opts.maxDeliver, BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond},
+		Sender: sender, Renderer: renderer, People: people, InStream: StreamHas(stream),
+		DeadLetters: deadletter.NewPublisher(js, 1, log), Gate: gate,
+		Metrics: metrics, Log: log, SiteName: "Doorbell", AckWait: opts.ackWait,
+		Retry:     Retry{BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond, Horizon: opts.horizon},
 		Jitter:    func() float64 { return 0 },
 		LogEmails: opts.logEmails,
 	}
 	if opts.tracer != nil {
 		h.Tracer = opts.tracer.Tracer(TracerName)
 	}
-	var advisories jetstream.Consumer // nil: WatchMaxDeliveries sets it up
-	if opts.auditStream {
-		// An operator's audit stream already captures every advisory.
-		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT", Subjects: []string{"$JS.EVENT.ADVISORY.>"}, NoAck: true}); err != nil {
-			t.Fatal(err)
-		}
-	} else if advisories, err = SetupMaxDeliveries(ctx, js, 1, log); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	watch := func() {
-		wg.Go(func() { WatchMaxDeliveries(ctx, advisories, nc, js, 1, dlq, metrics, h.Tracer, log) })
-	}
-	if !opts.noWatch {
-		watch()
-	}
 	runDone := make(chan error, 1)
 	handling := &atomic.Int64{}
 	handle := func(ctx context.Context, msg jetstream.Msg) {
 		handling.Add(1)
 		defer handling.Add(-1)
+		if opts.wrap != nil {
+			msg = opts.wrap(msg)
+		}
 		h.Handle(ctx, msg)
 	}
 	if opts.noRun {
 		runDone <- nil
 	} else {
-		go func() { runDone <- Run(ctx, cons, handle, relay, cfg, log) }()
+		go func() { runDone <- Run(ctx, cons, handle, gate, cfg, log) }()
 	}
 	var once sync.Once
 	stop := func() {
@@ -204,13 +204,12 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 			case <-time.After(waitLong):
 				t.Error("Run did not return after cancel")
 			}
-			wg.Wait()
 			_ = sender.Close()
 		})
 	}
 	t.Cleanup(stop)
-	return &harness{t: t, js: js, smtp: smtpSrv, reg: reg, metrics: metrics, smtpM: smtpMetrics, cons: cons, logs: logs, stop: stop,
-		watch: watch, handling: handling}
+	return &harness{t: t, nats: natsSrv, js: js, smtp: smtpSrv, reg: reg, metrics: metrics, smtpM: smtpMetrics, cons: cons,
+		handler: h, logs: logs, stop: stop, handling: handling}
 }
 
 func signIn(eventID, deviceID string) *eventsv1.UserAuthenticated {
@@ -274,6 +273,20 @@ func (h *harness) publishWithHeader(data []byte, msgID string, extra map[string]
 	return ack
 }
 
+// publishPeople publishes the sign-ins of people from..to-1 and returns
+// their event ids and the last sequence.
+func (h *harness) publishPeople(from, to int) ([]string, uint64) {
+	h.t.Helper()
+	var ids []string
+	var last uint64
+	for i := from; i < to; i++ {
+		ev := person(i)
+		ids = append(ids, ev.EventId)
+		last = h.publish(ev, ev.EventId).Sequence
+	}
+	return ids, last
+}
+
 // waitSettled waits until every message up to seq is acknowledged or
 // terminated, so that nothing more can happen to it, and until no handler
 // is running any more: the server counts an ack or term before the
@@ -327,11 +340,28 @@ func (h *harness) deadLetters() []deadletter.Entry {
 	return entries
 }
 
+// record reads the person's record of ev.
+func (h *harness) record(ev *eventsv1.UserAuthenticated) *ledger.Record {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	r, _, err := h.handler.People.Get(ctx, ledger.Key(ev.GetIssuer(), ev.GetSubject()))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return r
+}
+
 func (h *harness) wantCounter(name string, c prometheus.Collector, want float64) {
 	h.t.Helper()
 	if got := testutil.ToFloat64(c); got != want {
 		h.t.Errorf("%s = %v, want %v", name, got, want)
 	}
+}
+
+// retries is retries_total for cause.
+func (h *harness) retries(cause string) prometheus.Collector {
+	return h.metrics.retries.WithLabelValues(cause)
 }
 
 // wantEachOnce checks that the SMTP server got exactly one email for each

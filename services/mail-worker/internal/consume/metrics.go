@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/decide"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
 )
 
 // Values of the "result" label of emails_total.
@@ -24,7 +24,19 @@ const (
 const (
 	ReasonUndecodable = deadletter.ReasonUndecodable
 	ReasonPermanent   = deadletter.ReasonPermanent
-	ReasonExhausted   = deadletter.ReasonExhausted
+	ReasonExpired     = deadletter.ReasonExpired
+	ReasonPoison      = deadletter.ReasonPoison
+	ReasonUnconfirmed = deadletter.ReasonUnconfirmed
+)
+
+// Values of the "cause" label of retries_total: why a message was handed
+// back to JetStream.
+const (
+	causeEmail    = "email"    // an attempt failed because of this email (a 4xx for it, an unknown outcome)
+	causeRelay    = "relay"    // the relay fails every email; charged to none
+	causeBusy     = "busy"     // another delivery holds the email
+	causeStore    = "store"    // the person's record or the dead letter could not be read or written
+	causeShutdown = "shutdown" // the worker is stopping
 )
 
 // Metrics are the event-side series of the mail-worker.
@@ -33,7 +45,7 @@ type Metrics struct {
 	emails      *prometheus.CounterVec
 	decisions   *prometheus.CounterVec
 	loginToMail prometheus.Histogram
-	retries     prometheus.Counter
+	retries     *prometheus.CounterVec
 	deadletters *prometheus.CounterVec
 	relayPaused prometheus.Gauge
 }
@@ -59,29 +71,36 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time from the sign-in (authenticated_at) to the SMTP server accepting its email.",
 			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600},
 		}),
-		retries: prometheus.NewCounter(prometheus.CounterOpts{
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "retries_total",
-			Help: "Messages handed back to JetStream for a later attempt after a transient failure.",
-		}),
+			Help: "Messages handed back to JetStream for a later attempt, by cause: email (this email failed; its delay grows), " +
+				"relay (the relay fails every email; charged to none), busy (another delivery holds the email), " +
+				"store (NATS could not be read or written) or shutdown.",
+		}, []string{"cause"}),
 		deadletters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "deadletters_total",
-			Help: "Messages stored in MAIL_DEADLETTER by reason: undecodable, permanent (SMTP 5xx, bad message) or exhausted (out of attempts).",
+			Help: "Messages stored in MAIL_DEADLETTER by reason: undecodable, permanent (SMTP 5xx, bad message), " +
+				"expired (still failing after WORKER_RETRY_HORIZON), poison (the worker died sending it, time after time) " +
+				"or unconfirmed (twice the relay did not say whether it took it: it may have arrived).",
 		}, []string{"reason"}),
 		relayPaused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "relay_paused",
-			Help: "1 while the SMTP relay is unusable and the worker holds its messages and pulls no new ones, else 0.",
+			Help: "1 while the SMTP relay fails every email and the worker pulls no messages (they wait in JetStream), else 0.",
 		}),
 	}
-	for _, k := range []decide.Kind{decide.Welcome, decide.NewDevice} {
+	for _, k := range []ledger.Kind{ledger.Welcome, ledger.NewDevice} {
 		for _, r := range []string{ResultSent, ResultDuplicate, ResultFailed} {
 			m.emails.WithLabelValues(string(k), r)
 		}
 	}
-	for _, k := range []decide.Kind{decide.Welcome, decide.NewDevice, decide.None} {
+	for _, k := range []ledger.Kind{ledger.Welcome, ledger.NewDevice, ledger.None} {
 		m.decisions.WithLabelValues(string(k))
 	}
-	for _, r := range []string{ReasonUndecodable, ReasonPermanent, ReasonExhausted} {
+	for _, r := range []string{ReasonUndecodable, ReasonPermanent, ReasonExpired, ReasonPoison, ReasonUnconfirmed} {
 		m.deadletters.WithLabelValues(r)
+	}
+	for _, c := range []string{causeEmail, causeRelay, causeBusy, causeStore, causeShutdown} {
+		m.retries.WithLabelValues(c)
 	}
 	for _, c := range []prometheus.Collector{m.received, m.emails, m.decisions, m.loginToMail, m.retries, m.deadletters, m.relayPaused} {
 		if err := reg.Register(c); err != nil {

@@ -14,100 +14,63 @@ import (
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 )
 
-// fetchErrorPause is how long Run waits after a failed pull request before
-// the next one (NATS reconnecting, a leader election).
+// fetchErrorPause is how long Run waits after a failed pull before the
+// next one (NATS reconnecting, a leader election).
 const fetchErrorPause = time.Second
 
-// Run handles messages from cons until ctx is done, up to
-// Config.Concurrency at a time, each in a goroutine that Run owns.
+// Run handles messages from cons until ctx is done, with
+// Config.Concurrency handlers, goroutines that Run owns.
 //
-// Run pulls exactly as many messages as it has free handlers (a Fetch per
-// round, never a client-side buffer), so that every message delivered to
-// this replica is being handled: none waits unreported past AckWait
-// (nats.go#1929), and during a relay outage none is pulled at all. Run
-// runs relay's prober; a Relay serves one Run.
+// Run pulls exactly as many messages as it has idle handlers, so that every
+// message delivered to this replica is being handled and reported in
+// progress: none waits unreported past AckWait (nats.go#1929). It asks
+// gate first: while the relay fails everyone it pulls nothing, and after a
+// passed probe one message at a time. Run runs gate's prober; a Gate
+// serves one Run.
 //
-// When ctx is done Run stops pulling, wakes handlers waiting for the relay
-// (they hand their messages back), lets the others finish their sends and
-// acknowledge (within ShutdownTimeout from then; after that their context
-// is cancelled and JetStream delivers their messages again after AckWait)
-// and returns nil. It returns an error only when the consumer disappears.
-//
-// handle gets a context that outlives ctx, so that a message in flight at
-// shutdown is finished rather than cut off.
-func Run(ctx context.Context, cons jetstream.Consumer, handle func(context.Context, jetstream.Msg), relay *Relay, cfg Config, log *slog.Logger) error {
-	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopWork()
+// When ctx is done Run stops pulling and lets the handlers finish (they see ctx too: a message not
+// yet at the relay is handed back at once, one the relay is answering is
+// finished and recorded), waiting at most ShutdownTimeout from then;
+// handlers still running after that are left to the caller, whose closing
+// of the NATS connection ends them (their messages come back after
+// AckWait). Run returns nil then, or an error when the consumer
+// disappears.
+func Run(ctx context.Context, cons jetstream.Consumer, handle func(context.Context, jetstream.Msg), gate *Gate, cfg Config, log *slog.Logger) error {
 	// ShutdownTimeout counts from the moment ctx is done.
 	var stoppedAt atomic.Int64
 	defer context.AfterFunc(ctx, func() { stoppedAt.Store(time.Now().UnixNano()) })()
 	n := max(1, cfg.Concurrency)
-	wait := cfg.FetchWait
-	if wait <= 0 {
-		wait = DefaultFetchWait
-	}
 
-	// The prober stops with Run; handlers waiting for the relay then hand
-	// their messages back.
-	relayCtx, stopRelay := context.WithCancel(ctx)
-	var relayDone sync.WaitGroup
-	relayDone.Go(func() { relay.run(relayCtx) })
-	defer relayDone.Wait()
-	defer stopRelay()
+	gateCtx, stopGate := context.WithCancel(ctx)
+	var gateDone sync.WaitGroup
+	gateDone.Go(func() { gate.run(gateCtx) })
+	defer gateDone.Wait()
+	defer stopGate()
 
-	slots := make(chan struct{}, n) // one token per busy handler
-	var handlers sync.WaitGroup
 	log.InfoContext(ctx, "consuming", "stream", eventsv1.StreamAuthEvents, "consumer", eventsv1.ConsumerMailWorker,
 		"subject", eventsv1.SubjectUserAuthenticated, "concurrency", n)
+	p := &puller{cons: cons, gate: gate, wait: cfg.FetchWait, log: log,
+		work: make(chan delivered, n), idle: make(idleHandlers, n)}
+	if p.wait <= 0 {
+		p.wait = DefaultFetchWait
+	}
+	var handlers sync.WaitGroup
+	for range n {
+		p.idle <- struct{}{}
+		handlers.Go(func() {
+			for d := range p.work {
+				handle(ctx, d.msg)
+				if d.done != nil {
+					d.done()
+				}
+				p.idle <- struct{}{}
+			}
+		})
+	}
+	runErr := p.run(ctx)
+	close(p.work)
+	stopGate()
 
-	runErr := func() error {
-		lastProblem := ""
-		for {
-			free := takeSlots(ctx, slots, n)
-			if free == 0 {
-				return nil // ctx done
-			}
-			if ctx.Err() != nil { // a slot and ctx.Done were both ready
-				giveSlots(slots, free)
-				return nil
-			}
-			if err := relay.Wait(ctx, nil); err != nil {
-				giveSlots(slots, free)
-				return nil
-			}
-			batch, err := cons.Fetch(free, jetstream.FetchMaxWait(wait))
-			got := 0
-			if err == nil {
-				for msg := range batch.Messages() {
-					got++
-					handlers.Go(func() {
-						defer func() { <-slots }()
-						handle(work, msg)
-					})
-				}
-				err = batch.Error()
-			}
-			giveSlots(slots, free-got)
-			switch {
-			case err == nil:
-				lastProblem = ""
-			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
-				return fmt.Errorf("consuming stopped: consumer %s is gone: %w", eventsv1.ConsumerMailWorker, err)
-			default:
-				if problem := err.Error(); problem != lastProblem {
-					lastProblem = problem
-					log.WarnContext(ctx, "cannot pull messages; trying again every second", "error", err)
-				}
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(fetchErrorPause):
-				}
-			}
-		}
-	}()
-
-	stopRelay()
 	done := make(chan struct{})
 	go func() {
 		handlers.Wait()
@@ -120,45 +83,129 @@ func Run(ctx context.Context, cons jetstream.Consumer, handle func(context.Conte
 	// However late the pulls ended, finished handlers get a moment to say so.
 	timer := time.NewTimer(max(250*time.Millisecond, left))
 	defer timer.Stop()
-	// A run of late pulls can use up the time before the handlers are
-	// checked: finished handlers win over an expired timer.
 	select {
 	case <-done:
-	default:
-		select {
-		case <-done:
-		case <-timer.C:
-			stopWork()
-			log.Warn("shutdown timeout: messages still in flight come back after AckWait", "timeout", cfg.ShutdownTimeout)
-			return runErr
-		}
+		log.Info("consumer drained")
+	case <-timer.C:
+		log.Warn("shutdown timeout: messages still in flight come back after AckWait", "timeout", cfg.ShutdownTimeout)
 	}
-	log.Info("consumer drained")
 	return runErr
 }
 
-// takeSlots waits for one free slot, then takes every other free one, up
-// to n. It returns 0 when ctx ends first.
-func takeSlots(ctx context.Context, slots chan struct{}, n int) int {
+// delivered is a message on its way to a handler; done, when set, runs
+// once it was handled.
+type delivered struct {
+	msg  jetstream.Msg
+	done func()
+}
+
+// idleHandlers counts the handlers waiting for a message.
+type idleHandlers chan struct{}
+
+// take waits until at least one handler is idle, then takes every idle one,
+// and returns how many; 0 when ctx ends first.
+func (h idleHandlers) take(ctx context.Context) int {
 	select {
-	case slots <- struct{}{}:
+	case <-h:
 	case <-ctx.Done():
 		return 0
 	}
-	free := 1
-	for free < n {
+	n := 1
+	for {
 		select {
-		case slots <- struct{}{}:
-			free++
+		case <-h:
+			n++
 		default:
-			return free
+			return n
 		}
 	}
-	return free
 }
 
-func giveSlots(slots chan struct{}, n int) {
+// give returns n handlers taken with take but given no message.
+func (h idleHandlers) give(n int) {
 	for range n {
-		<-slots
+		h <- struct{}{}
 	}
+}
+
+// puller is Run's pulling side.
+type puller struct {
+	cons jetstream.Consumer
+	gate *Gate
+	wait time.Duration
+	log  *slog.Logger
+	work chan delivered // buffered for every handler; fed only for idle ones
+	idle idleHandlers
+
+	lastProblem string
+}
+
+// run pulls until ctx is done, as the gate allows: as many messages as
+// there are idle handlers, or one for a trial. A Fetch per round, never a
+// client-side buffer: every message pulled goes to a handler at once.
+func (p *puller) run(ctx context.Context) error {
+	for {
+		free := p.idle.take(ctx)
+		if free == 0 {
+			return nil
+		}
+		limit, err := p.gate.Admit(ctx)
+		if err != nil {
+			p.idle.give(free)
+			return nil
+		}
+		trial := limit == 1
+		if trial {
+			p.idle.give(free - 1)
+			free = 1
+		}
+		got, err := p.fetch(ctx, free, trial)
+		p.idle.give(free - got)
+		if trial && got == 0 {
+			p.gate.TrialOver(ctx, false)
+		}
+		if err != nil {
+			if err := p.problem(ctx, err); err != nil {
+				return err
+			}
+		} else {
+			p.lastProblem = ""
+		}
+	}
+}
+
+// fetch pulls up to n messages and hands each to an idle handler. A trial
+// message tells the gate when it is handled.
+func (p *puller) fetch(ctx context.Context, n int, trial bool) (int, error) {
+	batch, err := p.cons.Fetch(n, jetstream.FetchMaxWait(p.wait))
+	if err != nil {
+		return 0, err
+	}
+	got := 0
+	for msg := range batch.Messages() {
+		got++
+		d := delivered{msg: msg}
+		if trial {
+			d.done = func() { p.gate.TrialOver(ctx, true) }
+		}
+		p.work <- d // a handler is idle: taken at once
+	}
+	return got, batch.Error()
+}
+
+// problem logs a failed pull once per distinct problem and pauses a
+// moment; it returns an error only when the consumer is gone.
+func (p *puller) problem(ctx context.Context, err error) error {
+	if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("consuming stopped: consumer %s is gone: %w", eventsv1.ConsumerMailWorker, err)
+	}
+	if problem := err.Error(); problem != p.lastProblem {
+		p.lastProblem = problem
+		p.log.WarnContext(ctx, "cannot pull messages; trying again every second", "error", err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(fetchErrorPause):
+	}
+	return nil
 }

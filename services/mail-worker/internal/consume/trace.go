@@ -15,7 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/history"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
 )
 
 // TracerName names the spans this package makes.
@@ -24,7 +24,8 @@ const TracerName = "github.com/doorbell/doorbell/services/mail-worker/internal/c
 // Span names.
 const (
 	spanConsume    = "consume " + eventsv1.SubjectUserAuthenticated
-	spanDecide     = "decide"
+	spanRead       = "kv read person"
+	spanWrite      = "kv write person"
 	spanRender     = "render"
 	spanSend       = "smtp send"
 	spanDeadLetter = "publish mail.deadletter"
@@ -86,8 +87,8 @@ func (h *Handler) startConsume(ctx context.Context, msg jetstream.Msg, d deliver
 			attribute.String("messaging.destination.name", eventsv1.SubjectUserAuthenticated),
 			attribute.String("messaging.consumer.group.name", d.consumer),
 			attribute.String("messaging.message.id", hdr.Get(jetstream.MsgIDHeader)),
-			attribute.Int64("messaging.nats.stream_sequence", int64(d.seq)),
-			attrAttempt.Int64(int64(d.attempts)),
+			attribute.Int64("messaging.nats.stream_sequence", int64(d.Seq)),
+			attrAttempt.Int64(int64(d.Num)),
 		))
 }
 
@@ -108,18 +109,17 @@ func endConsume(span trace.Span, eventID string, o outcome) {
 }
 
 // step runs f in a child span of ctx's named name, which ends with an
-// error status when f fails. For the bucket reads and writes.
+// error status when f fails (a write that lost to another writer is
+// marked, not failed). For the record's reads and writes.
 func (h *Handler) step(ctx context.Context, name string, f func(context.Context) error) error {
 	ctx, span := h.tracer().Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient))
 	defer span.End()
 	err := f(ctx)
-	var held *history.ClaimedError
 	switch {
-	case errors.As(err, &held):
-		span.SetAttributes(attribute.Bool("doorbell.claimed_elsewhere", true))
+	case errors.Is(err, ledger.ErrConflict):
+		span.SetAttributes(attribute.Bool("doorbell.conflict", true))
 	case err != nil:
-		// Bucket errors name keys (event ids, hashed user keys), never an
-		// address.
+		// Bucket errors name keys (hashed user keys), never an address.
 		span.SetStatus(codes.Error, err.Error())
 	}
 	return err

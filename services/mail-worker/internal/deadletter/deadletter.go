@@ -5,8 +5,8 @@
 // list, show, redrive and purge them (the "mail-worker dlq" command).
 //
 // A letter's Nats-Msg-Id is "dlq-<stream>-<sequence>" of the original, so
-// publishing the same letter again (a retry, another replica reacting to
-// the same advisory) stores it once within the stream's duplicate window.
+// publishing the same letter again (a retry, another delivery of the same
+// message) stores it once within the stream's duplicate window.
 package deadletter
 
 import (
@@ -39,7 +39,7 @@ const (
 
 // Headers of a dead letter, besides the original ones.
 const (
-	HeaderReason    = "Doorbell-Dlq-Reason"     // permanent | exhausted | undecodable
+	HeaderReason    = "Doorbell-Dlq-Reason"     // permanent | expired | poison | unconfirmed | undecodable (exhausted: earlier versions)
 	HeaderDetail    = "Doorbell-Dlq-Detail"     // a short phrase, never an address
 	HeaderAttempts  = "Doorbell-Dlq-Attempts"   // deliveries of the original
 	HeaderStreamSeq = "Doorbell-Dlq-Stream-Seq" // the original's sequence in HeaderStream
@@ -57,7 +57,9 @@ const (
 // Reasons, the values of HeaderReason.
 const (
 	ReasonPermanent   = "permanent"   // the relay refused the email for good (5xx), or it cannot be built
-	ReasonExhausted   = "exhausted"   // out of deliveries (WORKER_MAX_DELIVER)
+	ReasonExpired     = "expired"     // still failing after the retry horizon (WORKER_RETRY_HORIZON)
+	ReasonPoison      = "poison"      // the worker died or hung while sending it, time after time
+	ReasonUnconfirmed = "unconfirmed" // twice the relay did not say whether it took it: it may have arrived
 	ReasonUndecodable = "undecodable" // not a UserAuthenticated event, or one the worker cannot use
 )
 
@@ -92,9 +94,9 @@ func StreamConfig() jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		MaxAge:      MaxAge,
 		// Above the longest retry delay of a dead-letter publish (the
-		// worker's backoff and the advisory retries top out at 5 minutes by
-		// default), so a publish that timed out but was stored, then
-		// retried, is still stored once.
+		// worker's backoff tops out at 5 minutes by default), so a publish
+		// that timed out but was stored, then retried, is still stored
+		// once.
 		Duplicates: 15 * time.Minute,
 	}
 }

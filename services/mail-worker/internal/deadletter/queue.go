@@ -129,8 +129,8 @@ type Redriven struct {
 // Redrive publishes the letter at seq again to user.authenticated (original
 // bytes and headers, Nats-Msg-Id "redrive-<event id>-<seq>" because the
 // original id may still be in AUTH_EVENTS' duplicate window) and then
-// deletes it. The worker's sent-marker keeps an email that did go out from
-// going out twice. Letters without a usable event fail with
+// deletes it. The person's record (see package ledger) keeps an email that
+// did go out from going out twice. Letters without a usable event fail with
 // ErrNotRedrivable.
 func (q *Queue) Redrive(ctx context.Context, seq uint64) (Redriven, error) {
 	e, err := q.Get(ctx, seq)

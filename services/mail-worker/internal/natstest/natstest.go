@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,7 +33,10 @@ func Start(t testing.TB) string {
 // down when the test ends.
 func run(t testing.TB, opts *server.Options) *server.Server {
 	t.Helper()
-	opts.Host, opts.JetStream, opts.StoreDir, opts.NoLog, opts.NoSigs = "127.0.0.1", true, t.TempDir(), true, true
+	if opts.StoreDir == "" {
+		opts.StoreDir = t.TempDir()
+	}
+	opts.Host, opts.JetStream, opts.NoLog, opts.NoSigs = "127.0.0.1", true, true, true
 	s, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatalf("natstest: new server: %v", err)
@@ -51,9 +55,9 @@ func run(t testing.TB, opts *server.Options) *server.Server {
 // Connect connects to the server at url and returns the connection and a
 // JetStream client on it. The connection is closed when the test ends,
 // before any server the test started earlier shuts down.
-func Connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+func Connect(t testing.TB, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatalf("natstest: connect %s: %v", url, err)
 	}
@@ -63,6 +67,51 @@ func Connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 		t.Fatalf("natstest: jetstream: %v", err)
 	}
 	return nc, js
+}
+
+// Server is a server a test can stop and start again, on the same port
+// and with the same store, as a NATS outage or restart.
+type Server struct {
+	// URL is the client URL; it stays the same across restarts.
+	URL  string
+	t    testing.TB
+	opts server.Options
+	mu   sync.Mutex
+	s    *server.Server // nil while stopped
+}
+
+// StartServer runs a JetStream-enabled server as Start does and returns it
+// for Stop and Restart.
+func StartServer(t testing.TB) *Server {
+	t.Helper()
+	opts := server.Options{Port: server.RANDOM_PORT}
+	s := run(t, &opts)
+	srv := &Server{URL: s.ClientURL(), t: t, s: s, opts: opts}
+	srv.opts.Port = s.Addr().(*net.TCPAddr).Port
+	return srv
+}
+
+// Stop shuts the server down, as an outage.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.s != nil {
+		s.s.Shutdown()
+		s.s.WaitForShutdown()
+		s.s = nil
+	}
+}
+
+// Restart starts the server again after Stop, with its stored streams.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.s != nil {
+		return
+	}
+	opts := s.opts
+	s.s = run(s.t, &opts)
 }
 
 // JetStream starts a server as Start does and returns a JetStream client
@@ -117,5 +166,113 @@ func StartCluster(t testing.TB, n int) string {
 			t.Fatalf("natstest: the JetStream cluster has no meta leader after %s: %v", readyWait, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Proxy forwards TCP connections to a NATS server and can cut them off
+// without closing them, as a network partition does: bytes sent meanwhile
+// are lost, not buffered, and neither side notices until the partition
+// ends (then its connections are closed and clients reconnect).
+type Proxy struct {
+	// URL is the client URL to give the process under test.
+	URL string
+
+	target string
+	ln     net.Listener
+	mu     sync.Mutex
+	cut    bool
+	conns  []net.Conn
+}
+
+// StartProxy forwards a loopback port to the server at url until the test
+// ends.
+func StartProxy(t testing.TB, url string) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("natstest: proxy: %v", err)
+	}
+	p := &Proxy{URL: "nats://" + ln.Addr().String(), target: strings.TrimPrefix(url, "nats://"), ln: ln}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { p.forward(c) })
+		}
+	})
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.closeAll()
+		wg.Wait()
+	})
+	return p
+}
+
+// Partition drops every byte in both directions from now on.
+func (p *Proxy) Partition() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+}
+
+// Heal ends the partition: the connections that lived through it are
+// closed (their streams lost bytes), and new ones are forwarded.
+func (p *Proxy) Heal() {
+	p.mu.Lock()
+	p.cut = false
+	p.mu.Unlock()
+	p.closeAll()
+}
+
+func (p *Proxy) closeAll() {
+	p.mu.Lock()
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
+
+func (p *Proxy) forward(client net.Conn) {
+	server, err := net.Dial("tcp", p.target)
+	if err != nil {
+		_ = client.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, client, server)
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	wg.Go(func() { p.pipe(server, client) })
+	wg.Go(func() { p.pipe(client, server) })
+	wg.Wait()
+}
+
+// pipe copies from src to dst, dropping what arrives while partitioned.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer func() {
+		_ = dst.Close()
+		_ = src.Close()
+	}()
+	buf := make([]byte, 32*1024)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			cut := p.cut
+			p.mu.Unlock()
+			if !cut {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }

@@ -1,0 +1,388 @@
+package consume
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
+)
+
+// Sender delivers one email and returns once the relay accepted it. Its
+// errors are classified as smtpsend.Classify says. When ctx ends it stops,
+// unless the end of the data is already sent. *smtpsend.Sender is one.
+type Sender interface {
+	Send(ctx context.Context, m smtpsend.Message) (smtpsend.Receipt, error)
+}
+
+// Renderer turns a sign-in into an email of a kind. *render.Renderer is one.
+type Renderer interface {
+	Render(kind string, d render.Data) (render.Email, error)
+}
+
+// People reads and writes the records of people, with compare-and-set.
+// *ledger.Store is one.
+type People interface {
+	Get(ctx context.Context, key string) (*ledger.Record, uint64, error)
+	Put(ctx context.Context, key string, r ledger.Record, rev uint64) (uint64, error)
+}
+
+// DeadLetters stores messages given up, and reports whether the letter was
+// already stored. *deadletter.Publisher is one.
+type DeadLetters interface {
+	Publish(ctx context.Context, l deadletter.Letter) (duplicate bool, err error)
+}
+
+// InStream reports whether the message at a sequence is still in
+// AUTH_EVENTS. StreamHas makes one.
+type InStream func(ctx context.Context, seq uint64) (bool, error)
+
+// Retry is the policy for failed attempts.
+type Retry struct {
+	// BackoffBase and BackoffMax space the attempts at one email (see
+	// Backoff); an outage of the relay does not make them grow.
+	BackoffBase, BackoffMax time.Duration
+	// Horizon is how long an event is tried: after a failed attempt at an
+	// event stored longer ago than this, it is given up as expired.
+	Horizon time.Duration
+}
+
+// Handler handles user.authenticated messages, one delivery per Handle
+// call, along one path: decode → claim the email in the person's record
+// (decide, at first sight) → render → send → record the result →
+// acknowledge, hand back or dead-letter. Every message ends acknowledged,
+// handed back with a delay, or dead-lettered and terminated, and produces
+// one log line at info level or above.
+//
+// All fields but Now, Jitter, Tracer, Propagator and LogEmails are
+// required. A Handler is safe for concurrent use if its parts are.
+type Handler struct {
+	Sender      Sender
+	Renderer    Renderer
+	People      People
+	InStream    InStream
+	DeadLetters DeadLetters
+	Gate        *Gate
+	Metrics     *Metrics
+	Log         *slog.Logger
+	SiteName    string
+	Retry       Retry
+	// AckWait is the consumer's: a message that another delivery holds is
+	// handed back for this long. The message is reported in progress every
+	// third of it while it is handled.
+	AckWait time.Duration
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// Jitter returns a factor in [-1, 1] for Backoff; uniform random when nil.
+	Jitter func() float64
+	// Tracer makes a consumer span per delivery, continuing the trace of
+	// the sign-in whose context the message carries, with child spans for
+	// the record's reads and writes, render, smtp send and the dead-letter
+	// publish. No spans when nil.
+	Tracer trace.Tracer
+	// Propagator reads the trace context from the message headers; nil
+	// means W3C Trace Context (traceparent, tracestate), as the contract
+	// says.
+	Propagator propagation.TextMapPropagator
+	// LogEmails adds the recipient's address to the info-level line each
+	// message logs. Off by default: the address then appears at debug
+	// level only.
+	LogEmails bool
+}
+
+// delivery is one delivery of a message.
+type delivery struct {
+	msg jetstream.Msg
+	ledger.Delivery
+	stored   time.Time // when JetStream stored the message (its clock)
+	stream   string
+	consumer string
+}
+
+// claimed is an email this delivery holds in the person's record, at rev.
+type claimed struct {
+	key   string
+	rev   uint64
+	rec   ledger.Record
+	email ledger.Email
+}
+
+// Handle handles one delivery of msg. ctx ends when the worker stops: a
+// message not yet sent is then handed back at once, one whose data the
+// relay has is finished and recorded (on a context of its own).
+func (h *Handler) Handle(ctx context.Context, msg jetstream.Msg) {
+	h.Metrics.received.Inc()
+	d := newDelivery(msg)
+	ctx, span := h.startConsume(ctx, msg, d)
+	defer span.End()
+	stopLease := keepInProgress(msg, h.AckWait/3)
+
+	eventID := "" // only from a valid event
+	ev, err := decode(msg.Data())
+	var o outcome
+	if err != nil {
+		o = h.giveUp(ctx, d, nil, ReasonUndecodable, err.Error(), err)
+	} else {
+		eventID = ev.GetEventId()
+		span.SetAttributes(attrEventID.String(eventID))
+		o = h.deliver(ctx, d, ev)
+		o.hide = ev.GetEmail()
+	}
+	stopLease()
+	endConsume(span, eventID, o)
+	h.logOutcome(ctx, eventID, d, o)
+	if eventID != "" {
+		h.Log.DebugContext(ctx, "event details", "event_id", eventID, "email", ev.GetEmail(),
+			"provider", ev.GetProvider(), "device_id", ev.GetClient().GetDeviceId())
+	}
+}
+
+// deliver takes a valid event from the claim to its settlement. Once the
+// email is claimed, every path records how the attempt ended, so that the
+// claim never outlives this delivery unless the worker dies.
+func (h *Handler) deliver(ctx context.Context, d delivery, ev *eventsv1.UserAuthenticated) outcome {
+	if o, cause, stop := h.mustWait(ctx, ""); stop {
+		return h.handBack(d, o, h.delayFor(cause, ledger.Email{}), cause)
+	}
+	// Bookkeeping outlives a shutdown: what the relay accepted is recorded.
+	book := context.WithoutCancel(ctx)
+	c, o, ok := h.claim(book, d, ev)
+	if !ok {
+		return o
+	}
+	if o, cause, stop := h.mustWait(ctx, c.email.Kind); stop {
+		return h.release(book, d, c, ledger.NotTried, o, cause)
+	}
+	email, err := h.render(ctx, c.email.Kind, ev)
+	if err != nil {
+		return h.giveUp(book, d, &c, ReasonPermanent, "cannot render", err)
+	}
+	receipt, err := h.send(ctx, d, c.email, ev, email)
+	return h.settle(ctx, d, c, receipt, err)
+}
+
+// mustWait says whether the message must go back to JetStream before
+// its send, and why: the worker is stopping, or the relay fails everyone.
+func (h *Handler) mustWait(ctx context.Context, kind ledger.Kind) (outcome, string, bool) {
+	switch {
+	case ctx.Err() != nil:
+		return outcome{kind: kind, result: logShutdown, reason: "worker is stopping; handed back"}, causeShutdown, true
+	case h.Gate.Paused():
+		return outcome{kind: kind, result: logRetry, reason: "the relay fails every email; handed back"}, causeRelay, true
+	}
+	return outcome{}, "", false
+}
+
+// claim reads the person's record and, as ledger.Claim decides, claims the
+// email (ok) or settles the message: a duplicate, nothing to send, held
+// elsewhere, given up before. A record changed by another writer in
+// between is read again.
+func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthenticated) (claimed, outcome, bool) {
+	key := ledger.Key(ev.GetIssuer(), ev.GetSubject())
+	s := ledger.SignIn{EventID: ev.GetEventId(), At: signInTime(ev, d), DeviceID: ev.GetClient().GetDeviceId()}
+	for range maxConflicts {
+		rec, rev, err := h.readRecord(ctx, key)
+		if err != nil {
+			return claimed{}, h.retryLater(d, outcome{result: logRetry, reason: "cannot read the person's record", err: err}), false
+		}
+		plan := ledger.Claim(rec, s, d.Delivery)
+		if plan.Step == ledger.WaitOther && h.otherGone(ctx, plan.Email.Seq) {
+			plan = ledger.TakeOver(rec, plan.Email, d.Delivery)
+		}
+		o := outcome{kind: plan.Kind}
+		switch plan.Step {
+		case ledger.Duplicate:
+			h.Metrics.emails.WithLabelValues(string(plan.Kind), ResultDuplicate).Inc()
+			trace.SpanFromContext(ctx).SetAttributes(attrDuplicate.Bool(true))
+			o.result = logDuplicate
+			return claimed{}, h.ack(ctx, d, o), false
+		case ledger.Terminate:
+			o.result, o.reason = logFailed, "given up before; terminating again"
+			return claimed{}, h.term(d, o), false
+		case ledger.Wait:
+			o.result, o.reason = logWaiting, "another delivery of this message may still be sending it"
+			return claimed{}, h.handBack(d, o, h.AckWait, causeBusy), false
+		case ledger.WaitOther:
+			o.result, o.reason = logWaiting, "another message with this event is being sent"
+			return claimed{}, h.handBack(d, o, Backoff(h.Retry.BackoffBase, h.AckWait, d.Num, h.jitter()), causeBusy), false
+		case ledger.Nothing:
+			if plan.Changed {
+				if _, err := h.writeRecord(ctx, key, plan.Record, rev); errors.Is(err, ledger.ErrConflict) {
+					continue
+				} else if err != nil {
+					o.result, o.reason, o.err = logRetry, "cannot update the person's record", err
+					return claimed{}, h.retryLater(d, o), false
+				}
+			}
+			h.countDecision(plan)
+			o.result = logNothing
+			return claimed{}, h.ack(ctx, d, o), false
+		}
+		// Send or Poison: claim the email first.
+		next, err := h.writeRecord(ctx, key, plan.Record, rev)
+		if errors.Is(err, ledger.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			// The write may have landed: then the next delivery finds this
+			// one's claim, waits one AckWait and takes over.
+			o.result, o.reason, o.err = logRetry, "cannot claim the email in the person's record", err
+			return claimed{}, h.retryLater(d, o), false
+		}
+		h.countDecision(plan)
+		c := claimed{key: key, rev: next, rec: plan.Record, email: plan.Email}
+		if plan.Step == ledger.Poison {
+			return claimed{}, h.giveUp(ctx, d, &c, ReasonPoison, "the worker died or hung while sending it, time after time", nil), false
+		}
+		return c, outcome{}, true
+	}
+	return claimed{}, h.retryLater(d, outcome{result: logRetry, reason: "the person's record keeps changing"}), false
+}
+
+// countDecision counts what was decided for a sign-in, once it is stored.
+func (h *Handler) countDecision(p ledger.Plan) {
+	if p.Decided {
+		h.Metrics.decisions.WithLabelValues(string(p.Kind)).Inc()
+	}
+}
+
+// maxConflicts bounds the read-decide-write rounds of one claim. Every
+// round one writer wins, so N handlers at one person need at most N.
+const maxConflicts = 32
+
+// render builds the email, in the render span.
+func (h *Handler) render(ctx context.Context, kind ledger.Kind, ev *eventsv1.UserAuthenticated) (render.Email, error) {
+	_, span := h.tracer().Start(ctx, spanRender, trace.WithAttributes(attrKind.String(string(kind))))
+	defer span.End()
+	email, err := h.Renderer.Render(string(kind), render.Data{
+		SiteName:  h.SiteName,
+		Name:      ev.GetName(),
+		Email:     ev.GetEmail(),
+		When:      authenticatedAt(ev),
+		IP:        ev.GetClient().GetIp(),
+		UserAgent: ev.GetClient().GetUserAgent(),
+		Locale:    ev.GetLocale(),
+		Provider:  ev.GetProvider(),
+	})
+	if err != nil {
+		span.SetStatus(codes.Error, "cannot render")
+	}
+	return email, err
+}
+
+// send hands the email to the relay, in the smtp send span.
+func (h *Handler) send(ctx context.Context, d delivery, e ledger.Email, ev *eventsv1.UserAuthenticated, email render.Email) (smtpsend.Receipt, error) {
+	ctx, span := h.tracer().Start(ctx, spanSend, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attrKind.String(string(e.Kind)), attrAttempt.Int64(int64(d.Num))))
+	defer span.End()
+	receipt, err := h.Sender.Send(ctx, smtpsend.Message{
+		EventID: e.EventID,
+		ToName:  ev.GetName(),
+		ToAddr:  ev.GetEmail(),
+		Subject: email.Subject,
+		Text:    email.Text,
+		HTML:    email.HTML,
+	})
+	span.SetAttributes(attrSMTPOutcome.String(smtpsend.OutcomeOf(err)))
+	if err != nil {
+		span.SetStatus(codes.Error, failureReason(err))
+		return receipt, err
+	}
+	if at := ev.GetAuthenticatedAt(); at != nil && at.IsValid() {
+		telemetry.Observe(ctx, h.Metrics.loginToMail, receipt.AcceptedAt.Sub(at.AsTime()).Seconds())
+	}
+	return receipt, nil
+}
+
+// newDelivery reads msg's metadata.
+func newDelivery(msg jetstream.Msg) delivery {
+	d := delivery{msg: msg, Delivery: ledger.Delivery{Num: 1}, stream: eventsv1.StreamAuthEvents, consumer: eventsv1.ConsumerMailWorker}
+	if md, err := msg.Metadata(); err == nil {
+		d.Seq, d.Num, d.stored, d.stream, d.consumer = md.Sequence.Stream, md.NumDelivered, md.Timestamp, md.Stream, md.Consumer
+	}
+	return d
+}
+
+// keepInProgress reports msg in progress every interval until the returned
+// function is called, so that JetStream gives a message in hand to no one
+// else, however long its send (the final reply may take minutes) or its
+// bookkeeping (NATS coming back) takes.
+func keepInProgress(msg jetstream.Msg, every time.Duration) (stop func()) {
+	every = max(every, 100*time.Millisecond)
+	done := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// otherGone reports whether the message at seq has left the stream, so
+// that its claim can be taken over; when unsure, it is not.
+func (h *Handler) otherGone(ctx context.Context, seq uint64) bool {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	there, err := h.InStream(ctx, seq)
+	return err == nil && !there
+}
+
+// StreamHas returns an InStream over stream.
+func StreamHas(stream jetstream.Stream) InStream {
+	return func(ctx context.Context, seq uint64) (bool, error) {
+		_, err := stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return false, nil
+		}
+		return err == nil, err
+	}
+}
+
+// signInTime is the event's authenticated_at, or when JetStream stored it
+// for an event without one.
+func signInTime(ev *eventsv1.UserAuthenticated, d delivery) time.Time {
+	if at := authenticatedAt(ev); !at.IsZero() {
+		return at
+	}
+	return d.stored
+}
+
+func authenticatedAt(ev *eventsv1.UserAuthenticated) time.Time {
+	if at := ev.GetAuthenticatedAt(); at != nil && at.IsValid() {
+		return at.AsTime()
+	}
+	return time.Time{}
+}
+
+func (h *Handler) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
+}
+
+func (h *Handler) jitter() float64 {
+	if h.Jitter != nil {
+		return h.Jitter()
+	}
+	return rand.Float64()*2 - 1
+}

@@ -1,0 +1,381 @@
+// Package ledger is the mail-worker's memory of each person: when they
+// first signed in, the browsers they used, and every email the worker
+// decided to send them with where it stands (sending, to be retried, sent,
+// given up). One record per person, in one JetStream key-value bucket
+// (Store), read once and written with compare-and-set before and after
+// each send: it is at once the duplicate guard, the claim that keeps two
+// handlers from sending the same email, and the state that decides what
+// the next sign-in deserves.
+//
+// The rules (Decide, Claim, Record.Finish) are pure: no I/O and no clock.
+// Time comes from the sign-ins themselves (authenticated_at) and
+// ownership from JetStream's delivery counts, so that no worker's clock is
+// ever compared with another's or with the server's.
+package ledger
+
+import (
+	"slices"
+	"time"
+)
+
+// Kind names what to send for one sign-in.
+type Kind string
+
+const (
+	// Welcome goes to a person seen for the first time.
+	Welcome Kind = "welcome"
+	// NewDevice is a security alert: a known person signed in from a
+	// browser not seen before.
+	NewDevice Kind = "new_device"
+	// None means there is nothing to send.
+	None Kind = "none"
+)
+
+// Limits of a record.
+const (
+	// MaxDevices bounds Record.Devices; the least recently used go first.
+	MaxDevices = 20
+	// MaxEmails bounds Record.Emails; the oldest settled ones go first.
+	// Emails still being sent or retried are never dropped.
+	MaxEmails = 50
+	// KeepSettled is how long a settled email stays in the record, counted
+	// from its sign-in to the person's newest one: longer than a dead
+	// letter lives (30 days), so that a redriven or redelivered event
+	// still finds it and is never sent twice.
+	KeepSettled = 31 * 24 * time.Hour
+	// MaxAbandoned is how often deliveries of one email may end with the
+	// worker gone (crashed, killed, hung past AckWait) while it was being
+	// sent, before the email is given up as poison.
+	MaxAbandoned = 3
+)
+
+// State is where an email stands.
+type State string
+
+const (
+	// Sending: a delivery (Email.Seq, Email.Delivery) holds the email and
+	// is sending it, or died doing so.
+	Sending State = "sending"
+	// Retry: an attempt failed; the next delivery sends it again.
+	Retry State = "retry"
+	// Sent: the relay accepted it.
+	Sent State = "sent"
+	// Failed: it was given up and dead-lettered. A redrive (the event in a
+	// new message) tries it again.
+	Failed State = "failed"
+)
+
+// Record is what the worker knows about one person, keyed by issuer and
+// subject (see Key). It is stored as JSON; first_seen and devices are the
+// fields of the records earlier versions wrote, so those are read as they
+// are.
+type Record struct {
+	// FirstSeen is the time of the sign-in that was welcomed (or, in
+	// records of earlier versions, when it was handled).
+	FirstSeen time.Time `json:"first_seen"`
+	// LastSeen is the newest sign-in time recorded.
+	LastSeen time.Time `json:"last_seen,omitzero"`
+	// Devices holds device ids, least recently used first.
+	Devices []string `json:"devices"`
+	// Emails holds the emails decided for this person, oldest first.
+	Emails []Email `json:"emails,omitempty"`
+}
+
+// Email is one email decided for a sign-in.
+type Email struct {
+	EventID string    `json:"event_id"`
+	Kind    Kind      `json:"kind"`
+	At      time.Time `json:"at"` // the sign-in's authenticated_at
+	State   State     `json:"state"`
+	// Seq and Delivery name the delivery that last claimed it: the
+	// message's stream sequence and its delivery count. While the state is
+	// Sending they are the claim.
+	Seq      uint64 `json:"seq"`
+	Delivery uint64 `json:"delivery"`
+	// Tries counts attempts that failed because of this email (not the
+	// relay's outages); it sets the retry delay.
+	Tries int `json:"tries,omitempty"`
+	// Unsure counts attempts whose outcome is unknown: the connection
+	// broke or timed out after the data was sent, before the relay said
+	// whether it took the email. After one, the email is sent once more,
+	// later; a second one gives it up (the worker's caller decides).
+	Unsure int `json:"unsure,omitempty"`
+	// Abandoned counts deliveries that died while they held the email.
+	Abandoned int       `json:"abandoned,omitempty"`
+	MessageID string    `json:"message_id,omitempty"`
+	SentAt    time.Time `json:"sent_at,omitzero"`
+}
+
+// SignIn is what the rules need of a user.authenticated event.
+type SignIn struct {
+	EventID  string
+	At       time.Time // authenticated_at
+	DeviceID string
+}
+
+// Delivery identifies one delivery of a message by JetStream: the
+// message's stream sequence and how often it has been delivered (from 1).
+type Delivery struct {
+	Seq uint64
+	Num uint64
+}
+
+// Decide returns what a sign-in deserves, given the person's record (nil
+// when there is none):
+//
+//   - no record: a welcome;
+//   - a sign-in older than the welcomed one (it arrived late, for example
+//     from the gateway's spool): nothing, it belongs to the first visit;
+//   - a device id that is empty or not among the known ones: an alert (a
+//     spurious alert is cheaper than a missed one);
+//   - a known device: nothing.
+//
+// Decide looks at authenticated_at, never at the order of arrival, so an
+// event that is late or retried never makes an email describe the wrong
+// sign-in.
+func Decide(rec *Record, s SignIn) Kind {
+	switch {
+	case rec == nil:
+		return Welcome
+	case s.At.Before(rec.FirstSeen):
+		return None
+	case s.DeviceID == "" || !slices.Contains(rec.Devices, s.DeviceID):
+		return NewDevice
+	default:
+		return None
+	}
+}
+
+// Remember returns rec (nil for a new person) with the sign-in added: the
+// device becomes the most recently used unless the sign-in is older than
+// the newest recorded, and the oldest devices beyond MaxDevices are
+// forgotten. rec is not modified.
+func Remember(rec *Record, s SignIn) Record {
+	if rec == nil {
+		rec = &Record{FirstSeen: s.At.UTC()}
+	}
+	next := rec.clone()
+	newest := !s.At.Before(next.LastSeen)
+	if newest {
+		next.LastSeen = s.At.UTC()
+	}
+	if s.DeviceID != "" {
+		known := slices.Contains(next.Devices, s.DeviceID)
+		switch {
+		case newest:
+			next.Devices = append(slices.DeleteFunc(next.Devices, func(d string) bool { return d == s.DeviceID }), s.DeviceID)
+		case !known:
+			next.Devices = slices.Insert(next.Devices, 0, s.DeviceID)
+		}
+	}
+	if over := len(next.Devices) - MaxDevices; over > 0 {
+		next.Devices = slices.Clone(next.Devices[over:])
+	}
+	if next.Devices == nil {
+		next.Devices = []string{}
+	}
+	return next
+}
+
+// clone is a deep copy.
+func (r Record) clone() Record {
+	r.Devices = slices.Clone(r.Devices)
+	r.Emails = slices.Clone(r.Emails)
+	return r
+}
+
+// Email returns the email decided for eventID, if any.
+func (r *Record) Email(eventID string) (Email, bool) {
+	if r == nil {
+		return Email{}, false
+	}
+	for _, e := range r.Emails {
+		if e.EventID == eventID {
+			return e, true
+		}
+	}
+	return Email{}, false
+}
+
+// with returns r with e in place of the email of the same event (or added),
+// then pruned: settled emails older than KeepSettled before the newest
+// sign-in go, and beyond MaxEmails the oldest settled ones.
+func (r Record) with(e Email) Record {
+	next := r.clone()
+	if i := slices.IndexFunc(next.Emails, func(x Email) bool { return x.EventID == e.EventID }); i >= 0 {
+		next.Emails[i] = e
+	} else {
+		next.Emails = append(next.Emails, e)
+	}
+	settled := func(x Email) bool { return x.State == Sent || x.State == Failed }
+	horizon := next.LastSeen.Add(-KeepSettled)
+	next.Emails = slices.DeleteFunc(next.Emails, func(x Email) bool {
+		return settled(x) && x.At.Before(horizon) && x.EventID != e.EventID
+	})
+	for over := len(next.Emails) - MaxEmails; over > 0; over-- {
+		i := slices.IndexFunc(next.Emails, func(x Email) bool { return settled(x) && x.EventID != e.EventID })
+		if i < 0 {
+			break
+		}
+		next.Emails = slices.Delete(next.Emails, i, i+1)
+	}
+	return next
+}
+
+// Step is what a delivery does next, as Claim decides it.
+type Step int
+
+const (
+	// Send: the delivery holds the email now (Plan.Record says so); send
+	// it and then Finish.
+	Send Step = iota + 1
+	// Nothing: nothing to send; store Plan.Record if Plan.Changed, then
+	// acknowledge.
+	Nothing
+	// Duplicate: the email was sent before; acknowledge.
+	Duplicate
+	// Wait: another delivery of the same message holds the email and may
+	// still be at work; hand the message back for one AckWait.
+	Wait
+	// WaitOther: another message carrying the same event (Plan.Email.Seq)
+	// holds it. Hand this one back, unless that message is gone from the
+	// stream: then TakeOver.
+	WaitOther
+	// Terminate: the email was given up and dead-lettered by this very
+	// message, whose termination got lost; terminate it again.
+	Terminate
+	// Poison: deliveries died holding the email MaxAbandoned times; give
+	// it up (dead-letter it, then Finish with Failed).
+	Poison
+)
+
+// Plan is the outcome of Claim.
+type Plan struct {
+	Step Step
+	Kind Kind
+	// Record is the record to store before sending (Send, Poison) or
+	// acknowledging (Nothing, when Changed).
+	Record  Record
+	Changed bool
+	// Decided says that Kind was decided now: the event was new to the
+	// record.
+	Decided bool
+	// Email is the email concerned (not for Nothing).
+	Email Email
+}
+
+// Claim decides what delivery d of the sign-in s does, given the person's
+// record (nil when there is none). The caller stores Plan.Record with
+// compare-and-set against the revision it read; if another writer came
+// first it reads again and asks again.
+//
+// Ownership follows JetStream's own lease: a message is delivered again
+// only after its holder stopped reporting progress for AckWait. A claim
+// left by delivery n is therefore taken over by delivery n+2 of the same
+// message, after one more AckWait in which the holder could still finish
+// its bookkeeping, and counted as abandoned.
+func Claim(rec *Record, s SignIn, d Delivery) Plan {
+	e, ok := rec.Email(s.EventID)
+	if !ok {
+		kind := Decide(rec, s)
+		next := Remember(rec, s)
+		if kind == None {
+			return Plan{Step: Nothing, Kind: None, Record: next, Changed: rec == nil || !equalSeen(*rec, next), Decided: true}
+		}
+		e = Email{EventID: s.EventID, Kind: kind, At: s.At.UTC(), State: Sending, Seq: d.Seq, Delivery: d.Num}
+		return Plan{Step: Send, Kind: kind, Record: next.with(e), Email: e, Decided: true}
+	}
+	switch e.State {
+	case Sent:
+		return Plan{Step: Duplicate, Kind: e.Kind, Email: e}
+	case Failed:
+		if e.Seq == d.Seq {
+			return Plan{Step: Terminate, Kind: e.Kind, Email: e}
+		}
+		// Redriven: a new message, a fresh start.
+		e.Tries, e.Abandoned = 0, 0
+		return send(*rec, e, d)
+	case Retry:
+		return send(*rec, e, d)
+	}
+	// Sending.
+	switch {
+	case e.Seq != d.Seq:
+		return Plan{Step: WaitOther, Kind: e.Kind, Email: e}
+	case e.Delivery == d.Num:
+		return send(*rec, e, d) // our own claim, written by a retried write
+	case d.Num <= e.Delivery+1:
+		return Plan{Step: Wait, Kind: e.Kind, Email: e}
+	}
+	return TakeOver(rec, e, d)
+}
+
+// TakeOver claims an email whose holder is gone, counting it abandoned;
+// after MaxAbandoned the plan is Poison.
+func TakeOver(rec *Record, e Email, d Delivery) Plan {
+	e.Abandoned++
+	p := send(*rec, e, d)
+	if e.Abandoned >= MaxAbandoned {
+		p.Step = Poison
+	}
+	return p
+}
+
+func send(rec Record, e Email, d Delivery) Plan {
+	e.State, e.Seq, e.Delivery = Sending, d.Seq, d.Num
+	return Plan{Step: Send, Kind: e.Kind, Record: rec.with(e), Email: e}
+}
+
+// equalSeen reports whether a and b know the same devices in the same
+// order and the same newest sign-in.
+func equalSeen(a, b Record) bool {
+	return a.LastSeen.Equal(b.LastSeen) && a.FirstSeen.Equal(b.FirstSeen) && slices.Equal(a.Devices, b.Devices)
+}
+
+// Result is how an attempt at an email ended, for Record.Finish.
+type Result int
+
+const (
+	// Accepted: the relay took the email (MessageID, SentAt).
+	Accepted Result = iota + 1
+	// Failed because of the email (a 4xx for it, a broken transfer): try
+	// again later, counting a try.
+	FailedTry
+	// Unknown: the outcome is unknown (a timeout or broken connection
+	// after the data): send it once more, later, counting it in Unsure.
+	Unknown
+	// NotTried: the attempt never reached the relay, or the relay failed
+	// everyone (an outage, a shutdown): try again later, counting nothing.
+	NotTried
+	// GivenUp: the email was dead-lettered.
+	GivenUp
+)
+
+// Finish returns the record after the attempt by delivery d at the email
+// of eventID ended with res; held says whether d still held the email, and
+// changed whether there is anything to store. A delivery that no longer
+// holds it (another took it over, or its own earlier write already
+// finished it) changes nothing, except that an accepted email is always
+// recorded as sent: that is the truth, whoever holds it.
+func (r Record) Finish(eventID string, d Delivery, res Result, messageID string, sentAt time.Time) (next Record, held, changed bool) {
+	e, ok := r.Email(eventID)
+	held = ok && e.State == Sending && e.Seq == d.Seq && e.Delivery == d.Num
+	if !ok || (!held && (res != Accepted || e.State == Sent)) {
+		return r, held, false
+	}
+	switch res {
+	case Accepted:
+		e.State, e.MessageID, e.SentAt = Sent, messageID, sentAt.UTC()
+	case FailedTry:
+		e.State = Retry
+		e.Tries++
+	case Unknown:
+		e.State = Retry
+		e.Unsure++
+	case NotTried:
+		e.State = Retry
+	case GivenUp:
+		e.State = Failed
+	}
+	return r.with(e), held, true
+}

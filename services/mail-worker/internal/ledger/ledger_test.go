@@ -1,0 +1,229 @@
+package ledger
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+
+func at(minutes int) time.Time { return t0.Add(time.Duration(minutes) * time.Minute) }
+
+func signIn(id string, minute int, device string) SignIn {
+	return SignIn{EventID: id, At: at(minute), DeviceID: device}
+}
+
+func TestDecide(t *testing.T) {
+	known := &Record{FirstSeen: at(0), LastSeen: at(10), Devices: []string{"dev-a", "dev-b"}}
+	tests := []struct {
+		name string
+		rec  *Record
+		s    SignIn
+		want Kind
+	}{
+		{"a person seen for the first time is welcomed", nil, signIn("e", 0, "dev-a"), Welcome},
+		{"a first sign-in without a device id is still a welcome", nil, signIn("e", 0, ""), Welcome},
+		{"a known person on a known device gets nothing", known, signIn("e", 20, "dev-b"), None},
+		{"a known person on an unknown device gets an alert", known, signIn("e", 20, "dev-c"), NewDevice},
+		{"a known person without a device id gets an alert", known, signIn("e", 20, ""), NewDevice},
+		{"a person with no devices recorded gets an alert", &Record{FirstSeen: at(0)}, signIn("e", 1, "dev-a"), NewDevice},
+		{"a sign-in older than the welcomed one gets nothing", known, signIn("e", -5, "dev-z"), None},
+		{"a late sign-in after the welcome on an unknown device gets an alert", known, signIn("e", 5, "dev-z"), NewDevice},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Decide(tt.rec, tt.s); got != tt.want {
+				t.Errorf("Decide(%+v, %+v) = %q, want %q", tt.rec, tt.s, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRemember(t *testing.T) {
+	many := make([]string, MaxDevices)
+	for i := range many {
+		many[i] = fmt.Sprintf("dev-%02d", i)
+	}
+	tests := []struct {
+		name        string
+		rec         *Record
+		s           SignIn
+		wantDevices []string
+		wantFirst   time.Time
+		wantLast    time.Time
+	}{
+		{"a new person starts a record", nil, signIn("e", 0, "dev-a"), []string{"dev-a"}, at(0), at(0)},
+		{"a new person without a device has no devices", nil, signIn("e", 0, ""), []string{}, at(0), at(0)},
+		{"a known device becomes the most recent", &Record{FirstSeen: at(0), LastSeen: at(1), Devices: []string{"dev-a", "dev-b"}},
+			signIn("e", 2, "dev-a"), []string{"dev-b", "dev-a"}, at(0), at(2)},
+		{"an older sign-in does not reorder", &Record{FirstSeen: at(0), LastSeen: at(9), Devices: []string{"dev-a", "dev-b"}},
+			signIn("e", 5, "dev-a"), []string{"dev-a", "dev-b"}, at(0), at(9)},
+		{"an older sign-in's new device is the least recent", &Record{FirstSeen: at(0), LastSeen: at(9), Devices: []string{"dev-a"}},
+			signIn("e", 5, "dev-c"), []string{"dev-c", "dev-a"}, at(0), at(9)},
+		{"the least recently used device is forgotten", &Record{FirstSeen: at(0), LastSeen: at(1), Devices: many},
+			signIn("e", 2, "dev-new"), append(slices.Clone(many[1:]), "dev-new"), at(0), at(2)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var before Record
+			if tt.rec != nil {
+				before = tt.rec.clone()
+			}
+			got := Remember(tt.rec, tt.s)
+			if !slices.Equal(got.Devices, tt.wantDevices) || !got.FirstSeen.Equal(tt.wantFirst) || !got.LastSeen.Equal(tt.wantLast) {
+				t.Errorf("Remember = first %v last %v devices %v; want %v %v %v",
+					got.FirstSeen, got.LastSeen, got.Devices, tt.wantFirst, tt.wantLast, tt.wantDevices)
+			}
+			if tt.rec != nil && !slices.Equal(tt.rec.Devices, before.Devices) {
+				t.Errorf("Remember modified its input: %v, was %v", tt.rec.Devices, before.Devices)
+			}
+		})
+	}
+}
+
+func TestClaim(t *testing.T) {
+	d := func(seq, num uint64) Delivery { return Delivery{Seq: seq, Num: num} }
+	withEmail := func(e Email) *Record {
+		r := Record{FirstSeen: at(0), LastSeen: at(0), Devices: []string{"dev-a"}}.with(e)
+		return &r
+	}
+	email := func(state State, seq, delivery uint64) Email {
+		return Email{EventID: "e1", Kind: Welcome, At: at(0), State: state, Seq: seq, Delivery: delivery}
+	}
+	known := &Record{FirstSeen: at(0), LastSeen: at(0), Devices: []string{"dev-a"}}
+	tests := []struct {
+		name          string
+		rec           *Record
+		s             SignIn
+		d             Delivery
+		wantStep      Step
+		wantKind      Kind
+		wantAbandoned int
+	}{
+		{"a first sign-in claims a welcome", nil, signIn("e1", 0, "dev-a"), d(1, 1), Send, Welcome, 0},
+		{"a known device needs nothing", known, signIn("e2", 5, "dev-a"), d(2, 1), Nothing, None, 0},
+		{"a new device claims an alert", known, signIn("e2", 5, "dev-b"), d(2, 1), Send, NewDevice, 0},
+		{"a sent email is a duplicate", withEmail(email(Sent, 1, 1)), signIn("e1", 0, "dev-a"), d(1, 2), Duplicate, Welcome, 0},
+		{"a copy of a sent email is a duplicate", withEmail(email(Sent, 1, 1)), signIn("e1", 0, "dev-a"), d(9, 1), Duplicate, Welcome, 0},
+		{"an email to retry is claimed again with its kind", withEmail(email(Retry, 1, 1)), signIn("e1", 0, "dev-a"), d(1, 2), Send, Welcome, 0},
+		{"a failed email of this message is terminated again", withEmail(email(Failed, 1, 1)), signIn("e1", 0, "dev-a"), d(1, 2), Terminate, Welcome, 0},
+		{"a redriven failed email is sent again", withEmail(email(Failed, 1, 1)), signIn("e1", 0, "dev-a"), d(7, 1), Send, Welcome, 0},
+		{"the holder's own claim holds", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(1, 3), Send, Welcome, 0},
+		{"the next delivery waits one AckWait for the holder", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(1, 4), Wait, Welcome, 0},
+		{"the one after takes over", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(1, 5), Send, Welcome, 1},
+		{"another message with the same event waits", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(8, 1), WaitOther, Welcome, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := Claim(tt.rec, tt.s, tt.d)
+			if p.Step != tt.wantStep || p.Kind != tt.wantKind {
+				t.Fatalf("Claim = step %d kind %q, want %d %q", p.Step, p.Kind, tt.wantStep, tt.wantKind)
+			}
+			if p.Step != Send {
+				return
+			}
+			e, ok := p.Record.Email(tt.s.EventID)
+			if !ok || e.State != Sending || e.Seq != tt.d.Seq || e.Delivery != tt.d.Num || e.Abandoned != tt.wantAbandoned {
+				t.Errorf("the record does not hold the claim of %+v: %+v", tt.d, e)
+			}
+		})
+	}
+}
+
+func TestAnEmailAbandonedTooOftenIsPoison(t *testing.T) {
+	s := signIn("e1", 0, "dev-a")
+	p := Claim(nil, s, Delivery{Seq: 1, Num: 1})
+	rec := p.Record
+	for n := uint64(3); ; n += 2 { // every holder dies; the delivery after next takes over
+		p = Claim(&rec, s, Delivery{Seq: 1, Num: n})
+		if p.Step == Poison {
+			if e, _ := p.Record.Email("e1"); e.Abandoned != MaxAbandoned {
+				t.Errorf("poison after %d abandoned deliveries, want %d", e.Abandoned, MaxAbandoned)
+			}
+			return
+		}
+		if p.Step != Send || n > 20 {
+			t.Fatalf("delivery %d: step %d, want Send until poison", n, p.Step)
+		}
+		rec = p.Record
+	}
+}
+
+func TestFinish(t *testing.T) {
+	held := Delivery{Seq: 1, Num: 2}
+	base := func(e Email) Record {
+		return Record{FirstSeen: at(0), LastSeen: at(0)}.with(e)
+	}
+	sending := Email{EventID: "e1", Kind: Welcome, At: at(0), State: Sending, Seq: 1, Delivery: 2}
+	unsureOnce := sending
+	unsureOnce.Unsure = 1
+	tests := []struct {
+		name       string
+		rec        Record
+		d          Delivery
+		res        Result
+		wantState  State
+		wantTries  int
+		wantUnsure int
+		wantHeld   bool
+	}{
+		{"accepted is sent", base(sending), held, Accepted, Sent, 0, 0, true},
+		{"a failure of the email counts a try", base(sending), held, FailedTry, Retry, 1, 0, true},
+		{"an outage counts nothing", base(sending), held, NotTried, Retry, 0, 0, true},
+		{"an unknown outcome is sent once more", base(sending), held, Unknown, Retry, 0, 1, true},
+		{"a second unknown outcome is counted too", base(unsureOnce), held, Unknown, Retry, 0, 2, true},
+		{"given up is failed", base(sending), held, GivenUp, Failed, 0, 0, true},
+		{"a delivery that lost the claim changes nothing", base(sending), Delivery{Seq: 1, Num: 1}, FailedTry, Sending, 0, 0, false},
+		{"an accepted email is recorded whoever holds it", base(sending), Delivery{Seq: 1, Num: 1}, Accepted, Sent, 0, 0, false},
+		{"a retry already recorded is not counted twice", base(Email{EventID: "e1", Kind: Welcome, At: at(0), State: Retry, Seq: 1, Delivery: 2, Tries: 1}),
+			held, FailedTry, Retry, 1, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok, changed := tt.rec.Finish("e1", tt.d, tt.res, "<e1@example.com>", at(1))
+			e, _ := got.Email("e1")
+			if changed != (tt.wantHeld || tt.res == Accepted) {
+				t.Errorf("changed = %v", changed)
+			}
+			if ok != tt.wantHeld || e.State != tt.wantState || e.Tries != tt.wantTries || e.Unsure != tt.wantUnsure {
+				t.Errorf("Finish = held %v %+v; want held %v state %s tries %d unsure %d",
+					ok, e, tt.wantHeld, tt.wantState, tt.wantTries, tt.wantUnsure)
+			}
+			if tt.res == Accepted && e.MessageID != "<e1@example.com>" {
+				t.Errorf("message id = %q", e.MessageID)
+			}
+		})
+	}
+}
+
+func TestSettledEmailsArePrunedButPendingOnesNeverAre(t *testing.T) {
+	rec := Record{FirstSeen: at(0), LastSeen: at(0)}
+	pending := Email{EventID: "pending", Kind: NewDevice, At: at(0), State: Retry}
+	rec = rec.with(pending)
+	for i := range MaxEmails + 10 {
+		rec.LastSeen = at(i)
+		rec = rec.with(Email{EventID: fmt.Sprintf("sent-%d", i), Kind: NewDevice, At: at(i), State: Sent})
+	}
+	if len(rec.Emails) != MaxEmails {
+		t.Errorf("%d emails kept, want %d", len(rec.Emails), MaxEmails)
+	}
+	if _, ok := rec.Email("pending"); !ok {
+		t.Error("an email still to be retried was pruned")
+	}
+	if _, ok := rec.Email("sent-0"); ok {
+		t.Error("the oldest settled email was kept beyond MaxEmails")
+	}
+
+	// A month and a day later only the pending email and the new one remain.
+	rec.LastSeen = at(MaxEmails + 10).Add(KeepSettled)
+	rec = rec.with(Email{EventID: "late", Kind: NewDevice, At: rec.LastSeen, State: Sent})
+	var ids []string
+	for _, e := range rec.Emails {
+		ids = append(ids, e.EventID)
+	}
+	if !slices.Equal(ids, []string{"pending", "late"}) {
+		t.Errorf("after KeepSettled the record holds %v, want [pending late]", ids)
+	}
+}

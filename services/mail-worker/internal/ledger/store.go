@@ -1,0 +1,100 @@
+package ledger
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Bucket is the key-value bucket of the records; part of the operational
+// contract. Earlier versions kept only first_seen and devices in it (and
+// used two more buckets, mail_sent and mail_sending, which this version
+// no longer reads).
+const Bucket = "mail_users"
+
+// ErrConflict is returned by Store.Put when the record changed since it
+// was read: read it again, apply the change again, and write again.
+var ErrConflict = errors.New("record changed since it was read")
+
+// Key is the bucket key of a person: the hex SHA-256 of issuer, a NUL
+// byte and subject. It never contains an address.
+func Key(issuer, subject string) string {
+	sum := sha256.Sum256([]byte(issuer + "\x00" + subject))
+	return hex.EncodeToString(sum[:])
+}
+
+// Store reads and writes records. It is safe for concurrent use.
+type Store struct {
+	kv  jetstream.KeyValue
+	log *slog.Logger
+}
+
+// Open creates the bucket, or updates it when it exists (keeping a higher
+// replica count an operator set), and returns a Store over it. replicas is
+// the least replica count (at least 1).
+func Open(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (*Store, error) {
+	replicas = max(1, replicas)
+	if s, err := js.Stream(ctx, "KV_"+Bucket); err == nil {
+		replicas = max(replicas, s.CachedInfo().Config.Replicas)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Replicas:    replicas,
+		Description: "Doorbell mail-worker: first sign-in, devices and emails per person (key: sha256 of issuer and subject)",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create or update bucket %s: %w", Bucket, err)
+	}
+	return &Store{kv: kv, log: log}, nil
+}
+
+// Get returns the record under key and its revision, or nil and 0 when
+// there is none. A record that cannot be decoded is logged and returned as
+// nil with its revision, so that the next Put replaces it: one damaged
+// value must not block a person's email for ever.
+func (s *Store) Get(ctx context.Context, key string) (*Record, uint64, error) {
+	e, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read record: %w", err)
+	}
+	var r Record
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		s.log.WarnContext(ctx, "unreadable person record; starting afresh", "user_key", key, "error", err)
+		return nil, e.Revision(), nil
+	}
+	return &r, e.Revision(), nil
+}
+
+// Put stores r under key if the record is still at revision rev (0: there
+// is none), and returns the new revision. It fails with ErrConflict when
+// another writer came first.
+func (s *Store) Put(ctx context.Context, key string, r Record, rev uint64) (uint64, error) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return 0, fmt.Errorf("encode record: %w", err)
+	}
+	var next uint64
+	if rev == 0 {
+		next, err = s.kv.Create(ctx, key, b)
+	} else {
+		next, err = s.kv.Update(ctx, key, b, rev)
+	}
+	switch {
+	case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch):
+		return 0, fmt.Errorf("write record: %w", ErrConflict)
+	case err != nil:
+		return 0, fmt.Errorf("write record: %w", err)
+	}
+	return next, nil
+}
