@@ -31,7 +31,9 @@ import (
 	"github.com/doorbell/doorbell/services/mail-worker/internal/config"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/consume"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/deliver"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/relay"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
@@ -101,7 +103,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		}))
 		log.Info("tracing on: spans are exported over OTLP/HTTP to the collector OTEL_EXPORTER_OTLP_* names")
 	}
-	tracer := tracerProvider.Tracer(consume.TracerName)
+	tracer := tracerProvider.Tracer(deliver.TracerName)
 
 	reg := prometheus.NewRegistry()
 	if err := reg.Register(collectors.NewGoCollector()); err != nil {
@@ -110,7 +112,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
 		return fmt.Errorf("register process collector: %w", err)
 	}
-	consumeMetrics, err := consume.NewMetrics(reg)
+	deliverMetrics, err := deliver.NewMetrics(reg)
 	if err != nil {
 		return err
 	}
@@ -143,11 +145,14 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		return err
 	}
 	defer func() { _ = sender.Close() }()
-	gate := consume.NewGate(sender.Check, consume.GateConfig{
+	gate, err := relay.New(sender.Check, relay.Config{
 		ProbeBase:    cfg.RelayProbeBase,
 		ProbeMax:     cfg.RelayProbeMax,
 		ProbeTimeout: 2 * cfg.SMTPTimeout,
-	}, consumeMetrics, log)
+	}, reg, log)
+	if err != nil {
+		return err
+	}
 
 	smtpAuth := "none"
 	if cfg.SMTPUsername != "" {
@@ -238,21 +243,21 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		log.Error("SMTP relay is not usable; emails wait in JetStream until it is (see /readyz)",
 			"host", cfg.SMTPHost, "port", cfg.SMTPPort, "tls", cfg.SMTPTLS, "auth", smtpAuth,
 			"error", err, "hint", smtpHint(err))
-		gate.Down(ctx, err) // pull nothing until a probe succeeds
+		gate.Report(ctx, "", err) // pull nothing until a probe succeeds
 	} else {
 		log.Info("SMTP relay reachable", "smtp", sender.Addr(), "auth", smtpAuth)
 	}
 	cancelCheck()
 
-	runErr := consumeUntilDone(ctx, js, cfg, &consumer, &consume.Handler{
+	runErr := consumeUntilDone(ctx, js, cfg, &consumer, &deliver.Handler{
 		Sender:     sender,
 		Renderer:   renderer,
 		Gate:       gate,
-		Metrics:    consumeMetrics,
+		Metrics:    deliverMetrics,
 		Log:        log,
 		SiteName:   cfg.SiteName,
 		AckWait:    cfg.AckWait,
-		Retry:      consume.Retry{BackoffBase: cfg.BackoffBase, BackoffMax: cfg.BackoffMax, Horizon: cfg.RetryHorizon},
+		Retry:      deliver.Retry{BackoffBase: cfg.BackoffBase, BackoffMax: cfg.BackoffMax, Horizon: cfg.RetryHorizon},
 		Tracer:     tracer,
 		Propagator: propagation.TraceContext{},
 		LogEmails:  cfg.LogEmails,
@@ -289,7 +294,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 // records and the dead-letter stream, and consumes until ctx is done. h
 // gets its stores here.
 func consumeUntilDone(ctx context.Context, js jetstream.JetStream, cfg config.Config,
-	ready *atomic.Pointer[jetstream.Consumer], h *consume.Handler, log *slog.Logger,
+	ready *atomic.Pointer[jetstream.Consumer], h *deliver.Handler, log *slog.Logger,
 ) error {
 	ccfg := consume.Config{
 		AckWait: cfg.AckWait,
@@ -321,7 +326,7 @@ func consumeUntilDone(ctx context.Context, js jetstream.JetStream, cfg config.Co
 	if err := deadletter.Ensure(ctx, js, cfg.NATSReplicas, log); err != nil {
 		return stopped(err)
 	}
-	h.People, h.InStream, h.DeadLetters = people, consume.StreamHas(stream), deadletter.NewPublisher(js, cfg.NATSReplicas, log)
+	h.People, h.InStream, h.DeadLetters = people, deliver.StreamHas(stream), deadletter.NewPublisher(js, cfg.NATSReplicas, log)
 	ready.Store(&cons)
 	return consume.Run(ctx, cons, h.Handle, h.Gate, ccfg, log)
 }

@@ -1,12 +1,8 @@
-// Package consume is the mail-worker's delivery core: it sets up the
+// Package consume is the mail-worker's JetStream consumer: it sets up the
 // durable pull consumer "mail-worker" on the gateway's AUTH_EVENTS stream
-// (Setup) and feeds user.authenticated messages, several at a time, to a
-// Handler (Run), which claims the email in the person's record, renders,
-// sends, records and acknowledges, or hands back, or dead-letters. A Gate
-// stops the pulling while the SMTP relay fails everyone.
-//
-// The semantics are stated in the mail-worker's README ("Delivery
-// semantics"); the handler's one path is in handle.go and settle.go.
+// (Setup), feeds user.authenticated messages, several at a time, to
+// handlers (Run) as a relay.Gate allows, and exposes the consumer's backlog
+// as metrics. What happens to one message is package deliver's.
 package consume
 
 import (

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/relay"
 )
 
 // fetchErrorPause is how long Run waits after a failed pull before the
@@ -35,7 +36,7 @@ const fetchErrorPause = time.Second
 // of the NATS connection ends them (their messages come back after
 // AckWait). Run returns nil then, or an error when the consumer
 // disappears.
-func Run(ctx context.Context, cons jetstream.Consumer, handle func(context.Context, jetstream.Msg), gate *Gate, cfg Config, log *slog.Logger) error {
+func Run(ctx context.Context, cons jetstream.Consumer, handle func(context.Context, jetstream.Msg), gate *relay.Gate, cfg Config, log *slog.Logger) error {
 	// ShutdownTimeout counts from the moment ctx is done.
 	var stoppedAt atomic.Int64
 	defer context.AfterFunc(ctx, func() { stoppedAt.Store(time.Now().UnixNano()) })()
@@ -43,7 +44,7 @@ func Run(ctx context.Context, cons jetstream.Consumer, handle func(context.Conte
 
 	gateCtx, stopGate := context.WithCancel(ctx)
 	var gateDone sync.WaitGroup
-	gateDone.Go(func() { gate.run(gateCtx) })
+	gateDone.Go(func() { gate.Watch(gateCtx) })
 	defer gateDone.Wait()
 	defer stopGate()
 
@@ -131,7 +132,7 @@ func (h idleHandlers) give(n int) {
 // puller is Run's pulling side.
 type puller struct {
 	cons jetstream.Consumer
-	gate *Gate
+	gate *relay.Gate
 	wait time.Duration
 	log  *slog.Logger
 	work chan delivered // buffered for every handler; fed only for idle ones

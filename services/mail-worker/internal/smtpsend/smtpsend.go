@@ -32,6 +32,7 @@ import (
 	"github.com/wneessen/go-mail"
 	"golang.org/x/time/rate"
 
+	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
 )
 
@@ -404,7 +405,7 @@ func (s *Sender) Close() error {
 // out before a connection is taken, so that a connection carries emails
 // rather than waits for their encoding) and its Message-ID.
 func (s *Sender) build(m Message) ([]byte, string, error) {
-	if !validEventID(m.EventID) {
+	if !eventsv1.ValidEventID(m.EventID) {
 		return nil, "", fmt.Errorf("event id %q cannot be part of a Message-ID", m.EventID)
 	}
 	to, err := netmail.ParseAddress(m.ToAddr)
@@ -430,20 +431,6 @@ func (s *Sender) build(m Message) ([]byte, string, error) {
 		return nil, "", fmt.Errorf("write message: %w", err)
 	}
 	return buf.Bytes(), msg.GetMessageID(), nil
-}
-
-// validEventID accepts what may stand left of the "@" in a Message-ID and in
-// a header without quoting: UUIDs and similar ids.
-func validEventID(id string) bool {
-	if id == "" || len(id) > 128 || id[0] == '.' || id[len(id)-1] == '.' || strings.Contains(id, "..") {
-		return false
-	}
-	for _, r := range id {
-		if !(r < unicode.MaxASCII && (unicode.IsLetter(r) || unicode.IsDigit(r) || r == '-' || r == '.' || r == '_')) {
-			return false
-		}
-	}
-	return true
 }
 
 // displayName drops control and format characters from an untrusted name

@@ -17,10 +17,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -70,4 +74,33 @@ func Observe(ctx context.Context, o prometheus.Observer, v float64) {
 		return
 	}
 	o.Observe(v)
+}
+
+// NATSHeader lets a propagator read and write NATS message headers.
+// NATS headers are case-sensitive; the contract (DESIGN.md) names the
+// trace context headers in lower case, as W3C Trace Context does
+// (traceparent, tracestate), and the auth-gateway writes them so. Get also
+// accepts the canonical http.Header form (Traceparent) from other
+// producers; Set writes the lower-case spelling.
+type NATSHeader nats.Header
+
+var _ propagation.TextMapCarrier = NATSHeader(nil)
+
+func (c NATSHeader) Get(key string) string {
+	if v := nats.Header(c).Get(strings.ToLower(key)); v != "" {
+		return v
+	}
+	return http.Header(c).Get(key)
+}
+
+func (c NATSHeader) Set(key, value string) {
+	nats.Header(c).Set(strings.ToLower(key), value)
+}
+
+func (c NATSHeader) Keys() []string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	return keys
 }

@@ -1,8 +1,16 @@
-package consume
+// Package deliver takes one user.authenticated message from JetStream to
+// the relay and back, along one path: decode → claim the email in the
+// person's record (deciding what the sign-in deserves, at first sight) →
+// render → send → record the result → acknowledge, hand back or
+// dead-letter. handle.go has the path up to the send, settle.go what
+// follows it. The semantics are stated in the mail-worker's README
+// ("Delivery semantics").
+package deliver
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"time"
@@ -11,10 +19,12 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/relay"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
@@ -74,7 +84,7 @@ type Handler struct {
 	People      People
 	InStream    InStream
 	DeadLetters DeadLetters
-	Gate        *Gate
+	Gate        *relay.Gate
 	Metrics     *Metrics
 	Log         *slog.Logger
 	SiteName    string
@@ -162,9 +172,6 @@ func (h *Handler) deliver(ctx context.Context, d delivery, ev *eventsv1.UserAuth
 	if !ok {
 		return o
 	}
-	if o, cause, stop := h.mustWait(ctx, c.email.Kind); stop {
-		return h.release(book, d, c, ledger.NotTried, o, cause)
-	}
 	email, err := h.render(ctx, c.email.Kind, ev)
 	if err != nil {
 		return h.giveUp(book, d, &c, ReasonPermanent, "cannot render", err)
@@ -173,8 +180,9 @@ func (h *Handler) deliver(ctx context.Context, d delivery, ev *eventsv1.UserAuth
 	return h.settle(ctx, d, c, receipt, err)
 }
 
-// mustWait says whether the message must go back to JetStream before
-// its send, and why: the worker is stopping, or the relay fails everyone.
+// mustWait says whether the message must go back to JetStream before it
+// is claimed, and why: the worker is stopping, or the relay fails
+// everyone. (A claimed email that meets either is handed back by settle.)
 func (h *Handler) mustWait(ctx context.Context, kind ledger.Kind) (outcome, string, bool) {
 	switch {
 	case ctx.Err() != nil:
@@ -304,6 +312,19 @@ func (h *Handler) send(ctx context.Context, d delivery, e ledger.Email, ev *even
 		telemetry.Observe(ctx, h.Metrics.loginToMail, receipt.AcceptedAt.Sub(at.AsTime()).Seconds())
 	}
 	return receipt, nil
+}
+
+// decode reads a user.authenticated payload and checks it; its errors say
+// why, for the dead letter.
+func decode(data []byte) (*eventsv1.UserAuthenticated, error) {
+	ev := &eventsv1.UserAuthenticated{}
+	if err := proto.Unmarshal(data, ev); err != nil {
+		return nil, fmt.Errorf("payload is not a UserAuthenticated protobuf: %w", err)
+	}
+	if err := ev.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid event: %w", err)
+	}
+	return ev, nil
 }
 
 // newDelivery reads msg's metadata.

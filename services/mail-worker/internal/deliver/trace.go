@@ -1,12 +1,9 @@
-package consume
+package deliver
 
 import (
 	"context"
 	"errors"
-	"net/http"
-	"strings"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -16,10 +13,11 @@ import (
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
 )
 
 // TracerName names the spans this package makes.
-const TracerName = "github.com/doorbell/doorbell/services/mail-worker/internal/consume"
+const TracerName = "github.com/doorbell/doorbell/services/mail-worker/internal/deliver"
 
 // Span names.
 const (
@@ -44,41 +42,12 @@ const (
 	attrDuplicate   = attribute.Key("doorbell.duplicate")
 )
 
-// headerCarrier lets a propagator read and write NATS message headers.
-// NATS headers are case-sensitive; the contract (DESIGN.md) names the
-// trace context headers in lower case, as W3C Trace Context does
-// (traceparent, tracestate), and the auth-gateway writes them so. Get also
-// accepts the canonical http.Header form (Traceparent) from other
-// producers; Set writes the lower-case spelling.
-type headerCarrier nats.Header
-
-var _ propagation.TextMapCarrier = headerCarrier(nil)
-
-func (c headerCarrier) Get(key string) string {
-	if v := nats.Header(c).Get(strings.ToLower(key)); v != "" {
-		return v
-	}
-	return http.Header(c).Get(key)
-}
-
-func (c headerCarrier) Set(key, value string) {
-	nats.Header(c).Set(strings.ToLower(key), value)
-}
-
-func (c headerCarrier) Keys() []string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
-		keys = append(keys, k)
-	}
-	return keys
-}
-
 // startConsume starts the span of one delivery: a consumer span that
 // continues the trace whose context the message carries (the gateway's
 // publish span), or a new trace when it carries none.
 func (h *Handler) startConsume(ctx context.Context, msg jetstream.Msg, d delivery) (context.Context, trace.Span) {
 	hdr := msg.Headers()
-	parent := h.propagator().Extract(ctx, headerCarrier(hdr))
+	parent := h.propagator().Extract(ctx, telemetry.NATSHeader(hdr))
 	return h.tracer().Start(parent, spanConsume,
 		trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(

@@ -1,11 +1,8 @@
-package consume
+package deliver
 
 import (
-	"context"
 	"fmt"
-	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
@@ -47,7 +44,6 @@ type Metrics struct {
 	loginToMail prometheus.Histogram
 	retries     *prometheus.CounterVec
 	deadletters *prometheus.CounterVec
-	relayPaused prometheus.Gauge
 }
 
 // NewMetrics registers the series on reg, every label value already at zero.
@@ -83,10 +79,6 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 				"expired (still failing after WORKER_RETRY_HORIZON), poison (the worker died sending it, time after time) " +
 				"or unconfirmed (twice the relay did not say whether it took it: it may have arrived).",
 		}, []string{"reason"}),
-		relayPaused: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: ns, Subsystem: sub, Name: "relay_paused",
-			Help: "1 while the SMTP relay fails every email and the worker pulls no messages (they wait in JetStream), else 0.",
-		}),
 	}
 	for _, k := range []ledger.Kind{ledger.Welcome, ledger.NewDevice} {
 		for _, r := range []string{ResultSent, ResultDuplicate, ResultFailed} {
@@ -102,65 +94,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	for _, c := range []string{causeEmail, causeRelay, causeBusy, causeStore, causeShutdown} {
 		m.retries.WithLabelValues(c)
 	}
-	for _, c := range []prometheus.Collector{m.received, m.emails, m.decisions, m.loginToMail, m.retries, m.deadletters, m.relayPaused} {
+	for _, c := range []prometheus.Collector{m.received, m.emails, m.decisions, m.loginToMail, m.retries, m.deadletters} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register consume metrics: %w", err)
 		}
 	}
 	return m, nil
-}
-
-// ConsumerInfo reads the consumer's state from JetStream.
-// jetstream.Consumer's Info method is one.
-type ConsumerInfo func(ctx context.Context) (*jetstream.ConsumerInfo, error)
-
-// consumerStatsTimeout bounds the JetStream request made during a scrape.
-const consumerStatsTimeout = 2 * time.Second
-
-// RegisterConsumerStats exposes the consumer's backlog, read from JetStream
-// at scrape time: doorbell_mailworker_consumer_pending_messages (stored, not
-// yet delivered) and doorbell_mailworker_consumer_ack_pending_messages
-// (delivered, not yet acknowledged; capped by MaxAckPending). Every replica
-// reports the same consumer, so aggregate with max, never sum. Nothing is
-// exposed while info fails (for example before the consumer exists).
-func RegisterConsumerStats(reg prometheus.Registerer, info ConsumerInfo) error {
-	const ns, sub = "doorbell", "mailworker"
-	c := &consumerStats{
-		info: info,
-		pending: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "consumer_pending_messages"),
-			"Messages in AUTH_EVENTS that the mail-worker consumer has not delivered yet (same value on every replica).", nil, nil),
-		ackPending: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "consumer_ack_pending_messages"),
-			"Messages delivered to the mail-worker consumer and not yet acknowledged (same value on every replica).", nil, nil),
-	}
-	if err := reg.Register(c); err != nil {
-		return fmt.Errorf("register consumer stats: %w", err)
-	}
-	return nil
-}
-
-type consumerStats struct {
-	info                ConsumerInfo
-	pending, ackPending *prometheus.Desc
-}
-
-func (c *consumerStats) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.pending
-	ch <- c.ackPending
-}
-
-func (c *consumerStats) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), consumerStatsTimeout)
-	defer cancel()
-	info, err := c.info(ctx)
-	if err != nil || info == nil {
-		return
-	}
-	for desc, v := range map[*prometheus.Desc]float64{
-		c.pending:    float64(info.NumPending),
-		c.ackPending: float64(info.NumAckPending),
-	} {
-		if m, err := prometheus.NewConstMetric(desc, prometheus.GaugeValue, v); err == nil {
-			ch <- m
-		}
-	}
 }

@@ -1,4 +1,4 @@
-package consume
+package deliver
 
 // How the worker lives with a relay that fails: the relay's failure is
 // charged to no email, one email's failure only to that email.
@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/doorbell/doorbell/services/mail-worker/internal/relay"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
 )
 
@@ -21,7 +22,7 @@ func TestARelayOutageChargesNoEmail(t *testing.T) {
 	h.smtp.Refuse()
 	h.eventually("the worker pauses and keeps probing", func() (bool, string) {
 		logs := h.logs.String()
-		return testutil.ToFloat64(h.metrics.relayPaused) == 1 && countLines(logs, "SMTP relay still unusable") >= 5, logs
+		return h.paused() == 1 && countLines(logs, "SMTP relay still unusable") >= 5, logs
 	})
 	pulledDuringOutage := testutil.ToFloat64(h.metrics.received)
 	time.Sleep(200 * time.Millisecond) // probes go on; nothing is pulled meanwhile
@@ -34,7 +35,9 @@ func TestARelayOutageChargesNoEmail(t *testing.T) {
 
 	h.wantEachOnce(ids...)
 	h.wantCounter("retries_total{email}", h.retries(causeEmail), 0)
-	h.wantCounter("relay_paused", h.metrics.relayPaused, 0)
+	if p := h.paused(); p != 0 {
+		t.Errorf("relay_paused = %v, want 0", p)
+	}
 	if dl := h.deadLetters(); len(dl) != 0 {
 		t.Errorf("%d dead letters after an outage, want none", len(dl))
 	}
@@ -57,7 +60,7 @@ func TestARelayThatDefersEveryoneIsPausedNotChargedToTheEmails(t *testing.T) {
 	ids, last := h.publishPeople(0, 10)
 	h.eventually("the worker pauses and tries single emails", func() (bool, string) {
 		logs := h.logs.String()
-		return testutil.ToFloat64(h.metrics.relayPaused) == 1 && countLines(logs, "trying one email") >= 3, logs
+		return h.paused() == 1 && countLines(logs, "trying one email") >= 3, logs
 	})
 	if dl := h.deadLetters(); len(dl) != 0 {
 		t.Fatalf("%d dead letters during a relay-wide deferral", len(dl))
@@ -72,10 +75,12 @@ func TestARelayThatDefersEveryoneIsPausedNotChargedToTheEmails(t *testing.T) {
 	}
 	// Only the emails that failed before the worker could tell that the
 	// relay fails everyone are charged.
-	if got := testutil.ToFloat64(h.retries(causeEmail)); got > DefaultSuspects-1 {
-		t.Errorf("retries_total{email} = %v, want at most %d", got, DefaultSuspects-1)
+	if got := testutil.ToFloat64(h.retries(causeEmail)); got > relay.DefaultSuspects-1 {
+		t.Errorf("retries_total{email} = %v, want at most %d", got, relay.DefaultSuspects-1)
 	}
-	h.wantCounter("relay_paused", h.metrics.relayPaused, 0)
+	if p := h.paused(); p != 0 {
+		t.Errorf("relay_paused = %v, want 0", p)
+	}
 }
 
 func TestRelayFailuresOfOneEmailAreSentAgain(t *testing.T) {
@@ -133,7 +138,9 @@ func TestAnEmailThatBreaksTheConnectionEveryTimeIsGivenUpUnconfirmed(t *testing.
 	if len(dl) != 1 || dl[0].EventID() != "evt-999" || dl[0].Reason != ReasonUnconfirmed || dl[0].Attempts != 2 {
 		t.Fatalf("dead letters = %+v, want evt-999 unconfirmed after 2 attempts", dl)
 	}
-	h.wantCounter("relay_paused", h.metrics.relayPaused, 0)
+	if p := h.paused(); p != 0 {
+		t.Errorf("relay_paused = %v, want 0", p)
+	}
 	h.wantCounter(`deadletters_total{unconfirmed}`, h.metrics.deadletters.WithLabelValues(ReasonUnconfirmed), 1)
 	if n := countLines(h.logs.String(), "may arrive twice"); n != 1 {
 		t.Errorf("%d maybe-sent warnings, want 1", n)

@@ -1,4 +1,4 @@
-package consume
+package deliver
 
 // Faults of the worker's own world: poison messages, dead letters that
 // cannot be stored, NATS gone at the worst moment, workers that die,
@@ -51,7 +51,9 @@ func TestAPoisonMessageNeitherBlocksNorSlowsTheQueue(t *testing.T) {
 		t.Errorf("dead letter = %+v, want evt-999 expired", dl)
 	}
 	h.wantCounter(`deadletters_total{expired}`, h.metrics.deadletters.WithLabelValues(ReasonExpired), 1)
-	h.wantCounter("relay_paused", h.metrics.relayPaused, 0)
+	if p := h.paused(); p != 0 {
+		t.Errorf("relay_paused = %v, want 0", p)
+	}
 	if logs := h.logs.String(); strings.Contains(logs, "poison@example.com") {
 		t.Errorf("logs show the address:\n%s", logs)
 	}
@@ -348,7 +350,7 @@ func TestShutdownDuringAnOutageLeavesTheMessagesToOthers(t *testing.T) {
 	h.smtp.Refuse()
 	h.publish(person(1), person(1).EventId)
 	h.eventually("the worker pauses", func() (bool, string) {
-		return testutil.ToFloat64(h.metrics.relayPaused) == 1, ""
+		return h.paused() == 1, ""
 	})
 	h.stop()
 	// Handed back, the message is there for the next worker at once, not

@@ -1,4 +1,4 @@
-package consume
+package deliver
 
 import (
 	"bytes"
@@ -20,9 +20,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/consume"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/relay"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
@@ -154,9 +156,9 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{AckWait: opts.ackWait, Concurrency: opts.concurrency, Horizon: opts.horizon,
+	cfg := consume.Config{AckWait: opts.ackWait, Concurrency: opts.concurrency, Horizon: opts.horizon,
 		ShutdownTimeout: 10 * time.Second, FetchWait: 200 * time.Millisecond}
-	cons, err := Setup(ctx, js, cfg, log)
+	cons, err := consume.Setup(ctx, js, cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,8 +166,11 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gate := NewGate(sender.Check, GateConfig{ProbeBase: 10 * time.Millisecond, ProbeMax: 100 * time.Millisecond,
-		ProbeTimeout: 5 * time.Second}, metrics, log)
+	gate, err := relay.New(sender.Check, relay.Config{ProbeBase: 10 * time.Millisecond, ProbeMax: 100 * time.Millisecond,
+		ProbeTimeout: 5 * time.Second}, reg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	h := &Handler{
 		Sender: sender, Renderer: renderer, People: people, InStream: StreamHas(stream),
 		DeadLetters: deadletter.NewPublisher(js, 1, log), Gate: gate,
@@ -190,7 +195,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if opts.noRun {
 		runDone <- nil
 	} else {
-		go func() { runDone <- Run(ctx, cons, handle, gate, cfg, log) }()
+		go func() { runDone <- consume.Run(ctx, cons, handle, gate, cfg, log) }()
 	}
 	var once sync.Once
 	stop := func() {
@@ -357,6 +362,22 @@ func (h *harness) wantCounter(name string, c prometheus.Collector, want float64)
 	if got := testutil.ToFloat64(c); got != want {
 		h.t.Errorf("%s = %v, want %v", name, got, want)
 	}
+}
+
+// paused reads doorbell_mailworker_relay_paused.
+func (h *harness) paused() float64 {
+	h.t.Helper()
+	families, err := h.reg.Gather()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == "doorbell_mailworker_relay_paused" {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	h.t.Fatal("no doorbell_mailworker_relay_paused")
+	return 0
 }
 
 // retries is retries_total for cause.

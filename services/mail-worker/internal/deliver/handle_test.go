@@ -1,0 +1,255 @@
+package deliver
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
+
+	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
+)
+
+func TestFirstSignInGetsOneWelcome(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	ack := h.publish(signIn("0190c4b2-0001-7abc-8def-0123456789ab", "dev-a"), "0190c4b2-0001-7abc-8def-0123456789ab")
+	msgs := h.smtp.WaitForMessages(t, 1, waitLong)
+	h.waitSettled(ack.Sequence)
+
+	if n := len(h.smtp.Messages()); n != 1 {
+		t.Fatalf("server got %d emails, want 1", n)
+	}
+	hdr := msgs[0].Header(t)
+	if got, want := hdr.Get("Message-Id"), "<0190c4b2-0001-7abc-8def-0123456789ab@example.com>"; got != want {
+		t.Errorf("Message-ID = %q, want %q", got, want)
+	}
+	if got := hdr.Get("Subject"); got != "Welcome to Doorbell" {
+		t.Errorf("Subject = %q", got)
+	}
+	if msgs[0].To[0] != "ann@example.com" {
+		t.Errorf("sent to %v", msgs[0].To)
+	}
+	h.wantCounter("events_received_total", h.metrics.received, 1)
+	h.wantCounter(`emails_total{welcome,sent}`, h.metrics.emails.WithLabelValues("welcome", ResultSent), 1)
+	h.wantCounter(`decisions_total{welcome}`, h.metrics.decisions.WithLabelValues("welcome"), 1)
+	if n := testutil.CollectAndCount(h.metrics.loginToMail); n != 1 {
+		t.Errorf("login_to_email_seconds has %d series, want 1", n)
+	}
+
+	logs := h.logs.String()
+	if !strings.Contains(logs, "event_id=0190c4b2-0001-7abc-8def-0123456789ab kind=welcome result=sent attempts=1") {
+		t.Errorf("no log line for the event:\n%s", logs)
+	}
+	if strings.Contains(logs, "ann@example.com") {
+		t.Errorf("the email address appears in info logs:\n%s", logs)
+	}
+}
+
+func TestTheSameEventSendsOnlyOnce(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	ev := signIn("evt-dup", "dev-a")
+	first := h.publish(ev, "evt-dup")
+	h.smtp.WaitForMessages(t, 1, waitLong)
+	h.waitSettled(first.Sequence)
+
+	// The gateway retries the publish: JetStream drops the copy.
+	if ack := h.publish(ev, "evt-dup"); !ack.Duplicate {
+		t.Errorf("a re-publish with the same Nats-Msg-Id was not flagged as duplicate")
+	}
+	// The same event under another Nats-Msg-Id (a publish from the
+	// gateway's spool after the dedup window) reaches the worker, which
+	// finds the email sent in the person's record.
+	ack := h.publish(ev, "evt-dup-again")
+	h.waitSettled(ack.Sequence)
+
+	if n := len(h.smtp.Messages()); n != 1 {
+		t.Errorf("server got %d emails, want 1", n)
+	}
+	if e, ok := h.record(ev).Email("evt-dup"); !ok || e.State != ledger.Sent || e.MessageID != "<evt-dup@example.com>" {
+		t.Errorf("the record's email = %+v, want sent with its Message-ID", e)
+	}
+	h.wantCounter(`emails_total{welcome,duplicate}`, h.metrics.emails.WithLabelValues("welcome", ResultDuplicate), 1)
+	h.wantCounter(`emails_total{welcome,sent}`, h.metrics.emails.WithLabelValues("welcome", ResultSent), 1)
+	h.wantCounter(`decisions_total{welcome}`, h.metrics.decisions.WithLabelValues("welcome"), 1)
+}
+
+func TestKnownDeviceGetsNothingAndNewDeviceGetsAnAlert(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.publish(signIn("evt-1", "dev-a"), "evt-1")
+	h.smtp.WaitForMessages(t, 1, waitLong)
+
+	ack := h.publish(signIn("evt-2", "dev-a"), "evt-2")
+	h.waitSettled(ack.Sequence)
+	if n := len(h.smtp.Messages()); n != 1 {
+		t.Fatalf("a sign-in from a known device sent an email: %d emails", n)
+	}
+	h.wantCounter(`decisions_total{none}`, h.metrics.decisions.WithLabelValues("none"), 1)
+
+	alertEvent := signIn("evt-3", "dev-b")
+	alertEvent.Client.Ip = "198.51.100.23"
+	ack = h.publish(alertEvent, "evt-3")
+	msgs := h.smtp.WaitForMessages(t, 2, waitLong)
+	h.waitSettled(ack.Sequence)
+	if n := len(h.smtp.Messages()); n != 2 {
+		t.Fatalf("server got %d emails, want 2", n)
+	}
+	alert := msgs[1]
+	hdr := alert.Header(t)
+	if got := hdr.Get("Subject"); got != "New sign-in to Doorbell from a new device" {
+		t.Errorf("alert Subject = %q", got)
+	}
+	if got, want := hdr.Get("Message-Id"), "<evt-3@example.com>"; got != want {
+		t.Errorf("alert Message-ID = %q, want %q", got, want)
+	}
+	if !bytes.Contains(alert.Data, []byte("198.51.100.23")) || !bytes.Contains(alert.Data, []byte("Firefox/140")) {
+		t.Errorf("alert does not say where the sign-in came from:\n%s", alert.Data)
+	}
+	h.wantCounter(`emails_total{new_device,sent}`, h.metrics.emails.WithLabelValues("new_device", ResultSent), 1)
+
+	// The new device is now known.
+	ack = h.publish(signIn("evt-4", "dev-b"), "evt-4")
+	h.waitSettled(ack.Sequence)
+	if n := len(h.smtp.Messages()); n != 2 {
+		t.Errorf("a sign-in from the newly known device sent an email: %d emails", n)
+	}
+}
+
+func TestTransientFailuresAreRetriedAndDeliveredOnce(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.smtp.FailNext(2, 451)
+	ack := h.publish(signIn("evt-451", "dev-a"), "evt-451")
+	msgs := h.smtp.WaitForMessages(t, 1, waitLong)
+	h.waitSettled(ack.Sequence)
+
+	if n := len(h.smtp.Messages()); n != 1 {
+		t.Fatalf("server got %d emails, want 1", n)
+	}
+	if got := msgs[0].Header(t).Get("Message-Id"); got != "<evt-451@example.com>" {
+		t.Errorf("Message-ID = %q", got)
+	}
+	h.wantCounter("retries_total{email}", h.retries(causeEmail), 2)
+	if p := h.paused(); p != 0 {
+		t.Errorf("relay_paused = %v, want 0", p)
+	}
+	h.wantCounter("events_received_total", h.metrics.received, 3)
+	h.wantCounter(`emails_total{welcome,sent}`, h.metrics.emails.WithLabelValues("welcome", ResultSent), 1)
+	h.wantCounter(`emails_total{welcome,failed}`, h.metrics.emails.WithLabelValues("welcome", ResultFailed), 0)
+	if logs := h.logs.String(); !strings.Contains(logs, "result=sent attempts=3") {
+		t.Errorf("the final log line does not count 3 attempts:\n%s", logs)
+	}
+}
+
+func TestPermanentFailureTerminatesAndTheNextMessageFlows(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.smtp.FailNext(1, 550)
+	ack := h.publish(signIn("evt-550", "dev-a"), "evt-550")
+	h.waitSettled(ack.Sequence)
+
+	if n := len(h.smtp.Messages()); n != 0 {
+		t.Fatalf("server got %d emails, want 0", n)
+	}
+	h.wantCounter(`deadletters_total{permanent}`, h.metrics.deadletters.WithLabelValues(ReasonPermanent), 1)
+	h.wantCounter(`emails_total{welcome,failed}`, h.metrics.emails.WithLabelValues("welcome", ResultFailed), 1)
+	h.wantCounter("retries_total{email}", h.retries(causeEmail), 0)
+	h.wantCounter("events_received_total", h.metrics.received, 1)
+	if dl := h.deadLetters(); len(dl) != 1 || dl[0].Reason != ReasonPermanent || dl[0].Detail != "smtp 550 5.0.0 at rcpt to" ||
+		dl[0].StreamSeq != ack.Sequence || dl[0].EventID() != "evt-550" {
+		t.Errorf("dead letters = %+v, want one permanent for evt-550", dl)
+	}
+
+	other := signIn("evt-other", "dev-x")
+	other.Subject, other.Email = "user-2", "bob@example.com"
+	h.publish(other, "evt-other")
+	if msgs := h.smtp.WaitForMessages(t, 1, waitLong); msgs[0].To[0] != "bob@example.com" {
+		t.Errorf("next email went to %v", msgs[0].To)
+	}
+}
+
+func TestAnEventPastTheRetryHorizonIsDeadLetteredAsExpired(t *testing.T) {
+	// A mailbox deferred for ever (4xx to this one recipient); the others
+	// go through, so the relay is not to blame.
+	h := newHarness(t, harnessOptions{horizon: 2 * time.Second})
+	h.smtp.RejectRecipient("ann@example.com", 452, "4.2.2")
+	ack := h.publish(signIn("evt-expire", "dev-a"), "evt-expire")
+	ids, last := h.publishPeople(0, 5)
+	h.waitSettled(max(ack.Sequence, last))
+
+	h.wantEachOnce(ids...)
+	dl := h.deadLetters()
+	if len(dl) != 1 || dl[0].Reason != ReasonExpired || dl[0].EventID() != "evt-expire" ||
+		dl[0].Detail != "smtp 452 4.2.2 at rcpt to; older than the retry horizon" || dl[0].Attempts < 2 {
+		t.Fatalf("dead letters = %+v, want evt-expire expired after several attempts", dl)
+	}
+	h.wantCounter(`deadletters_total{expired}`, h.metrics.deadletters.WithLabelValues(ReasonExpired), 1)
+	h.wantCounter(`emails_total{welcome,failed}`, h.metrics.emails.WithLabelValues("welcome", ResultFailed), 1)
+	if p := h.paused(); p != 0 {
+		t.Errorf("relay_paused = %v, want 0", p)
+	}
+	if got := testutil.ToFloat64(h.retries(causeEmail)); got != float64(dl[0].Attempts-1) {
+		t.Errorf("retries_total{email} = %v, want one per failed attempt but the last (%d)", got, dl[0].Attempts-1)
+	}
+	if e, _ := h.record(signIn("evt-expire", "")).Email("evt-expire"); e.State != ledger.Failed {
+		t.Errorf("the record says %+v, want failed", e)
+	}
+}
+
+func TestUndecodableAndInvalidPayloadsAreTerminated(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	noEmail := signIn("evt-no-email", "dev-a")
+	noEmail.Email = ""
+	badID := signIn("evt with spaces", "dev-a")
+	badMarshal := func(ev *eventsv1.UserAuthenticated) []byte {
+		b, err := proto.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	payloads := []struct {
+		name string
+		data []byte
+	}{
+		{"not protobuf", []byte("\xff\xff\xff not a protobuf")},
+		{"empty", nil},
+		{"no email", badMarshal(noEmail)},
+		{"event id unusable as key", badMarshal(badID)},
+	}
+	var last uint64
+	for i, p := range payloads {
+		last = h.publishRaw(p.data, fmt.Sprintf("bad-%d", i)).Sequence
+	}
+	ack := h.publish(signIn("evt-good", "dev-a"), "evt-good")
+	msgs := h.smtp.WaitForMessages(t, 1, waitLong)
+	h.waitSettled(ack.Sequence)
+	if last >= ack.Sequence {
+		t.Fatal("sequence numbers out of order")
+	}
+	if n := len(h.smtp.Messages()); n != 1 || msgs[0].Header(t).Get("Message-Id") != "<evt-good@example.com>" {
+		t.Errorf("want only the good event's email, got %d", n)
+	}
+	h.wantCounter(`deadletters_total{undecodable}`, h.metrics.deadletters.WithLabelValues(ReasonUndecodable), float64(len(payloads)))
+	dl := h.deadLetters()
+	if len(dl) != len(payloads) {
+		t.Fatalf("%d dead letters, want %d", len(dl), len(payloads))
+	}
+	byOriginal := map[uint64]deadletter.Entry{}
+	for _, e := range dl {
+		byOriginal[e.StreamSeq] = e
+	}
+	for i, p := range payloads {
+		e, ok := byOriginal[uint64(i+1)]
+		if !ok || e.Reason != ReasonUndecodable || !bytes.Equal(e.Data, p.data) || e.OriginalMsg != fmt.Sprintf("bad-%d", i) {
+			t.Errorf("%s: dead letter %+v, want the original bytes with reason undecodable", p.name, e)
+		}
+	}
+	h.wantCounter("retries_total{store}", h.retries(causeStore), 0)
+	if logs := h.logs.String(); strings.Count(logs, `result=failed attempts=1`) != len(payloads) ||
+		strings.Count(logs, `reason="undecodable: `) != len(payloads) {
+		t.Errorf("want one undecodable log line per bad payload:\n%s", logs)
+	}
+}
