@@ -35,6 +35,7 @@ import (
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/relay"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/replicas"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
 )
@@ -159,7 +160,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		smtpAuth = cfg.SMTPAuth
 	}
 	log.Info("mail-worker starting",
-		"admin_addr", cfg.AdminAddr, "nats_url", redactURL(cfg.NATSURL), "nats_stream_replicas", cfg.NATSReplicas,
+		"admin_addr", cfg.AdminAddr, "nats_url", redactURL(cfg.NATSURL), "nats_stream_replicas", replicas.Setting(cfg.NATSReplicas),
 		"smtp", sender.Addr(), "smtp_auth", smtpAuth, "smtp_pool_size", cfg.SMTPPoolSize,
 		"smtp_rate_limit", cfg.SMTPRateLimit, "mail_from", cfg.MailFrom,
 		"templates_dir", cfg.TemplatesDir, "retry_horizon", cfg.RetryHorizon, "ack_wait", cfg.AckWait,

@@ -63,8 +63,9 @@ var removedVariables = []struct{ name, instead string }{
 type Config struct {
 	AdminAddr string // WORKER_ADMIN_ADDR
 	NATSURL   string // NATS_URL (may carry credentials: never log it)
-	// NATSReplicas (NATS_STREAM_REPLICAS) is the least replica count of
-	// the streams and buckets the worker owns.
+	// NATSReplicas (NATS_STREAM_REPLICAS) is the replica count of the
+	// stream and bucket the worker owns: 1 to 5, or 0 for auto (as many as
+	// the NATS servers can place, up to 3).
 	NATSReplicas int
 
 	SMTPHost            string        // SMTP_HOST
@@ -113,7 +114,7 @@ func Load(getenv func(string) string) (Config, error) {
 	c := Config{
 		AdminAddr:    l.addr("WORKER_ADMIN_ADDR", "127.0.0.1:9102"),
 		NATSURL:      l.secret("NATS_URL", "nats://127.0.0.1:4222"),
-		NATSReplicas: l.intIn("NATS_STREAM_REPLICAS", 1, 1, 5),
+		NATSReplicas: l.replicas("NATS_STREAM_REPLICAS"),
 		SMTPHost:     l.str("SMTP_HOST", "localhost"),
 		SMTPUsername: l.secret("SMTP_USERNAME", ""),
 		SMTPPassword: l.secret("SMTP_PASSWORD", ""),
@@ -329,6 +330,21 @@ func (l *loader) days(name string, def time.Duration) time.Duration {
 		return time.Duration(d) * 24 * time.Hour
 	}
 	return l.duration(name, def)
+}
+
+// replicas reads a replica count: auto (the default, 0) or 1 to 5, the
+// most JetStream allows.
+func (l *loader) replicas(name string) int {
+	v := strings.ToLower(l.str(name, "auto"))
+	if v == "auto" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 5 {
+		l.fail(name, v, errors.New("must be auto or a whole number from 1 to 5"))
+		return 0
+	}
+	return n
 }
 
 func (l *loader) intIn(name string, def, lo, hi int) int {

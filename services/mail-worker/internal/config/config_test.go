@@ -19,7 +19,7 @@ func TestDefaultsWorkOnLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		AdminAddr: "127.0.0.1:9102", NATSURL: "nats://127.0.0.1:4222", NATSReplicas: 1,
+		AdminAddr: "127.0.0.1:9102", NATSURL: "nats://127.0.0.1:4222", NATSReplicas: 0,
 		SMTPHost: "localhost", SMTPPort: 587, SMTPAuth: AuthAuto, SMTPTLS: TLSMandatory, SMTPTimeout: 15 * time.Second,
 		SMTPFinalTimeout: 10 * time.Minute, SMTPPoolSize: 4, SMTPIdleTimeout: 30 * time.Second,
 		MailFrom: "Doorbell <doorbell@localhost>", SiteName: "Doorbell",
@@ -73,6 +73,12 @@ func TestLoad(t *testing.T) {
 			func(t *testing.T, c Config) {
 				if c.NATSReplicas != 3 {
 					t.Errorf("replicas %d", c.NATSReplicas)
+				}
+			}},
+		{"auto replicas, spelled out", map[string]string{"NATS_STREAM_REPLICAS": "Auto"},
+			func(t *testing.T, c Config) {
+				if c.NATSReplicas != 0 {
+					t.Errorf("replicas %d, want 0 (auto)", c.NATSReplicas)
 				}
 			}},
 		{"durations, numbers and levels are parsed",
@@ -146,7 +152,7 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"an empty secret file", map[string]string{"NATS_URL_FILE": emptyFile}, []string{"NATS_URL_FILE", "the file is empty"}},
 		{"base above max", map[string]string{"WORKER_BACKOFF_BASE": "10m"}, []string{"must not exceed WORKER_BACKOFF_MAX"}},
 		{"ack wait too short to report progress", map[string]string{"WORKER_ACK_WAIT": "500ms"}, []string{"WORKER_ACK_WAIT", "at least 1s"}},
-		{"replicas out of range", map[string]string{"NATS_STREAM_REPLICAS": "7"}, []string{"NATS_STREAM_REPLICAS"}},
+		{"replicas out of range", map[string]string{"NATS_STREAM_REPLICAS": "7"}, []string{"NATS_STREAM_REPLICAS", "auto or a whole number from 1 to 5"}},
 		{"bad from", map[string]string{"MAIL_FROM": "not an address"}, []string{"MAIL_FROM"}},
 		{"from with a bracket in a quoted local part", map[string]string{"MAIL_FROM": `"a>b"@example.com`}, []string{"MAIL_FROM", "must not contain <, > or spaces"}},
 		{"bad admin address", map[string]string{"WORKER_ADMIN_ADDR": "9102"}, []string{"WORKER_ADMIN_ADDR", "host:port"}},

@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/replicas"
 )
 
 // Stream settings; part of the operational contract.
@@ -101,26 +102,33 @@ func StreamConfig() jetstream.StreamConfig {
 	}
 }
 
-// Ensure makes MAIL_DEADLETTER usable: it creates the stream with replicas
-// (at least 1) when it is missing and updates it when the worker made it
-// (keeping a higher replica count an operator set). A stream an operator
+// Ensure makes MAIL_DEADLETTER usable: it creates the stream with want
+// replicas (replicas.Auto: as many as the servers can place, up to three)
+// when it is missing and updates it when the worker made it (keeping a
+// higher replica count an operator set). A stream an operator
 // made (another description) is used as it is, as long as it takes Subject.
-func Ensure(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) error {
+func Ensure(ctx context.Context, js jetstream.JetStream, want int, log *slog.Logger) error {
 	cfg := StreamConfig()
-	cfg.Replicas = max(1, replicas)
 	s, err := js.Stream(ctx, Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		_, err = js.CreateStream(ctx, cfg)
+		n, err := replicas.Fit(want, func(n int) error {
+			cfg.Replicas = n
+			_, err := js.CreateStream(ctx, cfg)
+			return err
+		})
 		if err == nil {
-			log.InfoContext(ctx, "dead-letter stream created", "stream", Stream, "subject", Subject, "max_age", MaxAge.String())
+			log.InfoContext(ctx, "dead-letter stream created", "stream", Stream, "subject", Subject, "max_age", MaxAge.String(),
+				"replicas", n, "replicas_setting", replicas.Setting(want))
 			return nil
 		}
 		if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			return fmt.Errorf("create stream %s: %w", Stream, err)
 		}
 		s, err = js.Stream(ctx, Stream) // another replica was faster
-	}
-	if err != nil {
+		if err != nil {
+			return fmt.Errorf("look up stream %s: %w", Stream, err)
+		}
+	} else if err != nil {
 		return fmt.Errorf("look up stream %s: %w", Stream, err)
 	}
 	have := s.CachedInfo().Config
@@ -131,10 +139,16 @@ func Ensure(ctx context.Context, js jetstream.JetStream, replicas int, log *slog
 		log.InfoContext(ctx, "using the dead-letter stream an operator made, as it is", "stream", Stream)
 		return nil
 	}
-	cfg.Replicas = max(cfg.Replicas, have.Replicas)
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+	n, err := replicas.Fit(want, func(n int) error {
+		cfg.Replicas = max(n, have.Replicas) // never lowered
+		_, err := js.UpdateStream(ctx, cfg)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("update stream %s: %w", Stream, err)
 	}
+	log.DebugContext(ctx, "dead-letter stream ready", "stream", Stream, "replicas", max(n, have.Replicas),
+		"replicas_setting", replicas.Setting(want))
 	return nil
 }
 

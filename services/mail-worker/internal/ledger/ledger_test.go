@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"testing"
@@ -225,5 +226,48 @@ func TestSettledEmailsArePrunedButPendingOnesNeverAre(t *testing.T) {
 	}
 	if !slices.Equal(ids, []string{"pending", "late"}) {
 		t.Errorf("after KeepSettled the record holds %v, want [pending late]", ids)
+	}
+}
+
+// benchRecord is a person with a few devices and a few emails, as most
+// records look after a while.
+func benchRecord() Record {
+	rec := Remember(nil, signIn("e0", 0, "dev-a"))
+	for i := range 3 {
+		rec = Remember(&rec, signIn(fmt.Sprintf("e%d", i), i, fmt.Sprintf("dev-%c", 'a'+i)))
+		rec = rec.with(Email{EventID: fmt.Sprintf("0190c4b2-000%d-7abc-8def-0123456789ab", i), Kind: NewDevice, At: at(i),
+			State: Sent, Seq: uint64(i), Delivery: 1, MessageID: fmt.Sprintf("<0190c4b2-000%d-7abc-8def-0123456789ab@example.com>", i), SentAt: at(i)})
+	}
+	return rec
+}
+
+// BenchmarkClaimAndFinish measures the rules of one email: decide and claim
+// on a record, then finish it as sent.
+func BenchmarkClaimAndFinish(b *testing.B) {
+	rec := benchRecord()
+	s := SignIn{EventID: "0190c4b2-0009-7abc-8def-0123456789ab", At: at(10), DeviceID: "dev-new"}
+	b.ReportAllocs()
+	for b.Loop() {
+		p := Claim(&rec, s, Delivery{Seq: 9, Num: 1})
+		if _, held, _ := p.Record.Finish(s.EventID, Delivery{Seq: 9, Num: 1}, Accepted, "<x@example.com>", at(11)); !held {
+			b.Fatal("not held")
+		}
+	}
+}
+
+// BenchmarkRecordJSON measures encoding and decoding a record, as every
+// email does three times (one read, two writes).
+func BenchmarkRecordJSON(b *testing.B) {
+	rec := benchRecord()
+	b.ReportAllocs()
+	for b.Loop() {
+		data, err := json.Marshal(rec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var back Record
+		if err := json.Unmarshal(data, &back); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

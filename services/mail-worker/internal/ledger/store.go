@@ -10,6 +10,8 @@ import (
 	"log/slog"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/doorbell/doorbell/services/mail-worker/internal/replicas"
 )
 
 // Bucket is the key-value bucket of the records; part of the operational
@@ -35,24 +37,30 @@ type Store struct {
 	log *slog.Logger
 }
 
-// Open creates the bucket, or updates it when it exists (keeping a higher
-// replica count an operator set), and returns a Store over it. replicas is
-// the least replica count (at least 1).
-func Open(ctx context.Context, js jetstream.JetStream, replicas int, log *slog.Logger) (*Store, error) {
-	replicas = max(1, replicas)
+// Open creates the bucket, or updates it when it exists, and returns a
+// Store over it. want is the replica count (replicas.Auto: as many as the
+// servers can place, up to three); a higher count the bucket already has
+// (an operator's) is kept.
+func Open(ctx context.Context, js jetstream.JetStream, want int, log *slog.Logger) (*Store, error) {
+	least := 1
 	if s, err := js.Stream(ctx, "KV_"+Bucket); err == nil {
-		replicas = max(replicas, s.CachedInfo().Config.Replicas)
+		least = s.CachedInfo().Config.Replicas
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Replicas:    replicas,
-		Description: "Doorbell mail-worker: first sign-in, devices and emails per person (key: sha256 of issuer and subject)",
-		History:     1,
-		Storage:     jetstream.FileStorage,
+	var kv jetstream.KeyValue
+	n, err := replicas.Fit(want, func(n int) (err error) {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      Bucket,
+			Replicas:    max(n, least),
+			Description: "Doorbell mail-worker: first sign-in, devices and emails per person (key: sha256 of issuer and subject)",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create or update bucket %s: %w", Bucket, err)
 	}
+	log.InfoContext(ctx, "bucket ready", "bucket", Bucket, "replicas", max(n, least), "replicas_setting", replicas.Setting(want))
 	return &Store{kv: kv, log: log}, nil
 }
 
