@@ -2,7 +2,8 @@
 # `make test` runs every module's tests. Tools (buf, protoc-gen-go,
 # staticcheck) are pinned in tools/go.mod; Ory Hydra (an OIDC provider the
 # e2e tests sign in through) and Mailpit (an SMTP server they deliver to) in
-# tools/hydra and tools/mailpit. All are built into bin/ on first use.
+# tools/hydra and tools/mailpit; oauth2-proxy (what make bench compares the
+# gateway with) in tools/oauth2-proxy. All are built into bin/ on first use.
 
 GO      ?= go
 BIN     := $(CURDIR)/bin
@@ -77,6 +78,9 @@ $(BIN)/hydra: tools/hydra/go.mod tools/hydra/go.sum
 
 $(BIN)/mailpit: tools/mailpit/go.mod tools/mailpit/go.sum
 	GOWORK=off $(GO) build -C tools/mailpit -o $(BIN)/mailpit github.com/axllent/mailpit
+
+$(BIN)/oauth2-proxy: tools/oauth2-proxy/go.mod tools/oauth2-proxy/go.sum
+	GOWORK=off $(GO) build -C tools/oauth2-proxy -o $(BIN)/oauth2-proxy github.com/oauth2-proxy/oauth2-proxy/v7
 
 clean:
 	rm -rf $(BIN) .devstack
