@@ -61,8 +61,9 @@ func Start(s Spec) (*Process, error) {
 		cmd.Stdout = s.Stdout
 	}
 	// Its own process group, so that a Ctrl-C at the terminal reaches the
-	// benchmark only, which then stops its children in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// benchmark only, which then stops its children in order; and a
+	// signal when the benchmark dies without doing so.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", s.Name, err)
 	}
