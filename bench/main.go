@@ -143,7 +143,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&c.ThroughputTimeout, "throughput-timeout", 90*time.Second, "throughput: most time one run may take")
 
 	rates := fs.String("rates", "100,500,1000", "latency: offered sign-ins per second")
-	fs.DurationVar(&c.LatencyDuration, "latency-duration", 8*time.Second, "latency: how long each rate is offered")
+	fs.DurationVar(&c.LatencyDuration, "latency-duration", 10*time.Second, "latency: how long each rate is offered")
 	fs.IntVar(&c.LatencyPool, "latency-pool", 4, "latency: the worker's SMTP_POOL_SIZE")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "latency: how long to wait for the last emails of a rate")
 	fs.IntVar(&c.MaxInFlight, "max-in-flight", 2000, "open loop: sign-ins in flight at most; the rest are skipped and counted")
