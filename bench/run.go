@@ -82,6 +82,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (err error) {
 	if err := b.phases(ctx); err != nil {
 		return err
 	}
+	b.gauge("end")
 	res.Seconds = time.Since(started).Seconds()
 	res.Targets = targets(res)
 	path, err := writeJSON(cfg.Out, started, res)
@@ -135,9 +136,15 @@ func startProfile(path string) (func(), error) {
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
+// gauge notes how fast the machine hashes now, before a phase starts.
+func (b *bench) gauge(before string) {
+	b.res.SpeedMBps = append(b.res.SpeedMBps, Speed{Before: before, MBps: machine.SpeedMBps()})
+}
+
 // phases runs each chosen phase in order.
 func (b *bench) phases(ctx context.Context) error {
 	if b.cfg.runs("throughput") {
+		b.gauge("throughput")
 		for _, pool := range b.cfg.Pools {
 			row, err := b.throughput(ctx, pool)
 			if err != nil {
@@ -147,6 +154,7 @@ func (b *bench) phases(ctx context.Context) error {
 		}
 	}
 	if b.cfg.runs("latency") {
+		b.gauge("latency")
 		rows, err := b.signIns(ctx, "latency", 0, b.cfg.Rates, true)
 		if err != nil {
 			return fmt.Errorf("latency: %w", err)
@@ -154,11 +162,13 @@ func (b *bench) phases(ctx context.Context) error {
 		b.res.Latency = rows
 	}
 	if b.cfg.runs("smtp") {
+		b.gauge("smtp")
 		if err := b.smtpIndependence(ctx); err != nil {
 			return fmt.Errorf("smtp independence: %w", err)
 		}
 	}
 	if b.cfg.runs("cost") {
+		b.gauge("cost")
 		if err := b.cost(ctx); err != nil {
 			return fmt.Errorf("cost: %w", err)
 		}

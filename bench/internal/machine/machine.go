@@ -4,6 +4,7 @@
 package machine
 
 import (
+	"crypto/sha256"
 	"debug/buildinfo"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Host is the machine.
@@ -119,4 +121,19 @@ func gitCommit(dir string) string {
 		commit += "-dirty"
 	}
 	return commit
+}
+
+// SpeedMBps is how fast one core hashes with SHA-256 right now, in MB/s: a
+// rough gauge, taken while the machine is otherwise idle, of whether a
+// shared host gave this run the same CPU throughout.
+func SpeedMBps() float64 {
+	buf := make([]byte, 1<<20)
+	h := sha256.New()
+	start := time.Now()
+	const mb = 64
+	for range mb {
+		h.Write(buf)
+	}
+	h.Sum(nil)
+	return mb / time.Since(start).Seconds()
 }
