@@ -181,22 +181,19 @@ func (b *bench) signIns(ctx context.Context, name string, delay time.Duration, r
 
 	login := gw.URL + "/login"
 	watch := []*proc.Process{worker.Process, ns.Process, sink.Process()}
-	expected := 0
 	var rows []SignInRow
 	for i, rate := range rates {
 		b.progress("%s: %g sign-ins/s for %s after %s of warm-up (sink delay %s, SMTP_POOL_SIZE=%d)",
 			name, rate, b.cfg.LatencyDuration, b.cfg.WarmupDuration, delay, b.cfg.LatencyPool)
 		m := b.measure(ctx, gw, watch, login, fmt.Sprintf("%s-%d", name, i), b.cfg.LatencyDuration, b.openLoop(ctx, rate))
 		row := signInRow(rate, delay, m)
-		expected += m.warmedUp + row.Completed
 		if waitEmails {
 			wctx, cancel := context.WithTimeout(ctx, b.cfg.DrainTimeout)
-			err := b.timeoutNote(fmt.Sprintf("%s at %g/s: waiting for emails", name, rate), sink.WaitFor(wctx, expected))
+			row.Email, row.EmailMissing, err = emailLatency(wctx, m.attempts, sink)
 			cancel()
-			if err != nil {
+			if err = b.timeoutNote(fmt.Sprintf("%s at %g/s: waiting for emails", name, rate), err); err != nil {
 				return nil, err
 			}
-			row.Email, row.EmailMissing = emailLatency(m.attempts, sink.Receipts())
 		}
 		rows = append(rows, row)
 	}
@@ -265,24 +262,29 @@ func (m measured) outcome() outcome {
 	return o
 }
 
-// emailLatency is, for every successful sign-in, the time from its start
-// to the sink receiving its email, and how many emails never arrived.
-func emailLatency(attempts []attempt, receipts []smtpsink.Receipt) (*load.Summary, int) {
-	started := make(map[string]time.Time, len(attempts))
+// emailLatency waits until the sink has the email of every successful
+// sign-in, or ctx is done, and returns the times from each sign-in's start
+// to its email and how many emails never arrived.
+func emailLatency(ctx context.Context, attempts []attempt, sink *smtpsink.Remote) (*load.Summary, int, error) {
+	pending := make(map[string]time.Time, len(attempts))
 	for _, a := range attempts {
 		if a.err == nil {
-			started[a.email] = a.timing.Start
+			pending[a.email] = a.timing.Start
 		}
+	}
+	if len(pending) == 0 {
+		return &load.Summary{}, 0, nil
 	}
 	var lat []time.Duration
-	for _, r := range receipts {
-		if t, ok := started[r.Rcpt]; ok {
+	err := sink.Watch(ctx, func(r smtpsink.Receipt) bool {
+		if t, ok := pending[r.Rcpt]; ok {
 			lat = append(lat, r.At.Sub(t))
-			delete(started, r.Rcpt) // a duplicate email counts once
+			delete(pending, r.Rcpt) // a duplicate email counts once
 		}
-	}
+		return len(pending) == 0
+	})
 	s := load.Summarize(lat)
-	return &s, len(started)
+	return &s, len(pending), err
 }
 
 // SMTPIndependence compares the gateway at one rate with a healthy sink and

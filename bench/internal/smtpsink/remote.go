@@ -133,6 +133,34 @@ func (r *Remote) WaitFor(ctx context.Context, n int) error {
 // Process is the sink's process, for its CPU time.
 func (r *Remote) Process() *proc.Process { return r.p }
 
+// Watch calls fn with every receipt, in the order they arrived, from the
+// first one the sink reported, until fn returns true. It fails when ctx is
+// done first or the sink exits.
+func (r *Remote) Watch(ctx context.Context, fn func(Receipt) bool) error {
+	next := 0
+	for {
+		r.mu.Lock()
+		batch, readErr := r.receipts[next:len(r.receipts):len(r.receipts)], r.readErr
+		r.mu.Unlock()
+		if readErr != nil {
+			return readErr
+		}
+		for _, rec := range batch {
+			if fn(rec) {
+				return nil
+			}
+		}
+		next += len(batch)
+		select {
+		case <-r.notify:
+		case <-r.p.Exited():
+			return fmt.Errorf("%s exited after %d messages", r.p.Name, next)
+		case <-ctx.Done():
+			return fmt.Errorf("after %d messages: %w", next, ctx.Err())
+		}
+	}
+}
+
 // Stop ends the sink process.
 func (r *Remote) Stop() error {
 	return r.p.Stop(2 * time.Second)
