@@ -2,18 +2,20 @@
 # `make test` runs every module's tests. Tools (buf, protoc-gen-go,
 # staticcheck) are pinned in tools/go.mod; Ory Hydra (an OIDC provider the
 # e2e tests sign in through) and Mailpit (an SMTP server they deliver to) in
-# tools/hydra and tools/mailpit. All are built into bin/ on first use.
+# tools/hydra and tools/mailpit; oauth2-proxy (what make bench compares the
+# gateway with) in tools/oauth2-proxy. All are built into bin/ on first use.
 
 GO      ?= go
 BIN     := $(CURDIR)/bin
-MODULES := proto services/auth-gateway services/mail-worker devstack e2e
+MODULES := proto services/auth-gateway services/mail-worker devstack e2e bench
 # Modules whose tests run with the race detector; e2e builds and runs real
-# binaries and is slow enough without it.
-RACE_MODULES := proto services/auth-gateway services/mail-worker devstack
+# binaries and is slow enough without it. bench's tests are its parts' unit
+# tests: the benchmark itself only runs with make bench.
+RACE_MODULES := proto services/auth-gateway services/mail-worker devstack bench
 TOOLS   := $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/staticcheck
 GOTEST_FLAGS ?= -count=1 -timeout=15m
 
-.PHONY: all run build test test-unit test-e2e bench proto proto-check lint tools clean
+.PHONY: all run build test test-unit test-e2e bench bench-micro proto proto-check lint tools clean
 
 all: build
 
@@ -40,8 +42,16 @@ test-e2e: $(BIN)/hydra $(BIN)/mailpit
 	@echo "==> go test ./e2e/..."
 	cd e2e && DOORBELL_HYDRA=$(BIN)/hydra DOORBELL_MAILPIT=$(BIN)/mailpit $(GO) test $(GOTEST_FLAGS) ./...
 
-## bench: the benchmarks of every module (numbers, never pass/fail)
-bench:
+## bench: the whole path measured end to end in about 3 minutes: the real
+## binaries on loopback, a table, and the same figures as JSON in
+## bench/results/ (numbers, never pass/fail). BENCH_FLAGS="-h" lists the knobs.
+bench: build $(BIN)/oauth2-proxy
+	$(GO) build -o $(BIN)/bench ./bench
+	$(BIN)/bench -gateway $(BIN)/auth-gateway -worker $(BIN)/mail-worker \
+		-oauth2-proxy $(BIN)/oauth2-proxy -out bench/results $(BENCH_FLAGS)
+
+## bench-micro: the Go benchmarks of every module (go test -bench)
+bench-micro:
 	@set -e; for m in $(MODULES); do \
 		(cd $$m && $(GO) test -run '^$$' -bench . -benchmem ./...); \
 	done
@@ -77,6 +87,9 @@ $(BIN)/hydra: tools/hydra/go.mod tools/hydra/go.sum
 
 $(BIN)/mailpit: tools/mailpit/go.mod tools/mailpit/go.sum
 	GOWORK=off $(GO) build -C tools/mailpit -o $(BIN)/mailpit github.com/axllent/mailpit
+
+$(BIN)/oauth2-proxy: tools/oauth2-proxy/go.mod tools/oauth2-proxy/go.sum
+	GOWORK=off $(GO) build -C tools/oauth2-proxy -o $(BIN)/oauth2-proxy github.com/oauth2-proxy/oauth2-proxy/v7
 
 clean:
 	rm -rf $(BIN) .devstack
