@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	_ "time/tzdata" // MAIL_TIME_ZONE works in images without a zone database
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -44,9 +45,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	if len(os.Args) > 1 {
 		code := 2
-		if os.Args[1] == "dlq" {
+		switch os.Args[1] {
+		case "dlq":
 			code = runDLQ(ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
-		} else {
+		case "preview":
+			code = runPreview(ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr)
+		default:
 			fmt.Fprintf(os.Stderr, "mail-worker: unknown command %q\n\n%s", os.Args[1], usage)
 		}
 		stop()
@@ -63,6 +67,7 @@ func main() {
 const usage = `usage:
   mail-worker              run the worker (settings from the environment, see README)
   mail-worker dlq ...      inspect and redrive dead letters (mail-worker dlq help)
+  mail-worker preview ...  render an email with the configured templates (mail-worker preview help)
 `
 
 // startupCheckTimeout bounds the SMTP check at start.
@@ -122,7 +127,13 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		return err
 	}
 
-	renderer, err := render.New(cfg.TemplatesDir)
+	renderer, err := render.New(render.Config{
+		TemplatesDir: cfg.TemplatesDir,
+		Language:     cfg.Locale,
+		Location:     cfg.TimeZone,
+		SiteName:     cfg.SiteName,
+		SecurityURL:  cfg.SecurityURL,
+	})
 	if err != nil {
 		return fmt.Errorf("templates: %w", err)
 	}
@@ -256,9 +267,9 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		Gate:       gate,
 		Metrics:    deliverMetrics,
 		Log:        log,
-		SiteName:   cfg.SiteName,
 		AckWait:    cfg.AckWait,
 		Retry:      deliver.Retry{BackoffBase: cfg.BackoffBase, BackoffMax: cfg.BackoffMax, Horizon: cfg.RetryHorizon},
+		Policy:     ledger.Policy{AlertWindow: cfg.AlertWindow},
 		Tracer:     tracer,
 		Propagator: propagation.TraceContext{},
 		LogEmails:  cfg.LogEmails,

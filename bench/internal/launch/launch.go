@@ -63,9 +63,11 @@ func workerEnv(s WorkerSettings, adminAddr string) []string {
 		"SMTP_POOL_SIZE="+strconv.Itoa(s.PoolSize),
 		"MAIL_FROM=Doorbell <doorbell@bench.localhost>",
 		"WORKER_ADMIN_ADDR="+adminAddr,
-		// A sink that holds each email for seconds must not hold up the
-		// end of a phase for the worker's default 20 s.
-		"WORKER_SHUTDOWN_TIMEOUT=5s",
+		// SIGTERM waits for the replies a sink still owes (the slow sink
+		// holds each email 2 s): a short final timeout keeps the end of a
+		// phase short, and the shutdown budget must cover it.
+		"SMTP_FINAL_TIMEOUT=5s",
+		"WORKER_SHUTDOWN_TIMEOUT=15s",
 		"LOG_LEVEL=warn",
 	)
 }

@@ -159,9 +159,13 @@ type Client struct {
 	UserAgent string `protobuf:"bytes,2,opt,name=user_agent,json=userAgent,proto3" json:"user_agent,omitempty"`
 	// A keyed hash (HMAC-SHA256, hex) of a long-lived random device cookie:
 	// the same browser gives the same id, and the cookie cannot be derived from it.
-	DeviceId      string `protobuf:"bytes,3,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DeviceId string `protobuf:"bytes,3,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// The Accept-Language header of the sign-in's callback request, truncated
+	// by the gateway; may be empty. Consumers use it for the language of what
+	// they send when the provider gave no locale.
+	AcceptLanguage string `protobuf:"bytes,4,opt,name=accept_language,json=acceptLanguage,proto3" json:"accept_language,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Client) Reset() {
@@ -215,6 +219,13 @@ func (x *Client) GetDeviceId() string {
 	return ""
 }
 
+func (x *Client) GetAcceptLanguage() string {
+	if x != nil {
+		return x.AcceptLanguage
+	}
+	return ""
+}
+
 var File_events_v1_user_authenticated_proto protoreflect.FileDescriptor
 
 const file_events_v1_user_authenticated_proto_rawDesc = "" +
@@ -229,12 +240,13 @@ const file_events_v1_user_authenticated_proto_rawDesc = "" +
 	"\x05email\x18\x06 \x01(\tR\x05email\x12\x12\n" +
 	"\x04name\x18\a \x01(\tR\x04name\x12\x16\n" +
 	"\x06locale\x18\b \x01(\tR\x06locale\x122\n" +
-	"\x06client\x18\t \x01(\v2\x1a.doorbell.events.v1.ClientR\x06client\"T\n" +
+	"\x06client\x18\t \x01(\v2\x1a.doorbell.events.v1.ClientR\x06client\"}\n" +
 	"\x06Client\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x1d\n" +
 	"\n" +
 	"user_agent\x18\x02 \x01(\tR\tuserAgent\x12\x1b\n" +
-	"\tdevice_id\x18\x03 \x01(\tR\bdeviceIdB7Z5github.com/doorbell/doorbell/proto/events/v1;eventsv1b\x06proto3"
+	"\tdevice_id\x18\x03 \x01(\tR\bdeviceId\x12'\n" +
+	"\x0faccept_language\x18\x04 \x01(\tR\x0eacceptLanguageB7Z5github.com/doorbell/doorbell/proto/events/v1;eventsv1b\x06proto3"
 
 var (
 	file_events_v1_user_authenticated_proto_rawDescOnce sync.Once

@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/text/language"
 )
 
 // TLS modes accepted in SMTP_TLS.
@@ -85,6 +87,17 @@ type Config struct {
 	MailFrom     string // MAIL_FROM
 	TemplatesDir string // MAIL_TEMPLATES_DIR
 	SiteName     string // MAIL_SITE_NAME
+	// Locale (MAIL_LOCALE) is the language of an email when neither the
+	// provider's locale nor the browser names one there are templates for.
+	Locale language.Tag
+	// TimeZone (MAIL_TIME_ZONE) is where the times in emails are shown.
+	TimeZone *time.Location
+	// SecurityURL (MAIL_SECURITY_URL) is where an alert sends a person who
+	// did not sign in; none when empty.
+	SecurityURL string
+	// AlertWindow (MAIL_ALERT_WINDOW) lets one new-device alert per person
+	// go out per window; 0 sends every alert at once.
+	AlertWindow time.Duration
 
 	RetryHorizon    time.Duration // WORKER_RETRY_HORIZON
 	BackoffBase     time.Duration // WORKER_BACKOFF_BASE
@@ -132,6 +145,10 @@ func Load(getenv func(string) string) (Config, error) {
 		MailFrom:         l.str("MAIL_FROM", "Doorbell <doorbell@localhost>"),
 		TemplatesDir:     l.str("MAIL_TEMPLATES_DIR", ""),
 		SiteName:         l.str("MAIL_SITE_NAME", "Doorbell"),
+		Locale:           l.locale("MAIL_LOCALE", language.English),
+		TimeZone:         l.timeZone("MAIL_TIME_ZONE"),
+		SecurityURL:      l.securityURL("MAIL_SECURITY_URL"),
+		AlertWindow:      l.durationOrZero("MAIL_ALERT_WINDOW", 10*time.Minute),
 		RetryHorizon:     l.days("WORKER_RETRY_HORIZON", 5*24*time.Hour),
 		BackoffBase:      l.duration("WORKER_BACKOFF_BASE", 2*time.Second),
 		BackoffMax:       l.duration("WORKER_BACKOFF_MAX", 5*time.Minute),
@@ -313,6 +330,68 @@ func (l *loader) duration(name string, def time.Duration) time.Duration {
 	}
 	if d <= 0 {
 		l.fail(name, v, errors.New("must be positive"))
+		return def
+	}
+	return d
+}
+
+// locale reads a BCP 47 language tag ("en", "ko", "pt-BR").
+func (l *loader) locale(name string, def language.Tag) language.Tag {
+	v := l.str(name, "")
+	if v == "" {
+		return def
+	}
+	tag, err := language.Parse(strings.ReplaceAll(v, "_", "-"))
+	if err != nil {
+		l.fail(name, v, errors.New("not a language tag (examples: en, ko, pt-BR)"))
+		return def
+	}
+	return tag
+}
+
+// timeZone reads an IANA time zone name ("Asia/Seoul"); UTC when unset.
+func (l *loader) timeZone(name string) *time.Location {
+	v := l.str(name, "UTC")
+	loc, err := time.LoadLocation(v)
+	if err != nil {
+		l.fail(name, v, errors.New("not a time zone name (examples: UTC, Europe/Berlin, Asia/Seoul)"))
+		return time.UTC
+	}
+	return loc
+}
+
+// securityURL reads an absolute https URL (http only on loopback).
+func (l *loader) securityURL(name string) string {
+	v := l.str(name, "")
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && !(u.Scheme == "http" && loopbackHost(u.Hostname()))) {
+		l.fail(name, v, errors.New("must be an https URL such as https://accounts.example.com/security"))
+		return ""
+	}
+	return u.String()
+}
+
+// loopbackHost reports whether host names this machine.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// durationOrZero reads a duration that may also be 0 (off).
+func (l *loader) durationOrZero(name string, def time.Duration) time.Duration {
+	v := l.str(name, "")
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		l.fail(name, v, errors.New("not a duration (examples: 10m, 1h; 0 for off)"))
 		return def
 	}
 	return d

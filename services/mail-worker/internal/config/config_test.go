@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/text/language"
 )
 
 func env(m map[string]string) func(string) string {
@@ -23,6 +25,7 @@ func TestDefaultsWorkOnLoopback(t *testing.T) {
 		SMTPHost: "localhost", SMTPPort: 587, SMTPAuth: AuthAuto, SMTPTLS: TLSMandatory, SMTPTimeout: 15 * time.Second,
 		SMTPFinalTimeout: 10 * time.Minute, SMTPPoolSize: 4, SMTPIdleTimeout: 30 * time.Second,
 		MailFrom: "Doorbell <doorbell@localhost>", SiteName: "Doorbell",
+		Locale: language.English, TimeZone: time.UTC, AlertWindow: 10 * time.Minute,
 		RetryHorizon: 5 * 24 * time.Hour, BackoffBase: 2 * time.Second, BackoffMax: 5 * time.Minute,
 		AckWait: 60 * time.Second, ShutdownTimeout: 10*time.Minute + 30*time.Second,
 		RelayProbeBase: time.Second, RelayProbeMax: 30 * time.Second,
@@ -91,6 +94,14 @@ func TestLoad(t *testing.T) {
 					t.Errorf("got %+v", c)
 				}
 			}},
+		{"language, zone, security page and alert window", map[string]string{"MAIL_LOCALE": "ko_KR",
+			"MAIL_TIME_ZONE": "Asia/Seoul", "MAIL_SECURITY_URL": "https://accounts.example.com/security", "MAIL_ALERT_WINDOW": "0"},
+			func(t *testing.T, c Config) {
+				if c.Locale.String() != "ko-KR" || c.TimeZone.String() != "Asia/Seoul" ||
+					c.SecurityURL != "https://accounts.example.com/security" || c.AlertWindow != 0 {
+					t.Errorf("got %+v", c)
+				}
+			}},
 		{"the retry horizon also takes a Go duration", map[string]string{"WORKER_RETRY_HORIZON": "90m"},
 			func(t *testing.T, c Config) {
 				if c.RetryHorizon != 90*time.Minute {
@@ -150,6 +161,11 @@ func TestLoadRejectsBadValues(t *testing.T) {
 		{"a shutdown shorter than the final reply", map[string]string{"WORKER_SHUTDOWN_TIMEOUT": "20s"},
 			[]string{"WORKER_SHUTDOWN_TIMEOUT", "at least SMTP_FINAL_TIMEOUT (10m0s) + 10s", "raise it to 10m10s"}},
 		{"an empty secret file", map[string]string{"NATS_URL_FILE": emptyFile}, []string{"NATS_URL_FILE", "the file is empty"}},
+		{"not a language", map[string]string{"MAIL_LOCALE": "english please"}, []string{"MAIL_LOCALE", "not a language tag"}},
+		{"not a time zone", map[string]string{"MAIL_TIME_ZONE": "Mars/Olympus"}, []string{"MAIL_TIME_ZONE", "not a time zone name"}},
+		{"a security page over http", map[string]string{"MAIL_SECURITY_URL": "http://accounts.example.com/security"}, []string{"MAIL_SECURITY_URL", "https URL"}},
+		{"a security page that is not a URL", map[string]string{"MAIL_SECURITY_URL": "/security"}, []string{"MAIL_SECURITY_URL"}},
+		{"a negative alert window", map[string]string{"MAIL_ALERT_WINDOW": "-1m"}, []string{"MAIL_ALERT_WINDOW"}},
 		{"base above max", map[string]string{"WORKER_BACKOFF_BASE": "10m"}, []string{"must not exceed WORKER_BACKOFF_MAX"}},
 		{"ack wait too short to report progress", map[string]string{"WORKER_ACK_WAIT": "500ms"}, []string{"WORKER_ACK_WAIT", "at least 1s"}},
 		{"replicas out of range", map[string]string{"NATS_STREAM_REPLICAS": "7"}, []string{"NATS_STREAM_REPLICAS", "auto or a whole number from 1 to 5"}},

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -87,8 +88,9 @@ type Handler struct {
 	Gate        *relay.Gate
 	Metrics     *Metrics
 	Log         *slog.Logger
-	SiteName    string
 	Retry       Retry
+	// Policy shapes the decisions (the alert window).
+	Policy ledger.Policy
 	// AckWait is the consumer's: a message that another delivery holds is
 	// handed back for this long. The message is reported in progress every
 	// third of it while it is handled.
@@ -123,10 +125,11 @@ type delivery struct {
 
 // claimed is an email this delivery holds in the person's record, at rev.
 type claimed struct {
-	key   string
-	rev   uint64
-	rec   ledger.Record
-	email ledger.Email
+	key    string
+	rev    uint64
+	rec    ledger.Record
+	email  ledger.Email
+	folded []ledger.Email // the held sign-ins this alert tells of too
 }
 
 // Handle handles one delivery of msg. ctx ends when the worker stops: a
@@ -172,7 +175,7 @@ func (h *Handler) deliver(ctx context.Context, d delivery, ev *eventsv1.UserAuth
 	if !ok {
 		return o
 	}
-	email, err := h.render(ctx, c.email.Kind, ev)
+	email, err := h.render(ctx, c, ev)
 	if err != nil {
 		return h.giveUp(book, d, &c, ReasonPermanent, "cannot render", err)
 	}
@@ -199,13 +202,15 @@ func (h *Handler) mustWait(ctx context.Context, kind ledger.Kind) (outcome, stri
 // between is read again.
 func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthenticated) (claimed, outcome, bool) {
 	key := ledger.Key(ev.GetIssuer(), ev.GetSubject())
-	s := ledger.SignIn{EventID: ev.GetEventId(), At: signInTime(ev, d), DeviceID: ev.GetClient().GetDeviceId()}
+	s := ledger.SignIn{EventID: ev.GetEventId(), At: signInTime(ev, d), DeviceID: ev.GetClient().GetDeviceId(),
+		IP: ev.GetClient().GetIp(), UserAgent: ev.GetClient().GetUserAgent()}
+	d.Now = h.now()
 	for range maxConflicts {
 		rec, rev, err := h.readRecord(ctx, key)
 		if err != nil {
 			return claimed{}, h.retryLater(d, outcome{result: logRetry, reason: "cannot read the person's record", err: err}), false
 		}
-		plan := ledger.Claim(rec, s, d.Delivery)
+		plan := ledger.Claim(rec, s, d.Delivery, h.Policy)
 		if plan.Step == ledger.WaitOther && h.otherGone(ctx, plan.Email.Seq) {
 			plan = ledger.TakeOver(rec, plan.Email, d.Delivery)
 		}
@@ -225,7 +230,10 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 		case ledger.WaitOther:
 			o.result, o.reason = logWaiting, "another message with this event is being sent"
 			return claimed{}, h.handBack(d, o, Backoff(h.Retry.BackoffBase, h.AckWait, d.Num, h.jitter()), causeBusy), false
-		case ledger.Nothing:
+		case ledger.Told:
+			o.result, o.reason = logFolded, "told of in the alert of "+plan.Email.FoldedInto
+			return claimed{}, h.ack(ctx, d, o), false
+		case ledger.Hold, ledger.Nothing:
 			if plan.Changed {
 				if _, err := h.writeRecord(ctx, key, plan.Record, rev); errors.Is(err, ledger.ErrConflict) {
 					continue
@@ -235,6 +243,10 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 				}
 			}
 			h.countDecision(plan)
+			if plan.Step == ledger.Hold {
+				o.result, o.reason = logHeld, "inside the alert window of the last alert; told of in the next"
+				return claimed{}, h.handBack(d, o, max(time.Second, plan.Until.Sub(d.Now)), causeWindow), false
+			}
 			o.result = logNothing
 			return claimed{}, h.ack(ctx, d, o), false
 		}
@@ -250,7 +262,8 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 			return claimed{}, h.retryLater(d, o), false
 		}
 		h.countDecision(plan)
-		c := claimed{key: key, rev: next, rec: plan.Record, email: plan.Email}
+		h.Metrics.emails.WithLabelValues(string(ledger.NewDevice), ResultFolded).Add(float64(plan.NewlyFolded))
+		c := claimed{key: key, rev: next, rec: plan.Record, email: plan.Email, folded: plan.Folded}
 		if plan.Step == ledger.Poison {
 			return claimed{}, h.giveUp(ctx, d, &c, ReasonPoison, "the worker died or hung while sending it, time after time", nil), false
 		}
@@ -270,19 +283,23 @@ func (h *Handler) countDecision(p ledger.Plan) {
 // round one writer wins, so N handlers at one person need at most N.
 const maxConflicts = 32
 
-// render builds the email, in the render span.
-func (h *Handler) render(ctx context.Context, kind ledger.Kind, ev *eventsv1.UserAuthenticated) (render.Email, error) {
-	_, span := h.tracer().Start(ctx, spanRender, trace.WithAttributes(attrKind.String(string(kind))))
+// render builds the email, in the render span: this sign-in and the held
+// ones it tells of too, newest first.
+func (h *Handler) render(ctx context.Context, c claimed, ev *eventsv1.UserAuthenticated) (render.Email, error) {
+	_, span := h.tracer().Start(ctx, spanRender, trace.WithAttributes(attrKind.String(string(c.email.Kind))))
 	defer span.End()
-	email, err := h.Renderer.Render(string(kind), render.Data{
-		SiteName:  h.SiteName,
-		Name:      ev.GetName(),
-		Email:     ev.GetEmail(),
-		When:      authenticatedAt(ev),
-		IP:        ev.GetClient().GetIp(),
-		UserAgent: ev.GetClient().GetUserAgent(),
-		Locale:    ev.GetLocale(),
-		Provider:  ev.GetProvider(),
+	signIns := []render.SignIn{{When: authenticatedAt(ev), IP: ev.GetClient().GetIp(), UserAgent: ev.GetClient().GetUserAgent()}}
+	for _, f := range c.folded {
+		signIns = append(signIns, render.SignIn{When: f.At, IP: f.IP, UserAgent: f.UserAgent})
+	}
+	slices.SortStableFunc(signIns, func(a, b render.SignIn) int { return b.When.Compare(a.When) })
+	email, err := h.Renderer.Render(string(c.email.Kind), render.Data{
+		Name:           ev.GetName(),
+		Email:          ev.GetEmail(),
+		Provider:       ev.GetProvider(),
+		Locale:         ev.GetLocale(),
+		AcceptLanguage: ev.GetClient().GetAcceptLanguage(),
+		SignIns:        signIns,
 	})
 	if err != nil {
 		span.SetStatus(codes.Error, "cannot render")
@@ -302,6 +319,7 @@ func (h *Handler) send(ctx context.Context, d delivery, e ledger.Email, ev *even
 		Subject: email.Subject,
 		Text:    email.Text,
 		HTML:    email.HTML,
+		Lang:    email.Lang,
 	})
 	span.SetAttributes(attrSMTPOutcome.String(smtpsend.OutcomeOf(err)))
 	if err != nil {

@@ -3,6 +3,7 @@ package deliver
 import (
 	"bytes"
 	"fmt"
+	"mime"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
 )
 
 func TestFirstSignInGetsOneWelcome(t *testing.T) {
@@ -251,5 +253,86 @@ func TestUndecodableAndInvalidPayloadsAreTerminated(t *testing.T) {
 	if logs := h.logs.String(); strings.Count(logs, `result=failed attempts=1`) != len(payloads) ||
 		strings.Count(logs, `reason="undecodable: `) != len(payloads) {
 		t.Errorf("want one undecodable log line per bad payload:\n%s", logs)
+	}
+}
+
+// subjectOf decodes a message's Subject header (RFC 2047).
+func subjectOf(t *testing.T, m smtptest.Message) string {
+	t.Helper()
+	s, err := new(mime.WordDecoder).DecodeHeader(m.Header(t).Get("Subject"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestEmailsSpeakThePersonsLanguage(t *testing.T) {
+	tests := []struct {
+		name           string
+		locale, accept string
+		wantSubject    string
+		wantLang       string
+	}{
+		{"the provider says Korean", "ko", "en-US,en;q=0.9", "Doorbell에 오신 것을 환영합니다", "ko"},
+		{"the browser asks for Korean", "", "ko-KR,ko;q=0.9,en;q=0.8", "Doorbell에 오신 것을 환영합니다", "ko"},
+		{"neither: the default", "fr", "de", "Welcome to Doorbell", "en"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, harnessOptions{})
+			ev := signIn("evt-lang", "dev-a")
+			ev.Locale, ev.Client.AcceptLanguage = tt.locale, tt.accept
+			ack := h.publish(ev, "evt-lang")
+			msgs := h.smtp.WaitForMessages(t, 1, waitLong)
+			h.waitSettled(ack.Sequence)
+			if got := subjectOf(t, msgs[0]); got != tt.wantSubject {
+				t.Errorf("subject %q, want %q", got, tt.wantSubject)
+			}
+			if got := msgs[0].Header(t).Get("Content-Language"); got != tt.wantLang {
+				t.Errorf("Content-Language %q, want %q", got, tt.wantLang)
+			}
+		})
+	}
+}
+
+// Five sign-ins from new browsers in a row: one alert at once, and one
+// follow-up that lists the other four when the alert window ends; none is
+// dropped, and the metrics show the folding.
+func TestNewBrowsersInARowSendOneAlertAndOneFollowUp(t *testing.T) {
+	h := newHarness(t, harnessOptions{alertWindow: 4 * time.Second})
+	h.publish(signIn("evt-first", "home"), "evt-first")
+	h.smtp.WaitForMessages(t, 1, waitLong) // the welcome
+	var last uint64
+	for i := range 5 {
+		ev := signIn(fmt.Sprintf("evt-new-%d", i), fmt.Sprintf("browser-%d", i))
+		ev.Client.Ip = fmt.Sprintf("198.51.100.%d", 10+i)
+		last = h.publish(ev, ev.EventId).Sequence
+		if i == 0 {
+			h.smtp.WaitForMessages(t, 2, waitLong) // the first alert goes at once
+		}
+	}
+	msgs := h.smtp.WaitForMessages(t, 3, waitLong)
+	h.waitSettled(last)
+
+	if n := len(h.smtp.Messages()); n != 3 {
+		t.Fatalf("%d emails, want the welcome, one alert and one follow-up", n)
+	}
+	first, follow := msgs[1], msgs[2]
+	if got := subjectOf(t, first); got != "New sign-in to Doorbell from a new device" {
+		t.Errorf("the first alert's subject %q", got)
+	}
+	if got := subjectOf(t, follow); got != "4 sign-ins to Doorbell from new devices" {
+		t.Errorf("the follow-up's subject %q", got)
+	}
+	for i := 1; i < 5; i++ {
+		if ip := fmt.Sprintf("198.51.100.%d", 10+i); !bytes.Contains(follow.Data, []byte(ip)) {
+			t.Errorf("the follow-up does not tell of the sign-in from %s:\n%s", ip, follow.Data)
+		}
+	}
+	h.wantCounter(`emails_total{new_device,sent}`, h.metrics.emails.WithLabelValues("new_device", ResultSent), 2)
+	h.wantCounter(`emails_total{new_device,folded}`, h.metrics.emails.WithLabelValues("new_device", ResultFolded), 3)
+	h.wantCounter(`decisions_total{new_device}`, h.metrics.decisions.WithLabelValues("new_device"), 5)
+	if got := testutil.ToFloat64(h.retries(causeWindow)); got < 4 {
+		t.Errorf("retries_total{window} = %v, want every held sign-in handed back until the window ended", got)
 	}
 }

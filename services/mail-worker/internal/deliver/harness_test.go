@@ -93,6 +93,7 @@ type harnessOptions struct {
 	noRun        bool // set everything up but leave consuming to the test
 	tracer       trace.TracerProvider
 	logEmails    bool
+	alertWindow  time.Duration
 	// wrap, when set, replaces each delivered message before the handler
 	// sees it (to play a worker that dies: see deadMsg).
 	wrap func(jetstream.Msg) jetstream.Msg
@@ -152,7 +153,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	if err := deadletter.Ensure(ctx, js, 1, log); err != nil {
 		t.Fatal(err)
 	}
-	renderer, err := render.New("")
+	renderer, err := render.New(render.Config{SiteName: "Doorbell"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +175,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	h := &Handler{
 		Sender: sender, Renderer: renderer, People: people, InStream: StreamHas(stream),
 		DeadLetters: deadletter.NewPublisher(js, 1, log), Gate: gate,
-		Metrics: metrics, Log: log, SiteName: "Doorbell", AckWait: opts.ackWait,
+		Metrics: metrics, Log: log, AckWait: opts.ackWait, Policy: ledger.Policy{AlertWindow: opts.alertWindow},
 		Retry:     Retry{BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond, Horizon: opts.horizon},
 		Jitter:    func() float64 { return 0 },
 		LogEmails: opts.logEmails,

@@ -14,6 +14,9 @@ const (
 	ResultSent      = "sent"
 	ResultDuplicate = "duplicate"
 	ResultFailed    = "failed"
+	// ResultFolded counts new-device sign-ins told of in another alert
+	// (one alert per person per MAIL_ALERT_WINDOW).
+	ResultFolded = "folded"
 )
 
 // Values of the "reason" label of deadletters_total, and of the
@@ -34,6 +37,7 @@ const (
 	causeBusy     = "busy"     // another delivery holds the email
 	causeStore    = "store"    // the person's record or the dead letter could not be read or written
 	causeShutdown = "shutdown" // the worker is stopping
+	causeWindow   = "window"   // a new-device alert waits for the alert window to end
 )
 
 // Metrics are the event-side series of the mail-worker.
@@ -56,7 +60,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 		emails: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "emails_total",
-			Help: "Emails by kind (welcome, new_device) and result: sent, duplicate (already sent, suppressed) or failed (given up).",
+			Help: "Emails by kind (welcome, new_device) and result: sent, duplicate (already sent, suppressed), failed (given up) " +
+				"or folded (a new-device sign-in told of in another alert: one alert per person per MAIL_ALERT_WINDOW).",
 		}, []string{"kind", "result"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "decisions_total",
@@ -71,7 +76,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "retries_total",
 			Help: "Messages handed back to JetStream for a later attempt, by cause: email (this email failed; its delay grows), " +
 				"relay (the relay fails every email; charged to none), busy (another delivery holds the email), " +
-				"store (NATS could not be read or written) or shutdown.",
+				"store (NATS could not be read or written), shutdown or window (a new-device alert waits for the alert window to end).",
 		}, []string{"cause"}),
 		deadletters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "deadletters_total",
@@ -81,7 +86,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"reason"}),
 	}
 	for _, k := range []ledger.Kind{ledger.Welcome, ledger.NewDevice} {
-		for _, r := range []string{ResultSent, ResultDuplicate, ResultFailed} {
+		for _, r := range []string{ResultSent, ResultDuplicate, ResultFailed, ResultFolded} {
 			m.emails.WithLabelValues(string(k), r)
 		}
 	}
@@ -91,7 +96,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	for _, r := range []string{ReasonUndecodable, ReasonPermanent, ReasonExpired, ReasonPoison, ReasonUnconfirmed} {
 		m.deadletters.WithLabelValues(r)
 	}
-	for _, c := range []string{causeEmail, causeRelay, causeBusy, causeStore, causeShutdown} {
+	for _, c := range []string{causeEmail, causeRelay, causeBusy, causeStore, causeShutdown, causeWindow} {
 		m.retries.WithLabelValues(c)
 	}
 	for _, c := range []prometheus.Collector{m.received, m.emails, m.decisions, m.loginToMail, m.retries, m.deadletters} {

@@ -315,6 +315,8 @@ const (
 	logNothing   = "nothing_to_send"
 	logRetry     = "retry"
 	logWaiting   = "waiting"
+	logHeld      = "held"
+	logFolded    = "folded"
 	logFailed    = "failed"
 	logShutdown  = "shutdown"
 )

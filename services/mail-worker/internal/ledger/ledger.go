@@ -63,6 +63,11 @@ const (
 	// Failed: it was given up and dead-lettered. A redrive (the event in a
 	// new message) tries it again.
 	Failed State = "failed"
+	// Held: a new-device alert that came inside the alert window of the
+	// last one; it waits to be told of in the next alert (Policy).
+	Held State = "held"
+	// Folded: told of in the alert of another event (Email.FoldedInto).
+	Folded State = "folded"
 )
 
 // Record is what the worker knows about one person, keyed by issuer and
@@ -79,6 +84,9 @@ type Record struct {
 	Devices []string `json:"devices"`
 	// Emails holds the emails decided for this person, oldest first.
 	Emails []Email `json:"emails,omitempty"`
+	// LastAlert is when the last new-device alert was claimed (by the
+	// worker's clock): the start of the alert window.
+	LastAlert time.Time `json:"last_alert,omitzero"`
 }
 
 // Email is one email decided for a sign-in.
@@ -104,6 +112,12 @@ type Email struct {
 	Abandoned int       `json:"abandoned,omitempty"`
 	MessageID string    `json:"message_id,omitempty"`
 	SentAt    time.Time `json:"sent_at,omitzero"`
+	// IP and UserAgent describe a Held or Folded sign-in until the alert
+	// that tells of it is sent, then they are forgotten.
+	IP        string `json:"ip,omitempty"`
+	UserAgent string `json:"user_agent,omitempty"`
+	// FoldedInto is the event whose alert tells of this one (Folded).
+	FoldedInto string `json:"folded_into,omitempty"`
 }
 
 // SignIn is what the rules need of a user.authenticated event.
@@ -111,13 +125,36 @@ type SignIn struct {
 	EventID  string
 	At       time.Time // authenticated_at
 	DeviceID string
+	// IP and UserAgent are kept while an alert for it is held.
+	IP, UserAgent string
 }
 
 // Delivery identifies one delivery of a message by JetStream: the
-// message's stream sequence and how often it has been delivered (from 1).
+// message's stream sequence and how often it has been delivered (from 1),
+// and when it is handled (the worker's clock, for the alert window only).
 type Delivery struct {
 	Seq uint64
 	Num uint64
+	Now time.Time
+}
+
+// Policy shapes the decisions.
+type Policy struct {
+	// AlertWindow lets one new-device alert per person go out per window:
+	// a new device inside the window of the last alert is held and told
+	// of in the next one (sent when the window ends, or earlier with
+	// another alert). 0: every alert goes out at once.
+	AlertWindow time.Duration
+}
+
+// holds reports whether a new-device alert at now must wait for the
+// window of the last one to end, and until when.
+func (p Policy) holds(rec *Record, now time.Time) (time.Time, bool) {
+	if p.AlertWindow <= 0 || rec == nil || rec.LastAlert.IsZero() {
+		return time.Time{}, false
+	}
+	until := rec.LastAlert.Add(p.AlertWindow)
+	return until, now.Before(until)
 }
 
 // Decide returns what a sign-in deserves, given the person's record (nil
@@ -207,7 +244,7 @@ func (r Record) with(e Email) Record {
 	} else {
 		next.Emails = append(next.Emails, e)
 	}
-	settled := func(x Email) bool { return x.State == Sent || x.State == Failed }
+	settled := func(x Email) bool { return x.State == Sent || x.State == Failed || x.State == Folded }
 	horizon := next.LastSeen.Add(-KeepSettled)
 	next.Emails = slices.DeleteFunc(next.Emails, func(x Email) bool {
 		return settled(x) && x.At.Before(horizon) && x.EventID != e.EventID
@@ -247,6 +284,13 @@ const (
 	// Poison: deliveries died holding the email MaxAbandoned times; give
 	// it up (dead-letter it, then Finish with Failed).
 	Poison
+	// Hold: a new-device alert inside the alert window of the last one;
+	// store Plan.Record (when Changed) and hand the message back until
+	// Plan.Until, when its delivery sends the alerts held meanwhile.
+	Hold
+	// Told: the sign-in is told of in the alert of another event
+	// (Plan.Email.FoldedInto); acknowledge.
+	Told
 )
 
 // Plan is the outcome of Claim.
@@ -262,6 +306,12 @@ type Plan struct {
 	Decided bool
 	// Email is the email concerned (not for Nothing).
 	Email Email
+	// Until is when a Hold ends.
+	Until time.Time
+	// Folded are the sign-ins the alert (Send) tells of besides its own,
+	// newest first; NewlyFolded of them joined it now.
+	Folded      []Email
+	NewlyFolded int
 }
 
 // Claim decides what delivery d of the sign-in s does, given the person's
@@ -274,7 +324,9 @@ type Plan struct {
 // left by delivery n is therefore taken over by delivery n+2 of the same
 // message, after one more AckWait in which the holder could still finish
 // its bookkeeping, and counted as abandoned.
-func Claim(rec *Record, s SignIn, d Delivery) Plan {
+//
+// New-device alerts follow p: one per person per window (see Policy).
+func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 	e, ok := rec.Email(s.EventID)
 	if !ok {
 		kind := Decide(rec, s)
@@ -283,11 +335,24 @@ func Claim(rec *Record, s SignIn, d Delivery) Plan {
 			return Plan{Step: Nothing, Kind: None, Record: next, Changed: rec == nil || !equalSeen(*rec, next), Decided: true}
 		}
 		e = Email{EventID: s.EventID, Kind: kind, At: s.At.UTC(), State: Sending, Seq: d.Seq, Delivery: d.Num}
-		return Plan{Step: Send, Kind: kind, Record: next.with(e), Email: e, Decided: true}
+		if until, hold := p.holds(rec, d.Now); hold && kind == NewDevice {
+			e.State, e.IP, e.UserAgent = Held, s.IP, s.UserAgent
+			return Plan{Step: Hold, Kind: kind, Record: next.with(e), Changed: true, Email: e, Until: until, Decided: true}
+		}
+		plan := send(next, e, d)
+		plan.Decided = true
+		return plan
 	}
 	switch e.State {
 	case Sent:
 		return Plan{Step: Duplicate, Kind: e.Kind, Email: e}
+	case Folded:
+		return Plan{Step: Told, Kind: e.Kind, Email: e}
+	case Held:
+		if until, hold := p.holds(rec, d.Now); hold {
+			return Plan{Step: Hold, Kind: e.Kind, Record: *rec, Email: e, Until: until}
+		}
+		return send(*rec, e, d)
 	case Failed:
 		if e.Seq == d.Seq {
 			return Plan{Step: Terminate, Kind: e.Kind, Email: e}
@@ -321,15 +386,49 @@ func TakeOver(rec *Record, e Email, d Delivery) Plan {
 	return p
 }
 
+// send claims e for delivery d. A new-device alert also takes in every
+// held sign-in of the person, and starts a new alert window.
 func send(rec Record, e Email, d Delivery) Plan {
 	e.State, e.Seq, e.Delivery = Sending, d.Seq, d.Num
-	return Plan{Step: Send, Kind: e.Kind, Record: rec.with(e), Email: e}
+	next := rec.with(e)
+	plan := Plan{Step: Send, Kind: e.Kind, Email: e}
+	if e.Kind == NewDevice {
+		for i, x := range next.Emails {
+			switch {
+			case x.State == Held && x.EventID != e.EventID:
+				x.State, x.FoldedInto = Folded, e.EventID
+				next.Emails[i] = x
+				plan.NewlyFolded++
+				fallthrough
+			case x.State == Folded && x.FoldedInto == e.EventID:
+				plan.Folded = append(plan.Folded, x)
+			}
+		}
+		slices.SortFunc(plan.Folded, func(a, b Email) int { return b.At.Compare(a.At) })
+		if !d.Now.IsZero() {
+			next.LastAlert = d.Now.UTC()
+		}
+	}
+	plan.Record = next
+	return plan
 }
 
 // equalSeen reports whether a and b know the same devices in the same
 // order and the same newest sign-in.
 func equalSeen(a, b Record) bool {
 	return a.LastSeen.Equal(b.LastSeen) && a.FirstSeen.Equal(b.FirstSeen) && slices.Equal(a.Devices, b.Devices)
+}
+
+// forgetFoldedInto drops the details of the sign-ins told of in the alert of
+// eventID, once it is sent.
+func (r Record) forgetFoldedInto(eventID string) Record {
+	next := r.clone()
+	for i, x := range next.Emails {
+		if x.State == Folded && x.FoldedInto == eventID {
+			next.Emails[i].IP, next.Emails[i].UserAgent = "", ""
+		}
+	}
+	return next
 }
 
 // Result is how an attempt at an email ended, for Record.Finish.
@@ -366,6 +465,8 @@ func (r Record) Finish(eventID string, d Delivery, res Result, messageID string,
 	switch res {
 	case Accepted:
 		e.State, e.MessageID, e.SentAt = Sent, messageID, sentAt.UTC()
+		e.IP, e.UserAgent = "", ""
+		r = r.forgetFoldedInto(e.EventID)
 	case FailedTry:
 		e.State = Retry
 		e.Tries++

@@ -118,7 +118,7 @@ func TestClaim(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := Claim(tt.rec, tt.s, tt.d)
+			p := Claim(tt.rec, tt.s, tt.d, Policy{})
 			if p.Step != tt.wantStep || p.Kind != tt.wantKind {
 				t.Fatalf("Claim = step %d kind %q, want %d %q", p.Step, p.Kind, tt.wantStep, tt.wantKind)
 			}
@@ -135,10 +135,10 @@ func TestClaim(t *testing.T) {
 
 func TestAnEmailAbandonedTooOftenIsPoison(t *testing.T) {
 	s := signIn("e1", 0, "dev-a")
-	p := Claim(nil, s, Delivery{Seq: 1, Num: 1})
+	p := Claim(nil, s, Delivery{Seq: 1, Num: 1}, Policy{})
 	rec := p.Record
 	for n := uint64(3); ; n += 2 { // every holder dies; the delivery after next takes over
-		p = Claim(&rec, s, Delivery{Seq: 1, Num: n})
+		p = Claim(&rec, s, Delivery{Seq: 1, Num: n}, Policy{})
 		if p.Step == Poison {
 			if e, _ := p.Record.Email("e1"); e.Abandoned != MaxAbandoned {
 				t.Errorf("poison after %d abandoned deliveries, want %d", e.Abandoned, MaxAbandoned)
@@ -248,7 +248,7 @@ func BenchmarkClaimAndFinish(b *testing.B) {
 	s := SignIn{EventID: "0190c4b2-0009-7abc-8def-0123456789ab", At: at(10), DeviceID: "dev-new"}
 	b.ReportAllocs()
 	for b.Loop() {
-		p := Claim(&rec, s, Delivery{Seq: 9, Num: 1})
+		p := Claim(&rec, s, Delivery{Seq: 9, Num: 1}, Policy{})
 		if _, held, _ := p.Record.Finish(s.EventID, Delivery{Seq: 9, Num: 1}, Accepted, "<x@example.com>", at(11)); !held {
 			b.Fatal("not held")
 		}
@@ -269,5 +269,85 @@ func BenchmarkRecordJSON(b *testing.B) {
 		if err := json.Unmarshal(data, &back); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// One new-device alert per window: later new devices are held, then told
+// of in one alert when the window ends (or with the next alert).
+func TestNewDeviceAlertsInsideTheWindowAreFolded(t *testing.T) {
+	p := Policy{AlertWindow: 10 * time.Minute}
+	device := func(id string, minute int, dev string) SignIn {
+		s := signIn(id, minute, dev)
+		s.IP, s.UserAgent = "192.0.2."+id[1:], "UA "+id
+		return s
+	}
+	now := func(minute int) Delivery { return Delivery{Seq: 1, Num: 1, Now: at(minute)} }
+	rec := Record{FirstSeen: at(-60), LastSeen: at(-60), Devices: []string{"home"}}
+
+	// The first new device: an alert at once, and the window starts.
+	plan := Claim(&rec, device("e1", 0, "a"), now(0), p)
+	if plan.Step != Send || plan.Kind != NewDevice || len(plan.Folded) != 0 || !plan.Record.LastAlert.Equal(at(0)) {
+		t.Fatalf("first alert: %+v", plan)
+	}
+	rec, _, _ = plan.Record.Finish("e1", now(0), Accepted, "<e1@x>", at(0))
+
+	// Two more inside the window: held until it ends, details kept.
+	for i, id := range []string{"e2", "e3"} {
+		plan = Claim(&rec, device(id, 2+i, "dev-"+id), now(2+i), p)
+		if plan.Step != Hold || !plan.Until.Equal(at(10)) || !plan.Changed {
+			t.Fatalf("%s inside the window: %+v", id, plan)
+		}
+		rec = plan.Record
+	}
+	if e, _ := rec.Email("e3"); e.State != Held || e.IP != "192.0.2.3" || e.UserAgent != "UA e3" {
+		t.Errorf("held sign-in recorded as %+v", e)
+	}
+	if got := Decide(&rec, signIn("e9", 4, "dev-e2")); got != None {
+		t.Errorf("a held device is not remembered: %q", got)
+	}
+	// e2 comes back before the window ends: still held, nothing to write.
+	if plan = Claim(&rec, device("e2", 2, "dev-e2"), now(8), p); plan.Step != Hold || plan.Changed {
+		t.Fatalf("e2 before the window ends: %+v", plan)
+	}
+
+	// e2 comes back after the window: one alert tells of e2 and e3.
+	plan = Claim(&rec, device("e2", 2, "dev-e2"), Delivery{Seq: 1, Num: 2, Now: at(10)}, p)
+	if plan.Step != Send || plan.Email.EventID != "e2" || plan.NewlyFolded != 1 || len(plan.Folded) != 1 || plan.Folded[0].EventID != "e3" {
+		t.Fatalf("the follow-up: %+v", plan)
+	}
+	rec = plan.Record
+	if e, _ := rec.Email("e3"); e.State != Folded || e.FoldedInto != "e2" {
+		t.Errorf("e3 after the follow-up was claimed: %+v", e)
+	}
+	// e3's own message finds itself told of.
+	if plan := Claim(&rec, device("e3", 3, "dev-e3"), Delivery{Seq: 7, Num: 2, Now: at(11)}, p); plan.Step != Told {
+		t.Errorf("e3 after the follow-up: step %d, want Told", plan.Step)
+	}
+	// Sent, the details are forgotten.
+	rec, _, _ = rec.Finish("e2", Delivery{Seq: 1, Num: 2}, Accepted, "<e2@x>", at(10))
+	for _, id := range []string{"e2", "e3"} {
+		if e, _ := rec.Email(id); e.IP != "" || e.UserAgent != "" {
+			t.Errorf("%s keeps its details after the alert was sent: %+v", id, e)
+		}
+	}
+	// With no window every alert goes at once.
+	if plan := Claim(&rec, device("e4", 12, "dev-e4"), now(12), Policy{}); plan.Step != Send {
+		t.Errorf("without a window: step %d, want Send", plan.Step)
+	}
+}
+
+// A held sign-in is told of in the next alert even before its window ends
+// for it, when another new device comes after the window.
+func TestHeldSignInsJoinTheNextAlert(t *testing.T) {
+	p := Policy{AlertWindow: 10 * time.Minute}
+	rec := Record{FirstSeen: at(-60), LastSeen: at(-60), LastAlert: at(0), Devices: []string{"home"}}
+	plan := Claim(&rec, signIn("e2", 5, "b"), Delivery{Seq: 2, Num: 1, Now: at(5)}, p)
+	if plan.Step != Hold {
+		t.Fatalf("inside the window: %+v", plan)
+	}
+	rec = plan.Record
+	plan = Claim(&rec, signIn("e4", 11, "c"), Delivery{Seq: 4, Num: 1, Now: at(11)}, p)
+	if plan.Step != Send || len(plan.Folded) != 1 || plan.Folded[0].EventID != "e2" || !plan.Record.LastAlert.Equal(at(11)) {
+		t.Fatalf("the next alert: %+v", plan)
 	}
 }

@@ -55,7 +55,7 @@ func TestPutIsCompareAndSet(t *testing.T) {
 	if r, rev, err := s.Get(ctx, key); r != nil || rev != 0 || err != nil {
 		t.Fatalf("Get of a new person = %v, %d, %v; want nil, 0, nil", r, rev, err)
 	}
-	first := Claim(nil, signIn("e1", 0, "dev-a"), Delivery{Seq: 1, Num: 1}).Record
+	first := Claim(nil, signIn("e1", 0, "dev-a"), Delivery{Seq: 1, Num: 1}, Policy{}).Record
 	rev, err := s.Put(ctx, key, first, 0)
 	if err != nil {
 		t.Fatal(err)

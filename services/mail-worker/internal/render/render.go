@@ -1,12 +1,15 @@
 // Package render turns a sign-in into the subject, plain-text body and HTML
-// body of an email.
+// body of an email, in the person's language.
 //
-// Templates are embedded in the binary (templates/*.tmpl) and a folder may
-// override any of them by file name. The plain-text template must define a
+// Templates are embedded in the binary, one folder per language
+// (templates/en, templates/ko: <kind>.txt.tmpl and <kind>.html.tmpl), and a
+// folder may override any of them: <dir>/<lang>/<file>, or <dir>/<file> for
+// the default language. A folder <dir>/<lang> holding all of a language's
+// files adds that language. The plain-text template must define a
 // "subject" template. HTML bodies go through html/template, so every value
 // from the event is escaped; the subject and all single-line values are
-// stripped of control characters, so nothing from the event can add a header
-// or a line to the message.
+// stripped of control characters, so nothing from the event can add a
+// header or a line to the message.
 package render
 
 import (
@@ -18,20 +21,23 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
+	"slices"
 	"strings"
 	texttemplate "text/template"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/text/language"
+	"golang.org/x/text/message"
 )
 
-//go:embed templates/*.tmpl
+//go:embed templates
 var embedded embed.FS
 
 // Kinds of email the templates cover; each has <kind>.txt.tmpl and
-// <kind>.html.tmpl.
-var kinds = [...]string{"welcome", "new_device"}
+// <kind>.html.tmpl in every language.
+var Kinds = [...]string{"welcome", "new_device"}
 
 // Limits on values from the event, in runes.
 const (
@@ -39,17 +45,44 @@ const (
 	maxLineValue = 256
 )
 
-// Data is what the templates are about. All fields but SiteName come from
-// the event and are untrusted.
+// Config shapes every email.
+type Config struct {
+	// TemplatesDir overrides and adds templates (see the package comment);
+	// none when empty.
+	TemplatesDir string
+	// Language is the language of an email when neither the provider's
+	// locale nor the browser's Accept-Language names one there are
+	// templates for (MAIL_LOCALE).
+	Language language.Tag
+	// Location is the time zone times are shown in (MAIL_TIME_ZONE); UTC
+	// when nil.
+	Location *time.Location
+	// SiteName names the service in the emails (MAIL_SITE_NAME).
+	SiteName string
+	// SecurityURL, when set, is where an alert sends a person who did not
+	// sign in (MAIL_SECURITY_URL), for example the provider's account page.
+	SecurityURL string
+}
+
+// Data is what an email is about. All of it comes from events and is
+// untrusted.
 type Data struct {
-	SiteName  string
-	Name      string // display name; may be empty
-	Email     string
+	Name     string // display name; may be empty
+	Email    string
+	Provider string
+	// Locale is the provider's locale claim, AcceptLanguage the browser's
+	// header at sign-in; either may be empty.
+	Locale, AcceptLanguage string
+	// SignIns are the sign-ins the email tells of, the newest first: one,
+	// or several when alerts were folded into one.
+	SignIns []SignIn
+}
+
+// SignIn is one sign-in an email tells of.
+type SignIn struct {
 	When      time.Time
 	IP        string
 	UserAgent string
-	Locale    string // BCP 47 tag; may be empty
-	Provider  string
 }
 
 // Email is a rendered message.
@@ -57,146 +90,248 @@ type Email struct {
 	Subject string // one line, no control characters
 	Text    string
 	HTML    string
+	Lang    string // the BCP 47 tag of the language it is written in
 }
 
 // Renderer holds parsed templates. It is safe for concurrent use.
 type Renderer struct {
+	cfg       Config
+	languages []language.Tag   // with templates; Config.Language among them
+	matcher   language.Matcher // of languages
+	sets      map[language.Tag]templates
+}
+
+// templates are one language's templates, by kind, and its printer.
+type templates struct {
+	p    *message.Printer
 	text map[string]*texttemplate.Template
 	html map[string]*htmltemplate.Template
 }
 
-// New parses the embedded templates, replacing each with the file of the same
-// name in overrideDir when that folder is given and holds one. Every template
-// is executed once with sample data so that a broken override stops the
-// start-up instead of the first email.
-func New(overrideDir string) (*Renderer, error) {
-	r := &Renderer{
-		text: make(map[string]*texttemplate.Template),
-		html: make(map[string]*htmltemplate.Template),
+// New parses the templates of every language. Every template is executed
+// once with sample data (one sign-in and several) so that a broken
+// override stops the start-up, naming the file, instead of the first
+// email.
+func New(cfg Config) (*Renderer, error) {
+	if cfg.Location == nil {
+		cfg.Location = time.UTC
 	}
-	for _, kind := range kinds {
-		name := kind + ".txt.tmpl"
-		src, err := source(overrideDir, name)
+	if cfg.Language == language.Und {
+		cfg.Language = language.English
+	}
+	r := &Renderer{cfg: cfg, sets: make(map[language.Tag]templates)}
+	langs, err := languages(cfg.TemplatesDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, lang := range langs {
+		set, err := parse(cfg.TemplatesDir, lang, lang == cfg.Language, printer(lang))
 		if err != nil {
 			return nil, err
 		}
-		tt, err := texttemplate.New(name).Option("missingkey=error").Parse(src)
-		if err != nil {
-			return nil, fmt.Errorf("parse %s: %w", name, err)
-		}
-		if tt.Lookup("subject") == nil {
-			return nil, fmt.Errorf("parse %s: it must define a \"subject\" template", name)
-		}
-		r.text[kind] = tt
-
-		name = kind + ".html.tmpl"
-		if src, err = source(overrideDir, name); err != nil {
-			return nil, err
-		}
-		ht, err := htmltemplate.New(name).Option("missingkey=error").Parse(src)
-		if err != nil {
-			return nil, fmt.Errorf("parse %s: %w", name, err)
-		}
-		r.html[kind] = ht
+		r.sets[lang] = set
+		r.languages = append(r.languages, lang)
 	}
-	sample := Data{
-		SiteName: "Doorbell", Name: `<b>"Sample"</b>`, Email: "sample@example.com",
-		When: time.Unix(0, 0), IP: "192.0.2.1", UserAgent: "Sample/1.0", Locale: "en", Provider: "sample",
+	r.matcher = language.NewMatcher(r.languages)
+	if _, ok := r.sets[cfg.Language]; !ok {
+		return nil, fmt.Errorf("no templates for the default language %s (MAIL_LOCALE): there are %v; add %s/ to MAIL_TEMPLATES_DIR",
+			cfg.Language, r.languages, cfg.Language)
 	}
-	for _, kind := range kinds {
-		if _, err := r.Render(kind, sample); err != nil {
-			return nil, fmt.Errorf("try templates: %w", err)
+	for _, lang := range r.languages {
+		for _, signIns := range [][]SignIn{sample[:1], sample} {
+			for _, kind := range Kinds {
+				d := Data{Name: `<b>"Sample"</b>`, Email: "sample@example.com", Provider: "sample", Locale: lang.String(), SignIns: signIns}
+				if _, err := r.Render(kind, d); err != nil {
+					return nil, fmt.Errorf("try the %s templates: %w", lang, err)
+				}
+			}
 		}
 	}
 	return r, nil
 }
 
-// source returns the override of name from dir if there is one, else the
-// embedded template.
-func source(dir, name string) (string, error) {
-	if dir != "" {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		switch {
-		case err == nil:
-			return string(b), nil
-		case !errors.Is(err, fs.ErrNotExist):
-			return "", fmt.Errorf("read template override: %w", err)
+// sample is what the start-up check renders.
+var sample = []SignIn{
+	{When: time.Date(2026, 12, 7, 14, 5, 0, 0, time.UTC), IP: "192.0.2.1", UserAgent: "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:140.0) Gecko/20100101 Firefox/140.0"},
+	{When: time.Date(2026, 12, 7, 14, 1, 0, 0, time.UTC), IP: "2001:db8::1", UserAgent: "<script>"},
+	{When: time.Date(2026, 12, 7, 13, 58, 0, 0, time.UTC)},
+}
+
+// Languages returns the languages there are templates for.
+func (r *Renderer) Languages() []language.Tag { return slices.Clone(r.languages) }
+
+// languages lists the embedded languages and those dir adds.
+func languages(dir string) ([]language.Tag, error) {
+	langs := slices.Clone(Embedded)
+	if dir == "" {
+		return langs, nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read MAIL_TEMPLATES_DIR: %w", err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		tag, err := language.Parse(e.Name())
+		if err != nil {
+			return nil, fmt.Errorf("MAIL_TEMPLATES_DIR/%s: a folder must be named for a language (en, ko, de-CH): %w", e.Name(), err)
+		}
+		if !slices.Contains(langs, tag) {
+			langs = append(langs, tag)
 		}
 	}
-	b, err := embedded.ReadFile("templates/" + name)
-	if err != nil {
-		return "", fmt.Errorf("read embedded template %s: %w", name, err)
+	return langs, nil
+}
+
+// parse reads and parses lang's templates: each from dir/lang/, else (for
+// the default language) dir/, else embedded. Their function t formats a
+// phrase of the catalog in lang (see phrases).
+func parse(dir string, lang language.Tag, isDefault bool, p *message.Printer) (templates, error) {
+	set := templates{p: p, text: make(map[string]*texttemplate.Template), html: make(map[string]*htmltemplate.Template)}
+	funcs := map[string]any{"t": func(key string, args ...any) string { return p.Sprintf(key, args...) }}
+	for _, kind := range Kinds {
+		name := kind + ".txt.tmpl"
+		src, where, err := source(dir, lang, name, isDefault)
+		if err != nil {
+			return set, err
+		}
+		tt, err := texttemplate.New(name).Option("missingkey=error").Funcs(funcs).Parse(src)
+		if err != nil {
+			return set, fmt.Errorf("parse %s: %w", where, err)
+		}
+		if tt.Lookup("subject") == nil {
+			return set, fmt.Errorf("parse %s: it must define a \"subject\" template", where)
+		}
+		set.text[kind] = tt
+
+		name = kind + ".html.tmpl"
+		if src, where, err = source(dir, lang, name, isDefault); err != nil {
+			return set, err
+		}
+		ht, err := htmltemplate.New(name).Option("missingkey=error").Funcs(funcs).Parse(src)
+		if err != nil {
+			return set, fmt.Errorf("parse %s: %w", where, err)
+		}
+		set.html[kind] = ht
 	}
-	return string(b), nil
+	return set, nil
+}
+
+// source returns the template name of lang and where it came from.
+func source(dir string, lang language.Tag, name string, isDefault bool) (string, string, error) {
+	var tries []string
+	if dir != "" {
+		tries = append(tries, filepath.Join(dir, lang.String(), name))
+		if isDefault {
+			tries = append(tries, filepath.Join(dir, name))
+		}
+	}
+	for _, p := range tries {
+		b, err := os.ReadFile(p)
+		switch {
+		case err == nil:
+			return string(b), p, nil
+		case !errors.Is(err, fs.ErrNotExist):
+			return "", p, fmt.Errorf("read template override: %w", err)
+		}
+	}
+	p := "templates/" + lang.String() + "/" + name
+	b, err := embedded.ReadFile(p)
+	if err != nil {
+		return "", p, fmt.Errorf("no template %s for %s: add %s to MAIL_TEMPLATES_DIR", name, lang, filepath.Join(lang.String(), name))
+	}
+	return string(b), "embedded " + p, nil
 }
 
 // ErrUnknownKind is returned by Render for a kind without templates.
 var ErrUnknownKind = errors.New("no templates for this kind of email")
 
-// view is what the templates see: Data made safe to put on one line, plus
-// derived values.
+// view is what the templates see: Data made safe to put on one line, in
+// the email's language.
 type view struct {
-	SiteName  string
-	Greeting  string // Name, or Email when there is no name
-	Name      string
-	Email     string
-	When      string // "2006-01-02 15:04 UTC"
-	IP        string
-	UserAgent string
-	Locale    string
-	Lang      string // Locale if it looks like a language tag, else "en"
-	Provider  string
+	SiteName    string
+	Greeting    string // Name, or Email when there is no name
+	Name        string
+	Email       string
+	Provider    string
+	SecurityURL string // empty when not configured
+	Lang        string
+	When        string // the first sign-in's time, formatted
+	SignIns     []signInView
 }
 
-var langTag = regexp.MustCompile(`^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$`)
+type signInView struct {
+	When      string // in MAIL_TIME_ZONE, the zone named
+	IP        string
+	Browser   string // "Firefox on Windows"
+	UserAgent string // the raw header
+}
 
-// Render produces the email of the given kind ("welcome" or "new_device").
-// Errors mean a template is broken; retrying does not help.
+// Render produces the email of the given kind ("welcome" or "new_device")
+// in the person's language. Errors mean a template is broken; retrying
+// does not help.
 func (r *Renderer) Render(kind string, d Data) (Email, error) {
-	tt, ok := r.text[kind]
+	lang := choose(r.matcher, r.languages, d.Locale, d.AcceptLanguage, r.cfg.Language)
+	set := r.sets[lang]
+	tt, ok := set.text[kind]
 	if !ok {
 		return Email{}, fmt.Errorf("%w: %q", ErrUnknownKind, kind)
 	}
-	ht := r.html[kind]
-
-	v := view{
-		SiteName:  oneLine(d.SiteName),
-		Name:      oneLine(d.Name),
-		Email:     oneLine(d.Email),
-		IP:        oneLine(d.IP),
-		UserAgent: oneLine(d.UserAgent),
-		Locale:    oneLine(d.Locale),
-		Provider:  oneLine(d.Provider),
-		Lang:      "en",
-	}
-	v.Greeting = v.Name
-	if v.Greeting == "" {
-		v.Greeting = v.Email
-	}
-	if langTag.MatchString(v.Locale) {
-		v.Lang = v.Locale
-	}
-	if !d.When.IsZero() {
-		v.When = d.When.UTC().Format("2006-01-02 15:04 UTC")
-	} else {
-		v.When = "an unknown time"
-	}
-
+	v := r.view(lang, set.p, d)
 	var subject, text, html bytes.Buffer
 	if err := tt.ExecuteTemplate(&subject, "subject", v); err != nil {
-		return Email{}, fmt.Errorf("render %s subject: %w", kind, err)
+		return Email{}, fmt.Errorf("render %s %s subject: %w", lang, kind, err)
 	}
 	if err := tt.Execute(&text, v); err != nil {
-		return Email{}, fmt.Errorf("render %s text: %w", kind, err)
+		return Email{}, fmt.Errorf("render %s %s text: %w", lang, kind, err)
 	}
-	if err := ht.Execute(&html, v); err != nil {
-		return Email{}, fmt.Errorf("render %s html: %w", kind, err)
+	if err := set.html[kind].Execute(&html, v); err != nil {
+		return Email{}, fmt.Errorf("render %s %s html: %w", lang, kind, err)
 	}
 	return Email{
 		Subject: truncate(oneLine(subject.String()), maxSubject),
 		Text:    text.String(),
 		HTML:    html.String(),
+		Lang:    lang.String(),
 	}, nil
+}
+
+// view builds what the templates see.
+func (r *Renderer) view(lang language.Tag, p *message.Printer, d Data) view {
+	v := view{
+		SiteName:    oneLine(r.cfg.SiteName),
+		Name:        oneLine(d.Name),
+		Email:       oneLine(d.Email),
+		Provider:    oneLine(d.Provider),
+		SecurityURL: r.cfg.SecurityURL,
+		Lang:        lang.String(),
+	}
+	v.Greeting = cmpOr(v.Name, v.Email)
+	for _, s := range d.SignIns {
+		sv := signInView{IP: oneLine(s.IP), UserAgent: oneLine(s.UserAgent), Browser: browser(p, s.UserAgent)}
+		if s.When.IsZero() {
+			sv.When = p.Sprintf("unknown")
+		} else {
+			sv.When = when(lang, s.When, r.cfg.Location)
+		}
+		if sv.IP == "" {
+			sv.IP = p.Sprintf("unknown")
+		}
+		v.SignIns = append(v.SignIns, sv)
+	}
+	if len(v.SignIns) > 0 {
+		v.When = v.SignIns[0].When
+	}
+	return v
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 // oneLine turns every run of whitespace and control characters (CR, LF, tab,

@@ -7,73 +7,207 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/text/language"
 )
+
+const firefoxOnWindows = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:140.0) Gecko/20100101 Firefox/140.0"
+
+func newRenderer(t *testing.T, cfg Config) *Renderer {
+	t.Helper()
+	if cfg.SiteName == "" {
+		cfg.SiteName = "Doorbell"
+	}
+	r, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
 
 func hostile() Data {
 	return Data{
-		SiteName:  "Doorbell",
-		Name:      `<script>alert("x")</script> O'Brien & "Co"`,
-		Email:     `eve+<img src=x onerror=alert(1)>@example.com`,
-		When:      time.Date(2026, 3, 4, 5, 6, 7, 0, time.FixedZone("CET", 3600)),
-		IP:        `203.0.113.7"><svg onload=alert(1)>`,
-		UserAgent: "Mozilla/5.0 <b>bold</b>\r\nBcc: victim@example.com",
-		Locale:    `en" onmouseover="alert(1)`,
-		Provider:  "dex",
+		Name:     `<script>alert("x")</script> O'Brien & "Co"`,
+		Email:    `eve+<img src=x onerror=alert(1)>@example.com`,
+		Provider: "dex",
+		Locale:   `en" onmouseover="alert(1)`,
+		SignIns: []SignIn{{
+			When:      time.Date(2026, 3, 4, 5, 6, 7, 0, time.FixedZone("CET", 3600)),
+			IP:        `203.0.113.7"><svg onload=alert(1)>`,
+			UserAgent: "Mozilla/5.0 <b>bold</b>\r\nBcc: victim@example.com",
+		}},
 	}
 }
 
 func TestRenderEscapesHostileValuesInHTML(t *testing.T) {
-	r, err := New("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, kind := range []string{"welcome", "new_device"} {
-		t.Run(kind, func(t *testing.T) {
-			got, err := r.Render(kind, hostile())
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, raw := range []string{
-				"<script>", `alert("x")`, "<img", "<svg", "<b>bold", `" onmouseover=`, `O'Brien`,
-			} {
-				if strings.Contains(got.HTML, raw) {
-					t.Errorf("HTML body contains unescaped %q:\n%s", raw, got.HTML)
+	r := newRenderer(t, Config{SecurityURL: "https://idp.example.com/account?a=1&b=2"})
+	for _, lang := range []string{"en", "ko"} {
+		for _, kind := range Kinds {
+			for _, n := range []int{1, 3} {
+				d := hostile()
+				d.Locale = lang
+				for len(d.SignIns) < n {
+					d.SignIns = append(d.SignIns, d.SignIns[0])
+				}
+				got, err := r.Render(kind, d)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, raw := range []string{"<script>", `alert("x")`, "<img", "<svg", "<b>bold", `O'Brien`, "a=1&b=2"} {
+					if strings.Contains(got.HTML, raw) {
+						t.Errorf("%s %s (%d): HTML body contains unescaped %q:\n%s", lang, kind, n, raw, got.HTML)
+					}
+				}
+				for _, escaped := range []string{"&lt;script&gt;", "O&#39;Brien &amp; &#34;Co&#34;"} {
+					if !strings.Contains(got.HTML, escaped) {
+						t.Errorf("%s %s (%d): HTML body lacks escaped form %q:\n%s", lang, kind, n, escaped, got.HTML)
+					}
 				}
 			}
-			for _, escaped := range []string{"&lt;script&gt;", "O&#39;Brien &amp; &#34;Co&#34;"} {
-				if !strings.Contains(got.HTML, escaped) {
-					t.Errorf("HTML body lacks escaped form %q:\n%s", escaped, got.HTML)
-				}
-			}
-			if !strings.Contains(got.HTML, `lang="en"`) {
-				t.Errorf("a locale that is not a language tag should fall back to lang=\"en\":\n%s", got.HTML)
-			}
-		})
+		}
 	}
 }
 
 func TestRenderKeepsEventValuesOnOneLine(t *testing.T) {
-	r, err := New("")
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRenderer(t, Config{})
 	got, err := r.Render("new_device", hostile())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(got.Text, "\n") {
-		if strings.HasPrefix(line, "Bcc:") {
+		if strings.HasPrefix(strings.TrimSpace(line), "Bcc:") {
 			t.Errorf("a user agent with CRLF forged a line in the text body: %q", line)
 		}
 	}
 	if strings.ContainsAny(got.Text, "\r") {
 		t.Errorf("text body contains CR")
 	}
-	if !strings.Contains(got.Text, "2026-03-04 04:06 UTC") {
-		t.Errorf("text body does not give the time in UTC:\n%s", got.Text)
-	}
 	if !strings.Contains(got.Text, "203.0.113.7") || !strings.Contains(got.Text, "Mozilla/5.0") {
-		t.Errorf("text body lacks the IP or browser:\n%s", got.Text)
+		t.Errorf("text body lacks the IP or the raw browser string:\n%s", got.Text)
+	}
+}
+
+func TestTheLanguageComesFromTheLocaleThenTheBrowserThenTheSetting(t *testing.T) {
+	tests := []struct {
+		name           string
+		locale, accept string
+		fallback       language.Tag
+		want           string
+	}{
+		{"the provider's locale", "ko", "en-US,en;q=0.9", language.English, "ko"},
+		{"a locale with a region", "ko-KR", "", language.English, "ko"},
+		{"a POSIX locale", "ko_KR", "", language.English, "ko"},
+		{"no locale: the browser's first language we have", "", "ja, ko-KR;q=0.8, en;q=0.5", language.English, "ko"},
+		{"a locale we lack: the browser's", "fr", "ko", language.English, "ko"},
+		{"English from the browser", "", "en-GB,en;q=0.8", language.Korean, "en"},
+		{"nothing: the setting", "", "", language.Korean, "ko"},
+		{"nothing we have: the setting", "fr", "de, it;q=0.5", language.Korean, "ko"},
+		{"garbage: the setting", `en" onmouseover="x`, "*;;;", language.English, "en"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRenderer(t, Config{Language: tt.fallback})
+			got, err := r.Render("welcome", Data{Email: "a@example.com", Locale: tt.locale, AcceptLanguage: tt.accept,
+				SignIns: []SignIn{{When: time.Now()}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Lang != tt.want || !strings.Contains(got.HTML, `lang="`+tt.want+`"`) {
+				t.Errorf("language %q (html lang in %q), want %q", got.Lang, got.HTML[:80], tt.want)
+			}
+		})
+	}
+}
+
+func TestTimesAreShownInTheZoneWithItsNameAndInTheLanguage(t *testing.T) {
+	seoul, err := time.LoadLocation("Asia/Seoul")
+	if err != nil {
+		t.Skip("no time zone database:", err)
+	}
+	at := time.Date(2026, 12, 7, 14, 5, 0, 0, time.UTC)
+	tests := []struct {
+		name   string
+		locale string
+		loc    *time.Location
+		want   string
+	}{
+		{"English in UTC", "en", nil, "Monday, 7 December 2026, 14:05 UTC"},
+		{"English in Seoul", "en", seoul, "Monday, 7 December 2026, 23:05 KST (Asia/Seoul)"},
+		{"Korean in Seoul", "ko", seoul, "2026년 12월 7일 (월) 23:05 KST (Asia/Seoul)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRenderer(t, Config{Location: tt.loc})
+			got, err := r.Render("welcome", Data{Email: "a@example.com", Locale: tt.locale, SignIns: []SignIn{{When: at}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(got.Text, tt.want) || !strings.Contains(got.HTML, tt.want) {
+				t.Errorf("the email does not give the time as %q:\n%s", tt.want, got.Text)
+			}
+		})
+	}
+}
+
+func TestAnAlertNamesTheBrowserAndKeepsTheRawString(t *testing.T) {
+	r := newRenderer(t, Config{SecurityURL: "https://idp.example.com/account"})
+	tests := []struct {
+		locale, subject, browser string
+	}{
+		{"en", "New sign-in to Doorbell from a new device", "Firefox on Windows"},
+		{"ko", "새 기기에서 Doorbell에 로그인했습니다", "Windows의 Firefox"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.locale, func(t *testing.T) {
+			got, err := r.Render("new_device", Data{Email: "ann@example.com", Locale: tt.locale,
+				SignIns: []SignIn{{When: time.Now(), IP: "198.51.100.23", UserAgent: firefoxOnWindows}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Subject != tt.subject {
+				t.Errorf("subject %q, want %q", got.Subject, tt.subject)
+			}
+			for _, want := range []string{tt.browser, "198.51.100.23", "https://idp.example.com/account"} {
+				if !strings.Contains(got.Text, want) || !strings.Contains(got.HTML, want) {
+					t.Errorf("the alert lacks %q:\n%s", want, got.Text)
+				}
+			}
+			if !strings.Contains(got.Text, firefoxOnWindows) {
+				t.Errorf("the text part lacks the raw User-Agent:\n%s", got.Text)
+			}
+		})
+	}
+}
+
+func TestFoldedSignInsAreListedInOneAlert(t *testing.T) {
+	r := newRenderer(t, Config{})
+	signIns := []SignIn{
+		{When: time.Date(2026, 12, 7, 14, 9, 0, 0, time.UTC), IP: "192.0.2.3", UserAgent: firefoxOnWindows},
+		{When: time.Date(2026, 12, 7, 14, 5, 0, 0, time.UTC), IP: "192.0.2.2", UserAgent: "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1"},
+		{When: time.Date(2026, 12, 7, 14, 1, 0, 0, time.UTC), IP: "192.0.2.1"},
+	}
+	tests := []struct {
+		locale, subject string
+		want            []string
+	}{
+		{"en", "3 sign-ins to Doorbell from new devices", []string{"3 new devices", "Safari on iOS", "an unknown browser"}},
+		{"ko", "새 기기에서 Doorbell에 로그인 3건", []string{"새 기기 3대", "iOS의 Safari", "알 수 없는 브라우저"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.locale, func(t *testing.T) {
+			got, err := r.Render("new_device", Data{Email: "ann@example.com", Locale: tt.locale, SignIns: signIns})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Subject != tt.subject {
+				t.Errorf("subject %q, want %q", got.Subject, tt.subject)
+			}
+			for _, want := range append(tt.want, "192.0.2.1", "192.0.2.2", "192.0.2.3") {
+				if !strings.Contains(got.Text, want) || !strings.Contains(got.HTML, want) {
+					t.Errorf("the alert lacks %q:\n%s", want, got.Text)
+				}
+			}
+		})
 	}
 }
 
@@ -81,97 +215,55 @@ func TestSubjectCannotCarryHeaders(t *testing.T) {
 	dir := t.TempDir()
 	// An override that puts the (hostile) name into the subject.
 	writeFile(t, dir, "welcome.txt.tmpl", `{{define "subject"}}Hi {{.Name}} from {{.SiteName}}{{end}}Body`)
-	r, err := New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
-		name string
-		data Data
-	}{
-		{"CRLF in the name", Data{SiteName: "Doorbell", Name: "Eve\r\nBcc: victim@example.com", Email: "e@example.com"}},
-		{"bare LF in the name", Data{SiteName: "Doorbell", Name: "Eve\nX-Evil: 1", Email: "e@example.com"}},
-		{"NUL and tab in the name", Data{SiteName: "Doorbell", Name: "Eve\x00\tX", Email: "e@example.com"}},
-		{"unicode line separator", Data{SiteName: "Doorbell", Name: "Eve\u2028Bcc: x", Email: "e@example.com"}},
-		{"a very long name", Data{SiteName: "Doorbell", Name: strings.Repeat("A", 5000), Email: "e@example.com"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := r.Render("welcome", tt.data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if strings.ContainsAny(got.Subject, "\r\n\x00\t\u2028") {
-				t.Errorf("subject %q contains a control character", got.Subject)
-			}
-			if !strings.HasPrefix(got.Subject, "Hi Eve") && !strings.HasPrefix(got.Subject, "Hi AAA") {
-				t.Errorf("subject %q lost the name", got.Subject)
-			}
-			if n := len([]rune(got.Subject)); n > maxSubject {
-				t.Errorf("subject is %d runes long, limit %d", n, maxSubject)
-			}
-		})
-	}
-}
-
-func TestEmbeddedSubjects(t *testing.T) {
-	r, err := New("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct{ kind, want string }{
-		{"welcome", "Welcome to Doorbell"},
-		{"new_device", "New sign-in to Doorbell from a new device"},
-	}
-	for _, tt := range tests {
-		got, err := r.Render(tt.kind, hostile())
+	r := newRenderer(t, Config{TemplatesDir: dir})
+	for _, name := range []string{
+		"Eve\r\nBcc: victim@example.com", "Eve\nX-Evil: 1", "Eve\x00\tX", "Eve\u2028Bcc: x", strings.Repeat("A", 5000),
+	} {
+		got, err := r.Render("welcome", Data{Name: name, Email: "e@example.com", SignIns: []SignIn{{}}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.Subject != tt.want {
-			t.Errorf("%s subject = %q, want %q", tt.kind, got.Subject, tt.want)
+		if strings.ContainsAny(got.Subject, "\r\n\x00\t\u2028") {
+			t.Errorf("subject %q contains a control character", got.Subject)
+		}
+		if !strings.HasPrefix(got.Subject, "Hi Eve") && !strings.HasPrefix(got.Subject, "Hi AAA") {
+			t.Errorf("subject %q lost the name", got.Subject)
+		}
+		if n := len([]rune(got.Subject)); n > maxSubject {
+			t.Errorf("subject is %d runes long, limit %d", n, maxSubject)
 		}
 	}
 }
 
 func TestOverrideDir(t *testing.T) {
+	complete := func(prefix string) map[string]string {
+		files := map[string]string{}
+		for _, kind := range Kinds {
+			files[prefix+kind+".txt.tmpl"] = `{{define "subject"}}Hallo{{end}}Hallo {{.Greeting}}, {{t "%d new devices" (len .SignIns)}}`
+			files[prefix+kind+".html.tmpl"] = `<p lang="{{.Lang}}">Hallo {{.Greeting}}</p>`
+		}
+		return files
+	}
 	tests := []struct {
-		name      string
-		files     map[string]string
-		wantErr   string
-		wantHTML  string // substring of the welcome HTML
-		wantText  string // substring of the welcome text
-		wantAlert string // substring of the new_device text (not overridden)
+		name    string
+		files   map[string]string
+		locale  string
+		wantErr string
+		want    string // in the welcome HTML
 	}{
-		{
-			name:      "an override replaces only the file of the same name",
-			files:     map[string]string{"welcome.html.tmpl": `<p>Custom hello {{.Greeting}}</p>`},
-			wantHTML:  "<p>Custom hello &lt;script&gt;",
-			wantText:  "welcome to Doorbell!",
-			wantAlert: "If this wasn't you",
-		},
-		{
-			name:      "unrelated files in the folder are ignored",
-			files:     map[string]string{"README": "not a template", "other.tmpl": "{{"},
-			wantHTML:  "<h1",
-			wantText:  "welcome to Doorbell!",
-			wantAlert: "If this wasn't you",
-		},
-		{
-			name:    "a text override without a subject is refused at start",
-			files:   map[string]string{"welcome.txt.tmpl": `just a body`},
-			wantErr: `must define a "subject"`,
-		},
-		{
-			name:    "a template that does not parse is refused at start",
-			files:   map[string]string{"new_device.html.tmpl": `{{if}}`},
-			wantErr: "parse new_device.html.tmpl",
-		},
-		{
-			name:    "a template that fails to execute is refused at start",
-			files:   map[string]string{"welcome.html.tmpl": `{{.NoSuchField}}`},
-			wantErr: "NoSuchField",
-		},
+		{"a top-level file overrides the default language", map[string]string{"welcome.html.tmpl": `<p>Custom {{.Greeting}}</p>`},
+			"en", "", "<p>Custom &lt;script&gt;"},
+		{"a top-level file leaves other languages alone", map[string]string{"welcome.html.tmpl": `<p>Custom {{.Greeting}}</p>`},
+			"ko", "", "환영합니다"},
+		{"a language folder overrides that language", map[string]string{"ko/welcome.html.tmpl": `<p>맞춤 {{.Greeting}}</p>`},
+			"ko", "", "<p>맞춤 &lt;script&gt;"},
+		{"a complete folder adds a language", complete("de/"), "de-CH", "", `<p lang="de">Hallo`},
+		{"unrelated files are ignored", map[string]string{"README": "not a template", "other.tmpl": "{{"}, "en", "", "<h1"},
+		{"an incomplete new language is refused at start", map[string]string{"de/welcome.html.tmpl": `<p>Hallo</p>`}, "", "no template welcome.txt.tmpl for de", ""},
+		{"a folder that is not a language is refused", map[string]string{"backup/x": "x"}, "", "named for a language", ""},
+		{"a text override without a subject is refused", map[string]string{"ko/welcome.txt.tmpl": `just a body`}, "", `ko/welcome.txt.tmpl: it must define a "subject"`, ""},
+		{"a template that does not parse is refused", map[string]string{"new_device.html.tmpl": `{{if}}`}, "", "parse " + "DIR/new_device.html.tmpl", ""},
+		{"a template that fails to execute is refused", map[string]string{"ko/welcome.html.tmpl": `{{.NoSuchField}}`}, "", "NoSuchField", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -179,53 +271,47 @@ func TestOverrideDir(t *testing.T) {
 			for name, body := range tt.files {
 				writeFile(t, dir, name, body)
 			}
-			r, err := New(dir)
+			r, err := New(Config{TemplatesDir: dir, SiteName: "Doorbell"})
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("New() error = %v, want one mentioning %q", err, tt.wantErr)
+				want := strings.ReplaceAll(tt.wantErr, "DIR", dir)
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Fatalf("New() error = %v, want one mentioning %q", err, want)
 				}
 				return
 			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			welcome, err := r.Render("welcome", hostile())
+			d := hostile()
+			d.Locale = tt.locale
+			got, err := r.Render("welcome", d)
 			if err != nil {
 				t.Fatal(err)
 			}
-			alert, err := r.Render("new_device", hostile())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !strings.Contains(welcome.HTML, tt.wantHTML) {
-				t.Errorf("welcome HTML lacks %q:\n%s", tt.wantHTML, welcome.HTML)
-			}
-			if !strings.Contains(welcome.Text, tt.wantText) {
-				t.Errorf("welcome text lacks %q:\n%s", tt.wantText, welcome.Text)
-			}
-			if !strings.Contains(alert.Text, tt.wantAlert) {
-				t.Errorf("new_device text lacks %q:\n%s", tt.wantAlert, alert.Text)
+			if !strings.Contains(got.HTML, tt.want) {
+				t.Errorf("welcome HTML lacks %q:\n%s", tt.want, got.HTML)
 			}
 		})
 	}
 }
 
-func TestRenderUnknownKind(t *testing.T) {
-	r, err := New("")
-	if err != nil {
-		t.Fatal(err)
+func TestTheDefaultLanguageNeedsTemplates(t *testing.T) {
+	_, err := New(Config{Language: language.German})
+	if err == nil || !strings.Contains(err.Error(), "MAIL_LOCALE") {
+		t.Errorf("New with a default language without templates = %v, want an error naming MAIL_LOCALE", err)
 	}
+}
+
+func TestRenderUnknownKind(t *testing.T) {
+	r := newRenderer(t, Config{})
 	if _, err := r.Render("none", hostile()); !errors.Is(err, ErrUnknownKind) {
 		t.Errorf("Render(none) error = %v, want ErrUnknownKind", err)
 	}
 }
 
 func TestGreetingFallsBackToEmail(t *testing.T) {
-	r, err := New("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := r.Render("welcome", Data{SiteName: "Doorbell", Email: "ann@example.com"})
+	r := newRenderer(t, Config{})
+	got, err := r.Render("welcome", Data{Email: "ann@example.com", SignIns: []SignIn{{When: time.Now()}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +322,30 @@ func TestGreetingFallsBackToEmail(t *testing.T) {
 
 func writeFile(t *testing.T, dir, name, body string) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+	p := filepath.Join(dir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func BenchmarkRender(b *testing.B) {
+	r, err := New(Config{SiteName: "Doorbell"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	d := Data{Name: "Ann Example", Email: "ann@example.com", Provider: "dev", Locale: "en",
+		SignIns: []SignIn{{When: time.Now(), IP: "192.0.2.7", UserAgent: firefoxOnWindows}}}
+	for _, kind := range Kinds {
+		b.Run(kind, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := r.Render(kind, d); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

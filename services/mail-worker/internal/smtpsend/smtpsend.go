@@ -112,6 +112,9 @@ type Message struct {
 	Subject string
 	Text    string
 	HTML    string
+	// Lang is the BCP 47 tag of the language the email is written in
+	// (Content-Language); none when empty.
+	Lang string
 }
 
 // Receipt describes an accepted email.
@@ -405,6 +408,22 @@ func (s *Sender) Close() error {
 // out before a connection is taken, so that a connection carries emails
 // rather than waits for their encoding) and its Message-ID.
 func (s *Sender) build(m Message) ([]byte, string, error) {
+	return compose(s.from, s.domain, m)
+}
+
+// Compose returns the bytes of m as Send would hand them to a relay, From
+// from (MAIL_FROM), for a preview; nothing is sent.
+func Compose(from string, m Message) ([]byte, error) {
+	addr, err := netmail.ParseAddress(from)
+	if err != nil {
+		return nil, fmt.Errorf("from address %q: %w", from, err)
+	}
+	data, _, err := compose(addr, addr.Address[strings.LastIndexByte(addr.Address, '@')+1:], m)
+	return data, err
+}
+
+// compose builds the email from, its Message-ID ending in domain.
+func compose(from *netmail.Address, domain string, m Message) ([]byte, string, error) {
 	if !eventsv1.ValidEventID(m.EventID) {
 		return nil, "", fmt.Errorf("event id %q cannot be part of a Message-ID", m.EventID)
 	}
@@ -415,13 +434,16 @@ func (s *Sender) build(m Message) ([]byte, string, error) {
 	to.Name = displayName(m.ToName)
 
 	msg := mail.NewMsg(mail.WithNoDefaultUserAgent())
-	msg.FromMailAddress(s.from)
+	msg.FromMailAddress(from)
 	msg.ToMailAddress(to)
 	msg.Subject(m.Subject)
 	msg.SetDate()
-	msg.SetMessageIDWithValue(m.EventID + "@" + s.domain)
+	msg.SetMessageIDWithValue(m.EventID + "@" + domain)
 	msg.SetGenHeader("X-Doorbell-Event-Id", m.EventID)
 	msg.SetGenHeader("Auto-Submitted", "auto-generated")
+	if m.Lang != "" {
+		msg.SetGenHeader("Content-Language", m.Lang)
+	}
 	msg.SetGenHeader(mail.HeaderXAutoResponseSuppress, "All")
 	msg.SetBodyString(mail.TypeTextPlain, m.Text)
 	msg.AddAlternativeString(mail.TypeTextHTML, m.HTML)
