@@ -1608,7 +1608,7 @@ func natsClusterIsConsistent(d *deployFiles) []string {
 		if err != nil || svc == nil || !slices.ContainsFunc(svc.service.Ports, func(p kubeServicePort) bool { return string(p.Port) == port }) {
 			problems = append(problems, fmt.Sprintf("%s: Deployment %s: NATS_URL %q is not a Service port of the manifests", dep.file, name, env["NATS_URL"]))
 		}
-		if r := env["NATS_STREAM_REPLICAS"]; r != "" {
+		if r := env["NATS_STREAM_REPLICAS"]; r != "" && r != "auto" {
 			if n, err := strconv.Atoi(r); err != nil || n > replicas {
 				problems = append(problems, fmt.Sprintf("%s: Deployment %s: NATS_STREAM_REPLICAS=%s, but NATS has %d servers", dep.file, name, r, replicas))
 			}

@@ -120,7 +120,7 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 		Source:         cfg.PublicURL.String(),
 		Replicas:       cfg.StreamReplicas,
 		Spool:          sp,
-		DrainTimeout:   cfg.PublishTimeout,
+		Timeout:        cfg.PublishTimeout,
 		TracerProvider: tracerProvider,
 		Propagator:     propagation.TraceContext{},
 	}, log.With("component", "publish"), publish.NewMetrics(reg))

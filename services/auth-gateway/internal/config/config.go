@@ -71,8 +71,9 @@ type Config struct {
 
 	// NATSURL is the NATS server URL list (NATS_URL).
 	NATSURL string
-	// StreamReplicas is the replica count used when creating the stream
-	// (NATS_STREAM_REPLICAS).
+	// StreamReplicas is the replica count of the stream the gateway makes
+	// (NATS_STREAM_REPLICAS): 1 to 5, or 0 for auto (as many as the NATS
+	// servers can place, up to 3).
 	StreamReplicas int
 	// PublishTimeout bounds one publish including its ack
 	// (GATEWAY_PUBLISH_TIMEOUT).
@@ -126,7 +127,7 @@ func Load(lookup func(string) (string, bool)) (*Config, error) {
 		TrustedProxies: l.prefixes("GATEWAY_TRUSTED_PROXIES"),
 
 		NATSURL:        l.natsURL("NATS_URL", "nats://127.0.0.1:4222"),
-		StreamReplicas: l.intRange("NATS_STREAM_REPLICAS", 1, 1, 5),
+		StreamReplicas: l.replicas("NATS_STREAM_REPLICAS"),
 		PublishTimeout: l.duration("GATEWAY_PUBLISH_TIMEOUT", 5*time.Second),
 
 		LogLevel:  l.level("LOG_LEVEL", slog.LevelInfo),
@@ -457,6 +458,21 @@ func (l *loader) cookieDomain(name string, public *url.URL) string {
 		l.fail(name, "%q does not contain the host of GATEWAY_PUBLIC_URL (%s), so the browser would refuse the cookie", v, host)
 	}
 	return v
+}
+
+// replicas parses a stream replica count: auto (the default, 0) or 1 to 5,
+// the most JetStream allows.
+func (l *loader) replicas(name string) int {
+	v := strings.ToLower(l.get(name))
+	if v == "" || v == "auto" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 5 {
+		l.fail(name, "%q must be auto or a whole number from 1 to 5", v)
+		return 0
+	}
+	return n
 }
 
 func (l *loader) intRange(name string, def, lo, hi int) int {

@@ -79,7 +79,7 @@ func TestLoadDefaultsWorkOnLoopback(t *testing.T) {
 		{"rate burst", c.RateBurst, 20},
 		{"trusted proxies", len(c.TrustedProxies), 0},
 		{"nats url", c.NATSURL, "nats://127.0.0.1:4222"},
-		{"replicas", c.StreamReplicas, 1},
+		{"replicas (0 is auto)", c.StreamReplicas, 0},
 		{"publish timeout", c.PublishTimeout, 5 * time.Second},
 		{"log level", c.LogLevel, slog.LevelInfo},
 		{"log format", c.LogFormat, "text"},
@@ -193,6 +193,15 @@ func TestLoadReadsValues(t *testing.T) {
 				if c.StreamReplicas != 3 || c.PublishTimeout != 1500*time.Millisecond ||
 					c.LogLevel != slog.LevelDebug || c.LogFormat != "json" || c.Providers[0].ID != "dex" || c.Providers[0].Name != "Company SSO" {
 					t.Errorf("got %+v", c)
+				}
+			},
+		},
+		{
+			name: "replicas auto, in any case",
+			env:  with(map[string]string{"NATS_STREAM_REPLICAS": "Auto"}),
+			check: func(t *testing.T, c *config.Config) {
+				if c.StreamReplicas != 0 {
+					t.Errorf("replicas = %d, want 0 (auto)", c.StreamReplicas)
 				}
 			},
 		},
@@ -321,7 +330,12 @@ func TestLoadRejectsBadValuesClearly(t *testing.T) {
 		{
 			name:   "replicas out of range",
 			env:    with(map[string]string{"NATS_STREAM_REPLICAS": "7"}),
-			wantIn: []string{"NATS_STREAM_REPLICAS", "from 1 to 5"},
+			wantIn: []string{"NATS_STREAM_REPLICAS", "auto or a whole number from 1 to 5"},
+		},
+		{
+			name:   "replicas neither auto nor a number",
+			env:    with(map[string]string{"NATS_STREAM_REPLICAS": "all"}),
+			wantIn: []string{"NATS_STREAM_REPLICAS", `"all" must be auto`},
 		},
 		{
 			name:   "publish timeout without unit",

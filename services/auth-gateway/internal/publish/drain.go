@@ -48,7 +48,7 @@ const (
 // JetStream acknowledged its event. While NATS is down Run waits, longer
 // after each failed pass, and starts again as soon as the connection is
 // back. An event being published when ctx is cancelled is finished first,
-// within DrainTimeout. Unreadable files are moved aside (see spool).
+// within Config.Timeout. Unreadable files are moved aside (see spool).
 func (p *Publisher) Run(ctx context.Context) {
 	if p.spool == nil {
 		return
@@ -146,7 +146,7 @@ func (p *Publisher) drainOne(ctx context.Context, e spool.Entry, msg *nats.Msg) 
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(append(spanAttributes(e.ID), attribute.Bool("doorbell.from_spool", true))...))
 	defer span.End()
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(sctx), p.cfg.DrainTimeout)
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(sctx), p.cfg.Timeout)
 	defer cancel()
 	ack, err := p.send(pctx, msg)
 	if err != nil {
