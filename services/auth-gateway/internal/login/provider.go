@@ -48,7 +48,8 @@ type flow interface {
 
 // identity is what the provider told us about the person.
 type identity struct {
-	// issuer and subject are the stable user key.
+	// issuer and subject are the stable user key; issuer is the provider's
+	// configured issuer (GitHub's API URL), whatever the token spelled.
 	issuer, subject     string
 	email, name, locale string
 }
@@ -382,7 +383,10 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	if err := idt.Claims(&c); err != nil {
 		return identity{}, tokenInvalid("id token claims: " + redact(err, secrets...))
 	}
-	id := identity{issuer: idt.Issuer, subject: idt.Subject, email: c.Email, name: c.Name, locale: c.Locale}
+	// The configured issuer, not the token's iss, keys the person: go-oidc
+	// accepts Google's "accounts.google.com" for https://accounts.google.com,
+	// and the same person must not become two.
+	id := identity{issuer: p.issuer, subject: idt.Subject, email: c.Email, name: c.Name, locale: c.Locale}
 	verified := c.EmailVerified
 
 	if (c.Email == "" || verified == nil) && d.provider.UserInfoEndpoint() != "" {

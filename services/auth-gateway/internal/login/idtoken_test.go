@@ -1,0 +1,64 @@
+package login_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"
+)
+
+// hostRoute is the provider client's transport in tests where a provider's
+// issuer names a host that does not exist here: requests to that host go,
+// over plain HTTP, to the test server at target instead (as a resolver
+// entry would send them); every other request goes out unchanged.
+type hostRoute struct {
+	host   string
+	target *url.URL
+}
+
+func (h hostRoute) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Host == h.host {
+		r = r.Clone(r.Context())
+		r.URL.Scheme, r.URL.Host, r.Host = h.target.Scheme, h.target.Host, h.target.Host
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestTheIdentityKeyIsTheConfiguredIssuer: Google may put its issuer
+// without the scheme into ID tokens ("accounts.google.com"), which go-oidc
+// accepts for https://accounts.google.com. The session and the event still
+// carry the configured issuer, so the person stays signed in and the
+// mail-worker sees the same user as at every other sign-in.
+func TestTheIdentityKeyIsTheConfiguredIssuer(t *testing.T) {
+	const google = "https://accounts.google.com"
+	h := newHostileIdP(t)
+	h.set(func(h *hostileIdP) {
+		h.meta = map[string]any{"issuer": google}
+		h.claims = func(c map[string]any) { c["iss"] = "accounts.google.com" }
+	})
+	p := h.provider("google")
+	p.Issuer = google
+	target, _ := url.Parse(h.srv.URL)
+	g := newGateway(t, withProviders(p), withConfig(func(c *login.Config) {
+		c.HTTPClient = &http.Client{Transport: hostRoute{host: "accounts.google.com", target: target}}
+	}))
+
+	b := g.browser()
+	if resp := b.finish(b.begin(""), nil); resp.StatusCode != http.StatusFound {
+		t.Fatalf("sign-in = %d %s", resp.StatusCode, resp.body)
+	}
+	msgs := g.events()
+	if len(msgs) != 1 {
+		t.Fatalf("%d events, want 1", len(msgs))
+	}
+	if ev := decodeEvent(t, msgs[0]); ev.GetIssuer() != google {
+		t.Errorf("event issuer = %q, want the configured %q", ev.GetIssuer(), google)
+	}
+	me := b.get("/me")
+	var who map[string]string
+	if me.StatusCode != http.StatusOK || json.Unmarshal([]byte(me.body), &who) != nil || who["issuer"] != google {
+		t.Errorf("/me after signing in = %d %s; want the session, with issuer %s", me.StatusCode, me.body, google)
+	}
+}
