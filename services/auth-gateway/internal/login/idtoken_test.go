@@ -62,3 +62,42 @@ func TestTheIdentityKeyIsTheConfiguredIssuer(t *testing.T) {
 		t.Errorf("/me after signing in = %d %s; want the session, with issuer %s", me.StatusCode, me.body, google)
 	}
 }
+
+// TestAuthorizedPartyMustBeUs: an ID token for several audiences is ours
+// only when its azp names our client (OIDC Core 3.1.3.7); an azp naming
+// another client is refused whatever the audience.
+func TestAuthorizedPartyMustBeUs(t *testing.T) {
+	const other = "another-client"
+	tests := []struct {
+		name   string
+		claims func(c map[string]any, us string)
+		want   string
+	}{
+		{"one audience, no azp", func(map[string]any, string) {}, "success"},
+		{"one audience, azp us", func(c map[string]any, us string) { c["azp"] = us }, "success"},
+		{"one audience, azp another client", func(c map[string]any, _ string) { c["azp"] = other }, "token_invalid"},
+		{"several audiences, azp us", func(c map[string]any, us string) { c["aud"] = []string{us, other}; c["azp"] = us }, "success"},
+		{"several audiences, no azp", func(c map[string]any, us string) { c["aud"] = []string{us, other} }, "token_invalid"},
+		{"several audiences, azp another client", func(c map[string]any, us string) {
+			c["aud"] = []string{us, other}
+			c["azp"] = other
+		}, "token_invalid"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHostileIdP(t)
+			h.set(func(h *hostileIdP) { h.claims = func(c map[string]any) { tt.claims(c, h.clientID) } })
+			g := hostileGateway(t, h)
+			b := g.browser()
+			resp := b.finish(b.begin(""), nil)
+			if tt.want == "success" {
+				if resp.StatusCode != http.StatusFound || len(g.events()) != 1 {
+					t.Fatalf("sign-in = %d, %d events; want 302 and one event: %s", resp.StatusCode, len(g.events()), resp.body)
+				}
+				return
+			}
+			assertRefused(t, g, resp, http.StatusUnauthorized, "hostile", tt.want)
+			mustContain(t, "log", g.logs.String(), "azp")
+		})
+	}
+}

@@ -383,6 +383,9 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	if err := idt.Claims(&c); err != nil {
 		return identity{}, tokenInvalid("id token claims: " + redact(err, secrets...))
 	}
+	if f := authorizedParty(idt.Audience, c.AuthorizedParty, p.clientID); f != nil {
+		return identity{}, f
+	}
 	// The configured issuer, not the token's iss, keys the person: go-oidc
 	// accepts Google's "accounts.google.com" for https://accounts.google.com,
 	// and the same person must not become two.
@@ -432,6 +435,20 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 		}
 	}
 	return id, nil
+}
+
+// authorizedParty applies OIDC Core 3.1.3.7 to an ID token's aud and azp,
+// which go-oidc leaves to the caller (it checks only that aud holds our
+// client id): a token for several audiences must name us in azp, and an
+// azp must name us whatever the audience.
+func authorizedParty(aud []string, azp, clientID string) *failure {
+	switch {
+	case azp != "" && azp != clientID:
+		return tokenInvalid(fmt.Sprintf("azp %q is not our client id", truncate(azp, 100)))
+	case len(aud) > 1 && azp == "":
+		return tokenInvalid(fmt.Sprintf("id token for %d audiences has no azp", len(aud)))
+	}
+	return nil
 }
 
 // endSpan ends span, marked failed with why when failed. why goes to the
