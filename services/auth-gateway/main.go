@@ -199,6 +199,9 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 		"addr", publicLn.Addr().String(), "admin_addr", adminLn.Addr().String(),
 		"public_url", cfg.PublicURL.String(), "providers", strings.Join(ids, ","),
 		"providers_file", cfg.ProvidersFile, "session_ttl", cfg.SessionTTL.String())
+	for _, id := range ids {
+		log.Info("provider ready to sign in; register its callback URL as a redirect URI there", "provider", id, "callback_url", gw.CallbackURL(id))
+	}
 	if cfg.DeviceKey == nil && len(cfg.CookieKeys) > 0 {
 		log.Info("GATEWAY_DEVICE_KEY is not set: device ids derive from the last GATEWAY_COOKIE_KEY, so they change (and people get new-device emails) when that key is dropped")
 	}

@@ -178,9 +178,9 @@ func TestRunWithAProvidersFile(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
-	if !strings.Contains(logs.String(), "providers=dex,github") {
-		t.Errorf("start-up log does not list the providers:\n%s", logs)
-	}
+	mustLog(t, logs.String(), "providers=dex,github",
+		"provider=dex callback_url=http://"+addr+"/auth/callback/dex",
+		"provider=github callback_url=http://"+addr+"/auth/callback/github")
 	if err := stop(); err != nil {
 		t.Fatalf("run after cancel = %v", err)
 	}

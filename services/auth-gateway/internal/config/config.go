@@ -30,7 +30,8 @@ type Config struct {
 	// Addr is where the public HTTP server listens (GATEWAY_ADDR).
 	Addr string
 	// PublicURL is the gateway's external base URL, with no path
-	// (GATEWAY_PUBLIC_URL). The OIDC callback is PublicURL + "/auth/callback".
+	// (GATEWAY_PUBLIC_URL). The providers' callbacks are under it (see
+	// login.Handler.CallbackURL).
 	PublicURL *url.URL
 	// AdminAddr is where /metrics, /healthz and /readyz listen
 	// (GATEWAY_ADMIN_ADDR).
@@ -103,9 +104,6 @@ type Config struct {
 // SecureCookies reports whether cookies must carry the Secure attribute,
 // which is the case when the public URL is https.
 func (c *Config) SecureCookies() bool { return c.PublicURL.Scheme == "https" }
-
-// CallbackURL is the redirect URI registered with the identity provider.
-func (c *Config) CallbackURL() string { return c.PublicURL.String() + "/auth/callback" }
 
 // providerIDPattern keeps the provider id usable as a metric label value.
 var providerIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)

@@ -57,7 +57,6 @@ func TestLoadDefaultsWorkOnLoopback(t *testing.T) {
 	}{
 		{"addr", c.Addr, "127.0.0.1:8080"},
 		{"public url", c.PublicURL.String(), "http://127.0.0.1:8080"},
-		{"callback", c.CallbackURL(), "http://127.0.0.1:8080/auth/callback"},
 		{"secure cookies", c.SecureCookies(), false},
 		{"admin addr", c.AdminAddr, "127.0.0.1:9101"},
 		{"cookie keys", len(c.CookieKeys), 0},
@@ -107,8 +106,8 @@ func TestLoadReadsValues(t *testing.T) {
 			name: "https public url turns on secure cookies and drops a trailing slash",
 			env:  with(map[string]string{"GATEWAY_PUBLIC_URL": "https://login.example.com/"}),
 			check: func(t *testing.T, c *config.Config) {
-				if !c.SecureCookies() || c.CallbackURL() != "https://login.example.com/auth/callback" {
-					t.Errorf("secure=%v callback=%s", c.SecureCookies(), c.CallbackURL())
+				if !c.SecureCookies() || c.PublicURL.String() != "https://login.example.com" {
+					t.Errorf("secure=%v public url=%s", c.SecureCookies(), c.PublicURL)
 				}
 			},
 		},

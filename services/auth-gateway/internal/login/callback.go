@@ -116,8 +116,12 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 		}
 	}
 
-	// 2. RFC 9207: an authorization response that names another issuer was
-	// meant for another provider (mix-up attack).
+	// 2. Mix-up (RFC 9700 §4.4): an answer at another provider's callback,
+	// or one that names another issuer (RFC 9207), was meant for another
+	// provider.
+	if f := p.checkCallbackPath(r.URL.Path); f != nil {
+		return f
+	}
 	if f := p.flow.checkIssuer(r.Context(), q.Get("iss")); f != nil {
 		return f
 	}
@@ -197,7 +201,7 @@ func (h *Handler) takeAttempt(w http.ResponseWriter, r *http.Request, state stri
 		return attempt{}, nil, errors.New("no attempt cookie for this state (expired, used, or another browser)")
 	}
 	// Single use: whatever happens next, this attempt is spent.
-	h.clearCookie(w, name, "/auth/callback", "")
+	h.clearCookie(w, name, callbackPath, "")
 
 	now := h.cfg.Now()
 	payload, err := h.sealer.Open(name, c.Value, now)

@@ -29,7 +29,7 @@ func (h *Handler) guard(w http.ResponseWriter, r *http.Request) *failure {
 		// opens the session cookie.
 		return nil
 	}
-	signIn := r.URL.Path == "/login" || r.URL.Path == "/auth/callback"
+	signIn := r.URL.Path == "/login" || r.URL.Path == callbackPath || strings.HasPrefix(r.URL.Path, callbackPath+"/")
 	count := func(f *failure) *failure {
 		if signIn {
 			var p *provider

@@ -67,7 +67,9 @@ type Config struct {
 	// lists them; at least one.
 	Providers []ProviderConfig
 	// PublicURL is the gateway's external base URL, scheme://host[:port].
-	// The callback is PublicURL/auth/callback; https turns on Secure cookies.
+	// The callback is PublicURL/auth/callback with a single provider, and
+	// PublicURL/auth/callback/{id} for each of several (see CallbackURL);
+	// https turns on Secure cookies.
 	PublicURL *url.URL
 	// CookieDomain, when set, is the session cookie's Domain, so that
 	// forward-auth requests from sibling hosts carry the session.
@@ -109,6 +111,13 @@ const (
 	deviceTTL  = 365 * 24 * time.Hour
 )
 
+// callbackPath is where providers send the browser back: itself with a
+// single provider (what deployments have registered since the start), and
+// with "/{id}" appended for each of several, so that an answer shows which
+// provider it is from even when the provider sends no iss (mix-up defence,
+// RFC 9700 §4.4).
+const callbackPath = "/auth/callback"
+
 // Cookie names.
 const (
 	cookiePrefix        = "doorbell_"
@@ -125,7 +134,7 @@ const tracerName = "github.com/doorbell/doorbell/services/auth-gateway/internal/
 const maxRateLimitedClients = 100_000
 
 // Handler serves the gateway's public endpoints: /, /login,
-// /auth/callback, /auth/verify, /me and /logout. It is safe for concurrent
+// /auth/callback[/{provider}], /auth/verify, /me and /logout. It is safe for concurrent
 // use.
 type Handler struct {
 	cfg       Config
@@ -218,7 +227,11 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 		if pc.ID == "" || pc.ID == UnknownProvider {
 			return nil, fmt.Errorf("login: provider id %q is not usable", pc.ID)
 		}
-		p, err := newProvider(pc, cfg.PublicURL.String()+"/auth/callback", cfg.HTTPClient, tracer)
+		path := callbackPath
+		if len(cfg.Providers) > 1 {
+			path += "/" + pc.ID
+		}
+		p, err := newProvider(pc, path, cfg.PublicURL.String()+path, cfg.HTTPClient, tracer)
 		if err != nil {
 			return nil, err
 		}
@@ -231,13 +244,24 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 	}
 	h.mux.HandleFunc("GET /{$}", h.home)
 	h.mux.HandleFunc("GET /login", h.login)
-	h.mux.HandleFunc("GET /auth/callback", h.callback)
+	h.mux.HandleFunc("GET "+callbackPath, h.callback)
+	h.mux.HandleFunc("GET "+callbackPath+"/{provider}", h.callback)
 	h.mux.HandleFunc("/auth/verify", h.verify)
 	h.mux.HandleFunc("GET /me", h.me)
 	h.mux.HandleFunc("GET /logout", h.logoutPage)
 	h.mux.HandleFunc("POST /logout", h.logout)
 	h.mux.HandleFunc("/", h.notFound)
 	return h, nil
+}
+
+// CallbackURL is the redirect URI to register for the provider id at the
+// provider, or "" when there is no such provider.
+func (h *Handler) CallbackURL(id string) string {
+	p := h.providers[id]
+	if p == nil {
+		return ""
+	}
+	return h.cfg.PublicURL.String() + p.callbackPath
 }
 
 // Ready reports whether people can sign in: nil when at least one provider

@@ -24,6 +24,8 @@ import (
 type provider struct {
 	cfg  ProviderConfig
 	flow flow
+	// callbackPath is the path of its redirect URI.
+	callbackPath string
 }
 
 // flow is how one kind of provider signs people in. Implementations make
@@ -54,7 +56,7 @@ type identity struct {
 	email, name, locale string
 }
 
-func newProvider(cfg ProviderConfig, redirectURL string, client *http.Client, tracer trace.Tracer) (*provider, error) {
+func newProvider(cfg ProviderConfig, callbackPath, redirectURL string, client *http.Client, tracer trace.Tracer) (*provider, error) {
 	if cfg.ClientID == "" {
 		return nil, fmt.Errorf("login: provider %s: client id is required", cfg.ID)
 	}
@@ -77,7 +79,7 @@ func newProvider(cfg ProviderConfig, redirectURL string, client *http.Client, tr
 		if !slices.Contains(cfg.Scopes, "openid") {
 			cfg.Scopes = append([]string{"openid"}, cfg.Scopes...)
 		}
-		return &provider{cfg: cfg, flow: newOIDCFlow(cfg, redirectURL, client, tracer)}, nil
+		return &provider{cfg: cfg, flow: newOIDCFlow(cfg, redirectURL, client, tracer), callbackPath: callbackPath}, nil
 	case TypeGitHub:
 		cfg.GitHubAPIURL = strings.TrimSuffix(cfg.GitHubAPIURL, "/")
 		if cfg.Name == "" {
@@ -90,7 +92,7 @@ func newProvider(cfg ProviderConfig, redirectURL string, client *http.Client, tr
 		if err != nil {
 			return nil, err
 		}
-		return &provider{cfg: cfg, flow: g}, nil
+		return &provider{cfg: cfg, flow: g, callbackPath: callbackPath}, nil
 	default:
 		return nil, fmt.Errorf("login: provider %s: unknown type %q", cfg.ID, cfg.Type)
 	}
@@ -114,6 +116,19 @@ func issuerMismatch(why string) *failure {
 		message: "The answer to this sign-in did not come from the identity provider we asked. Start again from the sign-in page.",
 		logMsg:  "callback rejected: iss parameter does not name the provider", logErr: why,
 	}
+}
+
+// checkCallbackPath refuses an answer that arrived at another callback
+// than p's: with several providers, an answer from one provider for an
+// attempt that went to another (mix-up), whether or not it carries iss.
+func (p *provider) checkCallbackPath(path string) *failure {
+	if path == p.callbackPath {
+		return nil
+	}
+	f := issuerMismatch(fmt.Sprintf("answer arrived at %s, the attempt went to provider %s (callback %s)",
+		truncate(path, 100), p.cfg.ID, p.callbackPath))
+	f.logMsg = "callback rejected: answer arrived at another provider's callback (mix-up)"
+	return f
 }
 
 // discovered is what the gateway knows about an OIDC provider once its

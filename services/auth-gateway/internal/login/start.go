@@ -102,7 +102,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{
 		Name:     name,
 		Value:    sealed,
-		Path:     "/auth/callback",
+		Path:     callbackPath,
 		MaxAge:   int(attemptTTL.Seconds()),
 		HttpOnly: true,
 		Secure:   h.secure,
