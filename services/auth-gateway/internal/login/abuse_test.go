@@ -180,3 +180,31 @@ func TestReturnTargetsAfterSignIn(t *testing.T) {
 		`href="/login?rd=https%3A%2F%2Fapp.example.com%2Fx"`)
 	mustContain(t, "start page", b.get("/?rd="+url.QueryEscape("https://evil.example/")).body, `href="/login"`)
 }
+
+// TestForwardedForFromAnUntrustedPeerIsLoggedOnce: a proxy the gateway
+// does not trust sends X-Forwarded-For. The header is ignored (the client
+// cannot pick its own address), and the operator is told once, with the
+// peer to add to GATEWAY_TRUSTED_PROXIES.
+func TestForwardedForFromAnUntrustedPeerIsLoggedOnce(t *testing.T) {
+	g := newGateway(t)
+	b := g.browser()
+	for range 3 {
+		cb := b.begin("")
+		if resp := b.finish(cb, map[string]string{"X-Forwarded-For": "203.0.113.7"}); resp.StatusCode != http.StatusFound {
+			t.Fatalf("sign-in = %d", resp.StatusCode)
+		}
+	}
+	for _, m := range g.events() {
+		if ip := decodeEvent(t, m).Client.Ip; ip != "127.0.0.1" {
+			t.Errorf("event client ip = %q, want the peer's 127.0.0.1", ip)
+		}
+	}
+	logs := g.logs.String()
+	if n := strings.Count(logs, "GATEWAY_TRUSTED_PROXIES"); n != 1 {
+		t.Errorf("logged %d lines about GATEWAY_TRUSTED_PROXIES, want 1:\n%s", n, logs)
+	}
+	mustContain(t, "log", logs, "level=WARN", "X-Forwarded-For", "peer=127.0.0.1")
+	if strings.Contains(logs, "203.0.113.7") {
+		t.Error("the log repeats the address the client claimed")
+	}
+}

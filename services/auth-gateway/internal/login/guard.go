@@ -97,9 +97,20 @@ func humanWait(secs int64) string {
 // clientIP is the address of the browser: the peer, or, when the peer is a
 // trusted proxy, the last address in X-Forwarded-For that is not a trusted
 // proxy (earlier entries are whatever the client claimed).
+//
+// X-Forwarded-For from a peer that is not trusted is ignored, and the
+// first time that happens it is logged: usually a proxy missing from
+// GATEWAY_TRUSTED_PROXIES, behind which every person shares one rate-limit
+// bucket and one address in events.
 func (h *Handler) clientIP(r *http.Request) netip.Addr {
 	peer := parseAddr(r.RemoteAddr)
 	if !h.trusted(peer) {
+		if r.Header.Get("X-Forwarded-For") != "" && h.untrustedXFF.CompareAndSwap(false, true) {
+			h.log.Warn("X-Forwarded-For ignored: the peer that sent it is not a trusted proxy, so it counts as the client "+
+				"(one rate-limit bucket and one address in events for everyone behind it); if it is your proxy or load balancer, "+
+				"add its address or network to GATEWAY_TRUSTED_PROXIES. Said once per process.",
+				"peer", peer.String())
+		}
 		return peer
 	}
 	xff := strings.Join(r.Header.Values("X-Forwarded-For"), ",")

@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -156,6 +157,9 @@ type Handler struct {
 	spent     *spentStates
 	origin    *http.CrossOriginProtection
 	tracer    trace.Tracer
+	// untrustedXFF is set once X-Forwarded-For from an untrusted peer
+	// was logged.
+	untrustedXFF atomic.Bool
 }
 
 // New builds the handler. It does no I/O: provider discovery happens on the
