@@ -37,7 +37,8 @@ type Config struct {
 	// (GATEWAY_ADMIN_ADDR).
 	AdminAddr string
 	// CookieKeys are the 32-byte cookie keys, first seals, all open
-	// (GATEWAY_COOKIE_KEY). Empty means none was configured.
+	// (GATEWAY_COOKIE_KEY). Empty means none was configured, which Load
+	// allows only on loopback or with GATEWAY_ALLOW_RANDOM_COOKIE_KEY.
 	CookieKeys [][]byte
 	// CookieDomain is the Domain attribute of the session cookie, so that
 	// /auth/verify sees the session on sibling hosts (GATEWAY_COOKIE_DOMAIN).
@@ -151,10 +152,67 @@ func Load(lookup func(string) (string, bool)) (*Config, error) {
 	} else {
 		c.Providers = l.envProvider()
 	}
+	l.offLoopback(c)
 	if len(l.errs) > 0 {
 		return nil, fmt.Errorf("config: %w", errors.Join(l.errs...))
 	}
 	return c, nil
+}
+
+// offLoopback refuses what is fine for trying the gateway on one machine
+// but not once it or its providers are reached over a network: plain HTTP
+// (cookies, codes, tokens and the provider's signing keys would travel
+// unencrypted, so anyone on the path could sign in as anyone) and a random
+// cookie key (sessions that end at every restart and differ between
+// replicas, and device ids that change at every restart: a new-device
+// email to everyone). Each has a setting that allows it, named for what it
+// gives up.
+func (l *loader) offLoopback(c *Config) {
+	allowHTTP := l.boolean("GATEWAY_INSECURE_ALLOW_HTTP", false)
+	allowRandomKey := l.boolean("GATEWAY_ALLOW_RANDOM_COOKIE_KEY", false)
+	plainHTTP := func(name, field, v string) {
+		if allowHTTP || !isPlainHTTPOffLoopback(v) {
+			return
+		}
+		l.fail(name, "%s%s is plain HTTP on a host that is not loopback: cookies, codes and tokens would cross the network unencrypted; "+
+			"use its https:// URL, or set GATEWAY_INSECURE_ALLOW_HTTP=true on a private test network", field, v)
+	}
+	plainHTTP("GATEWAY_PUBLIC_URL", "", c.PublicURL.String())
+	for _, p := range c.Providers {
+		if c.ProvidersFile == "" {
+			plainHTTP("OIDC_ISSUER", "", p.Issuer)
+			continue
+		}
+		where := fmt.Sprintf("%s: provider %q: ", c.ProvidersFile, p.ID)
+		plainHTTP("GATEWAY_PROVIDERS_FILE", where+"issuer ", p.Issuer)
+		plainHTTP("GATEWAY_PROVIDERS_FILE", where+"github_api_url ", p.GitHubAPIURL)
+		plainHTTP("GATEWAY_PROVIDERS_FILE", where+"github_auth_url ", p.GitHubAuthURL)
+		plainHTTP("GATEWAY_PROVIDERS_FILE", where+"github_token_url ", p.GitHubTokenURL)
+	}
+	if len(c.CookieKeys) == 0 && !allowRandomKey && !isLoopbackHost(c.PublicURL.Hostname()) && l.get("GATEWAY_COOKIE_KEY_FILE") == "" {
+		l.fail("GATEWAY_COOKIE_KEY", "not set, and GATEWAY_PUBLIC_URL is not on loopback: a random key at each start would end "+
+			"sessions at every restart, differ between replicas, and change every device id (a new-device email to everyone after "+
+			"each restart). Set the same key on every replica (make one with: openssl rand -base64 32), or set "+
+			"GATEWAY_ALLOW_RANDOM_COOKIE_KEY=true to accept all that")
+	}
+}
+
+// isPlainHTTPOffLoopback reports whether v is an http:// URL whose host is
+// not loopback.
+func isPlainHTTPOffLoopback(v string) bool {
+	u, err := url.Parse(v)
+	return err == nil && u.Scheme == "http" && !isLoopbackHost(u.Hostname())
+}
+
+// isLoopbackHost reports whether host names this machine: localhost and
+// *.localhost (RFC 6761, and so browsers treat them), 127.0.0.0/8 and ::1.
+func isLoopbackHost(host string) bool {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 // oidcVariables configure the single provider when there is no providers

@@ -104,7 +104,8 @@ func TestLoadReadsValues(t *testing.T) {
 	}{
 		{
 			name: "https public url turns on secure cookies and drops a trailing slash",
-			env:  with(map[string]string{"GATEWAY_PUBLIC_URL": "https://login.example.com/"}),
+			env: with(map[string]string{"GATEWAY_PUBLIC_URL": "https://login.example.com/",
+				"GATEWAY_COOKIE_KEY": base64.StdEncoding.EncodeToString(k2)}),
 			check: func(t *testing.T, c *config.Config) {
 				if !c.SecureCookies() || c.PublicURL.String() != "https://login.example.com" {
 					t.Errorf("secure=%v public url=%s", c.SecureCookies(), c.PublicURL)
