@@ -201,7 +201,7 @@ func (h *Handler) takeAttempt(w http.ResponseWriter, r *http.Request, state stri
 		return attempt{}, nil, errors.New("no attempt cookie for this state (expired, used, or another browser)")
 	}
 	// Single use: whatever happens next, this attempt is spent.
-	h.clearCookie(w, name, callbackPath, "")
+	h.clearCookie(w, name, "/", "")
 
 	now := h.cfg.Now()
 	payload, err := h.sealer.Open(name, c.Value, now)

@@ -119,12 +119,30 @@ const (
 // RFC 9700 §4.4).
 const callbackPath = "/auth/callback"
 
-// Cookie names.
+// Cookie names. The session cookie is hostSessionCookie over https when no
+// cookie domain is set: the __Host- prefix makes browsers refuse it unless
+// it is Secure, host-only and for Path=/, so a sibling subdomain cannot set
+// or overwrite it (session fixation).
 const (
 	cookiePrefix        = "doorbell_"
 	attemptCookiePrefix = "doorbell_login_"
 	sessionCookie       = "doorbell_session"
+	hostPrefix          = "__Host-"
+	hostSessionCookie   = hostPrefix + sessionCookie
 	deviceCookie        = "doorbell_device"
+)
+
+// Bounds on the cookies: a browser keeps at most 4096 bytes per cookie, and
+// proxies refuse requests whose Cookie header passes about 8 KiB.
+const (
+	// maxCookieBytes bounds one Doorbell cookie, name and value: the
+	// gateway never sets a larger one, and deletes one it receives.
+	maxCookieBytes = 3584
+	// maxAttempts and attemptBudget bound the sign-in attempts a browser
+	// holds at once, and the bytes they take: starting another deletes
+	// the oldest.
+	maxAttempts   = 4
+	attemptBudget = 5 << 10
 )
 
 // tracerName names the spans this package makes.
@@ -147,7 +165,9 @@ type Handler struct {
 	deviceKey []byte
 	csrfKey   []byte
 	secure    bool
-	mux       *http.ServeMux
+	// sessionCookie is the session cookie's name.
+	sessionCookie string
+	mux           *http.ServeMux
 
 	providers map[string]*provider
 	// order is the providers as configured.
@@ -223,6 +243,10 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 		spent:     newSpentStates(maxSpentStates),
 		origin:    origin,
 		tracer:    tracer,
+	}
+	h.sessionCookie = sessionCookie
+	if secure && cfg.CookieDomain == "" {
+		h.sessionCookie = hostSessionCookie
 	}
 	for _, pc := range cfg.Providers {
 		if _, dup := h.providers[pc.ID]; dup {
@@ -306,6 +330,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Referrer-Policy", "no-referrer")
 	hd.Set("Content-Security-Policy",
 		"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	if r.URL.Path != "/auth/verify" {
+		// Proxies call it on every request: it only reads the session.
+		r = h.dropOversizedCookies(w, r)
+	}
 	if f := h.guard(w, r); f != nil {
 		h.fail(w, r, *f)
 		return

@@ -11,7 +11,7 @@ import (
 // provider authorization URL it redirects to, without following it.
 func (b *browser) authRequest(path string) *url.URL {
 	b.t.Helper()
-	c := &http.Client{Jar: b.jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	c := &http.Client{Jar: b.jar, Transport: b.c.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := c.Get(b.g.gatewayURL(path))
 	if err != nil {
 		b.t.Fatal(err)

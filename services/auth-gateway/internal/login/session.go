@@ -9,10 +9,13 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 )
 
-// Session is who is signed in, sealed into the doorbell_session cookie. It
+// Session is who is signed in, sealed into the session cookie
+// (__Host-doorbell_session over https without a cookie domain, else
+// doorbell_session). It
 // is the identity the provider vouched for at sign-in; the gateway does not
 // re-check it with the provider before it expires.
 type Session struct {
@@ -42,12 +45,12 @@ func (h *Handler) setSession(w http.ResponseWriter, now time.Time, s Session) er
 	if err != nil {
 		return err
 	}
-	sealed, err := h.sealer.Seal(sessionCookie, payload, expires)
+	sealed, err := h.sealer.Seal(h.sessionCookie, payload, expires)
 	if err != nil {
 		return err
 	}
 	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: sealed, Path: "/", Domain: h.cfg.CookieDomain, MaxAge: int(h.cfg.SessionTTL.Seconds()),
+		Name: h.sessionCookie, Value: sealed, Path: "/", Domain: h.cfg.CookieDomain, MaxAge: int(h.cfg.SessionTTL.Seconds()),
 		HttpOnly: true, Secure: h.secure, SameSite: http.SameSiteLaxMode,
 	})
 	return nil
@@ -58,7 +61,7 @@ func (h *Handler) setSession(w http.ResponseWriter, now time.Time, s Session) er
 // GATEWAY_COOKIE_DOMAIN); the first valid one counts.
 func (h *Handler) session(r *http.Request) *Session {
 	now := h.cfg.Now()
-	for _, c := range r.CookiesNamed(sessionCookie) {
+	for _, c := range r.CookiesNamed(h.sessionCookie) {
 		s, err := h.openSession(c.Value, now)
 		if err == nil {
 			return s
@@ -74,7 +77,7 @@ func (h *Handler) session(r *http.Request) *Session {
 // provider is still configured with the same issuer (so removing a
 // provider ends its sessions).
 func (h *Handler) openSession(value string, now time.Time) (*Session, error) {
-	payload, err := h.sealer.Open(sessionCookie, value, now)
+	payload, err := h.sealer.Open(h.sessionCookie, value, now)
 	if err != nil {
 		return nil, err
 	}
@@ -99,8 +102,12 @@ func (h *Handler) openSession(value string, now time.Time) (*Session, error) {
 }
 
 // clearCookie deletes the cookie name at path for the host and, when domain
-// is set, for the domain too.
+// is set, for the domain too. A __Host- cookie exists only at Path=/ for
+// the host, so only that is deleted.
 func (h *Handler) clearCookie(w http.ResponseWriter, name, path, domain string) {
+	if strings.HasPrefix(name, hostPrefix) {
+		path, domain = "/", ""
+	}
 	for _, d := range []string{"", domain} {
 		http.SetCookie(w, &http.Cookie{
 			Name: name, Value: "", Path: path, Domain: d, MaxAge: -1,
@@ -214,7 +221,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
 	s := h.session(r)
 	if s == nil {
 		// Nothing to protect: forget whatever the browser holds.
-		h.clearCookie(w, sessionCookie, "/", h.cfg.CookieDomain)
+		h.clearCookie(w, h.sessionCookie, "/", h.cfg.CookieDomain)
 		h.metrics.logouts.WithLabelValues(logoutNoSession).Inc()
 		w.Header().Set("Location", "/")
 		w.WriteHeader(http.StatusSeeOther)
@@ -224,7 +231,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
 		h.refuseLogout(w, r, "csrf token missing or not this session's")
 		return
 	}
-	h.clearCookie(w, sessionCookie, "/", h.cfg.CookieDomain)
+	h.clearCookie(w, h.sessionCookie, "/", h.cfg.CookieDomain)
 	target := "/"
 	if p := h.providers[s.Provider]; p != nil {
 		ctx, cancel := context.WithTimeout(r.Context(), logoutTimeout)
