@@ -174,11 +174,16 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 	}
 	out.spooled = ack.Spooled
 
-	// 7. The session, then back to where the person started.
-	if err := h.setSession(w, now, Session{
+	// 7. The session (and the ID token, for signing out at the provider),
+	// then back to where the person started.
+	session, err := h.setSession(w, now, Session{
 		Issuer: id.issuer, Subject: id.subject, Provider: p.cfg.ID,
 		Email: id.email, Name: truncate(id.name, 256),
-	}); err != nil {
+	})
+	if err == nil {
+		err = h.keepLogoutHint(w, session, id.idToken, now)
+	}
+	if err != nil {
 		f := internalError(err)
 		return &f
 	}

@@ -42,8 +42,9 @@ type flow interface {
 	// provider vouches for the email address.
 	identify(ctx context.Context, code string, a attempt) (identity, *failure)
 	// logoutURL returns where to send the browser to sign out at the
-	// provider too, or "" when it offers no such thing.
-	logoutURL(ctx context.Context, postLogout string) string
+	// provider too, or "" when it offers no such thing. idTokenHint is the
+	// ID token of the sign-in that ends, or "" when it was not kept.
+	logoutURL(ctx context.Context, postLogout, idTokenHint string) string
 	// ready reports whether the provider can be used, loading what it needs.
 	ready(ctx context.Context) error
 }
@@ -54,6 +55,9 @@ type identity struct {
 	// configured issuer (GitHub's API URL), whatever the token spelled.
 	issuer, subject     string
 	email, name, locale string
+	// idToken is the raw ID token, kept for signing out at the provider
+	// (id_token_hint); "" for GitHub. A secret: never logged.
+	idToken string
 }
 
 func newProvider(cfg ProviderConfig, callbackPath, redirectURL string, client *http.Client, tracer trace.Tracer) (*provider, error) {
@@ -330,7 +334,7 @@ func (p *oidcFlow) checkIssuer(ctx context.Context, iss string) *failure {
 	return nil
 }
 
-func (p *oidcFlow) logoutURL(ctx context.Context, postLogout string) string {
+func (p *oidcFlow) logoutURL(ctx context.Context, postLogout, idTokenHint string) string {
 	d, err := p.get(ctx)
 	if err != nil || d.endSession == "" {
 		return ""
@@ -339,10 +343,14 @@ func (p *oidcFlow) logoutURL(ctx context.Context, postLogout string) string {
 	if err != nil {
 		return ""
 	}
-	// OIDC RP-Initiated Logout 1.0 allows client_id in place of
-	// id_token_hint, which the gateway does not keep.
+	// OIDC RP-Initiated Logout 1.0: id_token_hint says which sign-in ends,
+	// and some providers (Ory Hydra) honour post_logout_redirect_uri only
+	// with it; client_id alone is what others accept when it was not kept.
 	q := u.Query()
 	q.Set("client_id", p.clientID)
+	if idTokenHint != "" {
+		q.Set("id_token_hint", idTokenHint)
+	}
 	q.Set("post_logout_redirect_uri", postLogout)
 	u.RawQuery = q.Encode()
 	return u.String()
@@ -404,7 +412,7 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	// The configured issuer, not the token's iss, keys the person: go-oidc
 	// accepts Google's "accounts.google.com" for https://accounts.google.com,
 	// and the same person must not become two.
-	id := identity{issuer: p.issuer, subject: idt.Subject, email: c.Email, name: c.Name, locale: c.Locale}
+	id := identity{issuer: p.issuer, subject: idt.Subject, email: c.Email, name: c.Name, locale: c.Locale, idToken: rawIDToken}
 	verified := c.EmailVerified
 
 	if (c.Email == "" || verified == nil) && d.provider.UserInfoEndpoint() != "" {
