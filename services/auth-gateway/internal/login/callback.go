@@ -30,6 +30,9 @@ import (
 // maxUserAgent bounds the User-Agent copied into events.
 const maxUserAgent = 512
 
+// maxName bounds the display name in events and sessions, in bytes.
+const maxName = 256
+
 // callback finishes a sign-in. The order of the checks is part of the
 // security design: see completeLogin. Each callback is one span, one
 // observation of callback_duration_seconds (with the trace id as exemplar
@@ -149,6 +152,9 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 	if f := h.checkIdentity(p, id); f != nil {
 		return f
 	}
+	// The provider picks the name: bound it for the event and the session
+	// alike, so no sign-in makes an event JetStream refuses as too large.
+	id.name = truncate(id.name, maxName)
 
 	// 5. The event.
 	now := h.cfg.Now()
@@ -178,7 +184,7 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 	// then back to where the person started.
 	session, err := h.setSession(w, now, Session{
 		Issuer: id.issuer, Subject: id.subject, Provider: p.cfg.ID,
-		Email: id.email, Name: truncate(id.name, 256),
+		Email: id.email, Name: id.name,
 	})
 	if err == nil {
 		err = h.keepLogoutHint(w, session, id.idToken, now)

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"
 )
@@ -99,5 +101,27 @@ func TestAuthorizedPartyMustBeUs(t *testing.T) {
 			assertRefused(t, g, resp, http.StatusUnauthorized, "hostile", tt.want)
 			mustContain(t, "log", g.logs.String(), "azp")
 		})
+	}
+}
+
+// TestALongNameIsCutInTheEventAsInTheSession: the display name is the
+// provider's to choose; a huge one must not make the event too large for
+// JetStream (which would then refuse it, or stall the spool).
+func TestALongNameIsCutInTheEventAsInTheSession(t *testing.T) {
+	h := newHostileIdP(t)
+	long := strings.Repeat("é", 40_000) // 80 KB
+	h.set(func(h *hostileIdP) { h.claims = func(c map[string]any) { c["name"] = long } })
+	g := hostileGateway(t, h)
+	b := g.browser()
+	if resp := b.finish(b.begin(""), nil); resp.StatusCode != http.StatusFound {
+		t.Fatalf("sign-in = %d %s", resp.StatusCode, resp.body)
+	}
+	name := decodeEvent(t, g.events()[0]).GetName()
+	if len(name) > 256 || !utf8.ValidString(name) || !strings.HasPrefix(long, name) {
+		t.Errorf("event name has %d bytes (valid UTF-8: %v), want the first at most 256 bytes of the name", len(name), utf8.ValidString(name))
+	}
+	var who map[string]string
+	if err := json.Unmarshal([]byte(b.get("/me").body), &who); err != nil || who["name"] != name {
+		t.Errorf("session name differs from the event's (%d vs %d bytes)", len(who["name"]), len(name))
 	}
 }
