@@ -102,7 +102,13 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 
 	var sp *spool.Spool
 	if cfg.SpoolDir != "" {
-		if sp, err = spool.Open(cfg.SpoolDir, cfg.SpoolMaxEvents, log.With("component", "spool")); err != nil {
+		// Spooled files are authenticated with keys only the gateway holds,
+		// rotating with the cookie keys.
+		spoolKeys, err := sealer.DeriveKeys("spool")
+		if err != nil {
+			return err
+		}
+		if sp, err = spool.Open(cfg.SpoolDir, cfg.SpoolMaxEvents, spoolKeys, log.With("component", "spool")); err != nil {
 			return fmt.Errorf("GATEWAY_SPOOL_DIR: %w", err)
 		}
 		depth, oldest := sp.Stats()

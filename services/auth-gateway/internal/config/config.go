@@ -140,6 +140,10 @@ func Load(lookup func(string) (string, bool)) (*Config, error) {
 	if c.SpoolDir == "" && l.get("GATEWAY_SPOOL_MAX_EVENTS") != "" {
 		l.fail("GATEWAY_SPOOL_MAX_EVENTS", "is set but GATEWAY_SPOOL_DIR is not, so there is no spool: set GATEWAY_SPOOL_DIR to turn it on")
 	}
+	if c.SpoolDir != "" && len(c.CookieKeys) == 0 && l.get("GATEWAY_COOKIE_KEY_FILE") == "" {
+		l.fail("GATEWAY_SPOOL_DIR", "needs GATEWAY_COOKIE_KEY: spooled events are authenticated with a key derived from it, "+
+			"and with a random key a restarted gateway could not read what the last one spooled")
+	}
 	if keys := l.keys("GATEWAY_DEVICE_KEY"); len(keys) > 1 {
 		l.fail("GATEWAY_DEVICE_KEY", "takes one key, got %d (device ids cannot be rotated: a new key changes every device id)", len(keys))
 	} else if len(keys) == 1 {

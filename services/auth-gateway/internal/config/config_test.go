@@ -209,6 +209,7 @@ func TestLoadReadsValues(t *testing.T) {
 			name: "spool and email logging",
 			env: with(map[string]string{
 				"GATEWAY_SPOOL_DIR": "/var/lib/doorbell/spool/", "GATEWAY_SPOOL_MAX_EVENTS": "500", "GATEWAY_LOG_EMAILS": "true",
+				"GATEWAY_COOKIE_KEY": base64.StdEncoding.EncodeToString(k2),
 			}),
 			check: func(t *testing.T, c *config.Config) {
 				if c.SpoolDir != "/var/lib/doorbell/spool" || c.SpoolMaxEvents != 500 || !c.LogEmails {
@@ -361,6 +362,11 @@ func TestLoadRejectsBadValuesClearly(t *testing.T) {
 			name:   "spool bound out of range",
 			env:    with(map[string]string{"GATEWAY_SPOOL_DIR": "/tmp/spool", "GATEWAY_SPOOL_MAX_EVENTS": "0"}),
 			wantIn: []string{"GATEWAY_SPOOL_MAX_EVENTS", "from 1 to 10000000"},
+		},
+		{
+			name:   "spool without a cookie key to authenticate its files",
+			env:    with(map[string]string{"GATEWAY_SPOOL_DIR": "/var/lib/doorbell/spool"}),
+			wantIn: []string{"GATEWAY_SPOOL_DIR", "needs GATEWAY_COOKIE_KEY"},
 		},
 		{
 			name:   "spool bound without a spool",

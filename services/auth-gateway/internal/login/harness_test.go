@@ -113,7 +113,11 @@ func withExtraProviders(ps ...login.ProviderConfig) gatewayOption {
 // its drainer.
 func withSpool(max int) gatewayOption {
 	return func(g *gateway) {
-		sp, err := spool.Open(g.t.TempDir(), max, g.log)
+		keys, err := g.sealer.DeriveKeys("spool")
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		sp, err := spool.Open(g.t.TempDir(), max, keys, g.log)
 		if err != nil {
 			g.t.Fatal(err)
 		}

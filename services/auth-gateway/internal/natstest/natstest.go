@@ -41,6 +41,15 @@ func RunWithStore(t testing.TB, port int, storeDir string) *server.Server {
 	return run(t, &server.Options{ServerName: "doorbell-test", Port: port, StoreDir: storeDir})
 }
 
+// RunWith is Run with the server's options changed by change first, for
+// tests that need users and permissions.
+func RunWith(t testing.TB, change func(*server.Options)) *server.Server {
+	t.Helper()
+	opts := &server.Options{ServerName: "doorbell-test", Port: server.RANDOM_PORT}
+	change(opts)
+	return run(t, opts)
+}
+
 // run starts a JetStream-enabled server with opts on loopback (its store in
 // a temporary directory unless opts names one) and waits until it accepts
 // connections. It shuts down when the test ends.

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -103,6 +104,9 @@ type Publisher struct {
 
 	// link is the connection's state, as its handlers report it.
 	link *link
+	// denied holds the subjects the server denied a publish on (string
+	// keys), until a publish there succeeds.
+	denied sync.Map
 	// ensureSem lets one caller at a time look up or create the stream.
 	ensureSem   chan struct{}
 	streamKnown atomic.Bool
@@ -168,6 +172,7 @@ func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { p.noteAsyncError(err) }),
 		nats.ClosedHandler(func(*nats.Conn) {
 			p.link.set(false, time.Now())
 			close(p.closed)
@@ -221,8 +226,11 @@ func (p *Publisher) Publish(ctx context.Context, ev *eventsv1.UserAuthenticated)
 		return ack, nil
 	}
 	p.metrics.failures.Inc()
-	if p.spool == nil {
+	if p.spool == nil || errors.Is(err, ErrRefused) {
 		span.SetStatus(codes.Error, err.Error())
+		if errors.Is(err, ErrRefused) {
+			p.log.Error("event refused for good by JetStream: not published, not spooled", "event_id", id, "err", err)
+		}
 		return Ack{}, err
 	}
 	if _, serr := p.spool.Put(id, spool.Message{Subject: msg.Subject, Header: msg.Header, Data: msg.Data}); serr != nil {
@@ -262,14 +270,25 @@ func (p *Publisher) message(ctx context.Context, ev *eventsv1.UserAuthenticated)
 }
 
 // send publishes msg, whose Nats-Msg-Id header is set, and waits for the
-// ack, within ctx. It rides through what a NATS cluster does when it loses
+// ack, within ctx (see deliver). An error that means JetStream will never
+// store msg wraps ErrRefused.
+func (p *Publisher) send(ctx context.Context, msg *nats.Msg) (Ack, error) {
+	ack, err := p.deliver(ctx, msg)
+	if err != nil {
+		return Ack{}, p.refused(err, msg.Subject)
+	}
+	p.denied.Delete(msg.Subject)
+	return ack, nil
+}
+
+// deliver publishes msg and waits for the ack, within ctx. It rides through what a NATS cluster does when it loses
 // a server: while the connection is down it waits for it to come back
 // (unless it has been down for Config.Timeout already: then it fails at
 // once), an attempt the connection dropped under is made again once it is
 // back, and a stream without a leader for a moment (no responders) is
 // asked again until ctx ends. Every attempt carries the same Nats-Msg-Id,
 // so the stream stores the event once however many attempts reach it.
-func (p *Publisher) send(ctx context.Context, msg *nats.Msg) (Ack, error) {
+func (p *Publisher) deliver(ctx context.Context, msg *nats.Msg) (Ack, error) {
 	for {
 		up, since, changed := p.link.state()
 		if !up {
