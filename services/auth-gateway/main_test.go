@@ -375,6 +375,42 @@ func TestRunWithASpoolSignsPeopleInWhileNATSIsDown(t *testing.T) {
 	mustLog(t, logs.String(), "spool on", "event spooled to disk", "spooled event published", "msg=login")
 }
 
+// TestRunOnANATSClusterKeepsEventsOnThreeServers: a new user's first
+// start, with default settings, against a three-node JetStream cluster
+// makes AUTH_EVENTS with three replicas and says so, so losing one server
+// loses no sign-ins.
+func TestRunOnANATSClusterKeepsEventsOnThreeServers(t *testing.T) {
+	idp := startIDP(t)
+	cluster := natstest.StartCluster(t, 3)
+	env := gatewayEnv(t, idp, cluster.URL())
+	logs, stop := startRun(t, env, http.StatusOK)
+	if status, page := signIn(t, env["GATEWAY_PUBLIC_URL"]); status != http.StatusOK || !strings.Contains(page, "Signed in as") {
+		t.Fatalf("sign-in = %d:\n%s", status, page)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(cluster.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, eventsv1.StreamAuthEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().Config.Replicas; n != 3 {
+		t.Errorf("AUTH_EVENTS has %d replicas, want 3", n)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run after cancel = %v", err)
+	}
+	mustLog(t, logs.String(), `msg="stream created"`, "replicas=3 replicas_setting=auto")
+}
+
 // TestRunExportsSpansWhenAsked: with OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set,
 // a sign-in's spans reach the collector, under service.name auth-gateway,
 // in the trace whose traceparent the published event carries.
