@@ -279,16 +279,14 @@ func gatewayEnv(t *testing.T, idp *mockoidc.MockOIDC, natsURL string) map[string
 	}
 }
 
-// streamEvents returns the events in AUTH_EVENTS on the server at url.
-func streamEvents(t *testing.T, url string) []*jetstream.RawStreamMsg {
+// authEvents looks up AUTH_EVENTS on the servers at url, within ctx.
+func authEvents(ctx context.Context, t *testing.T, url string) jetstream.Stream {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -297,6 +295,15 @@ func streamEvents(t *testing.T, url string) []*jetstream.RawStreamMsg {
 	if err != nil {
 		t.Fatalf("stream: %v", err)
 	}
+	return s
+}
+
+// streamEvents returns the events in AUTH_EVENTS on the server at url.
+func streamEvents(t *testing.T, url string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := authEvents(ctx, t, url)
 	info, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -389,20 +396,7 @@ func TestRunOnANATSClusterKeepsEventsOnThreeServers(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nc, err := nats.Connect(cluster.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := js.Stream(ctx, eventsv1.StreamAuthEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := s.CachedInfo().Config.Replicas; n != 3 {
+	if n := authEvents(ctx, t, cluster.URL()).CachedInfo().Config.Replicas; n != 3 {
 		t.Errorf("AUTH_EVENTS has %d replicas, want 3", n)
 	}
 	if err := stop(); err != nil {

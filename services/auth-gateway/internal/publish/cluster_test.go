@@ -67,36 +67,33 @@ func TestStreamReplicasFitTheNATSServers(t *testing.T) {
 // gateway created with one replica on a cluster is raised to what the
 // setting asks for; one an operator made is left as it is.
 func TestAStreamTheGatewayMadeWithTooFewReplicasGrows(t *testing.T) {
-	c := natstest.StartCluster(t, 3)
-	ctx := testCtx(t)
-	js := inspector(t, c.URL())
-	if _, err := js.CreateStream(ctx, publish.StreamConfig(1)); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name     string
+		existing jetstream.StreamConfig
+		want     int
+		wantLog  string
+	}{
+		{"made by the gateway", publish.StreamConfig(1), 3, `msg="stream replicas raised" stream=AUTH_EVENTS from=1 replicas=3`},
+		{"made by an operator", jetstream.StreamConfig{Name: eventsv1.StreamAuthEvents, Subjects: []string{"user.>"}, Replicas: 1},
+			1, `msg="stream found, made by an operator: left as it is"`},
 	}
-	h := newHarness(t, c.URL(), func(c *publish.Config) { c.Replicas = 0 })
-	waitConnected(ctx, t, h)
-	if err := h.pub.EnsureStream(ctx); err != nil {
-		t.Fatalf("EnsureStream: %v", err)
-	}
-	if got := streamReplicas(ctx, t, c.URL()); got != 3 {
-		t.Errorf("the gateway's stream has %d replicas after a start with auto, want 3", got)
-	}
-	mustContain(t, h.logs.String(), `msg="stream replicas raised"`, `from=1 replicas=3`)
-
-	operator := natstest.StartCluster(t, 3)
-	ojs := inspector(t, operator.URL())
-	if _, err := ojs.CreateStream(ctx, jetstream.StreamConfig{
-		Name: eventsv1.StreamAuthEvents, Subjects: []string{"user.>"}, Replicas: 1,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	oh := newHarness(t, operator.URL(), func(c *publish.Config) { c.Replicas = 0 })
-	waitConnected(ctx, t, oh)
-	if err := oh.pub.EnsureStream(ctx); err != nil {
-		t.Fatalf("EnsureStream: %v", err)
-	}
-	if got := streamReplicas(ctx, t, operator.URL()); got != 1 {
-		t.Errorf("an operator's stream was changed to %d replicas", got)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := natstest.StartCluster(t, 3)
+			ctx := testCtx(t)
+			if _, err := inspector(t, c.URL()).CreateStream(ctx, tt.existing); err != nil {
+				t.Fatal(err)
+			}
+			h := newHarness(t, c.URL(), func(c *publish.Config) { c.Replicas = 0 })
+			waitConnected(ctx, t, h)
+			if err := h.pub.EnsureStream(ctx); err != nil {
+				t.Fatalf("EnsureStream: %v", err)
+			}
+			if got := streamReplicas(ctx, t, c.URL()); got != tt.want {
+				t.Errorf("AUTH_EVENTS has %d replicas after a start with auto, want %d", got, tt.want)
+			}
+			mustContain(t, h.logs.String(), tt.wantLog)
+		})
 	}
 }
 
