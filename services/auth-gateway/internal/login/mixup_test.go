@@ -86,3 +86,15 @@ func TestMixUpWithoutIssParameter(t *testing.T) {
 		t.Errorf("the code was redeemed at the honest provider (%d calls)", n)
 	}
 }
+
+// TestEveryProvidersCallbackSharesTheRateLimit: the per-provider callbacks
+// are sign-in endpoints like /auth/callback, limited per client.
+func TestEveryProvidersCallbackSharesTheRateLimit(t *testing.T) {
+	a, c := newHostileIdP(t), newHostileIdP(t)
+	g := newGateway(t, withProviders(a.provider("alpha"), c.provider("charlie")), slowRate(1))
+	b := g.browser()
+	b.authRequest("/login?provider=alpha") // the one request allowed
+	if resp := b.get("/auth/callback/charlie?state=" + strings.Repeat("A", 43)); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("/auth/callback/charlie past the limit = %d, want 429", resp.StatusCode)
+	}
+}
