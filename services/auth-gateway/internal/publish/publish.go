@@ -5,11 +5,15 @@
 // is down: it keeps reconnecting in the background and makes sure the
 // AUTH_EVENTS stream exists before the first publish that finds NATS usable.
 //
-// Without a spool it does not queue events while NATS is unreachable:
-// Publish then fails at once, and the caller decides what the person sees.
+// Publish rides through a NATS server's loss: it waits for the connection
+// to come back (for Config.Timeout after it went) and for the stream to
+// answer again, and tries again with the same message id. Without a spool
+// it queues nothing beyond that: Publish fails, at once when NATS has been
+// unreachable for longer, and the caller decides what the person sees.
 // With a spool (Config.Spool), an event JetStream does not acknowledge in
 // time is written to local disk instead and Publish succeeds; Run publishes
-// spooled events later, with the same message id.
+// spooled events later, with the same message id. An event JetStream
+// refuses for good is neither (ErrRefused).
 //
 // Each publish is a span in the caller's trace, and the W3C trace context
 // travels in the message headers (see Config.Propagator).
@@ -153,8 +157,9 @@ func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
 		nats.Name(cfg.Name),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
-		// No outbound buffer while reconnecting: a publish then fails at once
-		// instead of being sent later, after the person was told it failed.
+		// No outbound buffer while reconnecting: a publish waits for the
+		// reconnection (see deliver) instead of being sent later, after the
+		// person was told it failed.
 		nats.ReconnectBufSize(-1),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			p.link.set(true, time.Now())
@@ -281,8 +286,9 @@ func (p *Publisher) send(ctx context.Context, msg *nats.Msg) (Ack, error) {
 	return ack, nil
 }
 
-// deliver publishes msg and waits for the ack, within ctx. It rides through what a NATS cluster does when it loses
-// a server: while the connection is down it waits for it to come back
+// deliver publishes msg and waits for the ack, within ctx. It rides
+// through what a NATS cluster does when it loses a server: while the
+// connection is down it waits for it to come back
 // (unless it has been down for Config.Timeout already: then it fails at
 // once), an attempt the connection dropped under is made again once it is
 // back, and a stream without a leader for a moment (no responders) is
