@@ -23,6 +23,7 @@ import (
 	"io/fs"
 	"maps"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path"
@@ -78,6 +79,7 @@ func deployChecks() []deployCheck {
 		{"kustomizations list exactly the manifests beside them", kustomizationsListTheirFiles},
 		{"the NATS cluster's routes, Services and replicas fit together", natsClusterIsConsistent},
 		{"the mail-worker gets its shutdown budget before it is killed", workerGraceCoversShutdown},
+		{"the gateway behind the ingress trusts its X-Forwarded-For", kubeGatewayTrustsItsProxies},
 	}
 }
 
@@ -233,6 +235,12 @@ func TestDeployChecksCatchMistakes(t *testing.T) {
 		}},
 		{"the gateway wants more stream replicas than NATS servers", natsClusterIsConsistent, func(d *deployFiles) {
 			d.kubeObject("ConfigMap", "auth-gateway").Data["NATS_STREAM_REPLICAS"] = "5"
+		}},
+		{"the gateway trusts no proxy, so everyone behind the ingress is one client", kubeGatewayTrustsItsProxies, func(d *deployFiles) {
+			delete(d.kubeObject("ConfigMap", "auth-gateway").Data, "GATEWAY_TRUSTED_PROXIES")
+		}},
+		{"the gateway's trusted proxies do not parse", kubeGatewayTrustsItsProxies, func(d *deployFiles) {
+			d.kubeObject("ConfigMap", "auth-gateway").Data["GATEWAY_TRUSTED_PROXIES"] = "10.0.0.0/8,ingress-nginx"
 		}},
 		{"the services' NATS_URL names no Service", natsClusterIsConsistent, func(d *deployFiles) {
 			d.kubeObject("ConfigMap", "mail-worker").Data["NATS_URL"] = "nats://nats-client:4222"
@@ -1556,6 +1564,31 @@ func kustomizationsListTheirFiles(d *deployFiles) []string {
 	return problems
 }
 
+// kubeGatewayTrustsItsProxies: in Kubernetes every request reaches the
+// gateway through an ingress controller, so without GATEWAY_TRUSTED_PROXIES
+// everyone shares one rate-limit bucket and every event carries the
+// ingress's address.
+func kubeGatewayTrustsItsProxies(d *deployFiles) []string {
+	dep := d.kubeObject("Deployment", "auth-gateway")
+	if dep == nil {
+		return []string{"deploy/kubernetes: no Deployment auth-gateway"}
+	}
+	env, problems := d.kubeEnv(dep, dep.workload.Template.Spec.Containers[0])
+	v := env["GATEWAY_TRUSTED_PROXIES"]
+	if strings.TrimSpace(v) == "" {
+		return append(problems, fmt.Sprintf("%s: Deployment auth-gateway sets no GATEWAY_TRUSTED_PROXIES: behind the ingress every person would share one rate-limit bucket and one address", dep.file))
+	}
+	for _, p := range strings.Split(v, ",") {
+		p = strings.TrimSpace(p)
+		if _, err := netip.ParsePrefix(p); err != nil {
+			if _, err := netip.ParseAddr(p); err != nil {
+				problems = append(problems, fmt.Sprintf("%s: GATEWAY_TRUSTED_PROXIES entry %q is not an address or prefix", dep.file, p))
+			}
+		}
+	}
+	return problems
+}
+
 func natsClusterIsConsistent(d *deployFiles) []string {
 	sts := d.kubeObject("StatefulSet", "nats")
 	if sts == nil {
@@ -1620,7 +1653,7 @@ func natsClusterIsConsistent(d *deployFiles) []string {
 		if err != nil || svc == nil || !slices.ContainsFunc(svc.service.Ports, func(p kubeServicePort) bool { return string(p.Port) == port }) {
 			problems = append(problems, fmt.Sprintf("%s: Deployment %s: NATS_URL %q is not a Service port of the manifests", dep.file, name, env["NATS_URL"]))
 		}
-		if r := env["NATS_STREAM_REPLICAS"]; r != "" {
+		if r := env["NATS_STREAM_REPLICAS"]; r != "" && r != "auto" {
 			if n, err := strconv.Atoi(r); err != nil || n > replicas {
 				problems = append(problems, fmt.Sprintf("%s: Deployment %s: NATS_STREAM_REPLICAS=%s, but NATS has %d servers", dep.file, name, r, replicas))
 			}

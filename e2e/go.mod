@@ -3,6 +3,7 @@ module github.com/doorbell/doorbell/e2e
 go 1.26.0
 
 require (
+	github.com/chromedp/cdproto v0.159.0
 	github.com/chromedp/chromedp v0.23.0
 	github.com/doorbell/doorbell/devstack v0.0.0
 	github.com/doorbell/doorbell/proto v0.0.0
@@ -13,7 +14,6 @@ require (
 )
 
 require (
-	github.com/chromedp/cdproto v0.159.0 // indirect
 	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.29.0 // indirect
 	golang.org/x/text v0.43.0 // indirect

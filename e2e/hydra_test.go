@@ -62,6 +62,7 @@ func startHydra(t *testing.T) *hydra {
 		fmt.Sprintf("URLS_SELF_ISSUER=http://127.0.0.1:%d", publicPort),
 		"URLS_LOGIN=" + app.URL + "/login",
 		"URLS_CONSENT=" + app.URL + "/consent",
+		"URLS_LOGOUT=" + app.URL + "/logout",
 		"SERVE_PUBLIC_HOST=127.0.0.1",
 		fmt.Sprintf("SERVE_PUBLIC_PORT=%d", publicPort),
 		"SERVE_ADMIN_HOST=127.0.0.1",
@@ -82,16 +83,18 @@ func startHydra(t *testing.T) *hydra {
 	return h
 }
 
-// registerClient registers the gateway as a confidential client whose only
-// redirect is its callback, authenticating at the token endpoint with
+// registerClient registers the gateway at publicURL as a confidential
+// client whose only redirect is its callback and whose only post-logout
+// redirect is its start page, authenticating at the token endpoint with
 // authMethod (client_secret_basic or client_secret_post): Hydra refuses
 // the other one.
-func (h *hydra) registerClient(id, secret, redirectURI, authMethod string) {
+func (h *hydra) registerClient(id, secret, publicURL, authMethod string) {
 	h.t.Helper()
 	h.call(http.MethodPost, h.admin+"/admin/clients", map[string]any{
 		"client_id":                  id,
 		"client_secret":              secret,
-		"redirect_uris":              []string{redirectURI},
+		"redirect_uris":              []string{publicURL + "/auth/callback"},
+		"post_logout_redirect_uris":  []string{publicURL + "/"},
 		"grant_types":                []string{"authorization_code"},
 		"response_types":             []string{"code"},
 		"scope":                      "openid email profile",
@@ -153,38 +156,68 @@ var hydraLoginPage = template.Must(template.New("login").Parse(`<!doctype html>
 <button type="submit">Sign in</button>
 </form>`))
 
-// loginApp is the login and consent app: Hydra sends the browser to
-// /login?login_challenge=… and /consent?consent_challenge=…, and the app
-// answers through Hydra's admin API, which says where the browser goes next.
+// loginApp is the login, consent and logout app: Hydra sends the browser
+// to /login?login_challenge=…, /consent?consent_challenge=… and
+// /logout?logout_challenge=…, and the app answers through Hydra's admin
+// API, which says where the browser goes next. Hydra remembers a sign-in
+// (its own session cookie), so a second one in the same browser skips the
+// form, as at a real provider, until the person signs out there.
 func (h *hydra) loginApp() http.Handler {
 	fail := func(w http.ResponseWriter, err error) {
 		h.t.Errorf("hydra login app: %v", err)
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 	}
+	// accept accepts a login as subject "hydra-<email>"; the answers ride in
+	// the login's context to the consent step.
+	accept := func(w http.ResponseWriter, r *http.Request, challenge, email string, verified bool, name string) {
+		var next struct {
+			RedirectTo string `json:"redirect_to"`
+		}
+		err := callJSON(http.MethodPut, h.admin+"/admin/oauth2/auth/requests/login/accept?login_challenge="+
+			url.QueryEscape(challenge), map[string]any{
+			"subject":      "hydra-" + email,
+			"remember":     true,
+			"remember_for": 3600,
+			"context":      map[string]any{"email": email, "email_verified": verified, "name": name},
+		}, &next)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		http.Redirect(w, r, next.RedirectTo, http.StatusFound)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /login", func(w http.ResponseWriter, r *http.Request) {
+		challenge := r.URL.Query().Get("login_challenge")
+		var login struct {
+			Skip    bool   `json:"skip"`
+			Subject string `json:"subject"`
+		}
+		if err := callJSON(http.MethodGet, h.admin+"/admin/oauth2/auth/requests/login?login_challenge="+url.QueryEscape(challenge), nil, &login); err != nil {
+			fail(w, err)
+			return
+		}
+		if login.Skip {
+			accept(w, r, challenge, strings.TrimPrefix(login.Subject, "hydra-"), true, "")
+			return
+		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		_ = hydraLoginPage.Execute(w, r.URL.Query().Get("login_challenge"))
+		_ = hydraLoginPage.Execute(w, challenge)
 	})
 	mux.HandleFunc("POST /login", func(w http.ResponseWriter, r *http.Request) {
 		if err := r.ParseForm(); err != nil {
 			fail(w, err)
 			return
 		}
+		accept(w, r, r.PostForm.Get("login_challenge"), r.PostForm.Get("email"),
+			r.PostForm.Get("email_verified") == "true", r.PostForm.Get("name"))
+	})
+	mux.HandleFunc("GET /logout", func(w http.ResponseWriter, r *http.Request) {
 		var next struct {
 			RedirectTo string `json:"redirect_to"`
 		}
-		// The answers ride in the login's context to the consent step.
-		err := callJSON(http.MethodPut, h.admin+"/admin/oauth2/auth/requests/login/accept?login_challenge="+
-			url.QueryEscape(r.PostForm.Get("login_challenge")), map[string]any{
-			"subject": "hydra-" + r.PostForm.Get("email"),
-			"context": map[string]any{
-				"email":          r.PostForm.Get("email"),
-				"email_verified": r.PostForm.Get("email_verified") == "true",
-				"name":           r.PostForm.Get("name"),
-			},
-		}, &next)
-		if err != nil {
+		if err := callJSON(http.MethodPut, h.admin+"/admin/oauth2/auth/requests/logout/accept?logout_challenge="+
+			url.QueryEscape(r.URL.Query().Get("logout_challenge")), nil, &next); err != nil {
 			fail(w, err)
 			return
 		}
@@ -222,7 +255,7 @@ func TestSignInThroughOryHydra(t *testing.T) {
 	idp := startHydra(t)
 	const clientID, secret = "doorbell-hydra", "doorbell-hydra-client-secret"
 	s := startStack(t, "OIDC_ISSUER="+idp.issuer, "OIDC_CLIENT_ID="+clientID, "OIDC_CLIENT_SECRET="+secret)
-	idp.registerClient(clientID, secret, s.publicURL+"/auth/callback", "client_secret_basic")
+	idp.registerClient(clientID, secret, s.publicURL, "client_secret_basic")
 	ctx := context.Background()
 
 	// Refused first: an address Hydra does not vouch for.
@@ -265,7 +298,7 @@ func TestSignInThroughOryHydraWithClientSecretPost(t *testing.T) {
 	const clientID, secret = "doorbell-hydra-post", "doorbell-hydra-post-secret"
 	s := startStack(t, "OIDC_ISSUER="+idp.issuer, "OIDC_CLIENT_ID="+clientID, "OIDC_CLIENT_SECRET="+secret,
 		"OIDC_TOKEN_AUTH_METHOD=client_secret_post")
-	idp.registerClient(clientID, secret, s.publicURL+"/auth/callback", "client_secret_post")
+	idp.registerClient(clientID, secret, s.publicURL, "client_secret_post")
 
 	const email = "barbara@example.test"
 	landed := newBrowser(t).signIn(s.publicURL, email, true)

@@ -102,7 +102,13 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 
 	var sp *spool.Spool
 	if cfg.SpoolDir != "" {
-		if sp, err = spool.Open(cfg.SpoolDir, cfg.SpoolMaxEvents, log.With("component", "spool")); err != nil {
+		// Spooled files are authenticated with keys only the gateway holds,
+		// rotating with the cookie keys.
+		spoolKeys, err := sealer.DeriveKeys("spool")
+		if err != nil {
+			return err
+		}
+		if sp, err = spool.Open(cfg.SpoolDir, cfg.SpoolMaxEvents, spoolKeys, log.With("component", "spool")); err != nil {
 			return fmt.Errorf("GATEWAY_SPOOL_DIR: %w", err)
 		}
 		depth, oldest := sp.Stats()
@@ -120,7 +126,7 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 		Source:         cfg.PublicURL.String(),
 		Replicas:       cfg.StreamReplicas,
 		Spool:          sp,
-		DrainTimeout:   cfg.PublishTimeout,
+		Timeout:        cfg.PublishTimeout,
 		TracerProvider: tracerProvider,
 		Propagator:     propagation.TraceContext{},
 	}, log.With("component", "publish"), publish.NewMetrics(reg))
@@ -199,6 +205,9 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 		"addr", publicLn.Addr().String(), "admin_addr", adminLn.Addr().String(),
 		"public_url", cfg.PublicURL.String(), "providers", strings.Join(ids, ","),
 		"providers_file", cfg.ProvidersFile, "session_ttl", cfg.SessionTTL.String())
+	for _, id := range ids {
+		log.Info("provider ready to sign in; register its callback URL as a redirect URI there", "provider", id, "callback_url", gw.CallbackURL(id))
+	}
 	if cfg.DeviceKey == nil && len(cfg.CookieKeys) > 0 {
 		log.Info("GATEWAY_DEVICE_KEY is not set: device ids derive from the last GATEWAY_COOKIE_KEY, so they change (and people get new-device emails) when that key is dropped")
 	}

@@ -178,9 +178,9 @@ func TestRunWithAProvidersFile(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
-	if !strings.Contains(logs.String(), "providers=dex,github") {
-		t.Errorf("start-up log does not list the providers:\n%s", logs)
-	}
+	mustLog(t, logs.String(), "providers=dex,github",
+		"provider=dex callback_url=http://"+addr+"/auth/callback/dex",
+		"provider=github callback_url=http://"+addr+"/auth/callback/github")
 	if err := stop(); err != nil {
 		t.Fatalf("run after cancel = %v", err)
 	}
@@ -279,16 +279,14 @@ func gatewayEnv(t *testing.T, idp *mockoidc.MockOIDC, natsURL string) map[string
 	}
 }
 
-// streamEvents returns the events in AUTH_EVENTS on the server at url.
-func streamEvents(t *testing.T, url string) []*jetstream.RawStreamMsg {
+// authEvents looks up AUTH_EVENTS on the servers at url, within ctx.
+func authEvents(ctx context.Context, t *testing.T, url string) jetstream.Stream {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -297,6 +295,15 @@ func streamEvents(t *testing.T, url string) []*jetstream.RawStreamMsg {
 	if err != nil {
 		t.Fatalf("stream: %v", err)
 	}
+	return s
+}
+
+// streamEvents returns the events in AUTH_EVENTS on the server at url.
+func streamEvents(t *testing.T, url string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := authEvents(ctx, t, url)
 	info, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -373,6 +380,29 @@ func TestRunWithASpoolSignsPeopleInWhileNATSIsDown(t *testing.T) {
 		t.Fatalf("run after cancel = %v", err)
 	}
 	mustLog(t, logs.String(), "spool on", "event spooled to disk", "spooled event published", "msg=login")
+}
+
+// TestRunOnANATSClusterKeepsEventsOnThreeServers: a new user's first
+// start, with default settings, against a three-node JetStream cluster
+// makes AUTH_EVENTS with three replicas and says so, so losing one server
+// loses no sign-ins.
+func TestRunOnANATSClusterKeepsEventsOnThreeServers(t *testing.T) {
+	idp := startIDP(t)
+	cluster := natstest.StartCluster(t, 3)
+	env := gatewayEnv(t, idp, cluster.URL())
+	logs, stop := startRun(t, env, http.StatusOK)
+	if status, page := signIn(t, env["GATEWAY_PUBLIC_URL"]); status != http.StatusOK || !strings.Contains(page, "Signed in as") {
+		t.Fatalf("sign-in = %d:\n%s", status, page)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if n := authEvents(ctx, t, cluster.URL()).CachedInfo().Config.Replicas; n != 3 {
+		t.Errorf("AUTH_EVENTS has %d replicas, want 3", n)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run after cancel = %v", err)
+	}
+	mustLog(t, logs.String(), `msg="stream created"`, "replicas=3 replicas_setting=auto")
 }
 
 // TestRunExportsSpansWhenAsked: with OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set,

@@ -30,13 +30,15 @@ type Config struct {
 	// Addr is where the public HTTP server listens (GATEWAY_ADDR).
 	Addr string
 	// PublicURL is the gateway's external base URL, with no path
-	// (GATEWAY_PUBLIC_URL). The OIDC callback is PublicURL + "/auth/callback".
+	// (GATEWAY_PUBLIC_URL). The providers' callbacks are under it (see
+	// login.Handler.CallbackURL).
 	PublicURL *url.URL
 	// AdminAddr is where /metrics, /healthz and /readyz listen
 	// (GATEWAY_ADMIN_ADDR).
 	AdminAddr string
 	// CookieKeys are the 32-byte cookie keys, first seals, all open
-	// (GATEWAY_COOKIE_KEY). Empty means none was configured.
+	// (GATEWAY_COOKIE_KEY). Empty means none was configured, which Load
+	// allows only on loopback or with GATEWAY_ALLOW_RANDOM_COOKIE_KEY.
 	CookieKeys [][]byte
 	// CookieDomain is the Domain attribute of the session cookie, so that
 	// /auth/verify sees the session on sibling hosts (GATEWAY_COOKIE_DOMAIN).
@@ -71,8 +73,9 @@ type Config struct {
 
 	// NATSURL is the NATS server URL list (NATS_URL).
 	NATSURL string
-	// StreamReplicas is the replica count used when creating the stream
-	// (NATS_STREAM_REPLICAS).
+	// StreamReplicas is the replica count of the stream the gateway makes
+	// (NATS_STREAM_REPLICAS): 1 to 5, or 0 for auto (as many as the NATS
+	// servers can place, up to 3).
 	StreamReplicas int
 	// PublishTimeout bounds one publish including its ack
 	// (GATEWAY_PUBLISH_TIMEOUT).
@@ -103,9 +106,6 @@ type Config struct {
 // which is the case when the public URL is https.
 func (c *Config) SecureCookies() bool { return c.PublicURL.Scheme == "https" }
 
-// CallbackURL is the redirect URI registered with the identity provider.
-func (c *Config) CallbackURL() string { return c.PublicURL.String() + "/auth/callback" }
-
 // providerIDPattern keeps the provider id usable as a metric label value.
 var providerIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
 
@@ -126,7 +126,7 @@ func Load(lookup func(string) (string, bool)) (*Config, error) {
 		TrustedProxies: l.prefixes("GATEWAY_TRUSTED_PROXIES"),
 
 		NATSURL:        l.natsURL("NATS_URL", "nats://127.0.0.1:4222"),
-		StreamReplicas: l.intRange("NATS_STREAM_REPLICAS", 1, 1, 5),
+		StreamReplicas: l.replicas("NATS_STREAM_REPLICAS"),
 		PublishTimeout: l.duration("GATEWAY_PUBLISH_TIMEOUT", 5*time.Second),
 
 		LogLevel:  l.level("LOG_LEVEL", slog.LevelInfo),
@@ -140,6 +140,10 @@ func Load(lookup func(string) (string, bool)) (*Config, error) {
 	if c.SpoolDir == "" && l.get("GATEWAY_SPOOL_MAX_EVENTS") != "" {
 		l.fail("GATEWAY_SPOOL_MAX_EVENTS", "is set but GATEWAY_SPOOL_DIR is not, so there is no spool: set GATEWAY_SPOOL_DIR to turn it on")
 	}
+	if c.SpoolDir != "" && len(c.CookieKeys) == 0 && l.get("GATEWAY_COOKIE_KEY_FILE") == "" {
+		l.fail("GATEWAY_SPOOL_DIR", "needs GATEWAY_COOKIE_KEY: spooled events are authenticated with a key derived from it, "+
+			"and with a random key a restarted gateway could not read what the last one spooled")
+	}
 	if keys := l.keys("GATEWAY_DEVICE_KEY"); len(keys) > 1 {
 		l.fail("GATEWAY_DEVICE_KEY", "takes one key, got %d (device ids cannot be rotated: a new key changes every device id)", len(keys))
 	} else if len(keys) == 1 {
@@ -152,10 +156,67 @@ func Load(lookup func(string) (string, bool)) (*Config, error) {
 	} else {
 		c.Providers = l.envProvider()
 	}
+	l.offLoopback(c)
 	if len(l.errs) > 0 {
 		return nil, fmt.Errorf("config: %w", errors.Join(l.errs...))
 	}
 	return c, nil
+}
+
+// offLoopback refuses what is fine for trying the gateway on one machine
+// but not once it or its providers are reached over a network: plain HTTP
+// (cookies, codes, tokens and the provider's signing keys would travel
+// unencrypted, so anyone on the path could sign in as anyone) and a random
+// cookie key (sessions that end at every restart and differ between
+// replicas, and device ids that change at every restart: a new-device
+// email to everyone). Each has a setting that allows it, named for what it
+// gives up.
+func (l *loader) offLoopback(c *Config) {
+	allowHTTP := l.boolean("GATEWAY_INSECURE_ALLOW_HTTP", false)
+	allowRandomKey := l.boolean("GATEWAY_ALLOW_RANDOM_COOKIE_KEY", false)
+	plainHTTP := func(name, field, v string) {
+		if allowHTTP || !isPlainHTTPOffLoopback(v) {
+			return
+		}
+		l.fail(name, "%s%s is plain HTTP on a host that is not loopback: cookies, codes and tokens would cross the network unencrypted; "+
+			"use its https:// URL, or set GATEWAY_INSECURE_ALLOW_HTTP=true on a private test network", field, v)
+	}
+	plainHTTP("GATEWAY_PUBLIC_URL", "", c.PublicURL.String())
+	for _, p := range c.Providers {
+		if c.ProvidersFile == "" {
+			plainHTTP("OIDC_ISSUER", "", p.Issuer)
+			continue
+		}
+		where := fmt.Sprintf("%s: provider %q: ", c.ProvidersFile, p.ID)
+		plainHTTP("GATEWAY_PROVIDERS_FILE", where+"issuer ", p.Issuer)
+		plainHTTP("GATEWAY_PROVIDERS_FILE", where+"github_api_url ", p.GitHubAPIURL)
+		plainHTTP("GATEWAY_PROVIDERS_FILE", where+"github_auth_url ", p.GitHubAuthURL)
+		plainHTTP("GATEWAY_PROVIDERS_FILE", where+"github_token_url ", p.GitHubTokenURL)
+	}
+	if len(c.CookieKeys) == 0 && !allowRandomKey && !isLoopbackHost(c.PublicURL.Hostname()) && l.get("GATEWAY_COOKIE_KEY_FILE") == "" {
+		l.fail("GATEWAY_COOKIE_KEY", "not set, and GATEWAY_PUBLIC_URL is not on loopback: a random key at each start would end "+
+			"sessions at every restart, differ between replicas, and change every device id (a new-device email to everyone after "+
+			"each restart). Set the same key on every replica (make one with: openssl rand -base64 32), or set "+
+			"GATEWAY_ALLOW_RANDOM_COOKIE_KEY=true to accept all that")
+	}
+}
+
+// isPlainHTTPOffLoopback reports whether v is an http:// URL whose host is
+// not loopback.
+func isPlainHTTPOffLoopback(v string) bool {
+	u, err := url.Parse(v)
+	return err == nil && u.Scheme == "http" && !isLoopbackHost(u.Hostname())
+}
+
+// isLoopbackHost reports whether host names this machine: localhost and
+// *.localhost (RFC 6761, and so browsers treat them), 127.0.0.0/8 and ::1.
+func isLoopbackHost(host string) bool {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 // oidcVariables configure the single provider when there is no providers
@@ -457,6 +518,21 @@ func (l *loader) cookieDomain(name string, public *url.URL) string {
 		l.fail(name, "%q does not contain the host of GATEWAY_PUBLIC_URL (%s), so the browser would refuse the cookie", v, host)
 	}
 	return v
+}
+
+// replicas parses a stream replica count: auto (the default, 0) or 1 to 5,
+// the most JetStream allows.
+func (l *loader) replicas(name string) int {
+	v := strings.ToLower(l.get(name))
+	if v == "" || v == "auto" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 5 {
+		l.fail(name, "%q must be auto or a whole number from 1 to 5", v)
+		return 0
+	}
+	return n
 }
 
 func (l *loader) intRange(name string, def, lo, hi int) int {

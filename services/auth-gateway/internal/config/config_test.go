@@ -57,7 +57,6 @@ func TestLoadDefaultsWorkOnLoopback(t *testing.T) {
 	}{
 		{"addr", c.Addr, "127.0.0.1:8080"},
 		{"public url", c.PublicURL.String(), "http://127.0.0.1:8080"},
-		{"callback", c.CallbackURL(), "http://127.0.0.1:8080/auth/callback"},
 		{"secure cookies", c.SecureCookies(), false},
 		{"admin addr", c.AdminAddr, "127.0.0.1:9101"},
 		{"cookie keys", len(c.CookieKeys), 0},
@@ -79,7 +78,7 @@ func TestLoadDefaultsWorkOnLoopback(t *testing.T) {
 		{"rate burst", c.RateBurst, 20},
 		{"trusted proxies", len(c.TrustedProxies), 0},
 		{"nats url", c.NATSURL, "nats://127.0.0.1:4222"},
-		{"replicas", c.StreamReplicas, 1},
+		{"replicas (0 is auto)", c.StreamReplicas, 0},
 		{"publish timeout", c.PublishTimeout, 5 * time.Second},
 		{"log level", c.LogLevel, slog.LevelInfo},
 		{"log format", c.LogFormat, "text"},
@@ -105,10 +104,11 @@ func TestLoadReadsValues(t *testing.T) {
 	}{
 		{
 			name: "https public url turns on secure cookies and drops a trailing slash",
-			env:  with(map[string]string{"GATEWAY_PUBLIC_URL": "https://login.example.com/"}),
+			env: with(map[string]string{"GATEWAY_PUBLIC_URL": "https://login.example.com/",
+				"GATEWAY_COOKIE_KEY": base64.StdEncoding.EncodeToString(k2)}),
 			check: func(t *testing.T, c *config.Config) {
-				if !c.SecureCookies() || c.CallbackURL() != "https://login.example.com/auth/callback" {
-					t.Errorf("secure=%v callback=%s", c.SecureCookies(), c.CallbackURL())
+				if !c.SecureCookies() || c.PublicURL.String() != "https://login.example.com" {
+					t.Errorf("secure=%v public url=%s", c.SecureCookies(), c.PublicURL)
 				}
 			},
 		},
@@ -197,9 +197,19 @@ func TestLoadReadsValues(t *testing.T) {
 			},
 		},
 		{
+			name: "replicas auto, in any case",
+			env:  with(map[string]string{"NATS_STREAM_REPLICAS": "Auto"}),
+			check: func(t *testing.T, c *config.Config) {
+				if c.StreamReplicas != 0 {
+					t.Errorf("replicas = %d, want 0 (auto)", c.StreamReplicas)
+				}
+			},
+		},
+		{
 			name: "spool and email logging",
 			env: with(map[string]string{
 				"GATEWAY_SPOOL_DIR": "/var/lib/doorbell/spool/", "GATEWAY_SPOOL_MAX_EVENTS": "500", "GATEWAY_LOG_EMAILS": "true",
+				"GATEWAY_COOKIE_KEY": base64.StdEncoding.EncodeToString(k2),
 			}),
 			check: func(t *testing.T, c *config.Config) {
 				if c.SpoolDir != "/var/lib/doorbell/spool" || c.SpoolMaxEvents != 500 || !c.LogEmails {
@@ -321,7 +331,12 @@ func TestLoadRejectsBadValuesClearly(t *testing.T) {
 		{
 			name:   "replicas out of range",
 			env:    with(map[string]string{"NATS_STREAM_REPLICAS": "7"}),
-			wantIn: []string{"NATS_STREAM_REPLICAS", "from 1 to 5"},
+			wantIn: []string{"NATS_STREAM_REPLICAS", "auto or a whole number from 1 to 5"},
+		},
+		{
+			name:   "replicas neither auto nor a number",
+			env:    with(map[string]string{"NATS_STREAM_REPLICAS": "all"}),
+			wantIn: []string{"NATS_STREAM_REPLICAS", `"all" must be auto`},
 		},
 		{
 			name:   "publish timeout without unit",
@@ -347,6 +362,11 @@ func TestLoadRejectsBadValuesClearly(t *testing.T) {
 			name:   "spool bound out of range",
 			env:    with(map[string]string{"GATEWAY_SPOOL_DIR": "/tmp/spool", "GATEWAY_SPOOL_MAX_EVENTS": "0"}),
 			wantIn: []string{"GATEWAY_SPOOL_MAX_EVENTS", "from 1 to 10000000"},
+		},
+		{
+			name:   "spool without a cookie key to authenticate its files",
+			env:    with(map[string]string{"GATEWAY_SPOOL_DIR": "/var/lib/doorbell/spool"}),
+			wantIn: []string{"GATEWAY_SPOOL_DIR", "needs GATEWAY_COOKIE_KEY"},
 		},
 		{
 			name:   "spool bound without a spool",

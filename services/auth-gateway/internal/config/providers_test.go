@@ -276,6 +276,7 @@ func TestLoadReadsTheGatewaySettings(t *testing.T) {
 	dk := bytes.Repeat([]byte{4}, 32)
 	c, err := config.Load(env(with(map[string]string{
 		"GATEWAY_PUBLIC_URL":      "https://login.example.com",
+		"GATEWAY_COOKIE_KEY":      base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{5}, 32)),
 		"GATEWAY_COOKIE_DOMAIN":   ".Example.com",
 		"GATEWAY_DEVICE_KEY_FILE": writeFile(t, base64.StdEncoding.EncodeToString(dk)),
 		"GATEWAY_SESSION_TTL":     "90m",

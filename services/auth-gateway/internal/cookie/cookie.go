@@ -49,8 +49,9 @@ var (
 // Sealer seals and opens cookie values. It is safe for concurrent use.
 type Sealer struct {
 	aeads []cipher.AEAD
-	// oldest is the last key, kept for DeriveKey.
-	oldest []byte
+	// keys are the keys given to New, in order, kept for DeriveKey and
+	// DeriveKeys.
+	keys [][]byte
 }
 
 // New returns a Sealer for keys, each KeySize random bytes. The first key
@@ -63,8 +64,9 @@ func New(keys [][]byte) (*Sealer, error) {
 	if len(keys) == 0 {
 		return nil, errors.New("cookie: no keys")
 	}
-	s := &Sealer{oldest: append([]byte(nil), keys[len(keys)-1]...)}
+	s := &Sealer{}
 	for i, k := range keys {
+		s.keys = append(s.keys, append([]byte(nil), k...))
 		if len(k) != KeySize {
 			return nil, fmt.Errorf("cookie: key %d is %d bytes, want %d", i+1, len(k), KeySize)
 		}
@@ -105,7 +107,27 @@ func RandomKey() ([]byte, error) {
 // completed rotation (the logout CSRF token); a value that must never change
 // needs a dedicated key of its own.
 func (s *Sealer) DeriveKey(purpose string) ([]byte, error) {
-	k, err := hkdf.Key(sha256.New, s.oldest, nil, "doorbell derived key v1: "+purpose, 32)
+	return derive(s.keys[len(s.keys)-1], purpose)
+}
+
+// DeriveKeys returns one 32-byte key for purpose per key given to New, in
+// the same order, derived as DeriveKey does. Use them like the cookie keys
+// themselves, for values that must follow a rotation: protect with the
+// first, accept any (the gateway's spooled events).
+func (s *Sealer) DeriveKeys(purpose string) ([][]byte, error) {
+	out := make([][]byte, len(s.keys))
+	for i, k := range s.keys {
+		d, err := derive(k, purpose)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = d
+	}
+	return out, nil
+}
+
+func derive(key []byte, purpose string) ([]byte, error) {
+	k, err := hkdf.Key(sha256.New, key, nil, "doorbell derived key v1: "+purpose, 32)
 	if err != nil {
 		return nil, fmt.Errorf("cookie: derive key: %w", err)
 	}

@@ -216,3 +216,37 @@ func TestDeriveKeySurvivesANewKeyInFront(t *testing.T) {
 		t.Error("dropping the old key kept the derived key; the doc says it changes")
 	}
 }
+
+// TestDerivedKeysFollowARotation: DeriveKeys gives one key per cookie key,
+// in order, so a value protected under the first before a new key was put
+// in front is still accepted through the second after.
+func TestDerivedKeysFollowARotation(t *testing.T) {
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	before, err := cookie.New([][]byte{k1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := cookie.New([][]byte{k2, k1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := before.DeriveKeys("spool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := after.DeriveKeys("spool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != 1 || len(a) != 2 || !bytes.Equal(a[1], b[0]) || bytes.Equal(a[0], a[1]) {
+		t.Errorf("derived keys do not follow the rotation")
+	}
+	other, _ := after.DeriveKeys("device id")
+	if bytes.Equal(other[0], a[0]) {
+		t.Error("two purposes gave the same key")
+	}
+	single, _ := before.DeriveKey("spool")
+	if !bytes.Equal(single, b[0]) {
+		t.Error("DeriveKey and DeriveKeys disagree for a single key")
+	}
+}

@@ -120,7 +120,7 @@ func TestOversizedRequestsAreRefused(t *testing.T) {
 			cb := b.begin("")
 			return "/auth/callback?" + withQuery(cb, "code", long(1100)).RawQuery
 		}, "", http.StatusBadRequest, true},
-		{"session cookie over 4 KiB on /login", func(*browser) string { return "/login" }, "doorbell_session=" + long(5000), http.StatusBadRequest, true},
+		{"session cookie over 4 KiB on /login is dropped, not refused", func(*browser) string { return "/login" }, "doorbell_session=" + long(5000), http.StatusFound, false},
 		{"query string over 4 KiB elsewhere", func(*browser) string { return "/?x=" + long(5000) }, "", http.StatusBadRequest, false},
 		{"another app's big cookie is its own business", func(*browser) string { return "/" }, "app_state=" + long(5000), http.StatusOK, false},
 		{"forward auth ignores sizes", func(*browser) string { return "/auth/verify?x=" + long(5000) }, "", http.StatusUnauthorized, false},
@@ -179,4 +179,32 @@ func TestReturnTargetsAfterSignIn(t *testing.T) {
 	mustContain(t, "start page", b.get("/?rd="+url.QueryEscape("https://app.example.com/x")).body,
 		`href="/login?rd=https%3A%2F%2Fapp.example.com%2Fx"`)
 	mustContain(t, "start page", b.get("/?rd="+url.QueryEscape("https://evil.example/")).body, `href="/login"`)
+}
+
+// TestForwardedForFromAnUntrustedPeerIsLoggedOnce: a proxy the gateway
+// does not trust sends X-Forwarded-For. The header is ignored (the client
+// cannot pick its own address), and the operator is told once, with the
+// peer to add to GATEWAY_TRUSTED_PROXIES.
+func TestForwardedForFromAnUntrustedPeerIsLoggedOnce(t *testing.T) {
+	g := newGateway(t)
+	b := g.browser()
+	for range 3 {
+		cb := b.begin("")
+		if resp := b.finish(cb, map[string]string{"X-Forwarded-For": "203.0.113.7"}); resp.StatusCode != http.StatusFound {
+			t.Fatalf("sign-in = %d", resp.StatusCode)
+		}
+	}
+	for _, m := range g.events() {
+		if ip := decodeEvent(t, m).Client.Ip; ip != "127.0.0.1" {
+			t.Errorf("event client ip = %q, want the peer's 127.0.0.1", ip)
+		}
+	}
+	logs := g.logs.String()
+	if n := strings.Count(logs, "GATEWAY_TRUSTED_PROXIES"); n != 1 {
+		t.Errorf("logged %d lines about GATEWAY_TRUSTED_PROXIES, want 1:\n%s", n, logs)
+	}
+	mustContain(t, "log", logs, "level=WARN", "X-Forwarded-For", "peer=127.0.0.1")
+	if strings.Contains(logs, "203.0.113.7") {
+		t.Error("the log repeats the address the client claimed")
+	}
 }

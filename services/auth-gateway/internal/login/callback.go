@@ -30,6 +30,9 @@ import (
 // maxUserAgent bounds the User-Agent copied into events.
 const maxUserAgent = 512
 
+// maxName bounds the display name in events and sessions, in bytes.
+const maxName = 256
+
 // callback finishes a sign-in. The order of the checks is part of the
 // security design: see completeLogin. Each callback is one span, one
 // observation of callback_duration_seconds (with the trace id as exemplar
@@ -116,8 +119,12 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 		}
 	}
 
-	// 2. RFC 9207: an authorization response that names another issuer was
-	// meant for another provider (mix-up attack).
+	// 2. Mix-up (RFC 9700 §4.4): an answer at another provider's callback,
+	// or one that names another issuer (RFC 9207), was meant for another
+	// provider.
+	if f := p.checkCallbackPath(r.URL.Path); f != nil {
+		return f
+	}
 	if f := p.flow.checkIssuer(r.Context(), q.Get("iss")); f != nil {
 		return f
 	}
@@ -145,6 +152,9 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 	if f := h.checkIdentity(p, id); f != nil {
 		return f
 	}
+	// The provider picks the name: bound it for the event and the session
+	// alike, so no sign-in makes an event JetStream refuses as too large.
+	id.name = truncate(id.name, maxName)
 
 	// 5. The event.
 	now := h.cfg.Now()
@@ -170,11 +180,16 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 	}
 	out.spooled = ack.Spooled
 
-	// 7. The session, then back to where the person started.
-	if err := h.setSession(w, now, Session{
+	// 7. The session (and the ID token, for signing out at the provider),
+	// then back to where the person started.
+	session, err := h.setSession(w, now, Session{
 		Issuer: id.issuer, Subject: id.subject, Provider: p.cfg.ID,
-		Email: id.email, Name: truncate(id.name, 256),
-	}); err != nil {
+		Email: id.email, Name: id.name,
+	})
+	if err == nil {
+		err = h.keepLogoutHint(w, session, id.idToken, now)
+	}
+	if err != nil {
 		f := internalError(err)
 		return &f
 	}
@@ -197,7 +212,7 @@ func (h *Handler) takeAttempt(w http.ResponseWriter, r *http.Request, state stri
 		return attempt{}, nil, errors.New("no attempt cookie for this state (expired, used, or another browser)")
 	}
 	// Single use: whatever happens next, this attempt is spent.
-	h.clearCookie(w, name, "/auth/callback", "")
+	h.clearCookie(w, name, "/", "")
 
 	now := h.cfg.Now()
 	payload, err := h.sealer.Open(name, c.Value, now)

@@ -13,6 +13,9 @@ type claims struct {
 	EmailVerified *looseBool `json:"email_verified"`
 	Name          string     `json:"name"`
 	Locale        string     `json:"locale"`
+	// AuthorizedParty (azp) is the client the token was issued to; ID
+	// tokens only.
+	AuthorizedParty string `json:"azp"`
 }
 
 // looseBool accepts a JSON boolean or the strings "true"/"false", which some

@@ -74,7 +74,7 @@ func (g *githubFlow) checkIssuer(_ context.Context, iss string) *failure {
 	return nil
 }
 
-func (g *githubFlow) logoutURL(context.Context, string) string { return "" }
+func (g *githubFlow) logoutURL(context.Context, string, string) string { return "" }
 
 func (g *githubFlow) identify(ctx context.Context, code string, a attempt) (identity, *failure) {
 	secrets := []string{code, a.Verifier, g.clientSecret}

@@ -356,7 +356,7 @@ func TestMixUpBetweenProviders(t *testing.T) {
 	// The browser went to GitHub, which sent it back to the callback.
 	resp := b.get("/login?provider=github")
 	callback, err := resp.Location()
-	if err != nil || callback.Path != "/auth/callback" {
+	if err != nil || callback.Path != "/auth/callback/github" {
 		t.Fatalf("GitHub did not redirect back: %d %s", resp.StatusCode, resp.body)
 	}
 	out := b.finish(withQuery(callback, "iss", g.idp.Issuer()), nil)

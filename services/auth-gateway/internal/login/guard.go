@@ -12,12 +12,10 @@ import (
 )
 
 // Size limits on what the gateway accepts. Real sign-ins stay far below
-// them: a state is 43 bytes, codes are rarely over a few hundred, and a
-// browser keeps at most about 4 KiB per cookie.
+// them: a state is 43 bytes, and codes are rarely over a few hundred.
 const (
-	maxQuery  = 4 << 10
-	maxParam  = 1 << 10
-	maxCookie = 4 << 10
+	maxQuery = 4 << 10
+	maxParam = 1 << 10
 )
 
 // guard applies the checks every request gets before routing: the rate
@@ -29,7 +27,7 @@ func (h *Handler) guard(w http.ResponseWriter, r *http.Request) *failure {
 		// opens the session cookie.
 		return nil
 	}
-	signIn := r.URL.Path == "/login" || r.URL.Path == "/auth/callback"
+	signIn := r.URL.Path == "/login" || r.URL.Path == callbackPath || strings.HasPrefix(r.URL.Path, callbackPath+"/")
 	count := func(f *failure) *failure {
 		if signIn {
 			var p *provider
@@ -73,14 +71,38 @@ func (h *Handler) guard(w http.ResponseWriter, r *http.Request) *failure {
 			}
 		}
 	}
-	for _, c := range r.Cookies() {
-		// Only the gateway's own cookies: an app on the same site may set
-		// large ones of its own.
-		if strings.HasPrefix(c.Name, cookiePrefix) && len(c.Value) > maxCookie {
-			return tooLarge(fmt.Sprintf("cookie of %d bytes, limit %d", len(c.Value), maxCookie))
-		}
-	}
 	return nil
+}
+
+// dropOversizedCookies deletes the Doorbell cookies in r that are larger
+// than the gateway ever sets (left by an older version, or planted by a
+// neighbour on the same site), and returns r without them, so the person
+// starts again at once instead of being refused until they expire. Other
+// apps' cookies are their own business.
+func (h *Handler) dropOversizedCookies(w http.ResponseWriter, r *http.Request) *http.Request {
+	cookies := r.Cookies()
+	keep := cookies[:0:0]
+	for _, c := range cookies {
+		ours := strings.HasPrefix(c.Name, cookiePrefix) || strings.HasPrefix(c.Name, hostPrefix+cookiePrefix)
+		if !ours || len(c.Name)+len(c.Value) <= maxCookieBytes {
+			keep = append(keep, c)
+			continue
+		}
+		for _, path := range []string{"/", callbackPath} {
+			h.clearCookie(w, c.Name, path, h.cfg.CookieDomain)
+		}
+		h.log.Warn("oversized Doorbell cookie deleted and ignored", "cookie", c.Name, "bytes", len(c.Value),
+			"limit", maxCookieBytes, "path", r.URL.Path)
+	}
+	if len(keep) == len(cookies) {
+		return r
+	}
+	r = r.Clone(r.Context())
+	r.Header.Del("Cookie")
+	for _, c := range keep {
+		r.AddCookie(c)
+	}
+	return r
 }
 
 func humanWait(secs int64) string {
@@ -97,9 +119,20 @@ func humanWait(secs int64) string {
 // clientIP is the address of the browser: the peer, or, when the peer is a
 // trusted proxy, the last address in X-Forwarded-For that is not a trusted
 // proxy (earlier entries are whatever the client claimed).
+//
+// X-Forwarded-For from a peer that is not trusted is ignored, and the
+// first time that happens it is logged: usually a proxy missing from
+// GATEWAY_TRUSTED_PROXIES, behind which every person shares one rate-limit
+// bucket and one address in events.
 func (h *Handler) clientIP(r *http.Request) netip.Addr {
 	peer := parseAddr(r.RemoteAddr)
 	if !h.trusted(peer) {
+		if r.Header.Get("X-Forwarded-For") != "" && h.untrustedXFF.CompareAndSwap(false, true) {
+			h.log.Warn("X-Forwarded-For ignored: the peer that sent it is not a trusted proxy, so it counts as the client "+
+				"(one rate-limit bucket and one address in events for everyone behind it); if it is your proxy or load balancer, "+
+				"add its address or network to GATEWAY_TRUSTED_PROXIES. Said once per process.",
+				"peer", peer.String())
+		}
 		return peer
 	}
 	xff := strings.Join(r.Header.Values("X-Forwarded-For"), ",")

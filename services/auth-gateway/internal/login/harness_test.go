@@ -79,6 +79,10 @@ type gateway struct {
 	spool *spool.Spool
 	// spans, when set by withTracing, receives every finished span.
 	spans *tracetest.InMemoryExporter
+	// tls, when set by withTLS, serves the gateway over https; transport
+	// then trusts its certificate.
+	tls       bool
+	transport http.RoundTripper
 }
 
 type clock struct{ offset atomic.Int64 }
@@ -109,7 +113,11 @@ func withExtraProviders(ps ...login.ProviderConfig) gatewayOption {
 // its drainer.
 func withSpool(max int) gatewayOption {
 	return func(g *gateway) {
-		sp, err := spool.Open(g.t.TempDir(), max, g.log)
+		keys, err := g.sealer.DeriveKeys("spool")
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		sp, err := spool.Open(g.t.TempDir(), max, keys, g.log)
 		if err != nil {
 			g.t.Fatal(err)
 		}
@@ -122,6 +130,16 @@ func withTracing() gatewayOption {
 	return func(g *gateway) {
 		g.spans = tracetest.NewInMemoryExporter()
 		g.cfg.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSyncer(g.spans))
+	}
+}
+
+// withTLS serves the gateway over https, as behind a TLS-terminating
+// proxy in production: its public URL is https, so its cookies are Secure.
+func withTLS() gatewayOption {
+	return func(g *gateway) {
+		g.tls = true
+		g.url.Scheme = "https"
+		g.cfg.PublicURL = g.url
 	}
 }
 
@@ -248,7 +266,12 @@ func newGateway(t *testing.T, opts ...gatewayOption) *gateway {
 		t.Fatal(err)
 	}
 	srv.Config.Handler = g.handler
-	srv.Start()
+	if g.tls {
+		srv.StartTLS()
+		g.transport = srv.Client().Transport
+	} else {
+		srv.Start()
+	}
 	t.Cleanup(srv.Close)
 	return g
 }
@@ -473,8 +496,9 @@ func (g *gateway) browser() *browser {
 	}
 	b := &browser{t: g.t, g: g, jar: jar, ua: "Mozilla/5.0 (DoorbellTest)"}
 	b.c = &http.Client{
-		Jar:     jar,
-		Timeout: 60 * time.Second,
+		Jar:       jar,
+		Transport: g.transport,
+		Timeout:   60 * time.Second,
 		CheckRedirect: func(req *http.Request, _ []*http.Request) error {
 			suite.url(req.URL)
 			if req.Response != nil {

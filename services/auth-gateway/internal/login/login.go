@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -67,7 +68,9 @@ type Config struct {
 	// lists them; at least one.
 	Providers []ProviderConfig
 	// PublicURL is the gateway's external base URL, scheme://host[:port].
-	// The callback is PublicURL/auth/callback; https turns on Secure cookies.
+	// The callback is PublicURL/auth/callback with a single provider, and
+	// PublicURL/auth/callback/{id} for each of several (see CallbackURL);
+	// https turns on Secure cookies.
 	PublicURL *url.URL
 	// CookieDomain, when set, is the session cookie's Domain, so that
 	// forward-auth requests from sibling hosts carry the session.
@@ -109,12 +112,37 @@ const (
 	deviceTTL  = 365 * 24 * time.Hour
 )
 
-// Cookie names.
+// callbackPath is where providers send the browser back: itself with a
+// single provider (what deployments have registered since the start), and
+// with "/{id}" appended for each of several, so that an answer shows which
+// provider it is from even when the provider sends no iss (mix-up defence,
+// RFC 9700 §4.4).
+const callbackPath = "/auth/callback"
+
+// Cookie names. The session cookie is hostSessionCookie over https when no
+// cookie domain is set: the __Host- prefix makes browsers refuse it unless
+// it is Secure, host-only and for Path=/, so a sibling subdomain cannot set
+// or overwrite it (session fixation).
 const (
 	cookiePrefix        = "doorbell_"
 	attemptCookiePrefix = "doorbell_login_"
 	sessionCookie       = "doorbell_session"
+	hostPrefix          = "__Host-"
+	hostSessionCookie   = hostPrefix + sessionCookie
 	deviceCookie        = "doorbell_device"
+)
+
+// Bounds on the cookies: a browser keeps at most 4096 bytes per cookie, and
+// proxies refuse requests whose Cookie header passes about 8 KiB.
+const (
+	// maxCookieBytes bounds one Doorbell cookie, name and value: the
+	// gateway never sets a larger one, and deletes one it receives.
+	maxCookieBytes = 3584
+	// maxAttempts and attemptBudget bound the sign-in attempts a browser
+	// holds at once, and the bytes they take: starting another deletes
+	// the oldest.
+	maxAttempts   = 4
+	attemptBudget = 5 << 10
 )
 
 // tracerName names the spans this package makes.
@@ -125,7 +153,7 @@ const tracerName = "github.com/doorbell/doorbell/services/auth-gateway/internal/
 const maxRateLimitedClients = 100_000
 
 // Handler serves the gateway's public endpoints: /, /login,
-// /auth/callback, /auth/verify, /me and /logout. It is safe for concurrent
+// /auth/callback[/{provider}], /auth/verify, /me and /logout. It is safe for concurrent
 // use.
 type Handler struct {
 	cfg       Config
@@ -137,7 +165,9 @@ type Handler struct {
 	deviceKey []byte
 	csrfKey   []byte
 	secure    bool
-	mux       *http.ServeMux
+	// sessionCookie is the session cookie's name.
+	sessionCookie string
+	mux           *http.ServeMux
 
 	providers map[string]*provider
 	// order is the providers as configured.
@@ -147,6 +177,9 @@ type Handler struct {
 	spent     *spentStates
 	origin    *http.CrossOriginProtection
 	tracer    trace.Tracer
+	// untrustedXFF is set once X-Forwarded-For from an untrusted peer
+	// was logged.
+	untrustedXFF atomic.Bool
 }
 
 // New builds the handler. It does no I/O: provider discovery happens on the
@@ -211,6 +244,10 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 		origin:    origin,
 		tracer:    tracer,
 	}
+	h.sessionCookie = sessionCookie
+	if secure && cfg.CookieDomain == "" {
+		h.sessionCookie = hostSessionCookie
+	}
 	for _, pc := range cfg.Providers {
 		if _, dup := h.providers[pc.ID]; dup {
 			return nil, fmt.Errorf("login: provider id %q used twice", pc.ID)
@@ -218,7 +255,11 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 		if pc.ID == "" || pc.ID == UnknownProvider {
 			return nil, fmt.Errorf("login: provider id %q is not usable", pc.ID)
 		}
-		p, err := newProvider(pc, cfg.PublicURL.String()+"/auth/callback", cfg.HTTPClient, tracer)
+		path := callbackPath
+		if len(cfg.Providers) > 1 {
+			path += "/" + pc.ID
+		}
+		p, err := newProvider(pc, path, cfg.PublicURL.String()+path, cfg.HTTPClient, tracer)
 		if err != nil {
 			return nil, err
 		}
@@ -231,13 +272,24 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 	}
 	h.mux.HandleFunc("GET /{$}", h.home)
 	h.mux.HandleFunc("GET /login", h.login)
-	h.mux.HandleFunc("GET /auth/callback", h.callback)
+	h.mux.HandleFunc("GET "+callbackPath, h.callback)
+	h.mux.HandleFunc("GET "+callbackPath+"/{provider}", h.callback)
 	h.mux.HandleFunc("/auth/verify", h.verify)
 	h.mux.HandleFunc("GET /me", h.me)
 	h.mux.HandleFunc("GET /logout", h.logoutPage)
 	h.mux.HandleFunc("POST /logout", h.logout)
 	h.mux.HandleFunc("/", h.notFound)
 	return h, nil
+}
+
+// CallbackURL is the redirect URI to register for the provider id at the
+// provider, or "" when there is no such provider.
+func (h *Handler) CallbackURL(id string) string {
+	p := h.providers[id]
+	if p == nil {
+		return ""
+	}
+	return h.cfg.PublicURL.String() + p.callbackPath
 }
 
 // Ready reports whether people can sign in: nil when at least one provider
@@ -278,6 +330,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Referrer-Policy", "no-referrer")
 	hd.Set("Content-Security-Policy",
 		"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	if r.URL.Path != "/auth/verify" {
+		// Proxies call it on every request: it only reads the session.
+		r = h.dropOversizedCookies(w, r)
+	}
 	if f := h.guard(w, r); f != nil {
 		h.fail(w, r, *f)
 		return

@@ -215,8 +215,8 @@ func TestCallbackRefusesBadStateBeforeRedeemingTheCode(t *testing.T) {
 				if forged == v {
 					forged = v[:len(v)-4] + "BBBB"
 				}
-				b.jar.SetCookies(g.url.ResolveReference(&url.URL{Path: "/auth/callback"}),
-					[]*http.Cookie{{Name: name, Value: forged, Path: "/auth/callback"}})
+				b.jar.SetCookies(g.url.ResolveReference(&url.URL{Path: "/"}),
+					[]*http.Cookie{{Name: name, Value: forged, Path: "/"}})
 				return b, cb
 			},
 		},

@@ -16,9 +16,10 @@ var pageFiles embed.FS
 
 // pages holds one parsed template set per page; each renders "layout".
 type pages struct {
-	home   *template.Template
-	logout *template.Template
-	error  *template.Template
+	home    *template.Template
+	logout  *template.Template
+	leaving *template.Template
+	error   *template.Template
 }
 
 func parsePages() (*pages, error) {
@@ -37,11 +38,15 @@ func parsePages() (*pages, error) {
 	if err != nil {
 		return nil, err
 	}
+	leaving, err := parse("leaving.html")
+	if err != nil {
+		return nil, err
+	}
 	errPage, err := parse("error.html")
 	if err != nil {
 		return nil, err
 	}
-	return &pages{home: home, logout: logout, error: errPage}, nil
+	return &pages{home: home, logout: logout, leaving: leaving, error: errPage}, nil
 }
 
 type homeData struct {
@@ -66,6 +71,15 @@ type logoutData struct {
 	Error   bool
 	Session *Session
 	CSRF    string
+}
+
+// leavingData is the page that sends the browser on to the provider's
+// end-session endpoint.
+type leavingData struct {
+	Title        string
+	Error        bool
+	ProviderName string
+	URL          string
 }
 
 type errorData struct {

@@ -24,6 +24,8 @@ import (
 type provider struct {
 	cfg  ProviderConfig
 	flow flow
+	// callbackPath is the path of its redirect URI.
+	callbackPath string
 }
 
 // flow is how one kind of provider signs people in. Implementations make
@@ -40,20 +42,25 @@ type flow interface {
 	// provider vouches for the email address.
 	identify(ctx context.Context, code string, a attempt) (identity, *failure)
 	// logoutURL returns where to send the browser to sign out at the
-	// provider too, or "" when it offers no such thing.
-	logoutURL(ctx context.Context, postLogout string) string
+	// provider too, or "" when it offers no such thing. idTokenHint is the
+	// ID token of the sign-in that ends, or "" when it was not kept.
+	logoutURL(ctx context.Context, postLogout, idTokenHint string) string
 	// ready reports whether the provider can be used, loading what it needs.
 	ready(ctx context.Context) error
 }
 
 // identity is what the provider told us about the person.
 type identity struct {
-	// issuer and subject are the stable user key.
+	// issuer and subject are the stable user key; issuer is the provider's
+	// configured issuer (GitHub's API URL), whatever the token spelled.
 	issuer, subject     string
 	email, name, locale string
+	// idToken is the raw ID token, kept for signing out at the provider
+	// (id_token_hint); "" for GitHub. A secret: never logged.
+	idToken string
 }
 
-func newProvider(cfg ProviderConfig, redirectURL string, client *http.Client, tracer trace.Tracer) (*provider, error) {
+func newProvider(cfg ProviderConfig, callbackPath, redirectURL string, client *http.Client, tracer trace.Tracer) (*provider, error) {
 	if cfg.ClientID == "" {
 		return nil, fmt.Errorf("login: provider %s: client id is required", cfg.ID)
 	}
@@ -76,7 +83,7 @@ func newProvider(cfg ProviderConfig, redirectURL string, client *http.Client, tr
 		if !slices.Contains(cfg.Scopes, "openid") {
 			cfg.Scopes = append([]string{"openid"}, cfg.Scopes...)
 		}
-		return &provider{cfg: cfg, flow: newOIDCFlow(cfg, redirectURL, client, tracer)}, nil
+		return &provider{cfg: cfg, flow: newOIDCFlow(cfg, redirectURL, client, tracer), callbackPath: callbackPath}, nil
 	case TypeGitHub:
 		cfg.GitHubAPIURL = strings.TrimSuffix(cfg.GitHubAPIURL, "/")
 		if cfg.Name == "" {
@@ -89,7 +96,7 @@ func newProvider(cfg ProviderConfig, redirectURL string, client *http.Client, tr
 		if err != nil {
 			return nil, err
 		}
-		return &provider{cfg: cfg, flow: g}, nil
+		return &provider{cfg: cfg, flow: g, callbackPath: callbackPath}, nil
 	default:
 		return nil, fmt.Errorf("login: provider %s: unknown type %q", cfg.ID, cfg.Type)
 	}
@@ -113,6 +120,19 @@ func issuerMismatch(why string) *failure {
 		message: "The answer to this sign-in did not come from the identity provider we asked. Start again from the sign-in page.",
 		logMsg:  "callback rejected: iss parameter does not name the provider", logErr: why,
 	}
+}
+
+// checkCallbackPath refuses an answer that arrived at another callback
+// than p's: with several providers, an answer from one provider for an
+// attempt that went to another (mix-up), whether or not it carries iss.
+func (p *provider) checkCallbackPath(path string) *failure {
+	if path == p.callbackPath {
+		return nil
+	}
+	f := issuerMismatch(fmt.Sprintf("answer arrived at %s, the attempt went to provider %s (callback %s)",
+		truncate(path, 100), p.cfg.ID, p.callbackPath))
+	f.logMsg = "callback rejected: answer arrived at another provider's callback (mix-up)"
+	return f
 }
 
 // discovered is what the gateway knows about an OIDC provider once its
@@ -314,7 +334,7 @@ func (p *oidcFlow) checkIssuer(ctx context.Context, iss string) *failure {
 	return nil
 }
 
-func (p *oidcFlow) logoutURL(ctx context.Context, postLogout string) string {
+func (p *oidcFlow) logoutURL(ctx context.Context, postLogout, idTokenHint string) string {
 	d, err := p.get(ctx)
 	if err != nil || d.endSession == "" {
 		return ""
@@ -323,10 +343,14 @@ func (p *oidcFlow) logoutURL(ctx context.Context, postLogout string) string {
 	if err != nil {
 		return ""
 	}
-	// OIDC RP-Initiated Logout 1.0 allows client_id in place of
-	// id_token_hint, which the gateway does not keep.
+	// OIDC RP-Initiated Logout 1.0: id_token_hint says which sign-in ends,
+	// and some providers (Ory Hydra) honour post_logout_redirect_uri only
+	// with it; client_id alone is what others accept when it was not kept.
 	q := u.Query()
 	q.Set("client_id", p.clientID)
+	if idTokenHint != "" {
+		q.Set("id_token_hint", idTokenHint)
+	}
 	q.Set("post_logout_redirect_uri", postLogout)
 	u.RawQuery = q.Encode()
 	return u.String()
@@ -382,7 +406,13 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	if err := idt.Claims(&c); err != nil {
 		return identity{}, tokenInvalid("id token claims: " + redact(err, secrets...))
 	}
-	id := identity{issuer: idt.Issuer, subject: idt.Subject, email: c.Email, name: c.Name, locale: c.Locale}
+	if f := authorizedParty(idt.Audience, c.AuthorizedParty, p.clientID); f != nil {
+		return identity{}, f
+	}
+	// The configured issuer, not the token's iss, keys the person: go-oidc
+	// accepts Google's "accounts.google.com" for https://accounts.google.com,
+	// and the same person must not become two.
+	id := identity{issuer: p.issuer, subject: idt.Subject, email: c.Email, name: c.Name, locale: c.Locale, idToken: rawIDToken}
 	verified := c.EmailVerified
 
 	if (c.Email == "" || verified == nil) && d.provider.UserInfoEndpoint() != "" {
@@ -428,6 +458,20 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 		}
 	}
 	return id, nil
+}
+
+// authorizedParty applies OIDC Core 3.1.3.7 to an ID token's aud and azp,
+// which go-oidc leaves to the caller (it checks only that aud holds our
+// client id): a token for several audiences must name us in azp, and an
+// azp must name us whatever the audience.
+func authorizedParty(aud []string, azp, clientID string) *failure {
+	switch {
+	case azp != "" && azp != clientID:
+		return tokenInvalid(fmt.Sprintf("azp %q is not our client id", truncate(azp, 100)))
+	case len(aud) > 1 && azp == "":
+		return tokenInvalid(fmt.Sprintf("id token for %d audiences has no azp", len(aud)))
+	}
+	return nil
 }
 
 // endSpan ends span, marked failed with why when failed. why goes to the

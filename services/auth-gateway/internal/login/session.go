@@ -1,18 +1,19 @@
 package login
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 )
 
-// Session is who is signed in, sealed into the doorbell_session cookie. It
+// Session is who is signed in, sealed into the session cookie
+// (__Host-doorbell_session over https without a cookie domain, else
+// doorbell_session). It
 // is the identity the provider vouched for at sign-in; the gateway does not
 // re-check it with the provider before it expires.
 type Session struct {
@@ -28,29 +29,27 @@ type Session struct {
 	Expires  int64 `json:"expires"`
 }
 
-// logoutTimeout bounds looking up the provider's logout endpoint.
-const logoutTimeout = 5 * time.Second
-
-func (h *Handler) setSession(w http.ResponseWriter, now time.Time, s Session) error {
+// setSession starts a session for s and returns its id.
+func (h *Handler) setSession(w http.ResponseWriter, now time.Time, s Session) (string, error) {
 	id, err := randomToken(16)
 	if err != nil {
-		return err
+		return "", err
 	}
 	expires := now.Add(h.cfg.SessionTTL)
 	s.ID, s.IssuedAt, s.Expires = id, now.Unix(), expires.Unix()
 	payload, err := json.Marshal(s)
 	if err != nil {
-		return err
+		return "", err
 	}
-	sealed, err := h.sealer.Seal(sessionCookie, payload, expires)
+	sealed, err := h.sealer.Seal(h.sessionCookie, payload, expires)
 	if err != nil {
-		return err
+		return "", err
 	}
 	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: sealed, Path: "/", Domain: h.cfg.CookieDomain, MaxAge: int(h.cfg.SessionTTL.Seconds()),
+		Name: h.sessionCookie, Value: sealed, Path: "/", Domain: h.cfg.CookieDomain, MaxAge: int(h.cfg.SessionTTL.Seconds()),
 		HttpOnly: true, Secure: h.secure, SameSite: http.SameSiteLaxMode,
 	})
-	return nil
+	return id, nil
 }
 
 // session returns the signed-in person, or nil when the request carries no
@@ -58,7 +57,7 @@ func (h *Handler) setSession(w http.ResponseWriter, now time.Time, s Session) er
 // GATEWAY_COOKIE_DOMAIN); the first valid one counts.
 func (h *Handler) session(r *http.Request) *Session {
 	now := h.cfg.Now()
-	for _, c := range r.CookiesNamed(sessionCookie) {
+	for _, c := range r.CookiesNamed(h.sessionCookie) {
 		s, err := h.openSession(c.Value, now)
 		if err == nil {
 			return s
@@ -74,7 +73,7 @@ func (h *Handler) session(r *http.Request) *Session {
 // provider is still configured with the same issuer (so removing a
 // provider ends its sessions).
 func (h *Handler) openSession(value string, now time.Time) (*Session, error) {
-	payload, err := h.sealer.Open(sessionCookie, value, now)
+	payload, err := h.sealer.Open(h.sessionCookie, value, now)
 	if err != nil {
 		return nil, err
 	}
@@ -99,8 +98,12 @@ func (h *Handler) openSession(value string, now time.Time) (*Session, error) {
 }
 
 // clearCookie deletes the cookie name at path for the host and, when domain
-// is set, for the domain too.
+// is set, for the domain too. A __Host- cookie exists only at Path=/ for
+// the host, so only that is deleted.
 func (h *Handler) clearCookie(w http.ResponseWriter, name, path, domain string) {
+	if strings.HasPrefix(name, hostPrefix) {
+		path, domain = "/", ""
+	}
 	for _, d := range []string{"", domain} {
 		http.SetCookie(w, &http.Cookie{
 			Name: name, Value: "", Path: path, Domain: d, MaxAge: -1,
@@ -183,70 +186,4 @@ func (h *Handler) verify(w http.ResponseWriter, r *http.Request) {
 	hd.Set("X-Auth-Request-User", s.Issuer+"|"+s.Subject)
 	hd.Set("X-Auth-Request-Provider", s.Provider)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// logoutPage asks the person to confirm signing out: a GET never signs
-// anyone out, so a link or an image cannot do it.
-func (h *Handler) logoutPage(w http.ResponseWriter, r *http.Request) {
-	s := h.session(r)
-	title := "Sign out"
-	if s == nil {
-		title = "Signed out"
-	}
-	h.render(w, http.StatusOK, h.pages.logout, logoutData{Title: title, Session: s, CSRF: h.csrfToken(s)})
-}
-
-// logout ends the session when the sign-out form of this site sent the
-// request: the browser must not call it cross-origin (Sec-Fetch-Site or
-// Origin) and the form's token must match the session. It then sends the
-// browser to the provider's end_session_endpoint when there is one
-// (RP-initiated logout, back to the public URL afterwards), else to /.
-func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
-	if err := h.origin.Check(r); err != nil {
-		h.refuseLogout(w, r, "cross-origin request: "+err.Error())
-		return
-	}
-	if err := r.ParseForm(); err != nil {
-		h.refuseLogout(w, r, "form does not parse")
-		return
-	}
-	s := h.session(r)
-	if s == nil {
-		// Nothing to protect: forget whatever the browser holds.
-		h.clearCookie(w, sessionCookie, "/", h.cfg.CookieDomain)
-		h.metrics.logouts.WithLabelValues(logoutNoSession).Inc()
-		w.Header().Set("Location", "/")
-		w.WriteHeader(http.StatusSeeOther)
-		return
-	}
-	if !hmac.Equal([]byte(r.PostForm.Get("csrf")), []byte(h.csrfToken(s))) {
-		h.refuseLogout(w, r, "csrf token missing or not this session's")
-		return
-	}
-	h.clearCookie(w, sessionCookie, "/", h.cfg.CookieDomain)
-	target := "/"
-	if p := h.providers[s.Provider]; p != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), logoutTimeout)
-		if u := p.flow.logoutURL(ctx, h.cfg.PublicURL.String()+"/"); u != "" {
-			target = u
-		}
-		cancel()
-	}
-	h.metrics.logouts.WithLabelValues(logoutSuccess).Inc()
-	h.log.Info("signed out", "provider", s.Provider, "at_provider", target != "/")
-	w.Header().Set("Location", target)
-	w.WriteHeader(http.StatusSeeOther)
-}
-
-func (h *Handler) refuseLogout(w http.ResponseWriter, r *http.Request, why string) {
-	h.metrics.logouts.WithLabelValues(logoutRejected).Inc()
-	h.fail(w, r, failure{
-		status: http.StatusForbidden, reason: "logout_rejected", level: slog.LevelWarn,
-		title:    "Sign-out not confirmed",
-		message:  "You are still signed in: this sign-out request did not come from this site's sign-out button, or the page was too old. Use the button on the sign-out page.",
-		link:     "/logout",
-		linkText: "Go to the sign-out page",
-		logMsg:   "sign-out refused", logErr: why,
-	})
 }

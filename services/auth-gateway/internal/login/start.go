@@ -1,10 +1,15 @@
 package login
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -13,7 +18,8 @@ import (
 )
 
 // attempt is one sign-in in progress, sealed into its own cookie between
-// /login and /auth/callback.
+// /login and the callback. The cookie's Path is / so that /login sees the
+// attempts a browser already holds (see pruneAttempts).
 type attempt struct {
 	State    string `json:"state"`
 	Nonce    string `json:"nonce"`
@@ -86,23 +92,19 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := h.cfg.Now()
-	payload, err := json.Marshal(attempt{
-		State: state, Nonce: nonce, Verifier: verifier, Provider: p.cfg.ID, Created: now.Unix(), Return: rd,
-	})
-	if err != nil {
-		h.fail(w, r, internalError(err))
-		return
-	}
 	name := attemptCookieName(state)
-	sealed, err := h.sealer.Seal(name, payload, now.Add(attemptTTL))
+	sealed, err := h.sealAttempt(r, name, attempt{
+		State: state, Nonce: nonce, Verifier: verifier, Provider: p.cfg.ID, Created: now.Unix(), Return: rd,
+	}, now)
 	if err != nil {
 		h.fail(w, r, internalError(err))
 		return
 	}
+	h.pruneAttempts(w, r, len(name)+len(sealed), now)
 	http.SetCookie(w, &http.Cookie{
 		Name:     name,
 		Value:    sealed,
-		Path:     "/auth/callback",
+		Path:     "/",
 		MaxAge:   int(attemptTTL.Seconds()),
 		HttpOnly: true,
 		Secure:   h.secure,
@@ -112,6 +114,71 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	span.SetAttributes(attribute.String("doorbell.result", "redirected"))
 	w.Header().Set("Location", target)
 	w.WriteHeader(http.StatusFound)
+}
+
+// sealAttempt seals a into the cookie called name. The JSON is not
+// HTML-escaped (an rd full of '&' would grow six-fold), and when the cookie
+// would still pass maxCookieBytes the attempt returns to / instead of rd,
+// rather than set a cookie the browser drops.
+func (h *Handler) sealAttempt(r *http.Request, name string, a attempt, now time.Time) (string, error) {
+	for {
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(a); err != nil {
+			return "", err
+		}
+		sealed, err := h.sealer.Seal(name, bytes.TrimSuffix(buf.Bytes(), []byte("\n")), now.Add(attemptTTL))
+		if err != nil || len(name)+len(sealed) <= maxCookieBytes || a.Return == "/" {
+			return sealed, err
+		}
+		h.log.Info("rd too long to keep through the sign-in; returning to / afterwards",
+			"path", r.URL.Path, "rd_length", len(a.Return))
+		a.Return = "/"
+	}
+}
+
+// pruneAttempts deletes the browser's older attempt cookies, and ones that
+// no longer open, so that with the new one, newSize bytes, it holds at most
+// maxAttempts taking at most attemptBudget bytes: a page that keeps
+// starting sign-ins must not grow the Cookie header until proxies refuse
+// every request.
+func (h *Handler) pruneAttempts(w http.ResponseWriter, r *http.Request, newSize int, now time.Time) {
+	type held struct {
+		name    string
+		size    int
+		created int64 // 0 when it does not open
+		// order is the place in the Cookie header: browsers send cookies of
+		// the same path oldest first (RFC 6265 5.4), which orders attempts
+		// started within the same second.
+		order int
+	}
+	var hs []held
+	for i, c := range r.Cookies() {
+		if !strings.HasPrefix(c.Name, attemptCookiePrefix) {
+			continue
+		}
+		x := held{name: c.Name, size: len(c.Name) + len(c.Value), order: i}
+		if payload, err := h.sealer.Open(c.Name, c.Value, now); err == nil {
+			var a attempt
+			if json.Unmarshal(payload, &a) == nil {
+				x.created = a.Created
+			}
+		}
+		hs = append(hs, x)
+	}
+	slices.SortFunc(hs, func(a, b held) int { // newest first
+		return cmp.Or(cmp.Compare(b.created, a.created), cmp.Compare(b.order, a.order))
+	})
+	kept, budget := 1, attemptBudget-newSize
+	for _, x := range hs {
+		if x.created != 0 && kept < maxAttempts && x.size <= budget {
+			kept++
+			budget -= x.size
+			continue
+		}
+		h.clearCookie(w, x.name, "/", "")
+	}
 }
 
 // returnTarget returns rd when it is a safe place to go after sign-in (see

@@ -48,7 +48,9 @@ const (
 // JetStream acknowledged its event. While NATS is down Run waits, longer
 // after each failed pass, and starts again as soon as the connection is
 // back. An event being published when ctx is cancelled is finished first,
-// within DrainTimeout. Unreadable files are moved aside (see spool).
+// within Config.Timeout. Unreadable files are moved aside (see spool), and
+// so are events JetStream refuses for good (ErrRefused), with an error in
+// the log, so that one of them does not hold up the rest.
 func (p *Publisher) Run(ctx context.Context) {
 	if p.spool == nil {
 		return
@@ -106,7 +108,11 @@ func (p *Publisher) drain(ctx context.Context) error {
 		if msg == nil {
 			continue // set aside
 		}
-		if err := p.drainOne(ctx, e, msg); err != nil {
+		if err := p.drainOne(ctx, e, msg); errors.Is(err, ErrRefused) {
+			// Retrying it would hold up every event behind it.
+			p.log.Error("spooled event refused for good by JetStream; set aside in bad/", "event_id", e.ID, "err", err)
+			p.spool.SetAside(e, err.Error())
+		} else if err != nil {
 			return err
 		}
 	}
@@ -146,10 +152,13 @@ func (p *Publisher) drainOne(ctx context.Context, e spool.Entry, msg *nats.Msg) 
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(append(spanAttributes(e.ID), attribute.Bool("doorbell.from_spool", true))...))
 	defer span.End()
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(sctx), p.cfg.DrainTimeout)
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(sctx), p.cfg.Timeout)
 	defer cancel()
 	ack, err := p.send(pctx, msg)
 	if err != nil {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(sctx), p.cfg.Timeout)
+		err = p.refusedForNoStream(lctx, err, msg.Subject)
+		cancel()
 		span.SetStatus(codes.Error, err.Error())
 		return fmt.Errorf("spooled %w", err)
 	}

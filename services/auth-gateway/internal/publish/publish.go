@@ -5,11 +5,15 @@
 // is down: it keeps reconnecting in the background and makes sure the
 // AUTH_EVENTS stream exists before the first publish that finds NATS usable.
 //
-// Without a spool it does not queue events while NATS is unreachable:
-// Publish then fails at once, and the caller decides what the person sees.
+// Publish rides through a NATS server's loss: it waits for the connection
+// to come back (for Config.Timeout after it went) and for the stream to
+// answer again, and tries again with the same message id. Without a spool
+// it queues nothing beyond that: Publish fails, at once when NATS has been
+// unreachable for longer, and the caller decides what the person sees.
 // With a spool (Config.Spool), an event JetStream does not acknowledge in
 // time is written to local disk instead and Publish succeeds; Run publishes
-// spooled events later, with the same message id.
+// spooled events later, with the same message id. An event JetStream
+// refuses for good is neither (ErrRefused).
 //
 // Each publish is a span in the caller's trace, and the W3C trace context
 // travels in the message headers (see Config.Propagator).
@@ -20,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,8 +48,8 @@ var ErrNotConnected = errors.New("publish: not connected to NATS")
 // tracerName names the spans this package makes.
 const tracerName = "github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
 
-// defaultDrainTimeout bounds publishing one spooled event.
-const defaultDrainTimeout = 5 * time.Second
+// defaultTimeout is Config.Timeout's default.
+const defaultTimeout = 5 * time.Second
 
 // Config says where and how to publish.
 type Config struct {
@@ -54,16 +59,20 @@ type Config struct {
 	Name string
 	// Source is the CloudEvents ce-source header: the gateway's public URL.
 	Source string
-	// Replicas is used only when the stream has to be created.
+	// Replicas is the replica count of the stream the gateway makes, and
+	// the least it raises its own stream to at start (see EnsureStream).
+	// Zero means auto: as many as the NATS servers can place, up to three.
 	Replicas int
+	// Timeout bounds Run's publish of one spooled event. It is also how
+	// long after losing the connection a publish waits for it to come
+	// back: later publishes fail (or spool) at once until it is back.
+	// Zero means 5 seconds.
+	Timeout time.Duration
 
 	// Spool, when not nil, takes every event Publish could not get
 	// JetStream to acknowledge, and Run publishes it later. Nil means a
 	// failed publish is the caller's to handle.
 	Spool *spool.Spool
-	// DrainTimeout bounds Run's publish of one spooled event; zero means
-	// 5 seconds.
-	DrainTimeout time.Duration
 
 	// TracerProvider makes the publish spans; nil means no spans.
 	TracerProvider trace.TracerProvider
@@ -97,6 +106,11 @@ type Publisher struct {
 	tracer     trace.Tracer
 	propagator propagation.TextMapPropagator
 
+	// link is the connection's state, as its handlers report it.
+	link *link
+	// denied holds the subjects the server denied a publish on (string
+	// keys), until a publish there succeeds.
+	denied sync.Map
 	// ensureSem lets one caller at a time look up or create the stream.
 	ensureSem   chan struct{}
 	streamKnown atomic.Bool
@@ -109,14 +123,14 @@ type Publisher struct {
 // server cannot be reached; the connection then retries forever. Call Close
 // to drain and release it.
 func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
-	if cfg.Replicas < 1 {
-		cfg.Replicas = 1
+	if cfg.Replicas < 0 {
+		cfg.Replicas = 0
 	}
 	if cfg.Name == "" {
 		cfg.Name = "doorbell-auth-gateway"
 	}
-	if cfg.DrainTimeout <= 0 {
-		cfg.DrainTimeout = defaultDrainTimeout
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = defaultTimeout
 	}
 	if cfg.TracerProvider == nil {
 		cfg.TracerProvider = noop.NewTracerProvider()
@@ -131,6 +145,7 @@ func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
 		spool:      cfg.Spool,
 		tracer:     cfg.TracerProvider.Tracer(tracerName),
 		propagator: cfg.Propagator,
+		link:       newLink(time.Now()),
 		ensureSem:  make(chan struct{}, 1),
 		closed:     make(chan struct{}),
 		connected:  make(chan struct{}, 1),
@@ -142,23 +157,31 @@ func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
 		nats.Name(cfg.Name),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
-		// No outbound buffer while reconnecting: a publish then fails at once
-		// instead of being sent later, after the person was told it failed.
+		// No outbound buffer while reconnecting: a publish waits for the
+		// reconnection (see deliver) instead of being sent later, after the
+		// person was told it failed.
 		nats.ReconnectBufSize(-1),
 		nats.ConnectHandler(func(nc *nats.Conn) {
+			p.link.set(true, time.Now())
 			log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
 			p.wake()
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
+			p.link.set(true, time.Now())
 			log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
 			p.wake()
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			p.link.set(false, time.Now())
 			if err != nil {
 				log.Warn("nats disconnected", "err", err)
 			}
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { close(p.closed) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { p.noteAsyncError(err) }),
+		nats.ClosedHandler(func(*nats.Conn) {
+			p.link.set(false, time.Now())
+			close(p.closed)
+		}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("publish: connect to nats: %w", err)
@@ -208,8 +231,11 @@ func (p *Publisher) Publish(ctx context.Context, ev *eventsv1.UserAuthenticated)
 		return ack, nil
 	}
 	p.metrics.failures.Inc()
-	if p.spool == nil {
+	if p.spool == nil || errors.Is(err, ErrRefused) {
 		span.SetStatus(codes.Error, err.Error())
+		if errors.Is(err, ErrRefused) {
+			p.log.Error("event refused for good by JetStream: not published, not spooled", "event_id", id, "err", err)
+		}
 		return Ack{}, err
 	}
 	if _, serr := p.spool.Put(id, spool.Message{Subject: msg.Subject, Header: msg.Header, Data: msg.Data}); serr != nil {
@@ -249,25 +275,115 @@ func (p *Publisher) message(ctx context.Context, ev *eventsv1.UserAuthenticated)
 }
 
 // send publishes msg, whose Nats-Msg-Id header is set, and waits for the
-// ack.
+// ack, within ctx (see deliver). An error that means JetStream will never
+// store msg wraps ErrRefused.
 func (p *Publisher) send(ctx context.Context, msg *nats.Msg) (Ack, error) {
-	id := msg.Header.Get(jetstream.MsgIDHeader)
-	if !p.nc.IsConnected() {
-		return Ack{}, ErrNotConnected
+	ack, err := p.deliver(ctx, msg)
+	if err != nil {
+		return Ack{}, p.refused(err, msg.Subject)
 	}
+	p.denied.Delete(msg.Subject)
+	return ack, nil
+}
+
+// deliver publishes msg and waits for the ack, within ctx. It rides
+// through what a NATS cluster does when it loses a server: while the
+// connection is down it waits for it to come back
+// (unless it has been down for Config.Timeout already: then it fails at
+// once), an attempt the connection dropped under is made again once it is
+// back, and a stream without a leader for a moment (no responders) is
+// asked again until ctx ends. Every attempt carries the same Nats-Msg-Id,
+// so the stream stores the event once however many attempts reach it.
+func (p *Publisher) deliver(ctx context.Context, msg *nats.Msg) (Ack, error) {
+	for {
+		up, since, changed := p.link.state()
+		if !up {
+			if err := p.awaitConnection(ctx, since, changed); err != nil {
+				return Ack{}, err
+			}
+			continue
+		}
+		ack, err := p.attempt(ctx, msg, changed)
+		switch {
+		case err == nil:
+			return ack, nil
+		case ctx.Err() != nil:
+			return Ack{}, err
+		case changed.Err() != nil:
+			continue // the connection dropped under the attempt
+		case connectionLost(err):
+			// The handlers have not reported it yet: wait until they do.
+			select {
+			case <-changed.Done():
+			case <-ctx.Done():
+				return Ack{}, err
+			}
+		default:
+			return Ack{}, err
+		}
+	}
+}
+
+// awaitConnection waits for the connection, down since since, to change
+// state. It fails with ErrNotConnected once the connection has been down
+// for Config.Timeout, at once if it has already.
+func (p *Publisher) awaitConnection(ctx context.Context, since time.Time, changed context.Context) error {
+	wait := time.Until(since.Add(p.cfg.Timeout))
+	if wait <= 0 {
+		return ErrNotConnected
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-changed.Done():
+		return nil
+	case <-timer.C:
+		return ErrNotConnected
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrNotConnected, ctx.Err())
+	}
+}
+
+// attempt makes sure the stream exists and publishes msg once, retrying
+// while the stream has no responders (a leader election), until ctx ends
+// or the connection's state changes.
+func (p *Publisher) attempt(ctx context.Context, msg *nats.Msg, changed context.Context) (Ack, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(changed, cancel)()
 	if err := p.EnsureStream(ctx); err != nil {
 		return Ack{}, err
 	}
-	pa, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
+	id := msg.Header.Get(jetstream.MsgIDHeader)
+	pa, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id),
+		jetstream.WithRetryWait(jetstream.DefaultPubRetryWait), jetstream.WithRetryAttempts(noResponderRetries(ctx)))
 	if err != nil {
-		if errors.Is(err, jetstream.ErrNoStreamResponse) {
-			// The stream vanished or no longer captures the subject: look
-			// again before the next publish.
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, context.DeadlineExceeded) {
+			// The stream may have vanished or stopped capturing the
+			// subject: look again before the next publish.
 			p.streamKnown.Store(false)
 		}
 		return Ack{}, fmt.Errorf("publish: event %s: %w", id, err)
 	}
 	return Ack{Stream: pa.Stream, Sequence: pa.Sequence, Duplicate: pa.Duplicate}, nil
+}
+
+// noResponderRetries is how often the client asks the stream again,
+// DefaultPubRetryWait apart, while it has no responders: as often as fits
+// before ctx ends.
+func noResponderRetries(ctx context.Context) int {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return jetstream.DefaultPubRetryAttempts
+	}
+	return max(int(time.Until(deadline)/jetstream.DefaultPubRetryWait), 0) + 1
+}
+
+// connectionLost reports whether err is the client's way of saying the
+// connection is not there right now.
+func connectionLost(err error) bool {
+	return errors.Is(err, nats.ErrReconnectBufExceeded) || errors.Is(err, nats.ErrConnectionReconnecting) ||
+		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrNoServers)
 }
 
 // Ready reports whether a publish could succeed now: NATS is connected and

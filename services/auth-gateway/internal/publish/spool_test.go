@@ -1,6 +1,7 @@
 package publish_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,10 +24,15 @@ import (
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
 )
 
+// testSpoolKeys are the keys every test spool is opened with.
+func testSpoolKeys() [][]byte { return [][]byte{bytes.Repeat([]byte{3}, 32)} }
+
+func testLogger(logs *syncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(logs, nil)) }
+
 // openSpool opens the spool in dir; its log lines go to logs.
 func openSpool(t *testing.T, dir string, max int, logs *syncBuffer) *spool.Spool {
 	t.Helper()
-	s, err := spool.Open(dir, max, slog.New(slog.NewTextHandler(logs, nil)))
+	s, err := spool.Open(dir, max, testSpoolKeys(), testLogger(logs))
 	if err != nil {
 		t.Fatalf("spool.Open: %v", err)
 	}

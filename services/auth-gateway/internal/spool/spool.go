@@ -10,6 +10,12 @@
 // files an interrupted Put left behind, are moved to the bad/ subfolder
 // with a warning, never deleted, never fatal.
 //
+// Every file carries an HMAC-SHA256 under a key the caller holds, so a file
+// planted or altered by someone who can write to the directory but does
+// not have the key is refused (set aside) instead of published as an
+// event. Open refuses a directory that another user owns or that its group
+// or others can write.
+//
 // A spool directory belongs to one process at a time: two gateways sharing
 // it would publish each other's messages and move each other's temporary
 // files aside. Spooled files hold personal data (the event's email address
@@ -19,6 +25,7 @@ package spool
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -71,7 +78,9 @@ const (
 	// tempPrefix starts the names of files being written.
 	tempPrefix = ".tmp-"
 	fileSuffix = ".msg"
-	version    = 1
+	// version 2 files carry an HMAC; version 1 files (a checksum only)
+	// are refused.
+	version = 2
 )
 
 // idPattern keeps ids usable in file names.
@@ -85,8 +94,10 @@ var namePattern = regexp.MustCompile(`^([0-9]{20})-([A-Za-z0-9][A-Za-z0-9._-]*)\
 type Spool struct {
 	dir string
 	max int
-	log *slog.Logger
-	now func() time.Time
+	// keys authenticate the files: the first signs, all verify.
+	keys [][]byte
+	log  *slog.Logger
+	now  func() time.Time
 
 	mu sync.Mutex
 	// queue is every message in the directory, oldest first.
@@ -99,15 +110,25 @@ type Spool struct {
 // takes stock of what a previous run left: messages join the queue, oldest
 // first; leftover temporary files and files it does not recognise are moved
 // to bad/. max bounds how many messages Put accepts; messages found at
-// start are kept even beyond it.
-func Open(dir string, max int, log *slog.Logger) (*Spool, error) {
+// start are kept even beyond it. keys authenticate the files: the first
+// signs what Put writes, and Load accepts a file any of them signed, so
+// keys rotate as the caller's do; each must be at least 32 bytes. Open
+// fails when dir belongs to another user or its group or others can write
+// it.
+func Open(dir string, max int, keys [][]byte, log *slog.Logger) (*Spool, error) {
 	if max < 1 {
 		return nil, errors.New("spool: the maximum must be at least 1")
+	}
+	if len(keys) == 0 || slices.ContainsFunc(keys, func(k []byte) bool { return len(k) < 32 }) {
+		return nil, errors.New("spool: at least one key of 32 bytes or more is required")
 	}
 	if err := os.MkdirAll(filepath.Join(dir, BadDir), 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	s := &Spool{dir: dir, max: max, log: log, now: time.Now}
+	if err := private(dir); err != nil {
+		return nil, fmt.Errorf("spool: %s: %w", dir, err)
+	}
+	s := &Spool{dir: dir, max: max, keys: keys, log: log, now: time.Now}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
@@ -168,8 +189,8 @@ func (s *Spool) Put(id string, m Message) (Entry, error) {
 	return e, nil
 }
 
-// file is a spooled message on disk. The checksum catches files that are
-// complete JSON but not what was written.
+// file is a spooled message on disk. The MAC catches files that are
+// complete JSON but not what this spool's key holder wrote.
 type file struct {
 	Version int                 `json:"version"`
 	ID      string              `json:"id"`
@@ -177,14 +198,14 @@ type file struct {
 	Subject string              `json:"subject"`
 	Header  map[string][]string `json:"header"`
 	Data    []byte              `json:"data"`
-	SHA256  string              `json:"sha256"`
+	// MAC is the hex HMAC-SHA256 of everything above (see mac).
+	MAC string `json:"mac"`
 }
 
 func (s *Spool) write(e Entry, m Message) error {
-	body, err := json.Marshal(file{
-		Version: version, ID: e.ID, Spooled: e.Spooled.UTC(),
-		Subject: m.Subject, Header: m.Header, Data: m.Data, SHA256: checksum(m),
-	})
+	f := file{Version: version, ID: e.ID, Spooled: e.Spooled.UTC(), Subject: m.Subject, Header: m.Header, Data: m.Data}
+	f.MAC = hex.EncodeToString(f.mac(s.keys[0]))
+	body, err := json.Marshal(f)
 	if err != nil {
 		return fmt.Errorf("spool: encode %s: %w", e.ID, err)
 	}
@@ -217,16 +238,27 @@ func (s *Spool) write(e Entry, m Message) error {
 	return nil
 }
 
-// checksum covers everything that is published.
-func checksum(m Message) string {
-	h := sha256.New()
+// mac is the HMAC-SHA256 under key of everything f holds but its MAC:
+// what is published and the id and time it was spooled under.
+func (f *file) mac(key []byte) []byte {
+	h := hmac.New(sha256.New, key)
 	// JSON of a map has sorted keys, so this is deterministic.
-	hdr, _ := json.Marshal(m.Header)
-	for _, part := range [][]byte{[]byte(m.Subject), hdr, m.Data} {
+	hdr, _ := json.Marshal(f.Header)
+	spooled := f.Spooled.UTC().Format(time.RFC3339Nano)
+	for _, part := range [][]byte{{byte(f.Version)}, []byte(f.ID), []byte(spooled), []byte(f.Subject), hdr, f.Data} {
 		_, _ = fmt.Fprintf(h, "%d:", len(part))
 		h.Write(part)
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	return h.Sum(nil)
+}
+
+// authentic reports whether one of keys made f's MAC.
+func (f *file) authentic(keys [][]byte) bool {
+	got, err := hex.DecodeString(f.MAC)
+	if err != nil {
+		return false
+	}
+	return slices.ContainsFunc(keys, func(k []byte) bool { return hmac.Equal(got, f.mac(k)) })
 }
 
 func syncDir(dir string) error {
@@ -298,20 +330,21 @@ func (s *Spool) Load(e Entry) (Message, error) {
 	if err := dec.Decode(&v); err != nil {
 		return Message{}, fmt.Errorf("%w: %s: %v", ErrCorrupt, e.name, err)
 	}
-	m := Message{Subject: v.Subject, Header: v.Header, Data: v.Data}
 	switch {
 	case dec.More():
 		return Message{}, fmt.Errorf("%w: %s: data after the message", ErrCorrupt, e.name)
 	case v.Version != version:
-		return Message{}, fmt.Errorf("%w: %s: version %d, want %d", ErrCorrupt, e.name, v.Version, version)
+		return Message{}, fmt.Errorf("%w: %s: version %d, want %d (an older version's file, or one not written by this gateway)",
+			ErrCorrupt, e.name, v.Version, version)
 	case v.ID != e.ID:
 		return Message{}, fmt.Errorf("%w: %s: holds id %.40q", ErrCorrupt, e.name, v.ID)
 	case v.Subject == "":
 		return Message{}, fmt.Errorf("%w: %s: no subject", ErrCorrupt, e.name)
-	case v.SHA256 != checksum(m):
-		return Message{}, fmt.Errorf("%w: %s: checksum does not match", ErrCorrupt, e.name)
+	case !v.authentic(s.keys):
+		return Message{}, fmt.Errorf("%w: %s: not authenticated by the spool key: altered, or planted by someone without the key",
+			ErrCorrupt, e.name)
 	}
-	return m, nil
+	return Message{Subject: v.Subject, Header: v.Header, Data: v.Data}, nil
 }
 
 // Remove deletes e, once it has been published. The entry leaves the queue

@@ -15,10 +15,19 @@ import (
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
 )
 
+// key is a spool key, n in every byte.
+func key(n byte) []byte { return bytes.Repeat([]byte{n}, 32) }
+
 func open(t *testing.T, dir string, max int) (*spool.Spool, *bytes.Buffer) {
 	t.Helper()
+	return openWith(t, dir, max, key(1))
+}
+
+// openWith opens the spool in dir with keys, the first signing.
+func openWith(t *testing.T, dir string, max int, keys ...[]byte) (*spool.Spool, *bytes.Buffer) {
+	t.Helper()
 	var logs bytes.Buffer
-	s, err := spool.Open(dir, max, slog.New(slog.NewTextHandler(&logs, nil)))
+	s, err := spool.Open(dir, max, keys, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
