@@ -82,9 +82,35 @@ func (b *browser) submit(p page, fields map[string]*string) page {
 	return b.read(resp)
 }
 
+// speaking makes the browser ask for pages in lang (Accept-Language).
+func (b *browser) speaking(lang string) *browser {
+	b.client.Transport = languageTransport(lang)
+	return b
+}
+
+// languageTransport sets Accept-Language on every request.
+type languageTransport string
+
+func (l languageTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Accept-Language", string(l))
+	return http.DefaultTransport.RoundTrip(r)
+}
+
 // signIn walks the whole sign-in: the gateway's start page, its sign-in
 // link, the provider's form and the way back.
 func (b *browser) signIn(gatewayURL, email string, verified bool) page {
+	b.t.Helper()
+	fields := map[string]*string{}
+	if !verified {
+		fields["email_verified"] = nil
+	}
+	return b.signInWith(gatewayURL, email, fields)
+}
+
+// signInWith is signIn with more fields of the provider's form (the dev
+// IdP's "locale", say).
+func (b *browser) signInWith(gatewayURL, email string, extra map[string]*string) page {
 	b.t.Helper()
 	home := b.get(gatewayURL + "/")
 	if home.status != http.StatusOK || !strings.Contains(home.body, "Sign in") {
@@ -100,8 +126,8 @@ func (b *browser) signIn(gatewayURL, email string, verified bool) page {
 		b.t.Fatalf("provider sign-in page %s: status %d\n%s", form.url, form.status, form.body)
 	}
 	fields := map[string]*string{"email": &email, "name": ptr("E2E <Tester>")}
-	if !verified {
-		fields["email_verified"] = nil
+	for k, v := range extra {
+		fields[k] = v
 	}
 	return b.submit(form, fields)
 }

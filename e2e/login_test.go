@@ -82,6 +82,33 @@ func TestSignInSendsOneWelcomeEmail(t *testing.T) {
 	}
 }
 
+// The emails speak the person's language: the provider's locale claim
+// first, else the browser's Accept-Language at sign-in.
+func TestEmailsSpeakThePersonsLanguage(t *testing.T) {
+	s := startStack(t)
+	tests := []struct {
+		email, browserLang, locale string
+		wantSubject                string
+	}{
+		{"ko-claim@example.test", "en-US,en;q=0.9", "ko", "Doorbell에 오신 것을 환영합니다"},
+		{"ko-browser@example.test", "ko-KR,ko;q=0.9,en;q=0.8", "", "Doorbell에 오신 것을 환영합니다"},
+		{"en-browser@example.test", "en-GB,en;q=0.9", "", "Welcome to Doorbell"},
+	}
+	for _, tt := range tests {
+		b := newBrowser(t).speaking(tt.browserLang)
+		landed := b.signInWith(s.publicURL, tt.email, map[string]*string{"locale": &tt.locale})
+		if landed.status != http.StatusOK || !strings.Contains(landed.body, "Signed in as") {
+			t.Fatalf("%s: sign-in status %d\n%s", tt.email, landed.status, landed.body)
+		}
+	}
+	for _, tt := range tests {
+		eventually(t, 60*time.Second, "the welcome to "+tt.email, func() bool { return len(s.mailTo(tt.email)) > 0 })
+		if got := s.mailTo(tt.email)[0].Subject; got != tt.wantSubject {
+			t.Errorf("%s: subject %q, want %q", tt.email, got, tt.wantSubject)
+		}
+	}
+}
+
 // A provider that does not vouch for the address: the person gets a page
 // that says why, and nothing is published or sent.
 func TestSignInWithUnverifiedEmailIsRefused(t *testing.T) {

@@ -18,8 +18,13 @@ const (
 	fieldEmail         = "email"
 	fieldName          = "name"
 	fieldEmailVerified = "email_verified"
+	fieldLocale        = "locale"
 	fieldCancel        = "cancel"
 )
+
+// locales are what the sign-in form offers as the locale claim; none lets
+// the browser's Accept-Language choose the language of the emails.
+var locales = []string{"", "en", "ko", "ko-KR", "ja", "de", "fr"}
 
 // Parameters of an authorization request that must appear at most once
 // (RFC 6749 §3.1).
@@ -54,7 +59,7 @@ func (s *Server) parseAuthRequest(form url.Values) (authRequest, error) {
 	params := url.Values{}
 	for k, v := range form {
 		switch k {
-		case fieldEmail, fieldName, fieldEmailVerified, fieldCancel:
+		case fieldEmail, fieldName, fieldEmailVerified, fieldLocale, fieldCancel:
 			continue
 		}
 		params[k] = v
@@ -188,6 +193,12 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 		Email:    strings.TrimSpace(r.PostForm.Get(fieldEmail)),
 		Name:     strings.TrimSpace(r.PostForm.Get(fieldName)),
 		Verified: r.PostForm.Get(fieldEmailVerified) != "",
+		Locale:   r.PostForm.Get(fieldLocale),
+	}
+	if !slices.Contains(locales, values.Locale) {
+		values.Error, values.Locale = "Please choose a language from the list.", ""
+		s.renderForm(w, http.StatusBadRequest, req, values)
+		return
 	}
 	if msg := checkPerson(values.Email, values.Name); msg != "" {
 		values.Error = msg
@@ -195,7 +206,7 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	u := newUser(values.Email, values.Name, values.Verified)
+	u := newUser(values.Email, values.Name, values.Locale, values.Verified)
 	s.mu.Lock()
 	session, err := s.oidc.SessionStore.NewSession(req.scope, req.nonce, u, req.codeChallenge, req.codeChallengeMethod)
 	s.mu.Unlock()

@@ -230,6 +230,7 @@ func TestCodeFlowThroughTheSignInForm(t *testing.T) {
 			fields := form.form
 			fields.Set("email", "Ada@Example.com")
 			fields.Set("name", "Ada Lovelace")
+			fields.Set("locale", "ko")
 			if !tt.tickBox {
 				fields.Del("email_verified")
 			}
@@ -278,7 +279,7 @@ func TestCodeFlowThroughTheSignInForm(t *testing.T) {
 			if c.EmailVerified == nil || *c.EmailVerified != tt.tickBox {
 				t.Errorf("email_verified = %v, want present and %v", c.EmailVerified, tt.tickBox)
 			}
-			if c.Email != "Ada@Example.com" || c.Name != "Ada Lovelace" || c.Locale != "en" || c.PreferredUsername == "" {
+			if c.Email != "Ada@Example.com" || c.Name != "Ada Lovelace" || c.Locale != "ko" || c.PreferredUsername == "" {
 				t.Errorf("claims = %+v", c)
 			}
 

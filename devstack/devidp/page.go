@@ -14,6 +14,7 @@ import (
 type formValues struct {
 	Email    string
 	Name     string
+	Locale   string
 	Verified bool
 	Error    string
 }
@@ -25,6 +26,7 @@ type formPage struct {
 	ClientID string
 	Return   string // scheme://host the browser goes back to
 	Hidden   []hiddenField
+	Locales  []string
 	formValues
 }
 
@@ -86,6 +88,13 @@ var formTemplate = template.Must(template.New("form").Parse(`<!doctype html>
     <input type="text" id="name" name="name" value="{{.Name}}" autocomplete="name" maxlength="200"
       aria-describedby="name-hint">
     <p class="hint" id="name-hint">Optional.</p>
+    <label for="locale">Language (the locale claim)</label>
+    <select id="locale" name="locale" aria-describedby="locale-hint">
+      {{- range .Locales}}
+      <option value="{{.}}"{{if eq . $.Locale}} selected{{end}}>{{if .}}{{.}}{{else}}none{{end}}</option>
+      {{- end}}
+    </select>
+    <p class="hint" id="locale-hint">None: the emails follow your browser's language.</p>
     <label class="check" for="email_verified">
       <input type="checkbox" id="email_verified" name="email_verified" value="true"{{if .Verified}} checked{{end}}>
       Email is verified
@@ -130,6 +139,7 @@ func (s *Server) renderForm(w http.ResponseWriter, status int, req authRequest, 
 		Action:     mockoidc.AuthorizationEndpoint,
 		ClientID:   req.clientID,
 		Hidden:     hiddenFields(req.params),
+		Locales:    locales,
 		formValues: values,
 	}
 	if u, err := url.Parse(req.redirectURI); err == nil {

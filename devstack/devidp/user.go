@@ -18,6 +18,7 @@ type user struct {
 	subject  string
 	email    string
 	name     string
+	locale   string // the locale claim; none when empty
 	verified bool
 }
 
@@ -26,12 +27,13 @@ var _ mockoidc.User = (*user)(nil)
 // newUser makes the user for an email address. The subject is stable per
 // address, case-insensitively, so signing in twice as the same address is the
 // same person.
-func newUser(email, name string, verified bool) *user {
+func newUser(email, name, locale string, verified bool) *user {
 	sum := sha256.Sum256([]byte(strings.ToLower(email)))
 	return &user{
 		subject:  "dev-" + hex.EncodeToString(sum[:])[:16],
 		email:    email,
 		name:     name,
+		locale:   locale,
 		verified: verified,
 	}
 }
@@ -56,7 +58,7 @@ func (u *user) profile(scopes []string) profile {
 		p.Email, p.EmailVerified = u.email, &verified
 	}
 	if slices.Contains(scopes, "profile") {
-		p.Name, p.PreferredUsername, p.Locale = u.name, u.email, "en"
+		p.Name, p.PreferredUsername, p.Locale = u.name, u.email, u.locale
 	}
 	return p
 }

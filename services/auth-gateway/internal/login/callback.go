@@ -30,6 +30,10 @@ import (
 // maxUserAgent bounds the User-Agent copied into events.
 const maxUserAgent = 512
 
+// maxAcceptLanguage bounds the Accept-Language header carried in the event,
+// in bytes: plenty for a browser's list of languages.
+const maxAcceptLanguage = 256
+
 // maxName bounds the display name in events and sessions, in bytes.
 const maxName = 256
 
@@ -358,8 +362,9 @@ func (h *Handler) newEvent(w http.ResponseWriter, r *http.Request, now time.Time
 		Client: &eventsv1.Client{
 			Ip: h.clientIP(r).String(),
 			// Protobuf strings must be valid UTF-8; headers need not be.
-			UserAgent: truncate(strings.ToValidUTF8(r.UserAgent(), "\uFFFD"), maxUserAgent),
-			DeviceId:  deviceID,
+			UserAgent:      truncate(strings.ToValidUTF8(r.UserAgent(), "\uFFFD"), maxUserAgent),
+			DeviceId:       deviceID,
+			AcceptLanguage: truncate(strings.ToValidUTF8(r.Header.Get("Accept-Language"), "\uFFFD"), maxAcceptLanguage),
 		},
 	}, nil
 }

@@ -487,6 +487,8 @@ type browser struct {
 	c   *http.Client
 	jar *cookiejar.Jar
 	ua  string
+	// lang is the Accept-Language the browser sends.
+	lang string
 }
 
 func (g *gateway) browser() *browser {
@@ -494,7 +496,7 @@ func (g *gateway) browser() *browser {
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	b := &browser{t: g.t, g: g, jar: jar, ua: "Mozilla/5.0 (DoorbellTest)"}
+	b := &browser{t: g.t, g: g, jar: jar, ua: "Mozilla/5.0 (DoorbellTest)", lang: "ko-KR,ko;q=0.9,en;q=0.8"}
 	b.c = &http.Client{
 		Jar:       jar,
 		Transport: g.transport,
@@ -505,6 +507,8 @@ func (g *gateway) browser() *browser {
 				suite.response(req.Response)
 			}
 			req.Header.Set("User-Agent", b.ua)
+			req.Header.Set("Accept-Language", b.lang)
+			req.Header.Set("Accept-Language", b.lang)
 			// Stop at the gateway, and at hosts that exist only in tests.
 			if req.URL.Host == g.url.Host || req.URL.Hostname() != "127.0.0.1" {
 				return http.ErrUseLastResponse
@@ -543,6 +547,7 @@ func (b *browser) send(method, target string, body io.Reader, header map[string]
 	}
 	suite.url(req.URL)
 	req.Header.Set("User-Agent", b.ua)
+	req.Header.Set("Accept-Language", b.lang)
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}

@@ -85,6 +85,7 @@ func TestSuccessfulSignInPublishesOneEventAndStartsASession(t *testing.T) {
 		Locale:          "en-GB",
 		Client: &eventsv1.Client{
 			Ip: "127.0.0.1", UserAgent: "Mozilla/5.0 (DoorbellTest)", DeviceId: hex.EncodeToString(mac.Sum(nil)),
+			AcceptLanguage: "ko-KR,ko;q=0.9,en;q=0.8",
 		},
 	}
 	if !proto.Equal(ev, want) {

@@ -259,14 +259,25 @@ type view struct {
 	SecurityURL string // empty when not configured
 	Lang        string
 	When        string // the first sign-in's time, formatted
-	SignIns     []signInView
+	SignIns     []*signInView
 }
 
 type signInView struct {
 	When      string // in MAIL_TIME_ZONE, the zone named
 	IP        string
-	Browser   string // "Firefox on Windows"
-	UserAgent string // the raw header
+	UserAgent string // the raw header, one line
+	ua        string
+	p         *message.Printer
+	browser   string // Browser's answer, once asked
+}
+
+// Browser names the browser and system in words ("Firefox on Windows"),
+// parsed the first time a template asks.
+func (s *signInView) Browser() string {
+	if s.browser == "" {
+		s.browser = browser(s.p, s.ua)
+	}
+	return s.browser
 }
 
 // Render produces the email of the given kind ("welcome" or "new_device")
@@ -310,7 +321,7 @@ func (r *Renderer) view(lang language.Tag, p *message.Printer, d Data) view {
 	}
 	v.Greeting = cmpOr(v.Name, v.Email)
 	for _, s := range d.SignIns {
-		sv := signInView{IP: oneLine(s.IP), UserAgent: oneLine(s.UserAgent), Browser: browser(p, s.UserAgent)}
+		sv := signInView{IP: oneLine(s.IP), UserAgent: oneLine(s.UserAgent), ua: s.UserAgent, p: p}
 		if s.When.IsZero() {
 			sv.When = p.Sprintf("unknown")
 		} else {
@@ -319,7 +330,7 @@ func (r *Renderer) view(lang language.Tag, p *message.Printer, d Data) view {
 		if sv.IP == "" {
 			sv.IP = p.Sprintf("unknown")
 		}
-		v.SignIns = append(v.SignIns, sv)
+		v.SignIns = append(v.SignIns, &sv)
 	}
 	if len(v.SignIns) > 0 {
 		v.When = v.SignIns[0].When
