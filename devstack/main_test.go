@@ -303,7 +303,7 @@ func TestRunBringsUpTheStackAndStopsItOnCancel(t *testing.T) {
 		"Metrics:    http://" + d.addr["gateway-admin-addr"] + "/metrics, http://" + d.addr["worker-admin-addr"] + "/metrics",
 		"NATS:       nats://" + d.addr["nats-addr"],
 		"Prometheus: http://" + d.addr["prometheus-addr"] + "/  (alerts: /alerts, targets: /targets)\n",
-		"Dashboard:  " + d.deploy + "/grafana/dashboards/doorbell.json (import into Grafana, or run docker compose up grafana)\n",
+		"Dashboard:  " + dashboardURL(d.addr["prometheus-addr"], dashboardGraphs) + "\n",
 		"Press Ctrl-C to stop.",
 	} {
 		if !strings.Contains(out, want) {

@@ -65,10 +65,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			b.WriteString(promLine)
 		case ready[promName]:
 			fmt.Fprintf(&b, "  Prometheus: http://%s/  (alerts: /alerts, targets: /targets)\n"+
-				"  Dashboard:  %s (import into Grafana, or run docker compose up grafana)\n",
-				cfg.prometheusAddr, filepath.Join(cfg.deployDir, "grafana", "dashboards", "doorbell.json"))
+				"  Dashboard:  %s\n",
+				cfg.prometheusAddr, dashboardURL(cfg.prometheusAddr, dashboardGraphs))
 		default:
 			b.WriteString("  Prometheus: exited (see the prom lines above)\n")
+		}
+		if prom == nil || !ready[promName] {
+			b.WriteString("  Dashboard:  none without Prometheus (see the line above)\n")
 		}
 		b.WriteString("Press Ctrl-C to stop.\n\n")
 		return b.String()

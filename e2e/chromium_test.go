@@ -52,12 +52,17 @@ func startChromium(t *testing.T, within time.Duration) *headless {
 
 func (h *headless) shot(name string) chromedp.Action[chromedp.Void] {
 	return chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(h.shots, name+".png"), png, 0o644)
+		return saveScreenshot(ctx, filepath.Join(h.shots, name+".png"))
 	})
+}
+
+// saveScreenshot saves a PNG of the whole page in file.
+func saveScreenshot(ctx context.Context, file string) error {
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, png, 0o644)
 }
 
 // signInButton is the gateway's sign-in link (or button).

@@ -497,10 +497,19 @@ type sample struct {
 // query evaluates expr now through /api/v1/query. An error means Prometheus
 // refused it (parse or evaluation error) or did not answer.
 func (p *promServer) query(expr string) ([]sample, error) {
+	return p.queryAt(expr, time.Time{})
+}
+
+// queryAt is query at the given time; the zero time is now.
+func (p *promServer) queryAt(expr string, at time.Time) ([]sample, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	form := url.Values{"query": {expr}}
+	if !at.IsZero() {
+		form.Set("time", strconv.FormatFloat(float64(at.UnixMilli())/1000, 'f', 3, 64))
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.base+"/api/v1/query",
-		strings.NewReader(url.Values{"query": {expr}}.Encode()))
+		strings.NewReader(form.Encode()))
 	if err != nil {
 		return nil, err
 	}
