@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/doorbell/doorbell/bench/internal/backlog"
+	"github.com/doorbell/doorbell/bench/internal/floor"
 	"github.com/doorbell/doorbell/bench/internal/launch"
 	"github.com/doorbell/doorbell/bench/internal/plainsmtp"
 	"github.com/doorbell/doorbell/bench/internal/proc"
@@ -30,7 +33,14 @@ type ThroughputRow struct {
 	WorkerPeakRSSMB   float64 `json:"worker_peak_rss_mb"`
 	NetSMTPPerSecond  float64 `json:"net_smtp_emails_per_second"`
 	// Ratio is WorkerPerSecond / NetSMTPPerSecond: the headline figure.
-	Ratio     float64 `json:"ratio"`
+	Ratio float64 `json:"ratio"`
+	// JetStreamOnlyPerSecond is the rate of the worker's JetStream round
+	// trips alone (see package floor), with as many handlers: the most a
+	// worker with its guarantees can deliver here.
+	JetStreamOnlyPerSecond float64 `json:"jetstream_only_per_second"`
+	// Ceiling is JetStreamOnlyPerSecond / NetSMTPPerSecond: the ratio
+	// the worker would have if rendering and SMTP cost nothing.
+	Ceiling   float64 `json:"ceiling_ratio"`
 	MeanBytes int     `json:"mean_email_bytes"`
 }
 
@@ -71,10 +81,36 @@ func (b *bench) throughput(ctx context.Context, pool int) (ThroughputRow, error)
 		return row, err
 	}
 	row.NetSMTPPerSecond = rate
+
+	b.progress("throughput: %d events through the worker's JetStream round trips alone (no SMTP), %d handlers", n, pool)
+	if row.JetStreamOnlyPerSecond, err = b.jetStreamOnly(ctx, filepath.Join(dir, "jetstream-only"), pool); err != nil {
+		return row, err
+	}
 	if rate > 0 {
 		row.Ratio = row.WorkerPerSecond / rate
+		row.Ceiling = row.JetStreamOnlyPerSecond / rate
 	}
 	return row, nil
+}
+
+// jetStreamOnly fills AUTH_EVENTS on a fresh NATS server whose files go in
+// dir and makes the worker's round trips for every event (package floor).
+func (b *bench) jetStreamOnly(ctx context.Context, dir string, handlers int) (float64, error) {
+	n := b.cfg.Events
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, err
+	}
+	ns, err := b.startNATS(ctx, dir)
+	if err != nil {
+		return 0, err
+	}
+	defer ns.Stop(5 * time.Second)
+	if err := fill(ctx, ns.URL, n, func(i int) string { return fmt.Sprintf("js%d-%d@bench.localhost", handlers, i) }); err != nil {
+		return 0, err
+	}
+	fctx, cancel := context.WithTimeout(ctx, b.cfg.ThroughputTimeout)
+	defer cancel()
+	return floor.Run(fctx, ns.URL, handlers, n)
 }
 
 // drained is what a worker did with a backlog.
