@@ -1,6 +1,8 @@
 package login_test
 
 import (
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
@@ -31,7 +33,7 @@ import (
 // test can make misbehave: it mints ID tokens through forge, which may
 // sign with the wrong key or algorithm, or change any claim.
 type hostileIdP struct {
-	t            *testing.T
+	t            testing.TB
 	srv          *httptest.Server
 	clientID     string
 	clientSecret string
@@ -61,9 +63,18 @@ type hostileIdP struct {
 	refused atomic.Int32
 }
 
+// signingKey is an RSA key (RS256) or a P-256 key (ES256).
 type signingKey struct {
 	kid string
-	key *rsa.PrivateKey
+	key crypto.Signer
+}
+
+// alg is the JWS algorithm k signs with.
+func (k signingKey) alg() jose.SignatureAlgorithm {
+	if _, ok := k.key.(*ecdsa.PrivateKey); ok {
+		return jose.ES256
+	}
+	return jose.RS256
 }
 
 type grant struct {
@@ -77,7 +88,7 @@ var (
 )
 
 // testKeys returns three RSA keys, made once for the whole package.
-func testKeys(t *testing.T) []*rsa.PrivateKey {
+func testKeys(t testing.TB) []*rsa.PrivateKey {
 	rsaKeysOnce.Do(func() {
 		for range 3 {
 			k, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -90,7 +101,7 @@ func testKeys(t *testing.T) []*rsa.PrivateKey {
 	return rsaKeys
 }
 
-func newHostileIdP(t *testing.T) *hostileIdP {
+func newHostileIdP(t testing.TB) *hostileIdP {
 	t.Helper()
 	keys := testKeys(t)
 	h := &hostileIdP{
@@ -233,7 +244,7 @@ func (h *hostileIdP) jwks(w http.ResponseWriter, _ *http.Request) {
 	defer h.mu.Unlock()
 	var set jose.JSONWebKeySet
 	for _, k := range h.published {
-		set.Keys = append(set.Keys, jose.JSONWebKey{Key: &k.key.PublicKey, KeyID: k.kid, Algorithm: "RS256", Use: "sig"})
+		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.key.Public(), KeyID: k.kid, Algorithm: string(k.alg()), Use: "sig"})
 	}
 	writeTestJSON(w, http.StatusOK, set)
 }
@@ -258,10 +269,10 @@ func (h *hostileIdP) set(change func(h *hostileIdP)) {
 	change(h)
 }
 
-// sign returns claims as a JWT signed with RS256 by k.
+// sign returns claims as a JWT signed by k.
 func (h *hostileIdP) sign(claims map[string]any, k signingKey) string {
 	h.t.Helper()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: k.key, KeyID: k.kid}},
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: k.alg(), Key: jose.JSONWebKey{Key: k.key, KeyID: k.kid}},
 		(&jose.SignerOptions{}).WithType("JWT"))
 	if err != nil {
 		h.t.Fatal(err)
@@ -287,7 +298,7 @@ func rawJWT(header, claims map[string]any, sign func(input []byte) []byte) strin
 	return input + "." + base64.RawURLEncoding.EncodeToString(sign([]byte(input)))
 }
 
-func randomString(t *testing.T) string {
+func randomString(t testing.TB) string {
 	b := make([]byte, 18)
 	if _, err := rand.Read(b); err != nil {
 		t.Fatal(err)

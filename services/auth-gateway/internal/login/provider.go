@@ -379,34 +379,8 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	if rawIDToken == "" {
 		return identity{}, tokenInvalid("token response has no id_token")
 	}
-	vctx, span := p.tracer.Start(ctx, "oidc.verify")
-	idt, err := d.verifier.Verify(vctx, rawIDToken)
-	nonceOK := err == nil && subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(a.Nonce)) == 1
-	switch {
-	case err != nil:
-		endSpan(span, true, resultTokenInvalid)
-	case !nonceOK:
-		endSpan(span, true, resultNonceMismatch)
-	default:
-		endSpan(span, false, "")
-	}
-	if err != nil {
-		return identity{}, tokenInvalid(redact(err, secrets...))
-	}
-	if !nonceOK {
-		return identity{}, &failure{
-			status: http.StatusUnauthorized, reason: resultNonceMismatch, level: slog.LevelWarn,
-			title:   "Sign-in could not be verified",
-			message: "The identity provider's answer does not belong to this sign-in. Please start again.",
-			logMsg:  "id token rejected: nonce does not match the attempt",
-		}
-	}
-
-	var c claims
-	if err := idt.Claims(&c); err != nil {
-		return identity{}, tokenInvalid("id token claims: " + redact(err, secrets...))
-	}
-	if f := authorizedParty(idt.Audience, c.AuthorizedParty, p.clientID); f != nil {
+	idt, c, f := p.verifyIDToken(ctx, d, rawIDToken, a.Nonce, secrets)
+	if f != nil {
 		return identity{}, f
 	}
 	// The configured issuer, not the token's iss, keys the person: go-oidc
@@ -458,6 +432,44 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 		}
 	}
 	return id, nil
+}
+
+// verifyIDToken checks the ID token of a sign-in and decodes the claims the
+// gateway uses. go-oidc's verifier checks the signature, iss, aud and
+// expiry; the nonce (against the attempt's) and azp (authorizedParty) are
+// ours to check. secrets are redacted from the error text of a failure.
+func (p *oidcFlow) verifyIDToken(ctx context.Context, d *discovered, rawIDToken, nonce string, secrets []string) (*oidc.IDToken, claims, *failure) {
+	ctx, span := p.tracer.Start(ctx, "oidc.verify")
+	idt, err := d.verifier.Verify(ctx, rawIDToken)
+	nonceOK := err == nil && subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(nonce)) == 1
+	switch {
+	case err != nil:
+		endSpan(span, true, resultTokenInvalid)
+	case !nonceOK:
+		endSpan(span, true, resultNonceMismatch)
+	default:
+		endSpan(span, false, "")
+	}
+	if err != nil {
+		return nil, claims{}, tokenInvalid(redact(err, secrets...))
+	}
+	if !nonceOK {
+		return nil, claims{}, &failure{
+			status: http.StatusUnauthorized, reason: resultNonceMismatch, level: slog.LevelWarn,
+			title:   "Sign-in could not be verified",
+			message: "The identity provider's answer does not belong to this sign-in. Please start again.",
+			logMsg:  "id token rejected: nonce does not match the attempt",
+		}
+	}
+
+	var c claims
+	if err := idt.Claims(&c); err != nil {
+		return nil, claims{}, tokenInvalid("id token claims: " + redact(err, secrets...))
+	}
+	if f := authorizedParty(idt.Audience, c.AuthorizedParty, p.clientID); f != nil {
+		return nil, claims{}, f
+	}
+	return idt, c, nil
 }
 
 // authorizedParty applies OIDC Core 3.1.3.7 to an ID token's aud and azp,

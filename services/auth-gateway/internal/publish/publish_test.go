@@ -50,7 +50,7 @@ type harness struct {
 
 // newHarness connects a publisher to url; change, when given, adjusts its
 // configuration first.
-func newHarness(t *testing.T, url string, change ...func(*publish.Config)) *harness {
+func newHarness(t testing.TB, url string, change ...func(*publish.Config)) *harness {
 	t.Helper()
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
