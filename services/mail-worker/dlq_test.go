@@ -33,13 +33,9 @@ func newDLQFixture(t *testing.T) *dlqFixture {
 	t.Helper()
 	url := natstest.Start(t)
 	_, js := natstest.Connect(t, url)
+	natstest.CreateAuthEvents(t, js, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: eventsv1.StreamAuthEvents, Subjects: []string{eventsv1.StreamAuthEventsSubjects},
-	}); err != nil {
-		t.Fatal(err)
-	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if err := deadletter.Ensure(ctx, js, 1, log); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -18,28 +17,12 @@ import (
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/logtest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
 )
 
 const waitLong = 60 * time.Second
-
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // eventually polls cond until it holds; the test fails after waitLong.
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
@@ -69,7 +52,7 @@ func get(url string) (int, string) {
 
 type worker struct {
 	admin string // http://127.0.0.1:port
-	logs  *logBuffer
+	logs  *logtest.Buffer
 	stop  func() error
 }
 
@@ -77,7 +60,7 @@ type worker struct {
 // called.
 func startWorker(t *testing.T, env map[string]string) *worker {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &logtest.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, func(k string) string { return env[k] }, logs) }()
@@ -147,13 +130,9 @@ func TestWorkerEndToEnd(t *testing.T) {
 	})
 
 	_, js := natstest.Connect(t, natsURL)
+	natstest.CreateAuthEvents(t, js, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name: eventsv1.StreamAuthEvents, Subjects: []string{eventsv1.StreamAuthEventsSubjects},
-	}); err != nil {
-		t.Fatal(err)
-	}
 	eventually(t, "/readyz turns ready", func() (bool, string) {
 		code, body := get(w.admin + "/readyz")
 		return code == 200, body
@@ -314,14 +293,9 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 func TestWorkerReplicatesWhatItOwnsInACluster(t *testing.T) {
 	natsURL := natstest.StartCluster(t, 3)
 	_, js := natstest.Connect(t, natsURL)
+	natstest.CreateAuthEvents(t, js, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: eventsv1.StreamAuthEvents, Subjects: []string{eventsv1.StreamAuthEventsSubjects},
-		Storage: jetstream.FileStorage, Replicas: 3,
-	}); err != nil {
-		t.Fatal(err)
-	}
 	smtp := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS})
 	owned := []string{eventsv1.StreamDeadLetter, "KV_" + ledger.Bucket}
 	wantReplicas := func(when string) {

@@ -28,6 +28,7 @@ import (
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/logtest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
 )
@@ -82,7 +83,7 @@ func workerBinary(t *testing.T) string {
 type proc struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	logs   *logBuffer
+	logs   *logtest.Buffer
 	admin  string
 	exited chan struct{}
 	err    error // the exit status, once exited is closed
@@ -93,7 +94,7 @@ var adminRE = regexp.MustCompile(`msg="admin listening".* addr=(127\.0\.0\.1:\d+
 // startProc runs the worker binary with exactly env until the test ends.
 func startProc(t *testing.T, env map[string]string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, cmd: exec.Command(workerBinary(t), args...), logs: &logBuffer{}, exited: make(chan struct{})}
+	p := &proc{t: t, cmd: exec.Command(workerBinary(t), args...), logs: &logtest.Buffer{}, exited: make(chan struct{})}
 	for k, v := range env {
 		p.cmd.Env = append(p.cmd.Env, k+"="+v)
 	}
@@ -197,13 +198,7 @@ func newStack(t *testing.T) *stack {
 	natsSrv := natstest.StartServer(t)
 	url := natsSrv.URL
 	_, js := natstest.Connect(t, url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: eventsv1.StreamAuthEvents, Subjects: []string{eventsv1.StreamAuthEventsSubjects}, Storage: jetstream.FileStorage,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	natstest.CreateAuthEvents(t, js, 1)
 	smtp := smtptest.Start(t, smtptest.Options{TLS: smtptest.RequireStartTLS})
 	env := map[string]string{
 		"WORKER_ADMIN_ADDR":       "127.0.0.1:0",

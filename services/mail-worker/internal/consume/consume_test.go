@@ -1,14 +1,12 @@
 package consume
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,44 +15,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/logtest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 )
 
 const waitLong = 60 * time.Second
 
-func createStream(t testing.TB, js jetstream.JetStream) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name: eventsv1.StreamAuthEvents, Subjects: []string{eventsv1.StreamAuthEventsSubjects},
-		Storage: jetstream.FileStorage, MaxAge: 7 * 24 * time.Hour,
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestSetupWaitsForTheStream(t *testing.T) {
 	js := natstest.JetStream(t)
-	logs := &logBuffer{}
+	logs := &logtest.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
@@ -83,7 +52,7 @@ func TestSetupWaitsForTheStream(t *testing.T) {
 	default:
 	}
 
-	createStream(t, js)
+	natstest.CreateAuthEvents(t, js, 1)
 	r := <-done
 	if r.err != nil {
 		t.Fatalf("Setup: %v", r.err)

@@ -1,7 +1,6 @@
 package deliver
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -23,6 +22,7 @@ import (
 	"github.com/doorbell/doorbell/services/mail-worker/internal/consume"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/logtest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/relay"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
@@ -32,38 +32,6 @@ import (
 
 // waitLong bounds every wait; the machine is shared and slow at times.
 const waitLong = 60 * time.Second
-
-func createStream(t testing.TB, js jetstream.JetStream) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:     eventsv1.StreamAuthEvents,
-		Subjects: []string{eventsv1.StreamAuthEventsSubjects},
-		Storage:  jetstream.FileStorage,
-		MaxAge:   7 * 24 * time.Hour,
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 type harness struct {
 	t       testing.TB
@@ -75,7 +43,7 @@ type harness struct {
 	smtpM   *smtpsend.Metrics
 	cons    jetstream.Consumer
 	handler *Handler
-	logs    *logBuffer
+	logs    *logtest.Buffer
 	stop    func() // stops Run (and waits for it); idempotent
 	// handling counts the Handle calls Run has started and not finished.
 	// A handler counts its metrics and logs its line after JetStream has
@@ -123,9 +91,9 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 	}
 	natsSrv := natstest.StartServer(t)
 	_, js := natstest.Connect(t, natsSrv.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	createStream(t, js)
+	natstest.CreateAuthEvents(t, js, 1)
 	smtpSrv := smtptest.Start(t, opts.smtp)
-	logs := &logBuffer{}
+	logs := &logtest.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 	ctx, cancel := context.WithCancel(context.Background())

@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 )
 
 // readyWait bounds the wait for the server to accept connections; the test
@@ -120,6 +122,21 @@ func JetStream(t testing.TB) jetstream.JetStream {
 	t.Helper()
 	_, js := Connect(t, Start(t))
 	return js
+}
+
+// CreateAuthEvents creates AUTH_EVENTS with replicas copies, as the
+// auth-gateway does (file storage, kept 7 days), standing in for the
+// gateway in a test.
+func CreateAuthEvents(t testing.TB, js jetstream.JetStream, replicas int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), readyWait)
+	defer cancel()
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: eventsv1.StreamAuthEvents, Subjects: []string{eventsv1.StreamAuthEventsSubjects},
+		Storage: jetstream.FileStorage, MaxAge: 7 * 24 * time.Hour, Replicas: replicas,
+	}); err != nil {
+		t.Fatalf("create %s: %v", eventsv1.StreamAuthEvents, err)
+	}
 }
 
 // StartCluster runs a JetStream cluster of n nats-servers on loopback, each
