@@ -166,7 +166,7 @@ func (h *Handler) Handle(ctx context.Context, msg jetstream.Msg) {
 // email is claimed, every path records how the attempt ended, so that the
 // claim never outlives this delivery unless the worker dies.
 func (h *Handler) deliver(ctx context.Context, d delivery, ev *eventsv1.UserAuthenticated) outcome {
-	if o, cause, stop := h.mustWait(ctx, ""); stop {
+	if o, cause, stop := h.mustWait(ctx); stop {
 		return h.handBack(d, o, h.delayFor(cause, ledger.Email{}), cause)
 	}
 	// Bookkeeping outlives a shutdown: what the relay accepted is recorded.
@@ -186,12 +186,12 @@ func (h *Handler) deliver(ctx context.Context, d delivery, ev *eventsv1.UserAuth
 // mustWait says whether the message must go back to JetStream before it
 // is claimed, and why: the worker is stopping, or the relay fails
 // everyone. (A claimed email that meets either is handed back by settle.)
-func (h *Handler) mustWait(ctx context.Context, kind ledger.Kind) (outcome, string, bool) {
+func (h *Handler) mustWait(ctx context.Context) (outcome, string, bool) {
 	switch {
 	case ctx.Err() != nil:
-		return outcome{kind: kind, result: logShutdown, reason: "worker is stopping; handed back"}, causeShutdown, true
+		return outcome{result: logShutdown, reason: "worker is stopping; handed back"}, causeShutdown, true
 	case h.Gate.Paused():
-		return outcome{kind: kind, result: logRetry, reason: "the relay fails every email; handed back"}, causeRelay, true
+		return outcome{result: logRetry, reason: "the relay fails every email; handed back"}, causeRelay, true
 	}
 	return outcome{}, "", false
 }
@@ -214,62 +214,86 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 		if plan.Step == ledger.WaitOther && h.otherGone(ctx, plan.Email.Seq) {
 			plan = ledger.TakeOver(rec, plan.Email, d.Delivery)
 		}
-		o := outcome{kind: plan.Kind}
-		switch plan.Step {
-		case ledger.Duplicate:
-			h.Metrics.emails.WithLabelValues(string(plan.Kind), ResultDuplicate).Inc()
-			trace.SpanFromContext(ctx).SetAttributes(attrDuplicate.Bool(true))
-			o.result = logDuplicate
-			return claimed{}, h.ack(ctx, d, o), false
-		case ledger.Terminate:
-			o.result, o.reason = logFailed, "given up before; terminating again"
-			return claimed{}, h.term(d, o), false
-		case ledger.Wait:
-			o.result, o.reason = logWaiting, "another delivery of this message may still be sending it"
-			return claimed{}, h.handBack(d, o, h.AckWait, causeBusy), false
-		case ledger.WaitOther:
-			o.result, o.reason = logWaiting, "another message with this event is being sent"
-			return claimed{}, h.handBack(d, o, Backoff(h.Retry.BackoffBase, h.AckWait, d.Num, h.jitter()), causeBusy), false
-		case ledger.Told:
-			o.result, o.reason = logFolded, "told of in the alert of "+plan.Email.FoldedInto
-			return claimed{}, h.ack(ctx, d, o), false
-		case ledger.Hold, ledger.Nothing:
-			if plan.Changed {
-				if _, err := h.writeRecord(ctx, key, plan.Record, rev); errors.Is(err, ledger.ErrConflict) {
-					continue
-				} else if err != nil {
-					o.result, o.reason, o.err = logRetry, "cannot update the person's record", err
-					return claimed{}, h.retryLater(d, o), false
-				}
-			}
-			h.countDecision(plan)
-			if plan.Step == ledger.Hold {
-				o.result, o.reason = logHeld, "inside the alert window of the last alert; told of in the next"
-				return claimed{}, h.handBack(d, o, max(time.Second, plan.Until.Sub(d.Now)), causeWindow), false
-			}
-			o.result = logNothing
-			return claimed{}, h.ack(ctx, d, o), false
+		var (
+			c        claimed
+			o        outcome
+			ok, lost bool
+		)
+		if plan.Step == ledger.Send || plan.Step == ledger.Poison {
+			c, o, ok, lost = h.claimEmail(ctx, d, key, rev, plan)
+		} else {
+			o, lost = h.settleWithoutSending(ctx, d, key, rev, plan)
 		}
-		// Send or Poison: claim the email first.
-		next, err := h.writeRecord(ctx, key, plan.Record, rev)
-		if errors.Is(err, ledger.ErrConflict) {
-			continue
+		if !lost {
+			return c, o, ok
 		}
-		if err != nil {
-			// The write may have landed: then the next delivery finds this
-			// one's claim, waits one AckWait and takes over.
-			o.result, o.reason, o.err = logRetry, "cannot claim the email in the person's record", err
-			return claimed{}, h.retryLater(d, o), false
-		}
-		h.countDecision(plan)
-		h.Metrics.emails.WithLabelValues(string(ledger.NewDevice), ResultFolded).Add(float64(plan.NewlyFolded))
-		c := claimed{key: key, rev: next, rec: plan.Record, email: plan.Email, folded: plan.Folded}
-		if plan.Step == ledger.Poison {
-			return claimed{}, h.giveUp(ctx, d, &c, ReasonPoison, "the worker died or hung while sending it, time after time", nil), false
-		}
-		return c, outcome{}, true
 	}
 	return claimed{}, h.retryLater(d, outcome{result: logRetry, reason: "the person's record keeps changing"}), false
+}
+
+// settleWithoutSending settles a message whose plan sends nothing now,
+// storing the plan's record first when it changed. lost reports that
+// another writer changed the record since rev: read it again.
+func (h *Handler) settleWithoutSending(ctx context.Context, d delivery, key string, rev uint64, plan ledger.Plan) (o outcome, lost bool) {
+	o = outcome{kind: plan.Kind}
+	switch plan.Step {
+	case ledger.Duplicate:
+		h.Metrics.emails.WithLabelValues(string(plan.Kind), ResultDuplicate).Inc()
+		trace.SpanFromContext(ctx).SetAttributes(attrDuplicate.Bool(true))
+		o.result = logDuplicate
+		return h.ack(ctx, d, o), false
+	case ledger.Terminate:
+		o.result, o.reason = logFailed, "given up before; terminating again"
+		return h.term(d, o), false
+	case ledger.Wait:
+		o.result, o.reason = logWaiting, "another delivery of this message may still be sending it"
+		return h.handBack(d, o, h.AckWait, causeBusy), false
+	case ledger.WaitOther:
+		o.result, o.reason = logWaiting, "another message with this event is being sent"
+		return h.handBack(d, o, Backoff(h.Retry.BackoffBase, h.AckWait, d.Num, h.jitter()), causeBusy), false
+	case ledger.Told:
+		o.result, o.reason = logFolded, "told of in the alert of "+plan.Email.FoldedInto
+		return h.ack(ctx, d, o), false
+	}
+	// Hold or Nothing.
+	if plan.Changed {
+		if _, err := h.writeRecord(ctx, key, plan.Record, rev); errors.Is(err, ledger.ErrConflict) {
+			return o, true
+		} else if err != nil {
+			o.result, o.reason, o.err = logRetry, "cannot update the person's record", err
+			return h.retryLater(d, o), false
+		}
+	}
+	h.countDecision(plan)
+	if plan.Step == ledger.Hold {
+		o.result, o.reason = logHeld, "inside the alert window of the last alert; told of in the next"
+		return h.handBack(d, o, max(time.Second, plan.Until.Sub(d.Now)), causeWindow), false
+	}
+	o.result = logNothing
+	return h.ack(ctx, d, o), false
+}
+
+// claimEmail writes the plan's record, which claims the email (Send) or
+// marks it poison (Poison, then given up). lost reports that another
+// writer changed the record since rev: read it again.
+func (h *Handler) claimEmail(ctx context.Context, d delivery, key string, rev uint64, plan ledger.Plan) (c claimed, o outcome, ok, lost bool) {
+	next, err := h.writeRecord(ctx, key, plan.Record, rev)
+	if errors.Is(err, ledger.ErrConflict) {
+		return claimed{}, outcome{}, false, true
+	}
+	if err != nil {
+		// The write may have landed: then the next delivery finds this
+		// one's claim, waits one AckWait and takes over.
+		o = outcome{kind: plan.Kind, result: logRetry, reason: "cannot claim the email in the person's record", err: err}
+		return claimed{}, h.retryLater(d, o), false, false
+	}
+	h.countDecision(plan)
+	h.Metrics.emails.WithLabelValues(string(ledger.NewDevice), ResultFolded).Add(float64(plan.NewlyFolded))
+	c = claimed{key: key, rev: next, rec: plan.Record, email: plan.Email, folded: plan.Folded}
+	if plan.Step == ledger.Poison {
+		return claimed{}, h.giveUp(ctx, d, &c, ReasonPoison, "the worker died or hung while sending it, time after time", nil), false, false
+	}
+	return c, outcome{}, true, false
 }
 
 // countDecision counts what was decided for a sign-in, once it is stored.
@@ -326,8 +350,8 @@ func (h *Handler) send(ctx context.Context, d delivery, e ledger.Email, ev *even
 		span.SetStatus(codes.Error, failureReason(err))
 		return receipt, err
 	}
-	if at := ev.GetAuthenticatedAt(); at != nil && at.IsValid() {
-		telemetry.Observe(ctx, h.Metrics.loginToMail, receipt.AcceptedAt.Sub(at.AsTime()).Seconds())
+	if at := authenticatedAt(ev); !at.IsZero() {
+		telemetry.Observe(ctx, h.Metrics.loginToMail, receipt.AcceptedAt.Sub(at).Seconds())
 	}
 	return receipt, nil
 }
