@@ -110,12 +110,6 @@ func message(i int, email string) (*nats.Msg, error) {
 	}
 	msg := nats.NewMsg(eventsv1.SubjectUserAuthenticated)
 	msg.Data = data
-	msg.Header.Set(jetstream.MsgIDHeader, ev.EventId)
-	msg.Header.Set(eventsv1.HeaderContentType, eventsv1.ContentTypeProtobuf)
-	msg.Header.Set(eventsv1.HeaderSpecVersion, eventsv1.SpecVersion)
-	msg.Header.Set(eventsv1.HeaderID, ev.EventId)
-	msg.Header.Set(eventsv1.HeaderSource, Issuer)
-	msg.Header.Set(eventsv1.HeaderType, eventsv1.TypeUserAuthenticated)
-	msg.Header.Set(eventsv1.HeaderTime, now.UTC().Format(time.RFC3339Nano))
+	ev.SetHeaders(msg.Header.Set, Issuer)
 	return msg, nil
 }

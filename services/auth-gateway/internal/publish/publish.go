@@ -263,13 +263,7 @@ func (p *Publisher) message(ctx context.Context, ev *eventsv1.UserAuthenticated)
 	}
 	msg := nats.NewMsg(eventsv1.SubjectUserAuthenticated)
 	msg.Data = data
-	msg.Header.Set(jetstream.MsgIDHeader, id)
-	msg.Header.Set(eventsv1.HeaderContentType, eventsv1.ContentTypeProtobuf)
-	msg.Header.Set(eventsv1.HeaderSpecVersion, eventsv1.SpecVersion)
-	msg.Header.Set(eventsv1.HeaderID, id)
-	msg.Header.Set(eventsv1.HeaderSource, p.cfg.Source)
-	msg.Header.Set(eventsv1.HeaderType, eventsv1.TypeUserAuthenticated)
-	msg.Header.Set(eventsv1.HeaderTime, ev.GetAuthenticatedAt().AsTime().UTC().Format(time.RFC3339Nano))
+	ev.SetHeaders(msg.Header.Set, p.cfg.Source)
 	p.propagator.Inject(ctx, headerCarrier(msg.Header))
 	return msg, nil
 }
