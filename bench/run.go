@@ -231,14 +231,17 @@ func (b *bench) startSink(ctx context.Context, dir string, delay time.Duration) 
 	})
 }
 
-// stop stops a service after noting its peak RSS in phase.
-func (b *bench) stop(s *launch.Service, phase string) {
-	if rss, err := s.PeakRSS(); err == nil {
+// stop stops a service after noting its peak RSS in phase, and returns
+// that peak (0 when it could not be read).
+func (b *bench) stop(s *launch.Service, phase string) (peakRSS int64) {
+	rss, err := s.PeakRSS()
+	if err == nil {
 		b.res.notePeakRSS(s.Name, phase, rss)
 	}
 	if err := s.Stop(10 * time.Second); err != nil {
 		b.res.Notes = append(b.res.Notes, err.Error())
 	}
+	return rss
 }
 
 // timeoutNote records that a wait ended by its bound rather than by the

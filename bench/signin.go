@@ -6,7 +6,6 @@ import (
 	"os"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/doorbell/doorbell/bench/internal/browser"
@@ -31,8 +30,6 @@ type attempt struct {
 type measured struct {
 	run      load.Run
 	attempts []attempt
-	// warmedUp counts the sign-ins of the warm-up that succeeded.
-	warmedUp int
 	// cpu is the CPU time of each watched process over the run, by name,
 	// this one as harness.
 	cpu map[string]proc.Times
@@ -53,13 +50,9 @@ type driver func(d time.Duration, op load.Op) load.Run
 // allocations, around that run.
 func (b *bench) measure(ctx context.Context, svc *launch.Service, watch []*proc.Process, start, tag string, d time.Duration, drive driver) measured {
 	m := measured{mallocs: -1}
-	var warm atomic.Int64
 	drive(b.cfg.WarmupDuration, func(ctx context.Context, i int) {
-		if _, err := browser.SignIn(ctx, b.transport, start, fmt.Sprintf("%s-warm-%d@bench.localhost", tag, i), b.provider); err == nil {
-			warm.Add(1)
-		}
+		_, _ = browser.SignIn(ctx, b.transport, start, fmt.Sprintf("%s-warm-%d@bench.localhost", tag, i), b.provider)
 	})
-	m.warmedUp = int(warm.Load())
 	settle(ctx)
 
 	var mu sync.Mutex
@@ -74,8 +67,8 @@ func (b *bench) measure(ctx context.Context, svc *launch.Service, watch []*proc.
 	for _, p := range watch {
 		_ = proc.ResetPeakRSS(p.Pid()) // else the peak since start: an upper bound
 	}
+	mallocs0, mErr0 := svc.Mallocs(ctx) // before cpu0: the scrape is not a sign-in's
 	cpu0 := cpuTimes(watch)
-	mallocs0, mErr0 := svc.Mallocs(ctx)
 	m.run = drive(d, op)
 	cpu1 := cpuTimes(watch)
 	mallocs1, mErr1 := svc.Mallocs(ctx)

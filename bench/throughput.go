@@ -151,8 +151,7 @@ func (b *bench) drainBacklog(ctx context.Context, dir string, pool int) (drained
 	cancel()
 	d.worker.Stop()
 	d.nats.Stop()
-	d.workerRSS, _ = worker.PeakRSS()
-	b.stop(worker, "throughput")
+	d.workerRSS = b.stop(worker, "throughput")
 	d.receipts = sink.Receipts()
 	return d, err
 }

@@ -60,18 +60,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			"  Metrics:    http://%s/metrics, http://%s/metrics\n"+
 			"  NATS:       %s\n",
 			cfg.publicURL(), parts.inbox.HTTPURL(), cfg.gwAdminAddr, cfg.wkAdminAddr, parts.nats.ClientURL())
+		const noDashboard = "  Dashboard:  none without Prometheus (see the line above)\n"
 		switch {
 		case prom == nil:
-			b.WriteString(promLine)
+			b.WriteString(promLine + noDashboard)
 		case ready[promName]:
 			fmt.Fprintf(&b, "  Prometheus: http://%s/  (alerts: /alerts, targets: /targets)\n"+
 				"  Dashboard:  %s\n",
 				cfg.prometheusAddr, dashboardURL(cfg.prometheusAddr, dashboardGraphs))
 		default:
-			b.WriteString("  Prometheus: exited (see the prom lines above)\n")
-		}
-		if prom == nil || !ready[promName] {
-			b.WriteString("  Dashboard:  none without Prometheus (see the line above)\n")
+			b.WriteString("  Prometheus: exited (see the prom lines above)\n" + noDashboard)
 		}
 		b.WriteString("Press Ctrl-C to stop.\n\n")
 		return b.String()

@@ -93,13 +93,6 @@ func (r *Remote) read(lines *bufio.Scanner) {
 	}
 }
 
-// Count is how many messages the sink has reported so far.
-func (r *Remote) Count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.receipts)
-}
-
 // Receipts is a copy of the receipts so far, in the order they arrived.
 func (r *Remote) Receipts() []Receipt {
 	r.mu.Lock()
