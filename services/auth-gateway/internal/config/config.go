@@ -140,7 +140,7 @@ func Load(lookup func(string) (string, bool)) (*Config, error) {
 	if c.SpoolDir == "" && l.get("GATEWAY_SPOOL_MAX_EVENTS") != "" {
 		l.fail("GATEWAY_SPOOL_MAX_EVENTS", "is set but GATEWAY_SPOOL_DIR is not, so there is no spool: set GATEWAY_SPOOL_DIR to turn it on")
 	}
-	if c.SpoolDir != "" && len(c.CookieKeys) == 0 && l.get("GATEWAY_COOKIE_KEY_FILE") == "" {
+	if c.SpoolDir != "" && !l.cookieKeyGiven(c) {
 		l.fail("GATEWAY_SPOOL_DIR", "needs GATEWAY_COOKIE_KEY: spooled events are authenticated with a key derived from it, "+
 			"and with a random key a restarted gateway could not read what the last one spooled")
 	}
@@ -193,12 +193,18 @@ func (l *loader) offLoopback(c *Config) {
 		plainHTTP("GATEWAY_PROVIDERS_FILE", where+"github_auth_url ", p.GitHubAuthURL)
 		plainHTTP("GATEWAY_PROVIDERS_FILE", where+"github_token_url ", p.GitHubTokenURL)
 	}
-	if len(c.CookieKeys) == 0 && !allowRandomKey && !isLoopbackHost(c.PublicURL.Hostname()) && l.get("GATEWAY_COOKIE_KEY_FILE") == "" {
+	if !l.cookieKeyGiven(c) && !allowRandomKey && !isLoopbackHost(c.PublicURL.Hostname()) {
 		l.fail("GATEWAY_COOKIE_KEY", "not set, and GATEWAY_PUBLIC_URL is not on loopback: a random key at each start would end "+
 			"sessions at every restart, differ between replicas, and change every device id (a new-device email to everyone after "+
 			"each restart). Set the same key on every replica (make one with: openssl rand -base64 32), or set "+
 			"GATEWAY_ALLOW_RANDOM_COOKIE_KEY=true to accept all that")
 	}
+}
+
+// cookieKeyGiven reports whether a cookie key is set, in the variable or
+// in its file (one that failed to load is reported on its own).
+func (l *loader) cookieKeyGiven(c *Config) bool {
+	return len(c.CookieKeys) > 0 || l.get("GATEWAY_COOKIE_KEY_FILE") != ""
 }
 
 // isPlainHTTPOffLoopback reports whether v is an http:// URL whose host is

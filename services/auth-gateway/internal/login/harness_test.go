@@ -508,7 +508,6 @@ func (g *gateway) browser() *browser {
 			}
 			req.Header.Set("User-Agent", b.ua)
 			req.Header.Set("Accept-Language", b.lang)
-			req.Header.Set("Accept-Language", b.lang)
 			// Stop at the gateway, and at hosts that exist only in tests.
 			if req.URL.Host == g.url.Host || req.URL.Hostname() != "127.0.0.1" {
 				return http.ErrUseLastResponse

@@ -114,6 +114,10 @@ type Publisher struct {
 	// ensureSem lets one caller at a time look up or create the stream.
 	ensureSem   chan struct{}
 	streamKnown atomic.Bool
+	// adopted is set once the existing stream's replicas were looked at:
+	// a later look (after a publish got no answer) only checks its
+	// subjects.
+	adopted atomic.Bool
 	closed      chan struct{}
 	// connected wakes Run when the connection comes (back) up.
 	connected chan struct{}

@@ -85,7 +85,6 @@ func TestEventsJetStreamRefusesForGoodAreSetAside(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := testCtx(t)
 			dir := t.TempDir()
-			keys := testSpoolKeys()
 			// Spooled while NATS was unreachable: the big event first.
 			down := newHarness(t, "nats://"+freeAddr(t), func(c *publish.Config) {
 				c.Spool = openSpool(t, dir, 10, &syncBuffer{})
@@ -104,10 +103,7 @@ func TestEventsJetStreamRefusesForGoodAreSetAside(t *testing.T) {
 
 			url := tt.start(t)
 			logs := &syncBuffer{}
-			sp, err := spool.Open(dir, 10, keys, testLogger(logs))
-			if err != nil {
-				t.Fatal(err)
-			}
+			sp := openSpool(t, dir, 10, logs)
 			h := newHarness(t, url, func(c *publish.Config) {
 				c.Spool = sp
 				c.Timeout = time.Second

@@ -27,12 +27,10 @@ import (
 // testSpoolKeys are the keys every test spool is opened with.
 func testSpoolKeys() [][]byte { return [][]byte{bytes.Repeat([]byte{3}, 32)} }
 
-func testLogger(logs *syncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(logs, nil)) }
-
 // openSpool opens the spool in dir; its log lines go to logs.
 func openSpool(t *testing.T, dir string, max int, logs *syncBuffer) *spool.Spool {
 	t.Helper()
-	s, err := spool.Open(dir, max, testSpoolKeys(), testLogger(logs))
+	s, err := spool.Open(dir, max, testSpoolKeys(), slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatalf("spool.Open: %v", err)
 	}

@@ -57,7 +57,8 @@ const (
 // (an older version's default, one) is raised to that count; one an
 // operator made is left as it is, with a warning when it does not capture
 // user.authenticated. The count chosen is logged. Once the stream is known
-// this returns at once without I/O.
+// this returns at once without I/O; when a publish got no answer it looks
+// again, but only at the stream's subjects.
 func (p *Publisher) EnsureStream(ctx context.Context) error {
 	if p.streamKnown.Load() {
 		return nil
@@ -79,7 +80,11 @@ func (p *Publisher) EnsureStream(ctx context.Context) error {
 	case err != nil:
 		err = fmt.Errorf("publish: look up stream %s: %w", eventsv1.StreamAuthEvents, err)
 	default:
-		p.checkStream(ctx, s.CachedInfo().Config)
+		cfg := s.CachedInfo().Config
+		p.checkSubjects(cfg)
+		if !p.adopted.Swap(true) {
+			p.adoptStream(ctx, cfg)
+		}
 	}
 	if err != nil {
 		return err
@@ -107,15 +112,19 @@ func (p *Publisher) createStream(ctx context.Context) error {
 	return nil
 }
 
-// checkStream looks at the existing stream cfg: it warns when the stream
-// does not capture the subject events are published on, and raises the
-// replicas of a stream the gateway made to the configured count. Neither
-// stops publishing, so it returns nothing.
-func (p *Publisher) checkStream(ctx context.Context, cfg jetstream.StreamConfig) {
+// checkSubjects warns when the existing stream cfg does not capture the
+// subject events are published on.
+func (p *Publisher) checkSubjects(cfg jetstream.StreamConfig) {
 	if !captures(cfg.Subjects, eventsv1.SubjectUserAuthenticated) {
 		p.log.Warn("existing stream does not capture the subject events are published on; publishes will fail",
 			"stream", cfg.Name, "stream_subjects", cfg.Subjects, "subject", eventsv1.SubjectUserAuthenticated)
 	}
+}
+
+// adoptStream raises the replicas of an existing stream the gateway made
+// to the configured count, and logs what it found. It does not stop
+// publishing, so it returns nothing.
+func (p *Publisher) adoptStream(ctx context.Context, cfg jetstream.StreamConfig) {
 	if cfg.Description != streamDescription {
 		p.log.Info("stream found, made by an operator: left as it is", "stream", cfg.Name, "replicas", cfg.Replicas)
 		return
