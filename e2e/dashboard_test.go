@@ -111,7 +111,7 @@ func TestDashboardIsProvisionable(t *testing.T) {
 	root := repoRoot(t)
 	d := loadDashboard(t, root)
 	if d.UID != "doorbell" || d.Title != "Doorbell" {
-		t.Errorf("uid %q, title %q; links and the README expect uid doorbell, title Doorbell", d.UID, d.Title)
+		t.Errorf("uid %q, title %q; links and docs/dashboard.md expect uid doorbell, title Doorbell", d.UID, d.Title)
 	}
 
 	var provisioned struct {

@@ -39,7 +39,7 @@ import (
 )
 
 // deployServices are the Doorbell services: compose service names, Deployment
-// names and README "### <name>" configuration sections at once.
+// names and "## <name>" sections of docs/configuration.md at once.
 func deployServices() []string { return []string{"auth-gateway", "mail-worker"} }
 
 func TestDeployFiles(t *testing.T) {
@@ -105,7 +105,7 @@ func TestDeployChecksCatchMistakes(t *testing.T) {
 			thirty := int64(30)
 			d.kubeObject("Deployment", "mail-worker").workload.Template.Spec.TerminationGracePeriodSeconds = &thirty
 		}},
-		{"compose sets a variable the README does not document", composeEnvIsDocumented, func(d *deployFiles) {
+		{"compose sets a variable the configuration tables do not document", composeEnvIsDocumented, func(d *deployFiles) {
 			d.compose.Services["auth-gateway"].Environment["GATEWAY_LISTEN"] = "0.0.0.0:8080"
 		}},
 		{"compose sets a variable documented only for the other service", composeEnvIsDocumented, func(d *deployFiles) {
@@ -163,7 +163,7 @@ func TestDeployChecksCatchMistakes(t *testing.T) {
 		{"the Dex issuer differs from the gateway's OIDC_ISSUER", dexAcceptsGateway, func(d *deployFiles) {
 			d.dex.Issuer = "http://localhost:5556/dex"
 		}},
-		{"a ConfigMap sets a variable the README does not document", kubeEnvIsDocumented, func(d *deployFiles) {
+		{"a ConfigMap sets a variable the configuration tables do not document", kubeEnvIsDocumented, func(d *deployFiles) {
 			d.kubeObject("ConfigMap", "mail-worker").Data["SMTP_STARTTLS"] = "true"
 		}},
 		{"a ConfigMap leaves the gateway on loopback", kubeEnvIsDocumented, func(d *deployFiles) {
@@ -268,7 +268,7 @@ func TestDeployChecksCatchMistakes(t *testing.T) {
 // it are relative to root, with forward slashes, as in the files themselves.
 type deployFiles struct {
 	root           string
-	readme         map[string]map[string]bool // README section ("auth-gateway") → documented variables
+	documented     map[string]map[string]bool // docs/configuration.md section ("auth-gateway") → documented variables
 	compose        composeFile
 	dockerfiles    map[string]map[string]string // compose service → ENV of its Dockerfile's final stage
 	prometheus     prometheusConfig
@@ -606,12 +606,12 @@ func loadDeployFiles(t *testing.T, root string) *deployFiles {
 		kustomizations: map[string]*kustomization{},
 	}
 	var err error
-	if d.readme, err = readmeVariables(filepath.Join(root, "README.md")); err != nil {
+	if d.documented, err = documentedVariables(filepath.Join(root, "docs", "configuration.md")); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range deployServices() {
-		if len(d.readme[name]) == 0 {
-			t.Fatalf("README.md: no \"### %s\" table of variables under \"## Configuration\"", name)
+		if len(d.documented[name]) == 0 {
+			t.Fatalf("docs/configuration.md: no \"## %s\" table of variables", name)
 		}
 	}
 	decodeYAMLFile(t, d.path("docker-compose.yml"), &d.compose)
@@ -761,9 +761,9 @@ func decodeKubeObjects(t *testing.T, file, rel string) []*kubeObject {
 	}
 }
 
-// readmeVariables reads the README's "## Configuration" tables: under each
-// "### <service>" heading, rows start with "| `NAME`" or "| `A`, `B`".
-func readmeVariables(file string) (map[string]map[string]bool, error) {
+// documentedVariables reads the tables of docs/configuration.md: under each
+// "## <service>" heading, rows start with "| `NAME`" or "| `A`, `B`".
+func documentedVariables(file string) (map[string]map[string]bool, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return nil, err
@@ -771,16 +771,17 @@ func readmeVariables(file string) (map[string]map[string]bool, error) {
 	defer f.Close()
 	names := regexp.MustCompile("`([A-Z][A-Z0-9_]*)`")
 	vars := map[string]map[string]bool{}
-	inConfig, section := false, ""
+	section := ""
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
-		case strings.HasPrefix(line, "## "):
-			inConfig, section = strings.TrimSpace(line[3:]) == "Configuration", ""
-		case inConfig && strings.HasPrefix(line, "### "):
-			section = strings.TrimSpace(line[4:])
-		case inConfig && section != "" && strings.HasPrefix(line, "| `"):
+		case strings.HasPrefix(line, "#"):
+			section = ""
+			if name, ok := strings.CutPrefix(line, "## "); ok {
+				section = strings.TrimSpace(name)
+			}
+		case section != "" && strings.HasPrefix(line, "| `"):
 			firstCell := strings.SplitN(line, "|", 3)[1]
 			for _, m := range names.FindAllStringSubmatch(firstCell, -1) {
 				if vars[section] == nil {
@@ -930,10 +931,11 @@ func endpoint(rawURL string) (host, port string, err error) {
 	return u.Hostname(), port, nil
 }
 
-// undocumented reports the variables of env that section of the README does
-// not document; NAME_FILE counts as documented when NAME is.
+// undocumented reports the variables of env that section of
+// docs/configuration.md does not document; NAME_FILE counts as documented
+// when NAME is.
 func (d *deployFiles) undocumented(section string, env map[string]string) []string {
-	documented := d.readme[section]
+	documented := d.documented[section]
 	var bad []string
 	for name := range env {
 		if !documented[name] && !documented[strings.TrimSuffix(name, "_FILE")] {
@@ -1057,7 +1059,7 @@ func imagesListenOnAllInterfaces(d *deployFiles) []string {
 		if !ok {
 			continue // composeBuildsHaveDockerfiles reports it
 		}
-		for v := range d.readme[name] {
+		for v := range d.documented[name] {
 			if !strings.HasSuffix(v, "_ADDR") {
 				continue
 			}
@@ -1081,7 +1083,7 @@ func composeEnvIsDocumented(d *deployFiles) []string {
 		}
 		env := d.composeEnvOf(name)
 		for _, v := range d.undocumented(name, env) {
-			problems = append(problems, fmt.Sprintf("docker-compose.yml: service %s sets %s, which README.md does not document for %s", name, v, name))
+			problems = append(problems, fmt.Sprintf("docker-compose.yml: service %s sets %s, which docs/configuration.md does not document for %s", name, v, name))
 		}
 		for _, v := range loopbackAddrs(env) {
 			problems = append(problems, fmt.Sprintf("docker-compose.yml: service %s listens on %s; inside a container it must bind 0.0.0.0", name, v))
@@ -1310,7 +1312,7 @@ func kubeEnvIsDocumented(d *deployFiles) []string {
 			env, missing := d.kubeEnv(dep, c)
 			problems = append(problems, missing...)
 			for _, v := range d.undocumented(dep.Metadata.Name, env) {
-				problems = append(problems, fmt.Sprintf("%s: Deployment %s sets %s, which README.md does not document for %s", dep.file, dep.Metadata.Name, v, dep.Metadata.Name))
+				problems = append(problems, fmt.Sprintf("%s: Deployment %s sets %s, which docs/configuration.md does not document for %s", dep.file, dep.Metadata.Name, v, dep.Metadata.Name))
 			}
 			for _, v := range loopbackAddrs(env) {
 				problems = append(problems, fmt.Sprintf("%s: Deployment %s listens on %s; in a pod it must bind 0.0.0.0", dep.file, dep.Metadata.Name, v))

@@ -1,6 +1,6 @@
 // Command mail-worker consumes user.authenticated events from NATS JetStream
 // and emails people: a welcome on their first sign-in, an alert when they
-// sign in from a new device. See README and DESIGN.md for its settings.
+// sign in from a new device. See docs/configuration.md and DESIGN.md for its settings.
 package main
 
 import (
@@ -65,7 +65,7 @@ func main() {
 }
 
 const usage = `usage:
-  mail-worker              run the worker (settings from the environment, see README)
+  mail-worker              run the worker (settings from the environment, see docs/configuration.md)
   mail-worker dlq ...      inspect and redrive dead letters (mail-worker dlq help)
   mail-worker preview ...  render an email with the configured templates (mail-worker preview help)
 `

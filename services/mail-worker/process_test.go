@@ -431,8 +431,9 @@ func TestProcessKilledMidStreamAndRestarted(t *testing.T) {
 	s.waitSettled()
 	extra := s.duplicates(ids)
 	t.Logf("killed after %d emails; %d duplicates", killedAt, extra)
-	// Only a send accepted by the relay but not yet marked at the kill can
-	// go out twice (README, "No duplicates"): at most one per connection.
+	// Only a send accepted by the relay but not yet marked at the kill can go
+	// out twice (mail-worker README, "Delivery semantics"): at most one per
+	// connection.
 	if extra > 4 {
 		t.Errorf("%d duplicates, want at most SMTP_POOL_SIZE (4)", extra)
 	}

@@ -52,7 +52,8 @@ type WorkerSettings struct {
 }
 
 // workerEnv is the mail-worker's whole environment. The worker's variables
-// are documented in its README; keep every one the benchmark sets here.
+// are documented in docs/configuration.md; keep every one the benchmark sets
+// here.
 func workerEnv(s WorkerSettings, adminAddr string) []string {
 	host, port, _ := net.SplitHostPort(s.SMTPAddr)
 	return append(baseEnv(),
@@ -92,8 +93,8 @@ type GatewaySettings struct {
 	ClientSecret string
 }
 
-// gatewayEnv is the auth-gateway's whole environment (see the README's
-// configuration table).
+// gatewayEnv is the auth-gateway's whole environment (see the auth-gateway
+// table in docs/configuration.md).
 func gatewayEnv(s GatewaySettings, addr, adminAddr, cookieKey string) []string {
 	return append(baseEnv(),
 		"GATEWAY_ADDR="+addr,
