@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/admin"
@@ -89,27 +90,13 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	}
 	log := newLogger(cfg, logOut)
 
-	tracerProvider, stopTracing, err := telemetry.Setup(ctx, cfg.TraceExport)
+	tracer, flushTracing, err := startTracing(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// Last, so that the spans of the messages finished during the
-		// shutdown go out too.
-		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownReserve(cfg.ShutdownTimeout))
-		defer cancel()
-		if err := stopTracing(flushCtx); err != nil {
-			log.Warn("tracing: flushing spans at shutdown", "error", err)
-		}
-	}()
-	if cfg.TraceExport {
-		otelLog := log.With("component", "telemetry")
-		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
-			otelLog.Warn("tracing: spans not exported", "error", err)
-		}))
-		log.Info("tracing on: spans are exported over OTLP/HTTP to the collector OTEL_EXPORTER_OTLP_* names")
-	}
-	tracer := tracerProvider.Tracer(deliver.TracerName)
+	// Last, so that the spans of the messages finished during the shutdown
+	// go out too.
+	defer flushTracing()
 
 	reg := prometheus.NewRegistry()
 	if err := reg.Register(collectors.NewGoCollector()); err != nil {
@@ -300,6 +287,31 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// startTracing sets up the tracer provider (exporting only when
+// cfg.TraceExport) and returns the tracer of deliveries. The caller defers
+// flush, which sends the spans still buffered within the shutdown reserve.
+func startTracing(ctx context.Context, cfg config.Config, log *slog.Logger) (tracer trace.Tracer, flush func(), err error) {
+	tracerProvider, stopTracing, err := telemetry.Setup(ctx, cfg.TraceExport)
+	if err != nil {
+		return nil, nil, err
+	}
+	flush = func() {
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownReserve(cfg.ShutdownTimeout))
+		defer cancel()
+		if err := stopTracing(flushCtx); err != nil {
+			log.Warn("tracing: flushing spans at shutdown", "error", err)
+		}
+	}
+	if cfg.TraceExport {
+		otelLog := log.With("component", "telemetry")
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+			otelLog.Warn("tracing: spans not exported", "error", err)
+		}))
+		log.Info("tracing on: spans are exported over OTLP/HTTP to the collector OTEL_EXPORTER_OTLP_* names")
+	}
+	return tracerProvider.Tracer(deliver.TracerName), flush, nil
 }
 
 // consumeUntilDone waits for JetStream to be ready, opens the people's
