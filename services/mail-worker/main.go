@@ -98,18 +98,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	// go out too.
 	defer flushTracing()
 
-	reg := prometheus.NewRegistry()
-	if err := reg.Register(collectors.NewGoCollector()); err != nil {
-		return fmt.Errorf("register go collector: %w", err)
-	}
-	if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
-		return fmt.Errorf("register process collector: %w", err)
-	}
-	deliverMetrics, err := deliver.NewMetrics(reg)
-	if err != nil {
-		return err
-	}
-	smtpMetrics, err := smtpsend.NewMetrics(reg)
+	reg, deliverMetrics, smtpMetrics, err := newMetrics()
 	if err != nil {
 		return err
 	}
@@ -312,6 +301,26 @@ func startTracing(ctx context.Context, cfg config.Config, log *slog.Logger) (tra
 		log.Info("tracing on: spans are exported over OTLP/HTTP to the collector OTEL_EXPORTER_OTLP_* names")
 	}
 	return tracerProvider.Tracer(deliver.TracerName), flush, nil
+}
+
+// newMetrics builds the registry the admin server serves, with the Go
+// runtime's and the process's collectors and the series of deliveries and
+// of SMTP sends.
+func newMetrics() (reg *prometheus.Registry, dm *deliver.Metrics, sm *smtpsend.Metrics, err error) {
+	reg = prometheus.NewRegistry()
+	if err := reg.Register(collectors.NewGoCollector()); err != nil {
+		return nil, nil, nil, fmt.Errorf("register go collector: %w", err)
+	}
+	if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+		return nil, nil, nil, fmt.Errorf("register process collector: %w", err)
+	}
+	if dm, err = deliver.NewMetrics(reg); err != nil {
+		return nil, nil, nil, err
+	}
+	if sm, err = smtpsend.NewMetrics(reg); err != nil {
+		return nil, nil, nil, err
+	}
+	return reg, dm, sm, nil
 }
 
 // consumeUntilDone waits for JetStream to be ready, opens the people's
