@@ -103,41 +103,16 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		return err
 	}
 
-	renderer, err := render.New(render.Config{
-		TemplatesDir: cfg.TemplatesDir,
-		Language:     cfg.Locale,
-		Location:     cfg.TimeZone,
-		SiteName:     cfg.SiteName,
-		SecurityURL:  cfg.SecurityURL,
-	})
+	renderer, err := newRenderer(cfg)
 	if err != nil {
-		return fmt.Errorf("templates: %w", err)
+		return err
 	}
-	sender, err := smtpsend.New(smtpsend.Config{
-		Host:            cfg.SMTPHost,
-		Port:            cfg.SMTPPort,
-		Username:        cfg.SMTPUsername,
-		Password:        cfg.SMTPPassword,
-		Auth:            smtpsend.AuthMode(cfg.SMTPAuth),
-		OAuth2TokenFile: cfg.SMTPOAuth2TokenFile,
-		TLS:             smtpsend.TLSMode(cfg.SMTPTLS),
-		CAFile:          cfg.SMTPCAFile,
-		Timeout:         cfg.SMTPTimeout,
-		FinalTimeout:    cfg.SMTPFinalTimeout,
-		From:            cfg.MailFrom,
-		PoolSize:        cfg.SMTPPoolSize,
-		IdleTimeout:     cfg.SMTPIdleTimeout,
-		RateLimit:       cfg.SMTPRateLimit,
-	}, smtpMetrics, log)
+	sender, err := newSender(cfg, smtpMetrics, log)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = sender.Close() }()
-	gate, err := relay.New(sender.Check, relay.Config{
-		ProbeBase:    cfg.RelayProbeBase,
-		ProbeMax:     cfg.RelayProbeMax,
-		ProbeTimeout: 2 * cfg.SMTPTimeout,
-	}, reg, log)
+	gate, err := newGate(cfg, sender, reg, log)
 	if err != nil {
 		return err
 	}
@@ -321,6 +296,53 @@ func newMetrics() (reg *prometheus.Registry, dm *deliver.Metrics, sm *smtpsend.M
 		return nil, nil, nil, err
 	}
 	return reg, dm, sm, nil
+}
+
+// newRenderer loads the email templates: the embedded ones, overridden and
+// added to by those in MAIL_TEMPLATES_DIR.
+func newRenderer(cfg config.Config) (*render.Renderer, error) {
+	renderer, err := render.New(render.Config{
+		TemplatesDir: cfg.TemplatesDir,
+		Language:     cfg.Locale,
+		Location:     cfg.TimeZone,
+		SiteName:     cfg.SiteName,
+		SecurityURL:  cfg.SecurityURL,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("templates: %w", err)
+	}
+	return renderer, nil
+}
+
+// newSender builds the SMTP sender from the SMTP_* and MAIL_FROM settings;
+// the caller closes it.
+func newSender(cfg config.Config, metrics *smtpsend.Metrics, log *slog.Logger) (*smtpsend.Sender, error) {
+	return smtpsend.New(smtpsend.Config{
+		Host:            cfg.SMTPHost,
+		Port:            cfg.SMTPPort,
+		Username:        cfg.SMTPUsername,
+		Password:        cfg.SMTPPassword,
+		Auth:            smtpsend.AuthMode(cfg.SMTPAuth),
+		OAuth2TokenFile: cfg.SMTPOAuth2TokenFile,
+		TLS:             smtpsend.TLSMode(cfg.SMTPTLS),
+		CAFile:          cfg.SMTPCAFile,
+		Timeout:         cfg.SMTPTimeout,
+		FinalTimeout:    cfg.SMTPFinalTimeout,
+		From:            cfg.MailFrom,
+		PoolSize:        cfg.SMTPPoolSize,
+		IdleTimeout:     cfg.SMTPIdleTimeout,
+		RateLimit:       cfg.SMTPRateLimit,
+	}, metrics, log)
+}
+
+// newGate builds the gate that stops pulling messages while the relay fails
+// every email, and probes it with sender.Check until it answers again.
+func newGate(cfg config.Config, sender *smtpsend.Sender, reg prometheus.Registerer, log *slog.Logger) (*relay.Gate, error) {
+	return relay.New(sender.Check, relay.Config{
+		ProbeBase:    cfg.RelayProbeBase,
+		ProbeMax:     cfg.RelayProbeMax,
+		ProbeTimeout: 2 * cfg.SMTPTimeout,
+	}, reg, log)
 }
 
 // consumeUntilDone waits for JetStream to be ready, opens the people's
