@@ -117,41 +117,11 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		return err
 	}
 
-	smtpAuth := "none"
-	if cfg.SMTPUsername != "" {
-		smtpAuth = cfg.SMTPAuth
-	}
-	log.Info("mail-worker starting",
-		"admin_addr", cfg.AdminAddr, "nats_url", redactURL(cfg.NATSURL), "nats_stream_replicas", replicas.Setting(cfg.NATSReplicas),
-		"smtp", sender.Addr(), "smtp_auth", smtpAuth, "smtp_pool_size", cfg.SMTPPoolSize,
-		"smtp_rate_limit", cfg.SMTPRateLimit, "mail_from", cfg.MailFrom,
-		"templates_dir", cfg.TemplatesDir, "retry_horizon", cfg.RetryHorizon, "ack_wait", cfg.AckWait,
-		"smtp_final_timeout", cfg.SMTPFinalTimeout, "shutdown_timeout", cfg.ShutdownTimeout,
-		"tracing", cfg.TraceExport, "log_emails", cfg.LogEmails)
-	for _, v := range config.Ignored(getenv) {
-		log.Warn("a setting of an earlier version is set and ignored", "variable", v)
-	}
+	logStarting(cfg, getenv, sender, log)
 
-	natsClosed := make(chan struct{})
-	nc, err := nats.Connect(cfg.NATSURL,
-		nats.Name("doorbell-mail-worker"),
-		nats.RetryOnFailedConnect(true),
-		nats.MaxReconnects(-1),
-		nats.ConnectHandler(func(nc *nats.Conn) {
-			log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
-		}),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil { // nil: our own drain or close
-				log.Warn("nats disconnected; reconnecting", "error", err)
-			}
-		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
-		}),
-		nats.ClosedHandler(func(*nats.Conn) { close(natsClosed) }),
-	)
+	nc, natsClosed, err := connectNATS(cfg, log)
 	if err != nil {
-		return fmt.Errorf("nats: %w", err)
+		return err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
@@ -204,11 +174,11 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	checkCtx, cancelCheck := context.WithTimeout(ctx, startupCheckTimeout)
 	if err := sender.Check(checkCtx); err != nil {
 		log.Error("SMTP relay is not usable; emails wait in JetStream until it is (see /readyz)",
-			"host", cfg.SMTPHost, "port", cfg.SMTPPort, "tls", cfg.SMTPTLS, "auth", smtpAuth,
+			"host", cfg.SMTPHost, "port", cfg.SMTPPort, "tls", cfg.SMTPTLS, "auth", smtpAuth(cfg),
 			"error", err, "hint", smtpHint(err))
 		gate.Report(ctx, "", err) // pull nothing until a probe succeeds
 	} else {
-		log.Info("SMTP relay reachable", "smtp", sender.Addr(), "auth", smtpAuth)
+		log.Info("SMTP relay reachable", "smtp", sender.Addr(), "auth", smtpAuth(cfg))
 	}
 	cancelCheck()
 
@@ -343,6 +313,58 @@ func newGate(cfg config.Config, sender *smtpsend.Sender, reg prometheus.Register
 		ProbeMax:     cfg.RelayProbeMax,
 		ProbeTimeout: 2 * cfg.SMTPTimeout,
 	}, reg, log)
+}
+
+// logStarting logs the settings the worker runs with (never a secret), and
+// warns of each setting of an earlier version that is set and ignored.
+func logStarting(cfg config.Config, getenv func(string) string, sender *smtpsend.Sender, log *slog.Logger) {
+	log.Info("mail-worker starting",
+		"admin_addr", cfg.AdminAddr, "nats_url", redactURL(cfg.NATSURL), "nats_stream_replicas", replicas.Setting(cfg.NATSReplicas),
+		"smtp", sender.Addr(), "smtp_auth", smtpAuth(cfg), "smtp_pool_size", cfg.SMTPPoolSize,
+		"smtp_rate_limit", cfg.SMTPRateLimit, "mail_from", cfg.MailFrom,
+		"templates_dir", cfg.TemplatesDir, "retry_horizon", cfg.RetryHorizon, "ack_wait", cfg.AckWait,
+		"smtp_final_timeout", cfg.SMTPFinalTimeout, "shutdown_timeout", cfg.ShutdownTimeout,
+		"tracing", cfg.TraceExport, "log_emails", cfg.LogEmails)
+	for _, v := range config.Ignored(getenv) {
+		log.Warn("a setting of an earlier version is set and ignored", "variable", v)
+	}
+}
+
+// smtpAuth is the AUTH mechanism as the logs show it: "none" without
+// SMTP_USERNAME.
+func smtpAuth(cfg config.Config) string {
+	if cfg.SMTPUsername == "" {
+		return "none"
+	}
+	return cfg.SMTPAuth
+}
+
+// connectNATS connects to NATS_URL, retrying the first connect and every
+// reconnect without end, and logs each change of connection. closed is
+// closed once the connection is closed (after a drain); the caller closes nc.
+func connectNATS(cfg config.Config, log *slog.Logger) (nc *nats.Conn, closed <-chan struct{}, err error) {
+	natsClosed := make(chan struct{})
+	nc, err = nats.Connect(cfg.NATSURL,
+		nats.Name("doorbell-mail-worker"),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			log.Info("nats connected", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: our own drain or close
+				log.Warn("nats disconnected; reconnecting", "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { close(natsClosed) }),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("nats: %w", err)
+	}
+	return nc, natsClosed, nil
 }
 
 // consumeUntilDone waits for JetStream to be ready, opens the people's
