@@ -129,47 +129,14 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		return fmt.Errorf("jetstream: %w", err)
 	}
 
-	var consumer atomic.Pointer[jetstream.Consumer]
-	if err := consume.RegisterConsumerStats(reg, func(ctx context.Context) (*jetstream.ConsumerInfo, error) {
-		cons := consumer.Load()
-		if cons == nil {
-			return nil, errors.New("no consumer yet")
-		}
-		return (*cons).Info(ctx)
-	}); err != nil {
+	var consumer atomic.Pointer[jetstream.Consumer] // set once consuming starts
+	if err := registerConsumerStats(reg, &consumer); err != nil {
 		return err
 	}
-	checks := map[string]admin.Check{
-		"nats": func(context.Context) error {
-			if !nc.IsConnected() {
-				return fmt.Errorf("not connected (%s)", nc.Status())
-			}
-			return nil
-		},
-		"consumer": func(ctx context.Context) error {
-			cons := consumer.Load()
-			if cons == nil {
-				return fmt.Errorf("waiting for stream %s", eventsv1.StreamAuthEvents)
-			}
-			if _, err := (*cons).Info(ctx); err != nil {
-				return fmt.Errorf("consumer %s: %w", eventsv1.ConsumerMailWorker, err)
-			}
-			return nil
-		},
-		"smtp": func(context.Context) error { return sender.Status() },
-	}
-	ln, err := net.Listen("tcp", cfg.AdminAddr)
+	adminSrv, err := startAdmin(cfg.AdminAddr, reg, readinessChecks(nc, &consumer, sender), log)
 	if err != nil {
-		return fmt.Errorf("admin listener: %w", err)
+		return err
 	}
-	adminSrv := &http.Server{
-		Handler:           admin.Handler(reg, checks),
-		ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	adminDone := make(chan error, 1)
-	go func() { adminDone <- adminSrv.Serve(ln) }()
-	log.Info("admin listening", "addr", ln.Addr().String())
 
 	checkCtx, cancelCheck := context.WithTimeout(ctx, startupCheckTimeout)
 	if err := sender.Check(checkCtx); err != nil {
@@ -208,14 +175,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 			log.Warn("nats drain timed out")
 		}
 	}
-	shutdownCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), done)
-	defer cancel()
-	if err := adminSrv.Shutdown(shutdownCtx); err != nil {
-		log.Warn("admin server shutdown", "error", err)
-	}
-	if err := <-adminDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Warn("admin server", "error", err)
-	}
+	adminSrv.shutdown(ctx, done, log)
 	if runErr != nil {
 		return runErr
 	}
@@ -365,6 +325,82 @@ func connectNATS(cfg config.Config, log *slog.Logger) (nc *nats.Conn, closed <-c
 		return nil, nil, fmt.Errorf("nats: %w", err)
 	}
 	return nc, natsClosed, nil
+}
+
+// registerConsumerStats registers the gauges of the consumer's pending
+// messages on reg; none is exposed until consumer is set.
+func registerConsumerStats(reg prometheus.Registerer, consumer *atomic.Pointer[jetstream.Consumer]) error {
+	return consume.RegisterConsumerStats(reg, func(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+		cons := consumer.Load()
+		if cons == nil {
+			return nil, errors.New("no consumer yet")
+		}
+		return (*cons).Info(ctx)
+	})
+}
+
+// readinessChecks are what /readyz runs: the NATS connection, the consumer
+// (not ready until consumer is set) and the SMTP relay.
+func readinessChecks(nc *nats.Conn, consumer *atomic.Pointer[jetstream.Consumer], sender *smtpsend.Sender) map[string]admin.Check {
+	return map[string]admin.Check{
+		"nats": func(context.Context) error {
+			if !nc.IsConnected() {
+				return fmt.Errorf("not connected (%s)", nc.Status())
+			}
+			return nil
+		},
+		"consumer": func(ctx context.Context) error {
+			cons := consumer.Load()
+			if cons == nil {
+				return fmt.Errorf("waiting for stream %s", eventsv1.StreamAuthEvents)
+			}
+			if _, err := (*cons).Info(ctx); err != nil {
+				return fmt.Errorf("consumer %s: %w", eventsv1.ConsumerMailWorker, err)
+			}
+			return nil
+		},
+		"smtp": func(context.Context) error { return sender.Status() },
+	}
+}
+
+// adminServer serves the admin routes (/metrics, /healthz, /readyz) from
+// startAdmin until shutdown.
+type adminServer struct {
+	srv  *http.Server
+	done chan error // what Serve returned
+}
+
+// startAdmin listens on addr and serves reg and checks in the background.
+// The caller must call shutdown.
+func startAdmin(addr string, reg prometheus.Gatherer, checks map[string]admin.Check, log *slog.Logger) (*adminServer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	a := &adminServer{
+		srv: &http.Server{
+			Handler:           admin.Handler(reg, checks),
+			ReadHeaderTimeout: 5 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		},
+		done: make(chan error, 1),
+	}
+	go func() { a.done <- a.srv.Serve(ln) }()
+	log.Info("admin listening", "addr", ln.Addr().String())
+	return a, nil
+}
+
+// shutdown stops the server, letting requests in progress finish until
+// deadline, and waits for Serve to return.
+func (a *adminServer) shutdown(ctx context.Context, deadline time.Time, log *slog.Logger) {
+	shutdownCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	if err := a.srv.Shutdown(shutdownCtx); err != nil {
+		log.Warn("admin server shutdown", "error", err)
+	}
+	if err := <-a.done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("admin server", "error", err)
+	}
 }
 
 // consumeUntilDone waits for JetStream to be ready, opens the people's
