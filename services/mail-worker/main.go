@@ -119,28 +119,24 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 
 	logStarting(cfg, getenv, sender, log)
 
-	nc, natsClosed, err := connectNATS(cfg, log)
+	nc, err := connectNATS(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
+	defer nc.conn.Close()
 
 	var consumer atomic.Pointer[jetstream.Consumer] // set once consuming starts
 	if err := registerConsumerStats(reg, &consumer); err != nil {
 		return err
 	}
-	adminSrv, err := startAdmin(cfg.AdminAddr, reg, readinessChecks(nc, &consumer, sender), log)
+	adminSrv, err := startAdmin(cfg.AdminAddr, reg, readinessChecks(nc.conn, &consumer, sender), log)
 	if err != nil {
 		return err
 	}
 
 	checkSMTP(ctx, cfg, sender, gate, log)
 
-	runErr := consumeUntilDone(ctx, js, cfg, &consumer, &deliver.Handler{
+	runErr := consumeUntilDone(ctx, nc.js, cfg, &consumer, &deliver.Handler{
 		Sender:     sender,
 		Renderer:   renderer,
 		Gate:       gate,
@@ -159,13 +155,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	log.Info("shutting down")
 	done := time.Now().Add(shutdownReserve(cfg.ShutdownTimeout))
 	_ = sender.Close()
-	if err := nc.Drain(); err == nil {
-		select {
-		case <-natsClosed:
-		case <-time.After(time.Until(done)):
-			log.Warn("nats drain timed out")
-		}
-	}
+	nc.drain(done, log)
 	adminSrv.shutdown(ctx, done, log)
 	if runErr != nil {
 		return runErr
@@ -290,12 +280,19 @@ func smtpAuth(cfg config.Config) string {
 	return cfg.SMTPAuth
 }
 
+// natsConn is the worker's connection to NATS and JetStream.
+type natsConn struct {
+	conn   *nats.Conn
+	js     jetstream.JetStream
+	closed <-chan struct{} // closed once conn is closed (after a drain)
+}
+
 // connectNATS connects to NATS_URL, retrying the first connect and every
-// reconnect without end, and logs each change of connection. closed is
-// closed once the connection is closed (after a drain); the caller closes nc.
-func connectNATS(cfg config.Config, log *slog.Logger) (nc *nats.Conn, closed <-chan struct{}, err error) {
+// reconnect without end, and logs each change of connection. The caller
+// closes conn.
+func connectNATS(cfg config.Config, log *slog.Logger) (*natsConn, error) {
 	natsClosed := make(chan struct{})
-	nc, err = nats.Connect(cfg.NATSURL,
+	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("doorbell-mail-worker"),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
@@ -313,9 +310,26 @@ func connectNATS(cfg config.Config, log *slog.Logger) (nc *nats.Conn, closed <-c
 		nats.ClosedHandler(func(*nats.Conn) { close(natsClosed) }),
 	)
 	if err != nil {
-		return nil, nil, fmt.Errorf("nats: %w", err)
+		return nil, fmt.Errorf("nats: %w", err)
 	}
-	return nc, natsClosed, nil
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return &natsConn{conn: nc, js: js, closed: natsClosed}, nil
+}
+
+// drain drains the connection and waits until it is closed, at most until
+// deadline.
+func (c *natsConn) drain(deadline time.Time, log *slog.Logger) {
+	if err := c.conn.Drain(); err == nil {
+		select {
+		case <-c.closed:
+		case <-time.After(time.Until(deadline)):
+			log.Warn("nats drain timed out")
+		}
+	}
 }
 
 // registerConsumerStats registers the gauges of the consumer's pending
