@@ -97,7 +97,6 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	// Last, so that the spans of the messages finished during the shutdown
 	// go out too.
 	defer flushTracing()
-
 	reg, deliverMetrics, smtpMetrics, err := newMetrics()
 	if err != nil {
 		return err
@@ -116,7 +115,6 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	if err != nil {
 		return err
 	}
-
 	logStarting(cfg, getenv, sender, log)
 
 	nc, err := connectNATS(cfg, log)
@@ -124,7 +122,6 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		return err
 	}
 	defer nc.conn.Close()
-
 	var consumer atomic.Pointer[jetstream.Consumer] // set once consuming starts
 	if err := registerConsumerStats(reg, &consumer); err != nil {
 		return err
@@ -135,28 +132,9 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	}
 
 	checkSMTP(ctx, cfg, sender, gate, log)
-
-	runErr := consumeUntilDone(ctx, nc.js, cfg, &consumer, &deliver.Handler{
-		Sender:     sender,
-		Renderer:   renderer,
-		Gate:       gate,
-		Metrics:    deliverMetrics,
-		Log:        log,
-		AckWait:    cfg.AckWait,
-		Retry:      deliver.Retry{BackoffBase: cfg.BackoffBase, BackoffMax: cfg.BackoffMax, Horizon: cfg.RetryHorizon},
-		Policy:     ledger.Policy{AlertWindow: cfg.AlertWindow},
-		Tracer:     tracer,
-		Propagator: propagation.TraceContext{},
-		LogEmails:  cfg.LogEmails,
-	}, log)
-
-	// Shut down: consuming has stopped; close the SMTP sessions, flush
-	// NATS, stop the admin server, all within the reserve.
-	log.Info("shutting down")
-	done := time.Now().Add(shutdownReserve(cfg.ShutdownTimeout))
-	_ = sender.Close()
-	nc.drain(done, log)
-	adminSrv.shutdown(ctx, done, log)
+	h := newHandler(cfg, sender, renderer, gate, deliverMetrics, tracer, log)
+	runErr := consumeUntilDone(ctx, nc.js, cfg, &consumer, h, log)
+	shutdown(ctx, cfg, sender, nc, adminSrv, log)
 	if runErr != nil {
 		return runErr
 	}
@@ -462,6 +440,26 @@ func smtpHint(err error) string {
 	return ""
 }
 
+// newHandler builds the handler of deliveries; consumeUntilDone gives it
+// its stores.
+func newHandler(cfg config.Config, sender *smtpsend.Sender, renderer *render.Renderer, gate *relay.Gate,
+	metrics *deliver.Metrics, tracer trace.Tracer, log *slog.Logger,
+) *deliver.Handler {
+	return &deliver.Handler{
+		Sender:     sender,
+		Renderer:   renderer,
+		Gate:       gate,
+		Metrics:    metrics,
+		Log:        log,
+		AckWait:    cfg.AckWait,
+		Retry:      deliver.Retry{BackoffBase: cfg.BackoffBase, BackoffMax: cfg.BackoffMax, Horizon: cfg.RetryHorizon},
+		Policy:     ledger.Policy{AlertWindow: cfg.AlertWindow},
+		Tracer:     tracer,
+		Propagator: propagation.TraceContext{},
+		LogEmails:  cfg.LogEmails,
+	}
+}
+
 // consumeUntilDone waits for JetStream to be ready, opens the people's
 // records and the dead-letter stream, and consumes until ctx is done. h
 // gets its stores here.
@@ -501,6 +499,17 @@ func consumeUntilDone(ctx context.Context, js jetstream.JetStream, cfg config.Co
 	h.People, h.InStream, h.DeadLetters = people, deliver.StreamHas(stream), deadletter.NewPublisher(js, cfg.NATSReplicas, log)
 	ready.Store(&cons)
 	return consume.Run(ctx, cons, h.Handle, h.Gate, ccfg, log)
+}
+
+// shutdown runs once consuming has stopped (consume.Run waited for the
+// sends in flight): it closes the SMTP sessions, drains NATS and stops the
+// admin server, all within the reserve of WORKER_SHUTDOWN_TIMEOUT.
+func shutdown(ctx context.Context, cfg config.Config, sender *smtpsend.Sender, nc *natsConn, adminSrv *adminServer, log *slog.Logger) {
+	log.Info("shutting down")
+	done := time.Now().Add(shutdownReserve(cfg.ShutdownTimeout))
+	_ = sender.Close()
+	nc.drain(done, log)
+	adminSrv.shutdown(ctx, done, log)
 }
 
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
