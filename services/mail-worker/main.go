@@ -501,9 +501,9 @@ func consumeUntilDone(ctx context.Context, js jetstream.JetStream, cfg config.Co
 	return consume.Run(ctx, cons, h.Handle, h.Gate, ccfg, log)
 }
 
-// shutdown runs once consuming has stopped (consume.Run waited for the
-// sends in flight): it closes the SMTP sessions, drains NATS and stops the
-// admin server, all within the reserve of WORKER_SHUTDOWN_TIMEOUT.
+// shutdown runs once consuming has stopped (consume.Run gave the messages
+// in flight the rest of WORKER_SHUTDOWN_TIMEOUT): it closes the SMTP
+// sessions, drains NATS and stops the admin server, all within the reserve.
 func shutdown(ctx context.Context, cfg config.Config, sender *smtpsend.Sender, nc *natsConn, adminSrv *adminServer, log *slog.Logger) {
 	log.Info("shutting down")
 	done := time.Now().Add(shutdownReserve(cfg.ShutdownTimeout))
