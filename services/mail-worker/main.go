@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/admin"
@@ -89,19 +90,73 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	}
 	log := newLogger(cfg, logOut)
 
-	tracerProvider, stopTracing, err := telemetry.Setup(ctx, cfg.TraceExport)
+	tracer, flushTracing, err := startTracing(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// Last, so that the spans of the messages finished during the
-		// shutdown go out too.
+	// Last, so that the spans of the messages finished during the shutdown
+	// go out too.
+	defer flushTracing()
+	reg, deliverMetrics, smtpMetrics, err := newMetrics()
+	if err != nil {
+		return err
+	}
+
+	renderer, err := newRenderer(cfg)
+	if err != nil {
+		return err
+	}
+	sender, err := newSender(cfg, smtpMetrics, log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sender.Close() }()
+	gate, err := newGate(cfg, sender, reg, log)
+	if err != nil {
+		return err
+	}
+	logStarting(cfg, getenv, sender, log)
+
+	nc, err := connectNATS(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer nc.conn.Close()
+	var consumer atomic.Pointer[jetstream.Consumer] // set once consuming starts
+	if err := registerConsumerStats(reg, &consumer); err != nil {
+		return err
+	}
+	adminSrv, err := startAdmin(cfg.AdminAddr, reg, readinessChecks(nc.conn, &consumer, sender), log)
+	if err != nil {
+		return err
+	}
+
+	checkSMTP(ctx, cfg, sender, gate, log)
+	h := newHandler(cfg, sender, renderer, gate, deliverMetrics, tracer, log)
+	runErr := consumeUntilDone(ctx, nc.js, cfg, &consumer, h, log)
+	shutdown(ctx, cfg, sender, nc, adminSrv, log)
+	if runErr != nil {
+		return runErr
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// startTracing sets up the tracer provider (exporting only when
+// cfg.TraceExport) and returns the tracer of deliveries. The caller defers
+// flush, which sends the spans still buffered within the shutdown reserve.
+func startTracing(ctx context.Context, cfg config.Config, log *slog.Logger) (tracer trace.Tracer, flush func(), err error) {
+	tracerProvider, stopTracing, err := telemetry.Setup(ctx, cfg.TraceExport)
+	if err != nil {
+		return nil, nil, err
+	}
+	flush = func() {
 		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownReserve(cfg.ShutdownTimeout))
 		defer cancel()
 		if err := stopTracing(flushCtx); err != nil {
 			log.Warn("tracing: flushing spans at shutdown", "error", err)
 		}
-	}()
+	}
 	if cfg.TraceExport {
 		otelLog := log.With("component", "telemetry")
 		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
@@ -109,24 +164,32 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		}))
 		log.Info("tracing on: spans are exported over OTLP/HTTP to the collector OTEL_EXPORTER_OTLP_* names")
 	}
-	tracer := tracerProvider.Tracer(deliver.TracerName)
+	return tracerProvider.Tracer(deliver.TracerName), flush, nil
+}
 
-	reg := prometheus.NewRegistry()
+// newMetrics builds the registry the admin server serves, with the Go
+// runtime's and the process's collectors and the series of deliveries and
+// of SMTP sends.
+func newMetrics() (reg *prometheus.Registry, dm *deliver.Metrics, sm *smtpsend.Metrics, err error) {
+	reg = prometheus.NewRegistry()
 	if err := reg.Register(collectors.NewGoCollector()); err != nil {
-		return fmt.Errorf("register go collector: %w", err)
+		return nil, nil, nil, fmt.Errorf("register go collector: %w", err)
 	}
 	if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
-		return fmt.Errorf("register process collector: %w", err)
+		return nil, nil, nil, fmt.Errorf("register process collector: %w", err)
 	}
-	deliverMetrics, err := deliver.NewMetrics(reg)
-	if err != nil {
-		return err
+	if dm, err = deliver.NewMetrics(reg); err != nil {
+		return nil, nil, nil, err
 	}
-	smtpMetrics, err := smtpsend.NewMetrics(reg)
-	if err != nil {
-		return err
+	if sm, err = smtpsend.NewMetrics(reg); err != nil {
+		return nil, nil, nil, err
 	}
+	return reg, dm, sm, nil
+}
 
+// newRenderer loads the email templates: the embedded ones, overridden and
+// added to by those in MAIL_TEMPLATES_DIR.
+func newRenderer(cfg config.Config) (*render.Renderer, error) {
 	renderer, err := render.New(render.Config{
 		TemplatesDir: cfg.TemplatesDir,
 		Language:     cfg.Locale,
@@ -135,9 +198,15 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		SecurityURL:  cfg.SecurityURL,
 	})
 	if err != nil {
-		return fmt.Errorf("templates: %w", err)
+		return nil, fmt.Errorf("templates: %w", err)
 	}
-	sender, err := smtpsend.New(smtpsend.Config{
+	return renderer, nil
+}
+
+// newSender builds the SMTP sender from the SMTP_* and MAIL_FROM settings;
+// the caller closes it.
+func newSender(cfg config.Config, metrics *smtpsend.Metrics, log *slog.Logger) (*smtpsend.Sender, error) {
+	return smtpsend.New(smtpsend.Config{
 		Host:            cfg.SMTPHost,
 		Port:            cfg.SMTPPort,
 		Username:        cfg.SMTPUsername,
@@ -152,27 +221,25 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		PoolSize:        cfg.SMTPPoolSize,
 		IdleTimeout:     cfg.SMTPIdleTimeout,
 		RateLimit:       cfg.SMTPRateLimit,
-	}, smtpMetrics, log)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = sender.Close() }()
-	gate, err := relay.New(sender.Check, relay.Config{
+	}, metrics, log)
+}
+
+// newGate builds the gate that stops pulling messages while the relay fails
+// every email, and probes it with sender.Check until it answers again.
+func newGate(cfg config.Config, sender *smtpsend.Sender, reg prometheus.Registerer, log *slog.Logger) (*relay.Gate, error) {
+	return relay.New(sender.Check, relay.Config{
 		ProbeBase:    cfg.RelayProbeBase,
 		ProbeMax:     cfg.RelayProbeMax,
 		ProbeTimeout: 2 * cfg.SMTPTimeout,
 	}, reg, log)
-	if err != nil {
-		return err
-	}
+}
 
-	smtpAuth := "none"
-	if cfg.SMTPUsername != "" {
-		smtpAuth = cfg.SMTPAuth
-	}
+// logStarting logs the settings the worker runs with (never a secret), and
+// warns of each setting of an earlier version that is set and ignored.
+func logStarting(cfg config.Config, getenv func(string) string, sender *smtpsend.Sender, log *slog.Logger) {
 	log.Info("mail-worker starting",
 		"admin_addr", cfg.AdminAddr, "nats_url", redactURL(cfg.NATSURL), "nats_stream_replicas", replicas.Setting(cfg.NATSReplicas),
-		"smtp", sender.Addr(), "smtp_auth", smtpAuth, "smtp_pool_size", cfg.SMTPPoolSize,
+		"smtp", sender.Addr(), "smtp_auth", smtpAuth(cfg), "smtp_pool_size", cfg.SMTPPoolSize,
 		"smtp_rate_limit", cfg.SMTPRateLimit, "mail_from", cfg.MailFrom,
 		"templates_dir", cfg.TemplatesDir, "retry_horizon", cfg.RetryHorizon, "ack_wait", cfg.AckWait,
 		"smtp_final_timeout", cfg.SMTPFinalTimeout, "shutdown_timeout", cfg.ShutdownTimeout,
@@ -180,7 +247,28 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 	for _, v := range config.Ignored(getenv) {
 		log.Warn("a setting of an earlier version is set and ignored", "variable", v)
 	}
+}
 
+// smtpAuth is the AUTH mechanism as the logs show it: "none" without
+// SMTP_USERNAME.
+func smtpAuth(cfg config.Config) string {
+	if cfg.SMTPUsername == "" {
+		return "none"
+	}
+	return cfg.SMTPAuth
+}
+
+// natsConn is the worker's connection to NATS and JetStream.
+type natsConn struct {
+	conn   *nats.Conn
+	js     jetstream.JetStream
+	closed <-chan struct{} // closed once conn is closed (after a drain)
+}
+
+// connectNATS connects to NATS_URL, retrying the first connect and every
+// reconnect without end, and logs each change of connection. The caller
+// closes conn.
+func connectNATS(cfg config.Config, log *slog.Logger) (*natsConn, error) {
 	natsClosed := make(chan struct{})
 	nc, err := nats.Connect(cfg.NATSURL,
 		nats.Name("doorbell-mail-worker"),
@@ -200,25 +288,44 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		nats.ClosedHandler(func(*nats.Conn) { close(natsClosed) }),
 	)
 	if err != nil {
-		return fmt.Errorf("nats: %w", err)
+		return nil, fmt.Errorf("nats: %w", err)
 	}
-	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
 	}
+	return &natsConn{conn: nc, js: js, closed: natsClosed}, nil
+}
 
-	var consumer atomic.Pointer[jetstream.Consumer]
-	if err := consume.RegisterConsumerStats(reg, func(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+// drain drains the connection and waits until it is closed, at most until
+// deadline.
+func (c *natsConn) drain(deadline time.Time, log *slog.Logger) {
+	if err := c.conn.Drain(); err == nil {
+		select {
+		case <-c.closed:
+		case <-time.After(time.Until(deadline)):
+			log.Warn("nats drain timed out")
+		}
+	}
+}
+
+// registerConsumerStats registers the gauges of the consumer's pending
+// messages on reg; none is exposed until consumer is set.
+func registerConsumerStats(reg prometheus.Registerer, consumer *atomic.Pointer[jetstream.Consumer]) error {
+	return consume.RegisterConsumerStats(reg, func(ctx context.Context) (*jetstream.ConsumerInfo, error) {
 		cons := consumer.Load()
 		if cons == nil {
 			return nil, errors.New("no consumer yet")
 		}
 		return (*cons).Info(ctx)
-	}); err != nil {
-		return err
-	}
-	checks := map[string]admin.Check{
+	})
+}
+
+// readinessChecks are what /readyz runs: the NATS connection, the consumer
+// (not ready until consumer is set) and the SMTP relay.
+func readinessChecks(nc *nats.Conn, consumer *atomic.Pointer[jetstream.Consumer], sender *smtpsend.Sender) map[string]admin.Check {
+	return map[string]admin.Check{
 		"nats": func(context.Context) error {
 			if !nc.IsConnected() {
 				return fmt.Errorf("not connected (%s)", nc.Status())
@@ -237,35 +344,112 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		},
 		"smtp": func(context.Context) error { return sender.Status() },
 	}
-	ln, err := net.Listen("tcp", cfg.AdminAddr)
-	if err != nil {
-		return fmt.Errorf("admin listener: %w", err)
-	}
-	adminSrv := &http.Server{
-		Handler:           admin.Handler(reg, checks),
-		ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	adminDone := make(chan error, 1)
-	go func() { adminDone <- adminSrv.Serve(ln) }()
-	log.Info("admin listening", "addr", ln.Addr().String())
+}
 
-	checkCtx, cancelCheck := context.WithTimeout(ctx, startupCheckTimeout)
+// adminServer serves the admin routes (/metrics, /healthz, /readyz) from
+// startAdmin until shutdown.
+type adminServer struct {
+	srv  *http.Server
+	done chan error // what Serve returned
+}
+
+// startAdmin listens on addr and serves reg and checks in the background.
+// The caller must call shutdown.
+func startAdmin(addr string, reg prometheus.Gatherer, checks map[string]admin.Check, log *slog.Logger) (*adminServer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	a := &adminServer{
+		srv: &http.Server{
+			Handler:           admin.Handler(reg, checks),
+			ReadHeaderTimeout: 5 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		},
+		done: make(chan error, 1),
+	}
+	go func() { a.done <- a.srv.Serve(ln) }()
+	log.Info("admin listening", "addr", ln.Addr().String())
+	return a, nil
+}
+
+// shutdown stops the server, letting requests in progress finish until
+// deadline, and waits for Serve to return.
+func (a *adminServer) shutdown(ctx context.Context, deadline time.Time, log *slog.Logger) {
+	shutdownCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	if err := a.srv.Shutdown(shutdownCtx); err != nil {
+		log.Warn("admin server shutdown", "error", err)
+	}
+	if err := <-a.done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("admin server", "error", err)
+	}
+}
+
+// checkSMTP tries the relay once at start. When it is not usable, it logs
+// why and what to check, and pauses gate: nothing is pulled until a probe
+// succeeds.
+func checkSMTP(ctx context.Context, cfg config.Config, sender *smtpsend.Sender, gate *relay.Gate, log *slog.Logger) {
+	checkCtx, cancel := context.WithTimeout(ctx, startupCheckTimeout)
+	defer cancel()
 	if err := sender.Check(checkCtx); err != nil {
 		log.Error("SMTP relay is not usable; emails wait in JetStream until it is (see /readyz)",
-			"host", cfg.SMTPHost, "port", cfg.SMTPPort, "tls", cfg.SMTPTLS, "auth", smtpAuth,
+			"host", cfg.SMTPHost, "port", cfg.SMTPPort, "tls", cfg.SMTPTLS, "auth", smtpAuth(cfg),
 			"error", err, "hint", smtpHint(err))
 		gate.Report(ctx, "", err) // pull nothing until a probe succeeds
 	} else {
-		log.Info("SMTP relay reachable", "smtp", sender.Addr(), "auth", smtpAuth)
+		log.Info("SMTP relay reachable", "smtp", sender.Addr(), "auth", smtpAuth(cfg))
 	}
-	cancelCheck()
+}
 
-	runErr := consumeUntilDone(ctx, js, cfg, &consumer, &deliver.Handler{
+// smtpHint says what to check for an SMTP failure at start, in terms of
+// the worker's settings; "" when there is nothing specific to say.
+func smtpHint(err error) string {
+	var se *smtpsend.Error
+	if !errors.As(err, &se) {
+		return ""
+	}
+	switch {
+	case se.Reason == "no STARTTLS offered":
+		return "the relay does not offer STARTTLS: SMTP_TLS=implicit is for a port that speaks TLS from the first byte (usually 465); opportunistic or none only for a relay on this host"
+	case se.Reason == "not a tls server":
+		return "the relay does not speak TLS on this port: use SMTP_TLS=mandatory (STARTTLS) for 587 or 25, implicit for 465"
+	case se.Reason == "tls certificate not trusted":
+		return "set SMTP_CA_FILE to the relay's CA, or make SMTP_HOST match its certificate"
+	case se.Reason == "clear-text auth refused":
+		return "credentials are only sent encrypted: use SMTP_TLS=mandatory or implicit"
+	case se.Reason == "no AUTH offered":
+		return "the relay offers no AUTH on this connection: unset SMTP_USERNAME, or encrypt first (many relays offer AUTH only after STARTTLS)"
+	case se.Reason == "auth mechanism not offered":
+		return "set SMTP_AUTH=auto or to a mechanism the relay offers"
+	case se.Reason == "oauth2 token file unreadable":
+		return "check SMTP_OAUTH2_TOKEN_FILE (read on every connect)"
+	case se.Stage == smtpsend.StageAuth && se.Config:
+		return "the relay refused the credentials: check SMTP_USERNAME, SMTP_PASSWORD (or SMTP_OAUTH2_TOKEN_FILE) and SMTP_AUTH"
+	case se.Stage == smtpsend.StageMail && se.Config:
+		return "the relay refuses the sender: check MAIL_FROM, SMTP_USERNAME, SMTP_TLS and the relay's sender policy"
+	case se.Reason == "connection refused":
+		return "nothing listens on SMTP_HOST:SMTP_PORT"
+	case se.Reason == "timeout" && se.Stage == smtpsend.StageGreeting:
+		return "no greeting: if the port speaks TLS from the first byte (465), set SMTP_TLS=implicit"
+	case se.Reason == "timeout":
+		return "the relay does not answer: check SMTP_HOST, SMTP_PORT and firewalls"
+	case se.Reason == "dns lookup failed":
+		return "check SMTP_HOST"
+	}
+	return ""
+}
+
+// newHandler builds the handler of deliveries; consumeUntilDone gives it
+// its stores.
+func newHandler(cfg config.Config, sender *smtpsend.Sender, renderer *render.Renderer, gate *relay.Gate,
+	metrics *deliver.Metrics, tracer trace.Tracer, log *slog.Logger,
+) *deliver.Handler {
+	return &deliver.Handler{
 		Sender:     sender,
 		Renderer:   renderer,
 		Gate:       gate,
-		Metrics:    deliverMetrics,
+		Metrics:    metrics,
 		Log:        log,
 		AckWait:    cfg.AckWait,
 		Retry:      deliver.Retry{BackoffBase: cfg.BackoffBase, BackoffMax: cfg.BackoffMax, Horizon: cfg.RetryHorizon},
@@ -273,33 +457,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		Tracer:     tracer,
 		Propagator: propagation.TraceContext{},
 		LogEmails:  cfg.LogEmails,
-	}, log)
-
-	// Shut down: consuming has stopped; close the SMTP sessions, flush
-	// NATS, stop the admin server, all within the reserve.
-	log.Info("shutting down")
-	done := time.Now().Add(shutdownReserve(cfg.ShutdownTimeout))
-	_ = sender.Close()
-	if err := nc.Drain(); err == nil {
-		select {
-		case <-natsClosed:
-		case <-time.After(time.Until(done)):
-			log.Warn("nats drain timed out")
-		}
 	}
-	shutdownCtx, cancel := context.WithDeadline(context.WithoutCancel(ctx), done)
-	defer cancel()
-	if err := adminSrv.Shutdown(shutdownCtx); err != nil {
-		log.Warn("admin server shutdown", "error", err)
-	}
-	if err := <-adminDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Warn("admin server", "error", err)
-	}
-	if runErr != nil {
-		return runErr
-	}
-	log.Info("stopped")
-	return nil
 }
 
 // consumeUntilDone waits for JetStream to be ready, opens the people's
@@ -343,42 +501,15 @@ func consumeUntilDone(ctx context.Context, js jetstream.JetStream, cfg config.Co
 	return consume.Run(ctx, cons, h.Handle, h.Gate, ccfg, log)
 }
 
-// smtpHint says what to check for an SMTP failure at start, in terms of
-// the worker's settings; "" when there is nothing specific to say.
-func smtpHint(err error) string {
-	var se *smtpsend.Error
-	if !errors.As(err, &se) {
-		return ""
-	}
-	switch {
-	case se.Reason == "no STARTTLS offered":
-		return "the relay does not offer STARTTLS: SMTP_TLS=implicit is for a port that speaks TLS from the first byte (usually 465); opportunistic or none only for a relay on this host"
-	case se.Reason == "not a tls server":
-		return "the relay does not speak TLS on this port: use SMTP_TLS=mandatory (STARTTLS) for 587 or 25, implicit for 465"
-	case se.Reason == "tls certificate not trusted":
-		return "set SMTP_CA_FILE to the relay's CA, or make SMTP_HOST match its certificate"
-	case se.Reason == "clear-text auth refused":
-		return "credentials are only sent encrypted: use SMTP_TLS=mandatory or implicit"
-	case se.Reason == "no AUTH offered":
-		return "the relay offers no AUTH on this connection: unset SMTP_USERNAME, or encrypt first (many relays offer AUTH only after STARTTLS)"
-	case se.Reason == "auth mechanism not offered":
-		return "set SMTP_AUTH=auto or to a mechanism the relay offers"
-	case se.Reason == "oauth2 token file unreadable":
-		return "check SMTP_OAUTH2_TOKEN_FILE (read on every connect)"
-	case se.Stage == smtpsend.StageAuth && se.Config:
-		return "the relay refused the credentials: check SMTP_USERNAME, SMTP_PASSWORD (or SMTP_OAUTH2_TOKEN_FILE) and SMTP_AUTH"
-	case se.Stage == smtpsend.StageMail && se.Config:
-		return "the relay refuses the sender: check MAIL_FROM, SMTP_USERNAME, SMTP_TLS and the relay's sender policy"
-	case se.Reason == "connection refused":
-		return "nothing listens on SMTP_HOST:SMTP_PORT"
-	case se.Reason == "timeout" && se.Stage == smtpsend.StageGreeting:
-		return "no greeting: if the port speaks TLS from the first byte (465), set SMTP_TLS=implicit"
-	case se.Reason == "timeout":
-		return "the relay does not answer: check SMTP_HOST, SMTP_PORT and firewalls"
-	case se.Reason == "dns lookup failed":
-		return "check SMTP_HOST"
-	}
-	return ""
+// shutdown runs once consuming has stopped (consume.Run gave the messages
+// in flight the rest of WORKER_SHUTDOWN_TIMEOUT): it closes the SMTP
+// sessions, drains NATS and stops the admin server, all within the reserve.
+func shutdown(ctx context.Context, cfg config.Config, sender *smtpsend.Sender, nc *natsConn, adminSrv *adminServer, log *slog.Logger) {
+	log.Info("shutting down")
+	done := time.Now().Add(shutdownReserve(cfg.ShutdownTimeout))
+	_ = sender.Close()
+	nc.drain(done, log)
+	adminSrv.shutdown(ctx, done, log)
 }
 
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {

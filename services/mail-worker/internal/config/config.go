@@ -161,22 +161,49 @@ func Load(getenv func(string) string) (Config, error) {
 		LogEmails:      l.boolean("WORKER_LOG_EMAILS", false),
 		TraceExport:    l.traceExport(),
 	}
+	c.SMTPPort = l.smtpPort(c.SMTPTLS)
+	c.ShutdownTimeout = l.shutdownTimeout(c.SMTPFinalTimeout)
+	// Then the checks of values read above; errors are reported in this
+	// order.
+	l.checkSender(c)
+	l.checkRelay(c)
+	l.checkFiles(c)
+	l.checkRetry(c)
+	if err := errors.Join(l.errs...); err != nil {
+		return Config{}, fmt.Errorf("configuration: %w", err)
+	}
+	return c, nil
+}
+
+// smtpPort reads SMTP_PORT, whose default follows SMTP_TLS: 465 for
+// implicit TLS, else 587.
+func (l *loader) smtpPort(tls string) int {
 	defaultPort := 587
-	if c.SMTPTLS == TLSImplicit {
+	if tls == TLSImplicit {
 		defaultPort = 465
 	}
-	c.SMTPPort = l.port("SMTP_PORT", defaultPort)
+	return l.port("SMTP_PORT", defaultPort)
+}
+
+// shutdownTimeout reads WORKER_SHUTDOWN_TIMEOUT, which must leave room for
+// the relay's reply to an email it already has (SMTP_FINAL_TIMEOUT).
+func (l *loader) shutdownTimeout(finalTimeout time.Duration) time.Duration {
 	// SIGTERM waits for a send whose data the relay has (its final reply
 	// may take SMTP_FINAL_TIMEOUT), then records and acknowledges it.
-	minShutdown := c.SMTPFinalTimeout + shutdownMargin
-	c.ShutdownTimeout = l.duration("WORKER_SHUTDOWN_TIMEOUT", c.SMTPFinalTimeout+defaultShutdownMargin)
-	if c.ShutdownTimeout < minShutdown {
-		l.fail("WORKER_SHUTDOWN_TIMEOUT", c.ShutdownTimeout.String(),
+	minShutdown := finalTimeout + shutdownMargin
+	d := l.duration("WORKER_SHUTDOWN_TIMEOUT", finalTimeout+defaultShutdownMargin)
+	if d < minShutdown {
+		l.fail("WORKER_SHUTDOWN_TIMEOUT", d.String(),
 			fmt.Errorf("must be at least SMTP_FINAL_TIMEOUT (%s) + %s: a SIGTERM waits for the relay's reply to an email it already has, "+
 				"and cutting that wait could send the email twice; raise it to %s or more, or lower SMTP_FINAL_TIMEOUT",
-				c.SMTPFinalTimeout, shutdownMargin, minShutdown))
+				finalTimeout, shutdownMargin, minShutdown))
 	}
+	return d
+}
 
+// checkSender checks MAIL_FROM (an address the SMTP envelope can carry)
+// and MAIL_SITE_NAME (one line), which name the sender in every email.
+func (l *loader) checkSender(c Config) {
 	if from, err := mail.ParseAddress(c.MailFrom); err != nil {
 		l.fail("MAIL_FROM", c.MailFrom, fmt.Errorf("not an email address: %w", err))
 	} else if strings.ContainsAny(from.Address, "<> ") {
@@ -186,6 +213,12 @@ func Load(getenv func(string) string) (Config, error) {
 	if strings.ContainsAny(c.SiteName, "\r\n") {
 		l.fail("MAIL_SITE_NAME", c.SiteName, errors.New("must be one line"))
 	}
+}
+
+// checkRelay checks that the SMTP_* settings fit together (a host; the
+// credentials an AUTH mechanism needs) and the timings of the connections
+// to the relay and of its probes.
+func (l *loader) checkRelay(c Config) {
 	if c.SMTPHost == "" {
 		l.fail("SMTP_HOST", c.SMTPHost, errors.New("must not be empty"))
 	}
@@ -214,6 +247,11 @@ func Load(getenv func(string) string) (Config, error) {
 		l.fail("WORKER_RELAY_PROBE_BASE", c.RelayProbeBase.String(),
 			fmt.Errorf("must not exceed WORKER_RELAY_PROBE_MAX (%s)", c.RelayProbeMax))
 	}
+}
+
+// checkFiles checks that SMTP_CA_FILE and MAIL_TEMPLATES_DIR, when set,
+// name a file and a directory.
+func (l *loader) checkFiles(c Config) {
 	if c.SMTPCAFile != "" {
 		if _, err := os.Stat(c.SMTPCAFile); err != nil {
 			l.fail("SMTP_CA_FILE", c.SMTPCAFile, err)
@@ -226,6 +264,11 @@ func Load(getenv func(string) string) (Config, error) {
 			l.fail("MAIL_TEMPLATES_DIR", c.TemplatesDir, errors.New("not a directory"))
 		}
 	}
+}
+
+// checkRetry checks the WORKER_* settings of redelivery: the backoff, the
+// acknowledgement wait and the retry horizon.
+func (l *loader) checkRetry(c Config) {
 	if c.BackoffBase > c.BackoffMax {
 		l.fail("WORKER_BACKOFF_BASE", c.BackoffBase.String(),
 			fmt.Errorf("must not exceed WORKER_BACKOFF_MAX (%s)", c.BackoffMax))
@@ -238,10 +281,6 @@ func Load(getenv func(string) string) (Config, error) {
 		l.fail("WORKER_RETRY_HORIZON", c.RetryHorizon.String(),
 			fmt.Errorf("must be from 1m to %s (emails are remembered for 31 days; AUTH_EVENTS keeps events 7 days by default)", maxRetryHorizon))
 	}
-	if err := errors.Join(l.errs...); err != nil {
-		return Config{}, fmt.Errorf("configuration: %w", err)
-	}
-	return c, nil
 }
 
 // Ignored returns the variables of earlier versions that are set but mean
