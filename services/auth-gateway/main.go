@@ -18,8 +18,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
@@ -55,117 +57,202 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg, logOut)
+	g := &gateway{cfg: cfg, log: newLogger(cfg, logOut)}
+	if err := g.openKeys(); err != nil {
+		return err
+	}
+	stopTracing, err := g.openTelemetry(ctx)
+	if err != nil {
+		return err
+	}
+	// Last, so that the spans of the shutdown itself go out too.
+	defer g.flushSpans(ctx, stopTracing)
+	if err := g.openPublisher(); err != nil {
+		return err
+	}
+	if err := g.openLogin(); err != nil {
+		_ = g.pub.Close(ctx)
+		return err
+	}
+	if err := g.listen(); err != nil {
+		_ = g.pub.Close(ctx)
+		return err
+	}
+	g.start(ctx)
+	stopErr := g.wait(ctx)
+	g.shutdown()
+	return stopErr
+}
 
-	keys := cfg.CookieKeys
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// gateway holds the parts that run opens one after the other and shuts
+// down in turn. Its methods are run's steps, in the order run calls them;
+// each relies on the fields the ones before it set.
+type gateway struct {
+	cfg *config.Config
+	log *slog.Logger
+
+	sealer         *cookie.Sealer
+	deviceKey      []byte
+	tracerProvider trace.TracerProvider
+	reg            *prometheus.Registry
+	pub            *publish.Publisher
+	login          *login.Handler
+
+	publicLn, adminLn   net.Listener
+	publicSrv, adminSrv *http.Server
+	// serveErr receives what each server's serve returns.
+	serveErr chan error
+	// stopDrain stops the spool drainer, which closes drained once done.
+	stopDrain context.CancelFunc
+	drained   chan struct{}
+}
+
+// openKeys builds the cookie sealer and the device-id key. Without cookie
+// keys configured it makes a random one, and warns.
+func (g *gateway) openKeys() error {
+	keys := g.cfg.CookieKeys
 	if len(keys) == 0 {
 		k, err := cookie.RandomKey()
 		if err != nil {
 			return err
 		}
 		keys = [][]byte{k}
-		log.Warn("GATEWAY_COOKIE_KEY is not set: using a random key, so sessions and sign-ins in progress end with this process and are not shared with other replicas")
+		g.log.Warn("GATEWAY_COOKIE_KEY is not set: using a random key, so sessions and sign-ins in progress end with this process and are not shared with other replicas")
 	}
 	sealer, err := cookie.New(keys)
 	if err != nil {
 		return err
 	}
+	g.sealer = sealer
 	// Device ids feed "new device" emails, so they must survive key
 	// rotation: a dedicated key, else one derived from the last (oldest)
 	// cookie key, which adding a new key in front does not change.
-	deviceKey := cfg.DeviceKey
-	if deviceKey == nil {
-		if deviceKey, err = sealer.DeriveKey("device id"); err != nil {
+	g.deviceKey = g.cfg.DeviceKey
+	if g.deviceKey == nil {
+		if g.deviceKey, err = sealer.DeriveKey("device id"); err != nil {
 			return err
 		}
 	}
+	return nil
+}
 
-	tracerProvider, stopTracing, err := telemetry.Setup(ctx, cfg.TraceExport)
+// openTelemetry sets up tracing, and returns the function that flushes and
+// stops it (see flushSpans).
+func (g *gateway) openTelemetry(ctx context.Context) (stopTracing func(context.Context) error, err error) {
+	g.tracerProvider, stopTracing, err = telemetry.Setup(ctx, g.cfg.TraceExport)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer func() {
-		// Last, so that the spans of the shutdown itself go out too.
-		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-		defer cancel()
-		if err := stopTracing(flushCtx); err != nil {
-			log.Warn("tracing: flushing spans at shutdown", "err", err)
-		}
-	}()
-	if cfg.TraceExport {
-		otelLog := log.With("component", "telemetry")
+	if g.cfg.TraceExport {
+		otelLog := g.log.With("component", "telemetry")
 		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
 			otelLog.Warn("tracing: spans not exported", "err", err)
 		}))
-		log.Info("tracing on: spans are exported over OTLP/HTTP to the collector OTEL_EXPORTER_OTLP_* names")
+		g.log.Info("tracing on: spans are exported over OTLP/HTTP to the collector OTEL_EXPORTER_OTLP_* names")
 	}
+	return stopTracing, nil
+}
 
-	var sp *spool.Spool
-	if cfg.SpoolDir != "" {
-		// Spooled files are authenticated with keys only the gateway holds,
-		// rotating with the cookie keys.
-		spoolKeys, err := sealer.DeriveKeys("spool")
-		if err != nil {
-			return err
-		}
-		if sp, err = spool.Open(cfg.SpoolDir, cfg.SpoolMaxEvents, spoolKeys, log.With("component", "spool")); err != nil {
-			return fmt.Errorf("GATEWAY_SPOOL_DIR: %w", err)
-		}
-		depth, oldest := sp.Stats()
-		attrs := []any{"dir", cfg.SpoolDir, "max_events", cfg.SpoolMaxEvents, "events", depth}
-		if depth > 0 {
-			attrs = append(attrs, "oldest_spooled_at", oldest.UTC().Format(time.RFC3339))
-		}
-		log.Info("spool on: events JetStream does not acknowledge in time are kept on disk and published later", attrs...)
+// flushSpans flushes and stops tracing with stopTracing, within
+// shutdownTimeout even once ctx is done.
+func (g *gateway) flushSpans(ctx context.Context, stopTracing func(context.Context) error) {
+	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if err := stopTracing(flushCtx); err != nil {
+		g.log.Warn("tracing: flushing spans at shutdown", "err", err)
 	}
+}
 
-	reg := admin.NewRegistry()
-	pub, err := publish.Connect(publish.Config{
-		URL:            cfg.NATSURL,
+// openPublisher opens the spool, when configured, and connects the
+// publisher to NATS, its metrics on a new registry.
+func (g *gateway) openPublisher() error {
+	sp, err := g.openSpool()
+	if err != nil {
+		return err
+	}
+	g.reg = admin.NewRegistry()
+	g.pub, err = publish.Connect(publish.Config{
+		URL:            g.cfg.NATSURL,
 		Name:           "doorbell-auth-gateway",
-		Source:         cfg.PublicURL.String(),
-		Replicas:       cfg.StreamReplicas,
+		Source:         g.cfg.PublicURL.String(),
+		Replicas:       g.cfg.StreamReplicas,
 		Spool:          sp,
-		Timeout:        cfg.PublishTimeout,
-		TracerProvider: tracerProvider,
+		Timeout:        g.cfg.PublishTimeout,
+		TracerProvider: g.tracerProvider,
 		Propagator:     propagation.TraceContext{},
-	}, log.With("component", "publish"), publish.NewMetrics(reg))
-	if err != nil {
-		return err
-	}
-	gw, err := login.New(login.Config{
-		Providers:      cfg.Providers,
-		PublicURL:      cfg.PublicURL,
-		CookieDomain:   cfg.CookieDomain,
-		PublishTimeout: cfg.PublishTimeout,
-		SessionTTL:     cfg.SessionTTL,
-		DeviceKey:      deviceKey,
-		RedirectHosts:  cfg.RedirectHosts,
-		RateLimit:      rate.Limit(cfg.RateLimit),
-		RateBurst:      cfg.RateBurst,
-		TrustedProxies: cfg.TrustedProxies,
-		TracerProvider: tracerProvider,
-		LogEmails:      cfg.LogEmails,
-	}, sealer, pub, login.NewMetrics(reg), log.With("component", "login"))
-	if err != nil {
-		_ = pub.Close(ctx)
-		return err
-	}
+	}, g.log.With("component", "publish"), publish.NewMetrics(g.reg))
+	return err
+}
 
-	publicLn, err := net.Listen("tcp", cfg.Addr)
+// openSpool opens GATEWAY_SPOOL_DIR and says what it holds; it returns nil
+// when no spool is configured.
+func (g *gateway) openSpool() (*spool.Spool, error) {
+	if g.cfg.SpoolDir == "" {
+		return nil, nil
+	}
+	// Spooled files are authenticated with keys only the gateway holds,
+	// rotating with the cookie keys.
+	spoolKeys, err := g.sealer.DeriveKeys("spool")
 	if err != nil {
-		_ = pub.Close(ctx)
+		return nil, err
+	}
+	sp, err := spool.Open(g.cfg.SpoolDir, g.cfg.SpoolMaxEvents, spoolKeys, g.log.With("component", "spool"))
+	if err != nil {
+		return nil, fmt.Errorf("GATEWAY_SPOOL_DIR: %w", err)
+	}
+	depth, oldest := sp.Stats()
+	attrs := []any{"dir", g.cfg.SpoolDir, "max_events", g.cfg.SpoolMaxEvents, "events", depth}
+	if depth > 0 {
+		attrs = append(attrs, "oldest_spooled_at", oldest.UTC().Format(time.RFC3339))
+	}
+	g.log.Info("spool on: events JetStream does not acknowledge in time are kept on disk and published later", attrs...)
+	return sp, nil
+}
+
+// openLogin builds the login handler that serves the public endpoints.
+func (g *gateway) openLogin() error {
+	var err error
+	g.login, err = login.New(login.Config{
+		Providers:      g.cfg.Providers,
+		PublicURL:      g.cfg.PublicURL,
+		CookieDomain:   g.cfg.CookieDomain,
+		PublishTimeout: g.cfg.PublishTimeout,
+		SessionTTL:     g.cfg.SessionTTL,
+		DeviceKey:      g.deviceKey,
+		RedirectHosts:  g.cfg.RedirectHosts,
+		RateLimit:      rate.Limit(g.cfg.RateLimit),
+		RateBurst:      g.cfg.RateBurst,
+		TrustedProxies: g.cfg.TrustedProxies,
+		TracerProvider: g.tracerProvider,
+		LogEmails:      g.cfg.LogEmails,
+	}, g.sealer, g.pub, login.NewMetrics(g.reg), g.log.With("component", "login"))
+	return err
+}
+
+// listen opens the public and the admin address, and builds the servers
+// for them; it leaves nothing open when it fails.
+func (g *gateway) listen() error {
+	publicLn, err := net.Listen("tcp", g.cfg.Addr)
+	if err != nil {
 		return fmt.Errorf("listen on GATEWAY_ADDR: %w", err)
 	}
-	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	adminLn, err := net.Listen("tcp", g.cfg.AdminAddr)
 	if err != nil {
 		publicLn.Close()
-		_ = pub.Close(ctx)
 		return fmt.Errorf("listen on GATEWAY_ADMIN_ADDR: %w", err)
 	}
-	serverLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	publicSrv := &http.Server{
-		Handler:           gw,
+	g.publicLn, g.adminLn = publicLn, adminLn
+	serverLog := slog.NewLogLogger(g.log.Handler(), slog.LevelWarn)
+	g.publicSrv = &http.Server{
+		Handler:           g.login,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -173,11 +260,11 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          serverLog,
 	}
-	adminSrv := &http.Server{
-		Handler: admin.Handler(reg, map[string]admin.Checker{
-			"nats":     pub,
-			"provider": gw,
-		}, log.With("component", "admin")),
+	g.adminSrv = &http.Server{
+		Handler: admin.Handler(g.reg, map[string]admin.Checker{
+			"nats":     g.pub,
+			"provider": g.login,
+		}, g.log.With("component", "admin")),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -185,69 +272,27 @@ func run(ctx context.Context, lookup func(string) (string, bool), logOut io.Writ
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          serverLog,
 	}
-	serveErr := make(chan error, 2)
-	go func() { serveErr <- serve(publicSrv, publicLn) }()
-	go func() { serveErr <- serve(adminSrv, adminLn) }()
+	return nil
+}
+
+// start serves both addresses and drains the spool in the background,
+// says where the gateway listens, then makes first contact with the
+// provider and NATS.
+func (g *gateway) start(ctx context.Context) {
+	g.serveErr = make(chan error, 2)
+	go func() { g.serveErr <- serve(g.publicSrv, g.publicLn) }()
+	go func() { g.serveErr <- serve(g.adminSrv, g.adminLn) }()
 	// The spool drainer outlives ctx until the in-flight sign-ins, which
 	// may spool, are done.
 	drainCtx, stopDrain := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopDrain()
-	drained := make(chan struct{})
+	g.stopDrain = stopDrain
+	g.drained = make(chan struct{})
 	go func() {
-		defer close(drained)
-		pub.Run(drainCtx)
+		defer close(g.drained)
+		g.pub.Run(drainCtx)
 	}()
-	ids := make([]string, len(cfg.Providers))
-	for i, p := range cfg.Providers {
-		ids[i] = p.ID
-	}
-	log.Info("auth-gateway listening",
-		"addr", publicLn.Addr().String(), "admin_addr", adminLn.Addr().String(),
-		"public_url", cfg.PublicURL.String(), "providers", strings.Join(ids, ","),
-		"providers_file", cfg.ProvidersFile, "session_ttl", cfg.SessionTTL.String())
-	for _, id := range ids {
-		log.Info("provider ready to sign in; register its callback URL as a redirect URI there", "provider", id, "callback_url", gw.CallbackURL(id))
-	}
-	if cfg.DeviceKey == nil && len(cfg.CookieKeys) > 0 {
-		log.Info("GATEWAY_DEVICE_KEY is not set: device ids derive from the last GATEWAY_COOKIE_KEY, so they change (and people get new-device emails) when that key is dropped")
-	}
-
-	// First contact with the dependencies; failures are retried later.
-	checkCtx, cancel := context.WithTimeout(ctx, startupCheckTimeout)
-	if err := gw.Ready(checkCtx); err != nil {
-		log.Error("no identity provider usable; sign-ins answer 503 until discovery succeeds (retried on each sign-in and readiness check)", "err", err)
-	}
-	if err := pub.Ready(checkCtx); err != nil {
-		log.Warn("NATS not usable yet; the stream is checked again before the first publish", "err", err)
-	}
-	cancel()
-
-	var stopErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case stopErr = <-serveErr:
-		log.Error("server stopped", "err", stopErr)
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancel()
-	if err := publicSrv.Shutdown(shutdownCtx); err != nil {
-		log.Warn("public server did not finish in-flight requests in time", "err", err)
-	}
-	if err := adminSrv.Shutdown(shutdownCtx); err != nil {
-		log.Warn("admin server shutdown", "err", err)
-	}
-	stopDrain()
-	select {
-	case <-drained:
-	case <-shutdownCtx.Done():
-		log.Warn("spool drainer did not stop in time")
-	}
-	if err := pub.Close(shutdownCtx); err != nil {
-		log.Warn("nats drain", "err", err)
-	}
-	log.Info("stopped")
-	return stopErr
+	g.logListening()
+	g.checkDependencies(ctx)
 }
 
 // serve runs srv on ln until Shutdown; it returns nil after a Shutdown.
@@ -258,10 +303,71 @@ func serve(srv *http.Server, ln net.Listener) error {
 	return nil
 }
 
-func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
-	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+// logListening says where the gateway listens and which callback URL to
+// register at each provider.
+func (g *gateway) logListening() {
+	ids := make([]string, len(g.cfg.Providers))
+	for i, p := range g.cfg.Providers {
+		ids[i] = p.ID
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	g.log.Info("auth-gateway listening",
+		"addr", g.publicLn.Addr().String(), "admin_addr", g.adminLn.Addr().String(),
+		"public_url", g.cfg.PublicURL.String(), "providers", strings.Join(ids, ","),
+		"providers_file", g.cfg.ProvidersFile, "session_ttl", g.cfg.SessionTTL.String())
+	for _, id := range ids {
+		g.log.Info("provider ready to sign in; register its callback URL as a redirect URI there", "provider", id, "callback_url", g.login.CallbackURL(id))
+	}
+	if g.cfg.DeviceKey == nil && len(g.cfg.CookieKeys) > 0 {
+		g.log.Info("GATEWAY_DEVICE_KEY is not set: device ids derive from the last GATEWAY_COOKIE_KEY, so they change (and people get new-device emails) when that key is dropped")
+	}
+}
+
+// checkDependencies makes first contact with the providers and NATS,
+// within startupCheckTimeout. Failures are logged, not returned: both are
+// retried later.
+func (g *gateway) checkDependencies(ctx context.Context) {
+	checkCtx, cancel := context.WithTimeout(ctx, startupCheckTimeout)
+	defer cancel()
+	if err := g.login.Ready(checkCtx); err != nil {
+		g.log.Error("no identity provider usable; sign-ins answer 503 until discovery succeeds (retried on each sign-in and readiness check)", "err", err)
+	}
+	if err := g.pub.Ready(checkCtx); err != nil {
+		g.log.Warn("NATS not usable yet; the stream is checked again before the first publish", "err", err)
+	}
+}
+
+// wait blocks until ctx is cancelled or a server stops by itself, and
+// returns that server's error.
+func (g *gateway) wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		g.log.Info("shutting down")
+		return nil
+	case err := <-g.serveErr:
+		g.log.Error("server stopped", "err", err)
+		return err
+	}
+}
+
+// shutdown finishes in-flight requests, then stops the spool drainer, then
+// drains the NATS connection, all within shutdownTimeout.
+func (g *gateway) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := g.publicSrv.Shutdown(ctx); err != nil {
+		g.log.Warn("public server did not finish in-flight requests in time", "err", err)
+	}
+	if err := g.adminSrv.Shutdown(ctx); err != nil {
+		g.log.Warn("admin server shutdown", "err", err)
+	}
+	g.stopDrain()
+	select {
+	case <-g.drained:
+	case <-ctx.Done():
+		g.log.Warn("spool drainer did not stop in time")
+	}
+	if err := g.pub.Close(ctx); err != nil {
+		g.log.Warn("nats drain", "err", err)
+	}
+	g.log.Info("stopped")
 }

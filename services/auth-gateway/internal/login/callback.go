@@ -115,12 +115,7 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 	a, p, err := h.takeAttempt(w, r, q.Get("state"))
 	out.provider = p
 	if err != nil {
-		return &failure{
-			status: http.StatusBadRequest, reason: resultStateInvalid, level: slog.LevelWarn,
-			title:   "This sign-in link has expired",
-			message: "This sign-in link has expired or was already used. Start again.",
-			logMsg:  "callback rejected: sign-in attempt not valid", logErr: err.Error(),
-		}
+		return attemptInvalid(err)
 	}
 
 	// 2. Mix-up (RFC 9700 §4.4): an answer at another provider's callback,
@@ -139,12 +134,7 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 	}
 	code := q.Get("code")
 	if code == "" {
-		return &failure{
-			status: http.StatusBadRequest, reason: resultProviderError, level: slog.LevelWarn,
-			title:   "Incomplete answer from the identity provider",
-			message: "The identity provider's answer had no authorization code. Please start again.",
-			logMsg:  "callback rejected: no code parameter",
-		}
+		return codeMissing()
 	}
 
 	// 4. Redeem the code and learn who signed in, with a verified email.
@@ -160,8 +150,20 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 	// alike, so no sign-in makes an event JetStream refuses as too large.
 	id.name = truncate(id.name, maxName)
 
-	// 5. The event.
+	// 5. The event, published; no session without the ack.
 	now := h.cfg.Now()
+	if f := h.publishEvent(w, r, now, p, id, out); f != nil {
+		return f
+	}
+
+	// 6. The session, then back to where the person started.
+	return h.startSession(w, now, p, id, a.Return)
+}
+
+// publishEvent builds the sign-in's event and publishes it, waiting for
+// the ack within PublishTimeout. It records the event id and whether the
+// event was spooled in out.
+func (h *Handler) publishEvent(w http.ResponseWriter, r *http.Request, now time.Time, p *provider, id identity, out *outcome) *failure {
 	ev, err := h.newEvent(w, r, now, p, id)
 	if err != nil {
 		f := internalError(err)
@@ -169,7 +171,6 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 	}
 	out.eventID = ev.GetEventId()
 
-	// 6. Publish and wait for the ack; no session without it.
 	pctx, cancel := context.WithTimeout(r.Context(), h.cfg.PublishTimeout)
 	defer cancel()
 	ack, err := h.publisher.Publish(pctx, ev)
@@ -183,9 +184,12 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 		}
 	}
 	out.spooled = ack.Spooled
+	return nil
+}
 
-	// 7. The session (and the ID token, for signing out at the provider),
-	// then back to where the person started.
+// startSession sets the session cookie (and keeps the ID token, for
+// signing out at the provider), then redirects to returnTo.
+func (h *Handler) startSession(w http.ResponseWriter, now time.Time, p *provider, id identity, returnTo string) *failure {
 	session, err := h.setSession(w, now, Session{
 		Issuer: id.issuer, Subject: id.subject, Provider: p.cfg.ID,
 		Email: id.email, Name: id.name,
@@ -197,7 +201,7 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 		f := internalError(err)
 		return &f
 	}
-	w.Header().Set("Location", a.Return)
+	w.Header().Set("Location", returnTo)
 	w.WriteHeader(http.StatusFound)
 	return nil
 }
@@ -291,6 +295,24 @@ func plausibleEmail(s string) bool {
 // printable reports whether s is valid UTF-8 with no control characters.
 func printable(s string) bool {
 	return utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || (r >= 0x7f && r <= 0x9f) })
+}
+
+func attemptInvalid(err error) *failure {
+	return &failure{
+		status: http.StatusBadRequest, reason: resultStateInvalid, level: slog.LevelWarn,
+		title:   "This sign-in link has expired",
+		message: "This sign-in link has expired or was already used. Start again.",
+		logMsg:  "callback rejected: sign-in attempt not valid", logErr: err.Error(),
+	}
+}
+
+func codeMissing() *failure {
+	return &failure{
+		status: http.StatusBadRequest, reason: resultProviderError, level: slog.LevelWarn,
+		title:   "Incomplete answer from the identity provider",
+		message: "The identity provider's answer had no authorization code. Please start again.",
+		logMsg:  "callback rejected: no code parameter",
+	}
 }
 
 func providerRefused(code string) *failure {

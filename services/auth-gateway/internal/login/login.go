@@ -185,29 +185,10 @@ type Handler struct {
 // New builds the handler. It does no I/O: provider discovery happens on the
 // first call to Ready or on the first sign-in with each provider.
 func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog.Logger) (*Handler, error) {
-	switch {
-	case len(cfg.Providers) == 0:
-		return nil, errors.New("login: at least one provider is required")
-	case cfg.PublicURL == nil || cfg.PublicURL.Host == "":
-		return nil, errors.New("login: public URL is required")
-	case cfg.PublishTimeout <= 0:
-		return nil, errors.New("login: publish timeout must be positive")
-	case cfg.SessionTTL <= 0:
-		return nil, errors.New("login: session lifetime must be positive")
-	case len(cfg.DeviceKey) != 32:
-		return nil, errors.New("login: device key must be 32 bytes")
-	case cfg.RateLimit <= 0 || cfg.RateBurst < 1:
-		return nil, errors.New("login: rate limit and burst must be positive")
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = providerClient()
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.TracerProvider == nil {
-		cfg.TracerProvider = noop.NewTracerProvider()
-	}
+	cfg = cfg.withDefaults()
 	tracer := cfg.TracerProvider.Tracer(tracerName)
 	pg, err := parsePages()
 	if err != nil {
@@ -248,28 +229,78 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 	if secure && cfg.CookieDomain == "" {
 		h.sessionCookie = hostSessionCookie
 	}
-	for _, pc := range cfg.Providers {
+	if err := h.addProviders(); err != nil {
+		return nil, err
+	}
+	h.route()
+	return h, nil
+}
+
+// validate checks the settings New has no default for.
+func (cfg Config) validate() error {
+	switch {
+	case len(cfg.Providers) == 0:
+		return errors.New("login: at least one provider is required")
+	case cfg.PublicURL == nil || cfg.PublicURL.Host == "":
+		return errors.New("login: public URL is required")
+	case cfg.PublishTimeout <= 0:
+		return errors.New("login: publish timeout must be positive")
+	case cfg.SessionTTL <= 0:
+		return errors.New("login: session lifetime must be positive")
+	case len(cfg.DeviceKey) != 32:
+		return errors.New("login: device key must be 32 bytes")
+	case cfg.RateLimit <= 0 || cfg.RateBurst < 1:
+		return errors.New("login: rate limit and burst must be positive")
+	}
+	return nil
+}
+
+// withDefaults returns cfg with the defaults Config promises for its nil
+// fields: the HTTP client, the clock and the tracer provider.
+func (cfg Config) withDefaults() Config {
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = providerClient()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = noop.NewTracerProvider()
+	}
+	return cfg
+}
+
+// addProviders builds the configured providers, each with its callback
+// path, in order, and starts their metric series at zero. It fails on an
+// id that is empty, reserved or used twice.
+func (h *Handler) addProviders() error {
+	for _, pc := range h.cfg.Providers {
 		if _, dup := h.providers[pc.ID]; dup {
-			return nil, fmt.Errorf("login: provider id %q used twice", pc.ID)
+			return fmt.Errorf("login: provider id %q used twice", pc.ID)
 		}
 		if pc.ID == "" || pc.ID == UnknownProvider {
-			return nil, fmt.Errorf("login: provider id %q is not usable", pc.ID)
+			return fmt.Errorf("login: provider id %q is not usable", pc.ID)
 		}
 		path := callbackPath
-		if len(cfg.Providers) > 1 {
+		if len(h.cfg.Providers) > 1 {
 			path += "/" + pc.ID
 		}
-		p, err := newProvider(pc, path, cfg.PublicURL.String()+path, cfg.HTTPClient, tracer)
+		p, err := newProvider(pc, path, h.cfg.PublicURL.String()+path, h.cfg.HTTPClient, h.tracer)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		h.providers[pc.ID] = p
 		h.order = append(h.order, p)
-		m.initProvider(pc.ID)
+		h.metrics.initProvider(pc.ID)
 	}
 	if len(h.order) > 1 {
-		m.initUnknownProvider()
+		h.metrics.initUnknownProvider()
 	}
+	return nil
+}
+
+// route registers the public endpoints on h.mux.
+func (h *Handler) route() {
 	h.mux.HandleFunc("GET /{$}", h.home)
 	h.mux.HandleFunc("GET /login", h.login)
 	h.mux.HandleFunc("GET "+callbackPath, h.callback)
@@ -279,7 +310,6 @@ func New(cfg Config, sealer *cookie.Sealer, pub Publisher, m *Metrics, log *slog
 	h.mux.HandleFunc("GET /logout", h.logoutPage)
 	h.mux.HandleFunc("POST /logout", h.logout)
 	h.mux.HandleFunc("/", h.notFound)
-	return h, nil
 }
 
 // CallbackURL is the redirect URI to register for the provider id at the
