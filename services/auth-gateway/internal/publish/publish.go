@@ -118,7 +118,7 @@ type Publisher struct {
 	// a later look (after a publish got no answer) only checks its
 	// subjects.
 	adopted atomic.Bool
-	closed      chan struct{}
+	closed  chan struct{}
 	// connected wakes Run when the connection comes (back) up.
 	connected chan struct{}
 }
