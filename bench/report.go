@@ -170,7 +170,7 @@ func printThroughput(w io.Writer, rows []ThroughputRow) {
 			row.NetSMTPPerSecond, row.Ratio, row.JetStreamOnlyPerSecond, row.Ceiling, row.WorkerCPUPerEmailUs, row.NATSCPUPerEmailUs,
 			row.WorkerPeakRSSMB, row.MeanBytes, row.Delivered, row.Events)
 	}
-	fmt.Fprintf(w, "(JetStream only: the worker's round trips per event, read, claim, record, ack, with no rendering or SMTP;\n ceiling: that rate ÷ net/smtp, the ratio a worker with these guarantees could reach here at most)\n")
+	fmt.Fprintf(w, "(JetStream only: the worker's round trips per event, claim, record, ack, with as many handlers, with no rendering or SMTP;\n ceiling: that rate ÷ net/smtp, the ratio a worker with these guarantees could reach here at most)\n")
 }
 
 func printLatency(w io.Writer, rows []SignInRow, pool string) {

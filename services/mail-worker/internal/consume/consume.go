@@ -22,9 +22,10 @@ type Config struct {
 	// AckWait is how long JetStream waits for an acknowledgement (or a
 	// progress report) before it delivers a message again.
 	AckWait time.Duration
-	// Concurrency is how many messages are handled at once. Use twice the
-	// SMTP pool size: a handler holds a connection only while it sends, and
-	// spends the rest of its time on NATS round trips. 1 when zero.
+	// Concurrency is how many messages are handled at once. Use a few times
+	// the SMTP pool size (the worker uses four): a handler holds a
+	// connection only while it sends, and spends the rest of its time on
+	// NATS round trips. 1 when zero.
 	Concurrency int
 	// Horizon is the retry horizon (Retry.Horizon); Setup warns when the
 	// stream keeps events for less.

@@ -44,9 +44,11 @@ type Renderer interface {
 }
 
 // People reads and writes the records of people, with compare-and-set.
-// *ledger.Store is one.
+// Recent guesses a record without a read (as the People last saw it;
+// nil and 0 when they know of none). *ledger.Store is one.
 type People interface {
 	Get(ctx context.Context, key string) (*ledger.Record, uint64, error)
+	Recent(key string) (*ledger.Record, uint64)
 	Put(ctx context.Context, key string, r ledger.Record, rev uint64) (uint64, error)
 }
 
@@ -200,17 +202,27 @@ func (h *Handler) mustWait(ctx context.Context) (outcome, string, bool) {
 // email (ok) or settles the message: a duplicate, nothing to send, held
 // elsewhere, given up before. A record changed by another writer in
 // between is read again.
+//
+// The first round decides on the record as this worker last saw it
+// (People.Recent), without a read: a decision that stores a record is
+// checked by its compare-and-set; any other is made again on a record
+// read now.
 func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthenticated) (claimed, outcome, bool) {
 	key := ledger.Key(ev.GetIssuer(), ev.GetSubject())
 	s := ledger.SignIn{EventID: ev.GetEventId(), At: signInTime(ev, d), DeviceID: ev.GetClient().GetDeviceId(),
 		IP: ev.GetClient().GetIp(), UserAgent: ev.GetClient().GetUserAgent()}
 	d.Now = h.now()
+	guess := true
 	for range maxConflicts {
-		rec, rev, err := h.readRecord(ctx, key)
+		rec, rev, err := h.record(ctx, key, guess)
 		if err != nil {
 			return claimed{}, h.retryLater(d, outcome{result: logRetry, reason: "cannot read the person's record", err: err}), false
 		}
 		plan := ledger.Claim(rec, s, d.Delivery, h.Policy)
+		if guess && !plan.Stores() {
+			guess = false
+			continue
+		}
 		if plan.Step == ledger.WaitOther && h.otherGone(ctx, plan.Email.Seq) {
 			plan = ledger.TakeOver(rec, plan.Email, d.Delivery)
 		}
@@ -227,8 +239,18 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 		if !lost {
 			return c, o, ok
 		}
+		guess = false
 	}
 	return claimed{}, h.retryLater(d, outcome{result: logRetry, reason: "the person's record keeps changing"}), false
+}
+
+// record is the person's record: the guess of People.Recent, or read.
+func (h *Handler) record(ctx context.Context, key string, guess bool) (*ledger.Record, uint64, error) {
+	if guess {
+		rec, rev := h.People.Recent(key)
+		return rec, rev, nil
+	}
+	return h.readRecord(ctx, key)
 }
 
 // settleWithoutSending settles a message whose plan sends nothing now,

@@ -2,7 +2,9 @@ package deliver
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"log/slog"
 	"mime"
 	"strings"
 	"testing"
@@ -119,6 +121,50 @@ func TestKnownDeviceGetsNothingAndNewDeviceGetsAnAlert(t *testing.T) {
 	if n := len(h.smtp.Messages()); n != 2 {
 		t.Errorf("a sign-in from the newly known device sent an email: %d emails", n)
 	}
+}
+
+// A worker decides first on the record as it last saw it. When another
+// replica changed the record since, the claim's compare-and-set fails and
+// the sign-in is decided again on the record as it is.
+func TestARecordChangedByAnotherReplicaIsReadAgain(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.publish(signIn("evt-1", "dev-a"), "evt-1")
+	h.smtp.WaitForMessages(t, 1, waitLong)
+	h.waitSettled(1)
+
+	// Another replica, with a store of its own, takes a sign-in from
+	// dev-b and sends its alert: this worker's idea of the record is now
+	// old.
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	other, err := ledger.Open(ctx, h.js, 1, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := ledger.Key(signIn("", "").GetIssuer(), signIn("", "").GetSubject())
+	rec, rev, err := other.Get(ctx, key)
+	if err != nil || rec == nil {
+		t.Fatalf("Get = %v, %v", rec, err)
+	}
+	d := ledger.Delivery{Seq: 100, Num: 1, Now: time.Now()}
+	plan := ledger.Claim(rec, ledger.SignIn{EventID: "evt-other", At: time.Now(), DeviceID: "dev-b"}, d, ledger.Policy{})
+	if plan.Step != ledger.Send || plan.Kind != ledger.NewDevice {
+		t.Fatalf("the other replica's plan = %+v", plan)
+	}
+	sent, _, _ := plan.Record.Finish("evt-other", d, ledger.Accepted, "<evt-other@example.com>", time.Now())
+	if _, err := other.Put(ctx, key, sent, rev); err != nil {
+		t.Fatal(err)
+	}
+
+	// dev-b is known now: nothing to send, though this worker last saw
+	// it as new.
+	ack := h.publish(signIn("evt-2", "dev-b"), "evt-2")
+	h.waitSettled(ack.Sequence)
+	if n := len(h.smtp.Messages()); n != 1 {
+		t.Errorf("server got %d emails, want only the welcome: the old record was trusted", n)
+	}
+	h.wantCounter(`decisions_total{none}`, h.metrics.decisions.WithLabelValues("none"), 1)
+	h.wantCounter(`decisions_total{new_device}`, h.metrics.decisions.WithLabelValues("new_device"), 0)
 }
 
 func TestTransientFailuresAreRetriedAndDeliveredOnce(t *testing.T) {

@@ -314,6 +314,12 @@ type Plan struct {
 	NewlyFolded int
 }
 
+// Stores reports whether p stores its Record before the delivery goes on:
+// a decision the compare-and-set of that write checks.
+func (p Plan) Stores() bool {
+	return p.Step == Send || p.Step == Poison || p.Changed
+}
+
 // Claim decides what delivery d of the sign-in s does, given the person's
 // record (nil when there is none). The caller stores Plan.Record with
 // compare-and-set against the revision it read; if another writer came

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -32,10 +33,26 @@ func Key(issuer, subject string) string {
 }
 
 // Store reads and writes records. It is safe for concurrent use.
+//
+// It remembers the records it last read or wrote, up to recentSize, so
+// that a delivery can decide on one without a read (Recent) and let the
+// compare-and-set of its write check the guess.
 type Store struct {
 	kv  jetstream.KeyValue
 	log *slog.Logger
+
+	mu     sync.Mutex
+	recent map[string]known
 }
+
+// known is a record as the Store last read or wrote it.
+type known struct {
+	rec Record
+	rev uint64
+}
+
+// recentSize bounds the records a Store remembers (a few MB).
+const recentSize = 8192
 
 // Open creates the bucket, or updates it when it exists, and returns a
 // Store over it. want is the replica count (replicas.Auto: as many as the
@@ -61,7 +78,7 @@ func Open(ctx context.Context, js jetstream.JetStream, want int, log *slog.Logge
 		return nil, fmt.Errorf("create or update bucket %s: %w", Bucket, err)
 	}
 	log.InfoContext(ctx, "bucket ready", "bucket", Bucket, "replicas", max(n, least), "replicas_setting", replicas.Setting(want))
-	return &Store{kv: kv, log: log}, nil
+	return &Store{kv: kv, log: log, recent: make(map[string]known)}, nil
 }
 
 // Get returns the record under key and its revision, or nil and 0 when
@@ -71,6 +88,7 @@ func Open(ctx context.Context, js jetstream.JetStream, want int, log *slog.Logge
 func (s *Store) Get(ctx context.Context, key string) (*Record, uint64, error) {
 	e, err := s.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		s.forget(key)
 		return nil, 0, nil
 	}
 	if err != nil {
@@ -78,10 +96,48 @@ func (s *Store) Get(ctx context.Context, key string) (*Record, uint64, error) {
 	}
 	var r Record
 	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		s.forget(key)
 		s.log.WarnContext(ctx, "unreadable person record; starting afresh", "user_key", key, "error", err)
 		return nil, e.Revision(), nil
 	}
+	s.remember(key, r, e.Revision())
 	return &r, e.Revision(), nil
+}
+
+// Recent returns the record under key as this Store last read or wrote
+// it, and its revision; nil and 0 when it holds none (a person it has not
+// met, or whose record another writer changed since). It is a guess, made
+// without a read: use it only for a decision that ends in a Put, whose
+// compare-and-set fails with ErrConflict when the guess was wrong, and
+// Get for any other.
+func (s *Store) Recent(key string) (*Record, uint64) {
+	s.mu.Lock()
+	k, ok := s.recent[key]
+	s.mu.Unlock()
+	if !ok {
+		return nil, 0
+	}
+	r := k.rec.clone()
+	return &r, k.rev
+}
+
+func (s *Store) remember(key string, r Record, rev uint64) {
+	r = r.clone()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.recent[key]; !ok && len(s.recent) >= recentSize {
+		for old := range s.recent { // any one: a miss costs one read
+			delete(s.recent, old)
+			break
+		}
+	}
+	s.recent[key] = known{rec: r, rev: rev}
+}
+
+func (s *Store) forget(key string) {
+	s.mu.Lock()
+	delete(s.recent, key)
+	s.mu.Unlock()
 }
 
 // Put stores r under key if the record is still at revision rev (0: there
@@ -100,9 +156,12 @@ func (s *Store) Put(ctx context.Context, key string, r Record, rev uint64) (uint
 	}
 	switch {
 	case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch):
+		s.forget(key)
 		return 0, fmt.Errorf("write record: %w", ErrConflict)
 	case err != nil:
+		s.forget(key) // it may have landed
 		return 0, fmt.Errorf("write record: %w", err)
 	}
+	s.remember(key, r, next)
 	return next, nil
 }

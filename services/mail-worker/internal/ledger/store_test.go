@@ -130,3 +130,50 @@ func TestOpenAgainUsesTheBucketItMade(t *testing.T) {
 		t.Fatalf("second Open: %v", err)
 	}
 }
+
+// Recent is the record as this Store last read or wrote it: a guess that
+// Put's compare-and-set checks, never a read.
+func TestRecentIsTheRecordTheStoreLastSaw(t *testing.T) {
+	s, js, ctx := openStore(t)
+	key := Key("https://idp", "recent")
+	if r, rev := s.Recent(key); r != nil || rev != 0 {
+		t.Fatalf("Recent of a person never met = %v, %d; want nil, 0", r, rev)
+	}
+	first := Claim(nil, signIn("e1", 0, "dev-a"), Delivery{Seq: 1, Num: 1}, Policy{}).Record
+	rev, err := s.Put(ctx, key, first, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, gotRev := s.Recent(key)
+	if gotRev != rev || r == nil || !slices.Equal(r.Devices, []string{"dev-a"}) {
+		t.Fatalf("Recent after Put = %+v, %d; want the record written at %d", r, gotRev, rev)
+	}
+	// What the caller does with the record it got is no business of the Store's.
+	r.Devices[0] = "changed by the caller"
+	if again, _ := s.Recent(key); again.Devices[0] != "dev-a" {
+		t.Errorf("a caller's change reached the Store: %v", again.Devices)
+	}
+
+	// Another replica writes: the guess is stale, and Put says so.
+	other, err := Open(ctx, js, 1, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Put(ctx, key, Remember(&first, signIn("e2", 1, "dev-b")), rev); err != nil {
+		t.Fatal(err)
+	}
+	stale, staleRev := s.Recent(key)
+	if _, err := s.Put(ctx, key, *stale, staleRev); !errors.Is(err, ErrConflict) {
+		t.Fatalf("Put on the stale guess = %v, want ErrConflict", err)
+	}
+	// After a conflict the Store holds no guess: the caller reads.
+	if r, rev := s.Recent(key); r != nil || rev != 0 {
+		t.Errorf("Recent after a conflict = %v, %d; want nil, 0", r, rev)
+	}
+	if r, _, err := s.Get(ctx, key); err != nil || !slices.Equal(r.Devices, []string{"dev-a", "dev-b"}) {
+		t.Fatalf("Get = %+v, %v", r, err)
+	}
+	if r, _ := s.Recent(key); r == nil || !slices.Equal(r.Devices, []string{"dev-a", "dev-b"}) {
+		t.Errorf("Recent after Get = %+v; want the record read", r)
+	}
+}
