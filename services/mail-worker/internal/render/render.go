@@ -349,6 +349,14 @@ func cmpOr(a, b string) string {
 // NUL, bidi overrides...) into one space, drops invalid UTF-8, trims and
 // bounds the result. What comes out cannot break a header or forge a line.
 func oneLine(s string) string {
+	if !plainLine(s) {
+		s = squash(s)
+	}
+	return truncate(s, maxLineValue)
+}
+
+// squash is oneLine before the bound.
+func squash(s string) string {
 	var b strings.Builder
 	space := false
 	for _, r := range strings.ToValidUTF8(s, "") {
@@ -363,7 +371,23 @@ func oneLine(s string) string {
 		space = false
 		b.WriteRune(r)
 	}
-	return truncate(b.String(), maxLineValue)
+	return b.String()
+}
+
+// plainLine reports whether squash would return s as it is: printable
+// ASCII, single spaces between words.
+func plainLine(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == ' ':
+			if i == 0 || i == len(s)-1 || s[i-1] == ' ' {
+				return false
+			}
+		case c < 0x21 || c > 0x7e:
+			return false
+		}
+	}
+	return true
 }
 
 func truncate(s string, n int) string {

@@ -349,3 +349,16 @@ func BenchmarkRender(b *testing.B) {
 		})
 	}
 }
+
+// oneLine's shortcut for plain ASCII leaves out only what would change
+// nothing.
+func FuzzOneLine(f *testing.F) {
+	for _, s := range []string{"", "Ann Example", " Ann", "Ann ", "Ann  Example", "a\tb", "a\r\nb", "Ünï", "x\u202ey", "\x00", strings.Repeat("a", 300)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if plainLine(s) && squash(s) != s {
+			t.Errorf("plainLine(%q), but squash changes it to %q", s, squash(s))
+		}
+	})
+}
