@@ -1,6 +1,8 @@
 package smtpsend
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +16,7 @@ import (
 // replies are read afterwards, which saves two round trips per email. The
 // replies are taken in order, whatever they say; the first refusal is the
 // failure (a later one only follows from it).
-func transferPipelined(sc *smtp.Client, data []byte, from, to string) (io.WriteCloser, bool, Stage, *Error) {
+func transferPipelined(sc *smtp.Client, data []byte, from, to string) (io.Closer, bool, Stage, *Error) {
 	w := sc.Text.W
 	fmt.Fprintf(w, "MAIL FROM:%s%s\r\nRCPT TO:%s\r\nDATA\r\n", envelope(from), mailParameters(sc), envelope(to))
 	if err := w.Flush(); err != nil {
@@ -49,27 +51,46 @@ func transferPipelined(sc *smtp.Client, data []byte, from, to string) (io.WriteC
 		usable := failed.Code != 421 && sc.Reset() == nil
 		return nil, usable, failed.Stage, failed
 	}
-	dw := sc.Text.DotWriter()
-	if _, err := dw.Write(data); err != nil {
-		return nil, false, StageData, Classify(StageData, err)
-	}
+	writeData(w, data)
 	// Push the content out before the end-of-data mark (see transfer).
 	if err := w.Flush(); err != nil {
 		return nil, false, StageData, Classify(StageData, err)
 	}
-	return &pipelinedData{dw: dw, text: sc.Text}, true, StageData, nil
+	return &pipelinedData{text: sc.Text}, true, StageData, nil
 }
+
+// writeData writes data, whose lines end in CRLF, as the content of DATA
+// (RFC 5321 4.5.2): a line that begins with a period gets another, and a
+// last line without CRLF gets one. The end-of-data mark is the caller's.
+// Errors are w's, seen at its Flush.
+func writeData(w *bufio.Writer, data []byte) {
+	for len(data) > 0 {
+		if data[0] == '.' {
+			_ = w.WriteByte('.')
+		}
+		i := bytes.Index(data, crlf)
+		if i < 0 {
+			_, _ = w.Write(data)
+			_, _ = w.Write(crlf)
+			return
+		}
+		_, _ = w.Write(data[:i+2])
+		data = data[i+2:]
+	}
+}
+
+var crlf = []byte("\r\n")
 
 // pipelinedData sends the end-of-data mark and reads the final reply.
 type pipelinedData struct {
-	dw   io.WriteCloser
 	text *textproto.Conn
 }
 
-func (p *pipelinedData) Write(b []byte) (int, error) { return p.dw.Write(b) }
-
 func (p *pipelinedData) Close() error {
-	if err := p.dw.Close(); err != nil {
+	if _, err := p.text.W.WriteString(".\r\n"); err != nil {
+		return err
+	}
+	if err := p.text.W.Flush(); err != nil {
 		return err
 	}
 	_, _, err := p.text.ReadResponse(250)

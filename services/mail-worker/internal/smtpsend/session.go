@@ -131,16 +131,16 @@ func (s *Sender) transact(ctx context.Context, c *conn, data []byte, from, to st
 }
 
 // transfer runs a transaction up to, not including, the end-of-data mark:
-// MAIL FROM, RCPT TO, DATA and the content, flushed. It returns the data
-// writer, whose Close sends the mark and reads the reply. On failure it
+// MAIL FROM, RCPT TO, DATA and the content, flushed. It returns a Closer
+// whose Close sends the mark and reads the reply. On failure it
 // returns the stage and whether the session can carry another transaction.
-func transfer(sc *smtp.Client, data []byte, from, to string) (io.WriteCloser, bool, Stage, *Error) {
+func transfer(sc *smtp.Client, data []byte, from, to string) (io.Closer, bool, Stage, *Error) {
 	if ok, _ := sc.Extension("PIPELINING"); ok {
 		return transferPipelined(sc, data, from, to)
 	}
 	// A refused command leaves the session usable after RSET; a broken
 	// connection or a 421 does not.
-	refused := func(stage Stage, err error) (io.WriteCloser, bool, Stage, *Error) {
+	refused := func(stage Stage, err error) (io.Closer, bool, Stage, *Error) {
 		e := Classify(stage, err)
 		if e.Code == 0 || e.Code == 421 {
 			return nil, false, stage, e

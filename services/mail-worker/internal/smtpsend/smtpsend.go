@@ -3,11 +3,11 @@
 // A Sender keeps a bounded pool of long-lived SMTP connections and reuses
 // them across emails, so that up to Config.PoolSize emails travel at once.
 // A connection is replaced after a broken connection or a 421, and closed
-// once it has been idle for Config.IdleTimeout. Emails are built with
-// go-mail; the SMTP session is driven with go-mail's smtp client directly,
-// so that every failure is known with its stage and cause and classified
-// once (see Classify, ErrTransient, ErrPermanent, ErrRelay, ErrConfig,
-// ErrMaybeSent).
+// once it has been idle for Config.IdleTimeout. Emails are built with the
+// standard library's MIME encoders (message.go); the SMTP session is
+// driven with go-mail's smtp client directly, so that every failure is
+// known with its stage and cause and classified once (see Classify,
+// ErrTransient, ErrPermanent, ErrRelay, ErrConfig, ErrMaybeSent).
 //
 // Send returns only after the server accepted the message data. It sends
 // no NOOP before reusing a connection; a pooled connection found dead at
@@ -15,7 +15,6 @@
 package smtpsend
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -27,12 +26,9 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode"
 
-	"github.com/wneessen/go-mail"
 	"golang.org/x/time/rate"
 
-	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
 )
 
@@ -402,71 +398,4 @@ func (s *Sender) count(e *Error) *Error {
 func (s *Sender) Close() error {
 	s.pool.close()
 	return nil
-}
-
-// build turns m into the bytes of an email (a go-mail message, written
-// out before a connection is taken, so that a connection carries emails
-// rather than waits for their encoding) and its Message-ID.
-func (s *Sender) build(m Message) ([]byte, string, error) {
-	return compose(s.from, s.domain, m)
-}
-
-// Compose returns the bytes of m as Send would hand them to a relay, From
-// from (MAIL_FROM), for a preview; nothing is sent.
-func Compose(from string, m Message) ([]byte, error) {
-	addr, err := netmail.ParseAddress(from)
-	if err != nil {
-		return nil, fmt.Errorf("from address %q: %w", from, err)
-	}
-	data, _, err := compose(addr, addr.Address[strings.LastIndexByte(addr.Address, '@')+1:], m)
-	return data, err
-}
-
-// compose builds the email from, its Message-ID ending in domain.
-func compose(from *netmail.Address, domain string, m Message) ([]byte, string, error) {
-	if !eventsv1.ValidEventID(m.EventID) {
-		return nil, "", fmt.Errorf("event id %q cannot be part of a Message-ID", m.EventID)
-	}
-	to, err := netmail.ParseAddress(m.ToAddr)
-	if err != nil || to.Address != m.ToAddr {
-		return nil, "", errors.New("recipient is not a bare email address")
-	}
-	to.Name = displayName(m.ToName)
-
-	msg := mail.NewMsg(mail.WithNoDefaultUserAgent())
-	msg.FromMailAddress(from)
-	msg.ToMailAddress(to)
-	msg.Subject(m.Subject)
-	msg.SetDate()
-	msg.SetMessageIDWithValue(m.EventID + "@" + domain)
-	msg.SetGenHeader("X-Doorbell-Event-Id", m.EventID)
-	msg.SetGenHeader("Auto-Submitted", "auto-generated")
-	if m.Lang != "" {
-		msg.SetGenHeader("Content-Language", m.Lang)
-	}
-	msg.SetGenHeader(mail.HeaderXAutoResponseSuppress, "All")
-	msg.SetBodyString(mail.TypeTextPlain, m.Text)
-	msg.AddAlternativeString(mail.TypeTextHTML, m.HTML)
-	var buf bytes.Buffer
-	buf.Grow(len(m.Text) + len(m.HTML) + 2048)
-	if _, err := msg.WriteTo(&buf); err != nil {
-		return nil, "", fmt.Errorf("write message: %w", err)
-	}
-	return buf.Bytes(), msg.GetMessageID(), nil
-}
-
-// displayName drops control and format characters from an untrusted name
-// and bounds its length; net/mail quotes or encodes what remains.
-func displayName(name string) string {
-	name = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029' {
-			return ' '
-		}
-		return r
-	}, strings.ToValidUTF8(name, ""))
-	name = strings.Join(strings.Fields(name), " ")
-	if r := []rune(name); len(r) > 100 {
-		name = string(r[:100])
-	}
-	return name
 }

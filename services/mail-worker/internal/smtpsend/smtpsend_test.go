@@ -771,8 +771,8 @@ func BenchmarkSend(b *testing.B) {
 	}
 }
 
-// BenchmarkBuild measures building one email's bytes (go-mail's message,
-// multipart text and HTML, quoted-printable) from parts the size of the
+// BenchmarkBuild measures building one email's bytes (multipart text and
+// HTML, quoted-printable) from parts the size of the
 // real new-device alert (the worker's largest: 0.5 KiB text, 1.5 KiB HTML).
 func BenchmarkBuild(b *testing.B) {
 	s, _ := newSender(b, smtptest.Start(b, smtptest.Options{}), nil)

@@ -1,0 +1,150 @@
+package smtpsend
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"mime"
+	"mime/quotedprintable"
+	netmail "net/mail"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
+)
+
+// build turns m into the bytes of an email, written out before a
+// connection is taken, so that a connection carries emails rather than
+// waits for their encoding, and its Message-ID.
+func (s *Sender) build(m Message) ([]byte, string, error) {
+	return compose(s.from, s.domain, m, time.Now())
+}
+
+// Compose returns the bytes of m as Send would hand them to a relay, From
+// from (MAIL_FROM), for a preview; nothing is sent.
+func Compose(from string, m Message) ([]byte, error) {
+	addr, err := netmail.ParseAddress(from)
+	if err != nil {
+		return nil, fmt.Errorf("from address %q: %w", from, err)
+	}
+	data, _, err := compose(addr, addr.Address[strings.LastIndexByte(addr.Address, '@')+1:], m, time.Now())
+	return data, err
+}
+
+// compose builds the email (RFC 5322, MIME): the headers, then the text
+// and the HTML as alternatives, each quoted-printable in UTF-8. Every line
+// ends in CRLF and is at most 78 bytes long but for a header word longer
+// than that; no header value can hold a line break. The Message-ID is the
+// event id at domain.
+func compose(from *netmail.Address, domain string, m Message, date time.Time) ([]byte, string, error) {
+	if !eventsv1.ValidEventID(m.EventID) {
+		return nil, "", fmt.Errorf("event id %q cannot be part of a Message-ID", m.EventID)
+	}
+	to, err := netmail.ParseAddress(m.ToAddr)
+	if err != nil || to.Address != m.ToAddr {
+		return nil, "", errors.New("recipient is not a bare email address")
+	}
+	to.Name = displayName(m.ToName)
+	messageID := "<" + m.EventID + "@" + domain + ">"
+	// "=_" never occurs in quoted-printable text, so no part can hold the
+	// boundary.
+	boundary := "=_doorbell_" + m.EventID
+
+	var b bytes.Buffer
+	b.Grow(len(m.Text) + len(m.HTML) + len(m.HTML)/4 + 1024)
+	header(&b, "Date", date.Format(time.RFC1123Z))
+	header(&b, "From", from.String())
+	header(&b, "To", to.String())
+	header(&b, "Subject", encodeWords(m.Subject))
+	header(&b, "Message-ID", messageID)
+	header(&b, "X-Doorbell-Event-Id", m.EventID)
+	header(&b, "Auto-Submitted", "auto-generated")
+	header(&b, "X-Auto-Response-Suppress", "All")
+	if m.Lang != "" {
+		header(&b, "Content-Language", m.Lang) // a language tag
+	}
+	header(&b, "MIME-Version", "1.0")
+	header(&b, "Content-Type", `multipart/alternative; boundary="`+boundary+`"`)
+	for _, p := range []struct{ typ, body string }{{"text/plain", m.Text}, {"text/html", m.HTML}} {
+		b.WriteString("\r\n--" + boundary + "\r\n")
+		header(&b, "Content-Type", p.typ+"; charset=UTF-8")
+		header(&b, "Content-Transfer-Encoding", "quoted-printable")
+		b.WriteString("\r\n")
+		qp := quotedprintable.NewWriter(&b)
+		if _, err := qp.Write([]byte(p.body)); err != nil {
+			return nil, "", fmt.Errorf("encode %s: %w", p.typ, err)
+		}
+		if err := qp.Close(); err != nil {
+			return nil, "", fmt.Errorf("encode %s: %w", p.typ, err)
+		}
+	}
+	b.WriteString("\r\n--" + boundary + "--\r\n")
+	return b.Bytes(), messageID, nil
+}
+
+// header writes "name: value" folded at spaces into lines of at most 78
+// bytes where the words allow it (RFC 5322 2.2.3). value holds no line
+// break.
+func header(b *bytes.Buffer, name, value string) {
+	b.WriteString(name)
+	b.WriteByte(':')
+	line := len(name) + 1
+	for word := range strings.SplitSeq(value, " ") {
+		if line+1+len(word) > 78 && line > 0 {
+			b.WriteString("\r\n")
+			line = 0
+		}
+		b.WriteByte(' ')
+		b.WriteString(word)
+		line += 1 + len(word)
+	}
+	b.WriteString("\r\n")
+}
+
+// encodeWords is s as a header's text: as it is when printable ASCII that
+// no reader could take for an encoded word, else RFC 2047 encoded words.
+func encodeWords(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return mime.QEncoding.Encode("UTF-8", s)
+		}
+	}
+	if strings.Contains(s, "=?") {
+		return base64Words(s) // mime leaves printable ASCII as it is
+	}
+	return s
+}
+
+// base64Words is s as RFC 2047 "B" encoded words of at most 72 bytes,
+// split between characters.
+func base64Words(s string) string {
+	var words []string
+	for len(s) > 0 {
+		n := min(len(s), 45)
+		for n < len(s) && n > 1 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		words = append(words, "=?UTF-8?b?"+base64.StdEncoding.EncodeToString([]byte(s[:n]))+"?=")
+		s = s[n:]
+	}
+	return strings.Join(words, " ")
+}
+
+// displayName drops control and format characters from an untrusted name
+// and bounds its length; net/mail quotes or encodes what remains.
+func displayName(name string) string {
+	name = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029' {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(name, ""))
+	name = strings.Join(strings.Fields(name), " ")
+	if r := []rune(name); len(r) > 100 {
+		name = string(r[:100])
+	}
+	return name
+}
