@@ -386,6 +386,14 @@ func (a *adminServer) shutdown(ctx context.Context, deadline time.Time, log *slo
 	}
 }
 
+// hint is what to check for a failed SMTP check (smtpsend.Error.Hint).
+func hint(err error) string {
+	if se, ok := errors.AsType[*smtpsend.Error](err); ok {
+		return se.Hint()
+	}
+	return ""
+}
+
 // checkSMTP tries the relay once at start. When it is not usable, it logs
 // why and what to check, and pauses gate: nothing is pulled until a probe
 // succeeds.
@@ -395,49 +403,11 @@ func checkSMTP(ctx context.Context, cfg config.Config, sender *smtpsend.Sender, 
 	if err := sender.Check(checkCtx); err != nil {
 		log.Error("SMTP relay is not usable; emails wait in JetStream until it is (see /readyz)",
 			"host", cfg.SMTPHost, "port", cfg.SMTPPort, "tls", cfg.SMTPTLS, "auth", smtpAuth(cfg),
-			"error", err, "hint", smtpHint(err))
+			"error", err, "hint", hint(err))
 		gate.Report(ctx, "", err) // pull nothing until a probe succeeds
 	} else {
 		log.Info("SMTP relay reachable", "smtp", sender.Addr(), "auth", smtpAuth(cfg))
 	}
-}
-
-// smtpHint says what to check for an SMTP failure at start, in terms of
-// the worker's settings; "" when there is nothing specific to say.
-func smtpHint(err error) string {
-	var se *smtpsend.Error
-	if !errors.As(err, &se) {
-		return ""
-	}
-	switch {
-	case se.Reason == "no STARTTLS offered":
-		return "the relay does not offer STARTTLS: SMTP_TLS=implicit is for a port that speaks TLS from the first byte (usually 465); opportunistic or none only for a relay on this host"
-	case se.Reason == "not a tls server":
-		return "the relay does not speak TLS on this port: use SMTP_TLS=mandatory (STARTTLS) for 587 or 25, implicit for 465"
-	case se.Reason == "tls certificate not trusted":
-		return "set SMTP_CA_FILE to the relay's CA, or make SMTP_HOST match its certificate"
-	case se.Reason == "clear-text auth refused":
-		return "credentials are only sent encrypted: use SMTP_TLS=mandatory or implicit"
-	case se.Reason == "no AUTH offered":
-		return "the relay offers no AUTH on this connection: unset SMTP_USERNAME, or encrypt first (many relays offer AUTH only after STARTTLS)"
-	case se.Reason == "auth mechanism not offered":
-		return "set SMTP_AUTH=auto or to a mechanism the relay offers"
-	case se.Reason == "oauth2 token file unreadable":
-		return "check SMTP_OAUTH2_TOKEN_FILE (read on every connect)"
-	case se.Stage == smtpsend.StageAuth && se.Config:
-		return "the relay refused the credentials: check SMTP_USERNAME, SMTP_PASSWORD (or SMTP_OAUTH2_TOKEN_FILE) and SMTP_AUTH"
-	case se.Stage == smtpsend.StageMail && se.Config:
-		return "the relay refuses the sender: check MAIL_FROM, SMTP_USERNAME, SMTP_TLS and the relay's sender policy"
-	case se.Reason == "connection refused":
-		return "nothing listens on SMTP_HOST:SMTP_PORT"
-	case se.Reason == "timeout" && se.Stage == smtpsend.StageGreeting:
-		return "no greeting: if the port speaks TLS from the first byte (465), set SMTP_TLS=implicit"
-	case se.Reason == "timeout":
-		return "the relay does not answer: check SMTP_HOST, SMTP_PORT and firewalls"
-	case se.Reason == "dns lookup failed":
-		return "check SMTP_HOST"
-	}
-	return ""
 }
 
 // newHandler builds the handler of deliveries; consumeUntilDone gives it

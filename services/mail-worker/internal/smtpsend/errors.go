@@ -92,6 +92,8 @@ type Error struct {
 	// trusted"). It never holds addresses or credentials.
 	Reason string
 	Err    error
+
+	cause *failureCause // for a failure without a reply code
 }
 
 func (e *Error) Error() string {
@@ -193,7 +195,8 @@ func Classify(stage Stage, err error) *Error {
 		}
 		return e
 	}
-	e.Reason, e.Config = cause(err)
+	e.cause = causeOf(err)
+	e.Reason, e.Config = e.cause.reason, e.cause.config
 	switch stage {
 	case StageEndOfData:
 		e.MaybeSent = true
@@ -232,10 +235,41 @@ var (
 	errTokenFile         = errors.New("cannot read the OAuth2 token file")
 )
 
-// cause names the cause of a failure without a reply code in a few words,
-// and says whether an operator must act. It never includes addresses or
-// credentials.
-func cause(err error) (reason string, config bool) {
+// A failureCause is a kind of failure without a reply code: a few words
+// for logs, metrics and dead letters (never addresses or credentials),
+// whether an operator must act, and what to check, in terms of the
+// worker's SMTP_* settings.
+type failureCause struct {
+	reason string
+	config bool
+	hint   string
+	// atGreeting replaces hint at StageGreeting.
+	atGreeting string
+}
+
+// The failures without a reply code, by what they are.
+var (
+	causeClosed       = &failureCause{reason: "sender closed"}
+	causeNoStartTLS   = &failureCause{reason: "no STARTTLS offered", config: true, hint: "the relay does not offer STARTTLS: SMTP_TLS=implicit is for a port that speaks TLS from the first byte (usually 465); opportunistic or none only for a relay on this host"}
+	causeNoAuth       = &failureCause{reason: "no AUTH offered", config: true, hint: "the relay offers no AUTH on this connection: unset SMTP_USERNAME, or encrypt first (many relays offer AUTH only after STARTTLS)"}
+	causeMech         = &failureCause{reason: "auth mechanism not offered", config: true, hint: "set SMTP_AUTH=auto or to a mechanism the relay offers"}
+	causeClearText    = &failureCause{reason: "clear-text auth refused", config: true, hint: "credentials are only sent encrypted: use SMTP_TLS=mandatory or implicit"}
+	causeTokenFile    = &failureCause{reason: "oauth2 token file unreadable", config: true, hint: "check SMTP_OAUTH2_TOKEN_FILE (read on every connect)"}
+	causeUntrusted    = &failureCause{reason: "tls certificate not trusted", config: true, hint: "set SMTP_CA_FILE to the relay's CA, or make SMTP_HOST match its certificate"}
+	causeNotTLS       = &failureCause{reason: "not a tls server", config: true, hint: "the relay does not speak TLS on this port: use SMTP_TLS=mandatory (STARTTLS) for 587 or 25, implicit for 465"}
+	causeHandshake    = &failureCause{reason: "tls handshake failed", config: true}
+	causeRefused      = &failureCause{reason: "connection refused", hint: "nothing listens on SMTP_HOST:SMTP_PORT"}
+	causeReset        = &failureCause{reason: "connection reset"}
+	causeClosedByPeer = &failureCause{reason: "connection closed by server"}
+	causeTimeout      = &failureCause{reason: "timeout", hint: "the relay does not answer: check SMTP_HOST, SMTP_PORT and firewalls",
+		atGreeting: "no greeting: if the port speaks TLS from the first byte (465), set SMTP_TLS=implicit"}
+	causeCanceled = &failureCause{reason: "canceled"}
+	causeDNS      = &failureCause{reason: "dns lookup failed", hint: "check SMTP_HOST"}
+	causeOther    = &failureCause{reason: "smtp session failed"}
+)
+
+// causeOf recognises the failure without a reply code that err is.
+func causeOf(err error) *failureCause {
 	var (
 		netErr  net.Error
 		unknown x509.UnknownAuthorityError
@@ -248,37 +282,57 @@ func cause(err error) (reason string, config bool) {
 	)
 	switch {
 	case errors.Is(err, ErrClosed):
-		return "sender closed", false
+		return causeClosed
 	case errors.Is(err, errNoStartTLS):
-		return "no STARTTLS offered", true
+		return causeNoStartTLS
 	case errors.Is(err, errNoAuth):
-		return "no AUTH offered", true
+		return causeNoAuth
 	case errors.Is(err, errMechNotOffered):
-		return "auth mechanism not offered", true
+		return causeMech
 	case errors.Is(err, errClearTextPassword), errors.Is(err, smtp.ErrUnencrypted):
-		return "clear-text auth refused", true
+		return causeClearText
 	case errors.Is(err, errTokenFile):
-		return "oauth2 token file unreadable", true
+		return causeTokenFile
 	case errors.As(err, &unknown), errors.As(err, &host), errors.As(err, &invalid), errors.As(err, &verify):
-		return "tls certificate not trusted", true
+		return causeUntrusted
 	case errors.As(err, &record):
-		return "not a tls server", true
+		return causeNotTLS
 	case errors.As(err, &alert):
-		return "tls handshake failed", true
+		return causeHandshake
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection refused", false
+		return causeRefused
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):
-		return "connection reset", false
+		return causeReset
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "connection closed by server", false
+		return causeClosedByPeer
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
 		errors.As(err, &netErr) && netErr.Timeout():
-		return "timeout", false
+		return causeTimeout
 	case errors.Is(err, context.Canceled):
-		return "canceled", false
+		return causeCanceled
 	case errors.As(err, &dnsErr):
-		return "dns lookup failed", false
+		return causeDNS
 	default:
-		return "smtp session failed", false
+		return causeOther
 	}
+}
+
+// Hint says what an operator should check for e, in terms of the worker's
+// SMTP_* settings and MAIL_FROM; "" when there is nothing specific to say.
+func (e *Error) Hint() string {
+	if c := e.cause; c != nil {
+		if c.atGreeting != "" && e.Stage == StageGreeting {
+			return c.atGreeting
+		}
+		if c.hint != "" {
+			return c.hint
+		}
+	}
+	switch {
+	case e.Stage == StageAuth && e.Config:
+		return "the relay refused the credentials: check SMTP_USERNAME, SMTP_PASSWORD (or SMTP_OAUTH2_TOKEN_FILE) and SMTP_AUTH"
+	case e.Stage == StageMail && e.Config:
+		return "the relay refuses the sender: check MAIL_FROM, SMTP_USERNAME, SMTP_TLS and the relay's sender policy"
+	}
+	return ""
 }

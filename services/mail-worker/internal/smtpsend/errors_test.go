@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/textproto"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -164,5 +165,40 @@ func TestSummaryDoesNotQuoteTheServer(t *testing.T) {
 	e := Classify(StageRcpt, reply(550, "5.7.1 <ann@example.com>: Relay access denied"))
 	if s := e.Summary(); s != "smtp configuration problem at rcpt to (smtp 550 5.7.1)" {
 		t.Errorf("Summary = %q", s)
+	}
+}
+
+// A hint is chosen by what the failure is (its sentinel or type, its
+// stage), never by the words of its message.
+func TestHintSaysWhatToCheck(t *testing.T) {
+	tests := []struct {
+		name  string
+		stage Stage
+		err   error
+		want  string
+	}{
+		{"nothing listens", StageConnect, netErr("dial", syscall.ECONNREFUSED), "nothing listens on SMTP_HOST:SMTP_PORT"},
+		{"no STARTTLS", StageStartTLS, errNoStartTLS, "SMTP_TLS=implicit is for a port"},
+		{"TLS against a plain port", StageConnect, tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, "use SMTP_TLS=mandatory (STARTTLS)"},
+		{"untrusted certificate", StageStartTLS, x509.UnknownAuthorityError{}, "set SMTP_CA_FILE"},
+		{"credentials in clear", StageAuth, fmt.Errorf("auth: %w", errClearTextPassword), "credentials are only sent encrypted"},
+		{"no AUTH", StageAuth, errNoAuth, "unset SMTP_USERNAME"},
+		{"mechanism", StageAuth, errMechNotOffered, "set SMTP_AUTH=auto"},
+		{"token file", StageAuth, errTokenFile, "check SMTP_OAUTH2_TOKEN_FILE"},
+		{"wrong password", StageAuth, reply(535, "5.7.8 Authentication credentials invalid"), "check SMTP_USERNAME, SMTP_PASSWORD"},
+		{"sender refused", StageMail, reply(550, "5.7.1 Sender not allowed"), "check MAIL_FROM"},
+		{"no greeting", StageGreeting, os.ErrDeadlineExceeded, "set SMTP_TLS=implicit"},
+		{"no answer later", StageHello, os.ErrDeadlineExceeded, "the relay does not answer"},
+		{"unknown host", StageConnect, &net.DNSError{Err: "no such host", Name: "relay.invalid"}, "check SMTP_HOST"},
+		{"a recipient refused", StageRcpt, reply(550, "5.1.1 no such user"), ""},
+		{"words that merely look like a cause", StageStartTLS, errors.New("no STARTTLS offered"), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Classify(tt.stage, tt.err).Hint()
+			if (tt.want == "") != (got == "") || !strings.Contains(got, tt.want) {
+				t.Errorf("Hint() = %q, want one saying %q", got, tt.want)
+			}
+		})
 	}
 }
