@@ -145,32 +145,8 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 		return exitFailed
 	}
 	q, err := deadletter.Open(ctx, js)
-	if err != nil {
-		fmt.Fprintln(stderr, "mail-worker dlq:", err)
-		return exitFailed
-	}
-
-	switch {
-	case a.verb == "list":
-		err = dlqList(ctx, q, stdout)
-	case a.verb == "show":
-		err = dlqShow(ctx, q, a.seq, a.reveal, stdout)
-	case a.verb == "redrive" && a.all:
-		err = dlqRedriveAll(ctx, q, stdout, stderr)
-	case a.verb == "redrive":
-		var r deadletter.Redriven
-		if r, err = q.Redrive(ctx, a.seq); err == nil {
-			fmt.Fprintf(stdout, "redriven dead letter %d: event %s is %s sequence %d\n", a.seq, r.EventID, eventsv1.StreamAuthEvents, r.Seq)
-		}
-	case a.verb == "purge" && a.all:
-		var n uint64
-		if n, err = q.Purge(ctx); err == nil {
-			fmt.Fprintf(stdout, "purged %d dead letters\n", n)
-		}
-	case a.verb == "purge":
-		if err = q.Delete(ctx, a.seq); err == nil {
-			fmt.Fprintf(stdout, "deleted dead letter %d\n", a.seq)
-		}
+	if err == nil {
+		err = a.run(ctx, q, stdout, stderr)
 	}
 	switch {
 	case err == nil:
@@ -181,6 +157,36 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 	default:
 		fmt.Fprintln(stderr, "mail-worker dlq:", err)
 		return exitFailed
+	}
+}
+
+// run carries out the command on q.
+func (a dlqArgs) run(ctx context.Context, q *deadletter.Queue, stdout, stderr io.Writer) error {
+	switch {
+	case a.verb == "list":
+		return dlqList(ctx, q, stdout)
+	case a.verb == "show":
+		return dlqShow(ctx, q, a.seq, a.reveal, stdout)
+	case a.verb == "redrive" && a.all:
+		return dlqRedriveAll(ctx, q, stdout, stderr)
+	case a.verb == "redrive":
+		r, err := q.Redrive(ctx, a.seq)
+		if err == nil {
+			fmt.Fprintf(stdout, "redriven dead letter %d: event %s is %s sequence %d\n", a.seq, r.EventID, eventsv1.StreamAuthEvents, r.Seq)
+		}
+		return err
+	case a.verb == "purge" && a.all:
+		n, err := q.Purge(ctx)
+		if err == nil {
+			fmt.Fprintf(stdout, "purged %d dead letters\n", n)
+		}
+		return err
+	default: // purge SEQ
+		err := q.Delete(ctx, a.seq)
+		if err == nil {
+			fmt.Fprintf(stdout, "deleted dead letter %d\n", a.seq)
+		}
+		return err
 	}
 }
 

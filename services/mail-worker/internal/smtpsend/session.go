@@ -21,17 +21,7 @@ const quitTimeout = 2 * time.Second
 func (s *Sender) dial(ctx context.Context) (*conn, *Error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	addr := net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port))
-	dialer := &net.Dialer{}
-	var (
-		raw net.Conn
-		err error
-	)
-	if s.cfg.TLS == TLSImplicit {
-		raw, err = (&tls.Dialer{NetDialer: dialer, Config: s.tls}).DialContext(ctx, "tcp", addr)
-	} else {
-		raw, err = dialer.DialContext(ctx, "tcp", addr)
-	}
+	raw, err := s.connect(ctx)
 	if err != nil {
 		return nil, classifyCut(ctx, StageConnect, err)
 	}
@@ -48,12 +38,35 @@ func (s *Sender) dial(ctx context.Context) (*conn, *Error) {
 	if err != nil {
 		return nil, classifyCut(ctx, StageGreeting, err)
 	}
-	fail := func(stage Stage, err error) (*conn, *Error) {
+	if stage, err := s.open(sc); err != nil {
 		_ = sc.Close()
 		return nil, classifyCut(ctx, stage, err)
 	}
+	if !stop() {
+		// ctx ended just now and may have cut the connection.
+		_ = sc.Close()
+		return nil, classifyCut(ctx, StageAuth, ctx.Err())
+	}
+	_ = raw.SetDeadline(time.Time{})
+	return &conn{sc: sc, raw: raw}, nil
+}
+
+// connect opens the TCP connection, and for implicit TLS the TLS session
+// on it.
+func (s *Sender) connect(ctx context.Context) (net.Conn, error) {
+	addr := net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port))
+	dialer := &net.Dialer{}
+	if s.cfg.TLS == TLSImplicit {
+		return (&tls.Dialer{NetDialer: dialer, Config: s.tls}).DialContext(ctx, "tcp", addr)
+	}
+	return dialer.DialContext(ctx, "tcp", addr)
+}
+
+// open takes a greeted session through EHLO, STARTTLS as the TLS mode
+// says, and AUTH; on failure it says at which stage.
+func (s *Sender) open(sc *smtp.Client) (Stage, error) {
 	if err := sc.Hello(s.helo); err != nil {
-		return fail(StageHello, err)
+		return StageHello, err
 	}
 	encrypted := s.cfg.TLS == TLSImplicit
 	if s.cfg.TLS == TLSMandatory || s.cfg.TLS == TLSOpportunistic {
@@ -61,28 +74,23 @@ func (s *Sender) dial(ctx context.Context) (*conn, *Error) {
 		switch {
 		case offered:
 			if err := sc.StartTLS(s.tls); err != nil {
-				return fail(StageStartTLS, err)
+				return StageStartTLS, err
 			}
 			encrypted = true
 		case s.cfg.TLS == TLSMandatory:
-			return fail(StageStartTLS, errNoStartTLS)
+			return StageStartTLS, errNoStartTLS
 		}
 	}
 	auth, err := s.authenticator(sc, encrypted)
 	if err != nil {
-		return fail(StageAuth, err)
+		return StageAuth, err
 	}
 	if auth != nil {
 		if err := sc.Auth(auth); err != nil {
-			return fail(StageAuth, err)
+			return StageAuth, err
 		}
 	}
-	if !stop() {
-		// ctx ended just now and may have cut the connection.
-		return fail(StageAuth, ctx.Err())
-	}
-	_ = raw.SetDeadline(time.Time{})
-	return &conn{sc: sc, raw: raw}, nil
+	return "", nil
 }
 
 // classifyCut classifies a failure of the session set-up, which ctx bounds

@@ -142,6 +142,37 @@ var ErrNotChecked = errors.New("smtp not checked yet")
 
 // New builds a Sender. It does not connect; see Check.
 func New(cfg Config, metrics *Metrics, log *slog.Logger) (*Sender, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	from, err := netmail.ParseAddress(cfg.From)
+	if err != nil {
+		return nil, fmt.Errorf("smtpsend: from address %q: %w", cfg.From, err)
+	}
+	roots, err := cfg.roots()
+	if err != nil {
+		return nil, err
+	}
+	s := &Sender{
+		cfg:     cfg,
+		from:    from,
+		domain:  from.Address[strings.LastIndexByte(from.Address, '@')+1:],
+		helo:    cfg.hello(),
+		tls:     &tls.Config{RootCAs: roots, ServerName: cfg.Host, MinVersion: tls.VersionTLS12},
+		log:     log,
+		metrics: metrics,
+		status:  ErrNotChecked,
+	}
+	if cfg.RateLimit > 0 {
+		s.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit)))
+	}
+	s.pool = newPool(cfg.PoolSize, cfg.IdleTimeout, metrics, log)
+	return s, nil
+}
+
+// withDefaults fills in the zero fields that have a default.
+func (cfg Config) withDefaults() Config {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
@@ -154,30 +185,37 @@ func New(cfg Config, metrics *Metrics, log *slog.Logger) (*Sender, error) {
 	if cfg.FinalTimeout <= 0 {
 		cfg.FinalTimeout = DefaultFinalTimeout
 	}
+	return cfg
+}
+
+// validate checks the settings New cannot default.
+func (cfg Config) validate() error {
 	if cfg.Timeout <= 0 {
-		return nil, errors.New("smtpsend: timeout must be positive")
+		return errors.New("smtpsend: timeout must be positive")
 	}
 	switch cfg.TLS {
 	case TLSMandatory, TLSOpportunistic, TLSImplicit, TLSNone:
 	default:
-		return nil, fmt.Errorf("smtpsend: unknown TLS mode %q", cfg.TLS)
+		return fmt.Errorf("smtpsend: unknown TLS mode %q", cfg.TLS)
 	}
 	switch cfg.Auth {
 	case AuthAuto, AuthPlain, AuthLogin, AuthCRAMMD5:
 	case AuthXOAUTH2:
 		if cfg.OAuth2TokenFile == "" {
-			return nil, errors.New("smtpsend: XOAUTH2 needs a token file")
+			return errors.New("smtpsend: XOAUTH2 needs a token file")
 		}
 	default:
-		return nil, fmt.Errorf("smtpsend: unknown AUTH mode %q", cfg.Auth)
+		return fmt.Errorf("smtpsend: unknown AUTH mode %q", cfg.Auth)
 	}
 	if cfg.RateLimit < 0 {
-		return nil, errors.New("smtpsend: rate limit must not be negative")
+		return errors.New("smtpsend: rate limit must not be negative")
 	}
-	from, err := netmail.ParseAddress(cfg.From)
-	if err != nil {
-		return nil, fmt.Errorf("smtpsend: from address %q: %w", cfg.From, err)
-	}
+	return nil
+}
+
+// roots are the certificate authorities the relay's certificate is
+// checked against: the system's, and CAFile's.
+func (cfg Config) roots() (*x509.CertPool, error) {
 	roots, err := x509.SystemCertPool()
 	if err != nil {
 		roots = x509.NewCertPool()
@@ -191,27 +229,18 @@ func New(cfg Config, metrics *Metrics, log *slog.Logger) (*Sender, error) {
 			return nil, fmt.Errorf("smtpsend: CA file %s holds no PEM certificate", cfg.CAFile)
 		}
 	}
-	helo := cfg.HELO
-	if helo == "" {
-		if helo, err = os.Hostname(); err != nil || helo == "" {
-			helo = "localhost"
-		}
+	return roots, nil
+}
+
+// hello is the name given in EHLO: HELO, else the host's name.
+func (cfg Config) hello() string {
+	if cfg.HELO != "" {
+		return cfg.HELO
 	}
-	s := &Sender{
-		cfg:     cfg,
-		from:    from,
-		domain:  from.Address[strings.LastIndexByte(from.Address, '@')+1:],
-		helo:    helo,
-		tls:     &tls.Config{RootCAs: roots, ServerName: cfg.Host, MinVersion: tls.VersionTLS12},
-		log:     log,
-		metrics: metrics,
-		status:  ErrNotChecked,
+	if name, err := os.Hostname(); err == nil && name != "" {
+		return name
 	}
-	if cfg.RateLimit > 0 {
-		s.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit)))
-	}
-	s.pool = newPool(cfg.PoolSize, cfg.IdleTimeout, metrics, log)
-	return s, nil
+	return "localhost"
 }
 
 // Addr describes the relay for logs: host, port and TLS mode.
