@@ -366,15 +366,15 @@ func (s *Server) WaitForMessages(t testing.TB, n int, timeout time.Duration) []M
 	defer deadline.Stop()
 	for {
 		s.mu.Lock()
-		msgs, changed := append([]Message(nil), s.messages...), s.changed
+		got, changed := len(s.messages), s.changed
 		s.mu.Unlock()
-		if len(msgs) >= n {
-			return msgs
+		if got >= n {
+			return s.Messages()
 		}
 		select {
 		case <-changed:
 		case <-deadline.C:
-			t.Fatalf("smtptest: got %d messages after %s, want %d", len(msgs), timeout, n)
+			t.Fatalf("smtptest: got %d messages after %s, want %d", got, timeout, n)
 			return nil
 		}
 	}
