@@ -182,7 +182,7 @@ func kubeChecks() []deployCheck {
 				kubeNamed[*appsv1.Deployment](d, "mail-worker").Spec.Template.Annotations["prometheus.io/port"] = "9101"
 			}},
 		}},
-		{"Deployments run as non-root with a read-only root and no capabilities", kubeRunsLockedDown, []deployMistake{
+		{"pods run as a non-root uid with a read-only root and no capabilities", kubeRunsLockedDown, []deployMistake{
 			{"a Deployment may run as root", func(d *deployment) {
 				kubeNamed[*appsv1.Deployment](d, "mail-worker").Spec.Template.Spec.SecurityContext.RunAsNonRoot = nil
 			}},
@@ -192,6 +192,9 @@ func kubeChecks() []deployCheck {
 			{"a Deployment keeps its capabilities", func(d *deployment) {
 				kubeContainer(d, "auth-gateway").SecurityContext.Capabilities.Drop = nil
 			}},
+			{"NATS writes to its root file system", func(d *deployment) {
+				kubeNamed[*appsv1.StatefulSet](d, "nats").Spec.Template.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem = nil
+			}},
 		}},
 		{"Services target container ports of the pods they select", kubeServicesTargetContainerPorts, []deployMistake{
 			{"a Service targets a port no container declares", func(d *deployment) {
@@ -199,6 +202,18 @@ func kubeChecks() []deployCheck {
 			}},
 			{"a Service selects no pods", func(d *deployment) {
 				kubeNamed[*corev1.Service](d, "mail-worker").Spec.Selector["app.kubernetes.io/name"] = "worker"
+			}},
+		}},
+		{"secrets reach the pods only as *_FILE variables, never as values", kubeSecretsAreFiles, []deployMistake{
+			{"a ConfigMap carries the OIDC client secret", func(d *deployment) {
+				kubeNamed[*corev1.ConfigMap](d, "auth-gateway").Data["OIDC_CLIENT_SECRET"] = "s3cret"
+			}},
+			{"the SMTP password is an env value", func(d *deployment) {
+				kubeContainer(d, "mail-worker").Env[0] = corev1.EnvVar{Name: "SMTP_PASSWORD", Value: "s3cret"}
+			}},
+			{"the gateway replicas get no shared cookie key", func(d *deployment) {
+				c := kubeContainer(d, "auth-gateway")
+				c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "GATEWAY_COOKIE_KEY_FILE" })
 			}},
 		}},
 		{"every *_FILE variable names a key of a mounted Secret", kubeSecretFilesAreMounted, []deployMistake{
@@ -438,10 +453,10 @@ func kubeProbesUseAdminPort(d *deployment) []string {
 
 func kubeRunsLockedDown(d *deployment) []string {
 	var problems []string
-	for _, dep := range kubeAll[*appsv1.Deployment](d) {
-		pod := cmp.Or(dep.Spec.Template.Spec.SecurityContext, &corev1.PodSecurityContext{})
-		for _, c := range dep.Spec.Template.Spec.Containers {
-			where := fmt.Sprintf("%s, container %s", d.where(dep), c.Name)
+	for _, w := range d.workloads() {
+		pod := cmp.Or(w.pod.Spec.SecurityContext, &corev1.PodSecurityContext{})
+		for _, c := range w.pod.Spec.Containers {
+			where := fmt.Sprintf("%s, container %s", d.where(w.obj), c.Name)
 			sc := cmp.Or(c.SecurityContext, &corev1.SecurityContext{})
 			if nonRoot := cmp.Or(sc.RunAsNonRoot, pod.RunAsNonRoot); nonRoot == nil || !*nonRoot {
 				problems = append(problems, where+": runAsNonRoot is not true")
@@ -487,6 +502,30 @@ func kubeServicesTargetContainerPorts(d *deployment) []string {
 				if !declared {
 					problems = append(problems, fmt.Sprintf("%s port %s targets %s, which no container of %s declares", d.where(svc), cmp.Or(p.Name, strconv.Itoa(int(p.Port))), target.String(), d.where(w.obj)))
 				}
+			}
+		}
+	}
+	return problems
+}
+
+// kubeSecretsAreFiles: a secret in a ConfigMap or an env value shows in
+// `kubectl describe` and in every copy of the manifests. The services read
+// each secret from the file its *_FILE variable names instead. The gateway
+// does not start off loopback without a cookie key, and its replicas must
+// share one, or a sign-in started on one fails on the other.
+func kubeSecretsAreFiles(d *deployment) []string {
+	secrets := []string{"GATEWAY_COOKIE_KEY", "GATEWAY_DEVICE_KEY", "OIDC_CLIENT_SECRET", "SMTP_PASSWORD"}
+	var problems []string
+	for _, dep := range kubeAll[*appsv1.Deployment](d) {
+		for _, c := range dep.Spec.Template.Spec.Containers {
+			env, _ := d.kubeEnv(dep, &c)
+			for _, s := range secrets {
+				if _, ok := env[s]; ok {
+					problems = append(problems, fmt.Sprintf("%s sets the secret %s as a value; mount it from a Secret and set %s_FILE", d.where(dep), s, s))
+				}
+			}
+			if dep.Name == "auth-gateway" && env["GATEWAY_COOKIE_KEY_FILE"] == "" {
+				problems = append(problems, fmt.Sprintf("%s has no GATEWAY_COOKIE_KEY_FILE: off loopback the gateway does not start without a key its replicas share", d.where(dep)))
 			}
 		}
 	}
