@@ -24,17 +24,21 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
+	"github.com/doorbell/doorbell/platform/telemetry"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/config"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/cookie"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
-	"github.com/doorbell/doorbell/services/auth-gateway/internal/telemetry"
 )
 
 // shutdownTimeout bounds finishing in-flight requests and draining NATS.
 const shutdownTimeout = 10 * time.Second
+
+// serviceName is the service.name of the gateway's spans unless
+// OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES names another.
+const serviceName = "auth-gateway"
 
 // startupCheckTimeout bounds the first provider discovery and stream check;
 // failing them does not stop the gateway.
@@ -147,7 +151,7 @@ func (g *gateway) openKeys() error {
 // openTelemetry sets up tracing, and returns the function that flushes and
 // stops it (see flushSpans).
 func (g *gateway) openTelemetry(ctx context.Context) (stopTracing func(context.Context) error, err error) {
-	g.tracerProvider, stopTracing, err = telemetry.Setup(ctx, g.cfg.TraceExport)
+	g.tracerProvider, stopTracing, err = telemetry.Setup(ctx, serviceName, g.cfg.TraceExport)
 	if err != nil {
 		return nil, err
 	}

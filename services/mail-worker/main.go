@@ -28,6 +28,8 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/doorbell/doorbell/platform/replicas"
+	"github.com/doorbell/doorbell/platform/telemetry"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/admin"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/config"
@@ -37,9 +39,7 @@ import (
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/relay"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/replicas"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
 )
 
 func main() {
@@ -73,6 +73,10 @@ const usage = `usage:
 
 // startupCheckTimeout bounds the SMTP check at start.
 const startupCheckTimeout = 5 * time.Second
+
+// serviceName names the worker in its logs and is the service.name of its
+// spans unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES names another.
+const serviceName = "mail-worker"
 
 // shutdownReserve is the part of WORKER_SHUTDOWN_TIMEOUT kept for closing
 // SMTP connections, draining NATS and stopping the admin server after the
@@ -146,7 +150,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 // cfg.TraceExport) and returns the tracer of deliveries. The caller defers
 // flush, which sends the spans still buffered within the shutdown reserve.
 func startTracing(ctx context.Context, cfg config.Config, log *slog.Logger) (tracer trace.Tracer, flush func(), err error) {
-	tracerProvider, stopTracing, err := telemetry.Setup(ctx, cfg.TraceExport)
+	tracerProvider, stopTracing, err := telemetry.Setup(ctx, serviceName, cfg.TraceExport)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -515,9 +519,9 @@ func shutdown(ctx context.Context, cfg config.Config, sender *smtpsend.Sender, n
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)).With("service", "mail-worker")
+		return slog.New(slog.NewJSONHandler(w, opts)).With("service", serviceName)
 	}
-	return slog.New(slog.NewTextHandler(w, opts)).With("service", "mail-worker")
+	return slog.New(slog.NewTextHandler(w, opts)).With("service", serviceName)
 }
 
 // redactURL hides credentials (user, password or token) in a NATS URL or a

@@ -17,12 +17,14 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/doorbell/doorbell/platform/replicas"
+	"github.com/doorbell/doorbell/platform/secret"
 )
 
 // Config is the gateway's whole configuration.
@@ -275,23 +277,22 @@ func (l *loader) get(name string) string {
 	return strings.TrimSpace(v)
 }
 
-// secret returns NAME_FILE's content if NAME_FILE is set, else NAME.
+// secret reads a secret by the rules of secret.Lookup: NAME_FILE's
+// content if NAME_FILE is set, else NAME.
 func (l *loader) secret(name string) string {
-	path := l.get(name + "_FILE")
-	if path == "" {
-		return l.get(name)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
+	v, file, err := secret.Lookup(l.getenv, name)
+	switch {
+	case errors.Is(err, secret.ErrEmpty):
+		l.fail(name+"_FILE", "%s is empty", file)
+	case err != nil:
 		l.fail(name+"_FILE", "cannot read secret file: %v", err)
-		return ""
 	}
-	v := strings.TrimSpace(string(b))
-	if v == "" {
-		// An unset variable means no secret; a file that was meant to hold
-		// one and is empty is a mistake (a mount that did not happen).
-		l.fail(name+"_FILE", "%s is empty", path)
-	}
+	return v
+}
+
+// getenv is lookup as os.Getenv.
+func (l *loader) getenv(name string) string {
+	v, _ := l.lookup(name)
 	return v
 }
 
@@ -526,17 +527,12 @@ func (l *loader) cookieDomain(name string, public *url.URL) string {
 	return v
 }
 
-// replicas parses a stream replica count: auto (the default, 0) or 1 to 5,
-// the most JetStream allows.
+// replicas parses a stream replica count (see replicas.Parse).
 func (l *loader) replicas(name string) int {
-	v := strings.ToLower(l.get(name))
-	if v == "" || v == "auto" {
-		return 0
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 5 {
-		l.fail(name, "%q must be auto or a whole number from 1 to 5", v)
-		return 0
+	v := l.get(name)
+	n, err := replicas.Parse(v)
+	if err != nil {
+		l.fail(name, "%q %v", strings.ToLower(v), err)
 	}
 	return n
 }

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/doorbell/doorbell/platform/natstrace"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
 )
@@ -147,7 +148,7 @@ func (p *Publisher) load(e spool.Entry) (*nats.Msg, error) {
 // drainOne publishes one spooled event and removes it once acknowledged.
 // Its span continues the trace of the sign-in that spooled it.
 func (p *Publisher) drainOne(ctx context.Context, e spool.Entry, msg *nats.Msg) error {
-	parent := p.propagator.Extract(ctx, headerCarrier(msg.Header))
+	parent := p.propagator.Extract(ctx, natstrace.Header(msg.Header))
 	sctx, span := p.tracer.Start(parent, "publish "+eventsv1.SubjectUserAuthenticated,
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(append(spanAttributes(e.ID), attribute.Bool("doorbell.from_spool", true))...))

@@ -37,6 +37,8 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/doorbell/doorbell/platform/natstrace"
+	"github.com/doorbell/doorbell/platform/telemetry"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
 )
@@ -225,7 +227,7 @@ func (p *Publisher) Publish(ctx context.Context, ev *eventsv1.UserAuthenticated)
 		return Ack{}, err
 	}
 	ack, err := p.send(ctx, msg)
-	observe(p.metrics.duration, time.Since(start).Seconds(), span.SpanContext())
+	telemetry.Observe(ctx, p.metrics.duration, time.Since(start).Seconds())
 	if err == nil {
 		p.metrics.published.Inc()
 		span.SetAttributes(attribute.Int64("messaging.nats.stream_sequence", int64(ack.Sequence)),
@@ -268,7 +270,7 @@ func (p *Publisher) message(ctx context.Context, ev *eventsv1.UserAuthenticated)
 	msg := nats.NewMsg(eventsv1.SubjectUserAuthenticated)
 	msg.Data = data
 	ev.SetHeaders(msg.Header.Set, p.cfg.Source)
-	p.propagator.Inject(ctx, headerCarrier(msg.Header))
+	p.propagator.Inject(ctx, natstrace.Header(msg.Header))
 	return msg, nil
 }
 

@@ -32,8 +32,8 @@ import (
 	"github.com/wneessen/go-mail"
 	"golang.org/x/time/rate"
 
+	"github.com/doorbell/doorbell/platform/telemetry"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
 )
 
 // TLSMode says how the connection to the relay is encrypted.
