@@ -74,7 +74,7 @@ func (p *Publisher) Run(ctx context.Context) {
 			if errors.Is(err, ErrNotConnected) {
 				level = p.log.Debug // said once by the disconnect handler
 			}
-			level("spooled events wait: NATS is not usable", "err", err,
+			level("spooled events wait: NATS is not usable", "error", err,
 				"spool_depth", p.spool.Len(), "retry_in", wait.String())
 		} else {
 			failures = 0
@@ -111,7 +111,7 @@ func (p *Publisher) drain(ctx context.Context) error {
 		}
 		if err := p.drainOne(ctx, e, msg); errors.Is(err, ErrRefused) {
 			// Retrying it would hold up every event behind it.
-			p.log.Error("spooled event refused for good by JetStream; set aside in bad/", "event_id", e.ID, "err", err)
+			p.log.Error("spooled event refused for good by JetStream; set aside in bad/", "event_id", e.ID, "error", err)
 			p.spool.SetAside(e, err.Error())
 		} else if err != nil {
 			return err
@@ -169,7 +169,7 @@ func (p *Publisher) drainOne(ctx context.Context, e spool.Entry, msg *nats.Msg) 
 		attribute.Bool("doorbell.duplicate", ack.Duplicate))
 	if err := p.spool.Remove(e); err != nil {
 		p.log.Error("spooled event published but its file could not be deleted; it is published again (and deduplicated) after the next start",
-			"event_id", e.ID, "err", err)
+			"event_id", e.ID, "error", err)
 	}
 	p.log.Info("spooled event published",
 		"event_id", e.ID, "stream", ack.Stream, "seq", ack.Sequence, "duplicate", ack.Duplicate,

@@ -180,7 +180,7 @@ func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			p.link.set(false, time.Now())
 			if err != nil {
-				log.Warn("nats disconnected", "err", err)
+				log.Warn("nats disconnected", "error", err)
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { p.noteAsyncError(err) }),
@@ -240,7 +240,7 @@ func (p *Publisher) Publish(ctx context.Context, ev *eventsv1.UserAuthenticated)
 	if p.spool == nil || errors.Is(err, ErrRefused) {
 		span.SetStatus(codes.Error, err.Error())
 		if errors.Is(err, ErrRefused) {
-			p.log.Error("event refused for good by JetStream: not published, not spooled", "event_id", id, "err", err)
+			p.log.Error("event refused for good by JetStream: not published, not spooled", "event_id", id, "error", err)
 		}
 		return Ack{}, err
 	}
@@ -252,7 +252,7 @@ func (p *Publisher) Publish(ctx context.Context, ev *eventsv1.UserAuthenticated)
 	p.metrics.spooled.Inc()
 	span.SetAttributes(attribute.Bool("doorbell.spooled", true))
 	p.log.Warn("event spooled to disk: JetStream did not take it in time; it is published once NATS is usable",
-		"event_id", id, "err", err, "spool_depth", p.spool.Len())
+		"event_id", id, "error", err, "spool_depth", p.spool.Len())
 	return Ack{Spooled: true}, nil
 }
 
