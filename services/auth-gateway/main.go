@@ -24,8 +24,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
+	"github.com/doorbell/doorbell/platform/admin"
 	"github.com/doorbell/doorbell/platform/telemetry"
-	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/config"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/cookie"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"

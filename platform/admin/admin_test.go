@@ -14,7 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
+	"github.com/doorbell/doorbell/platform/admin"
 )
 
 var _ admin.Checker = admin.CheckFunc(nil)
@@ -89,9 +89,21 @@ func TestReadyz(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := httptest.NewServer(admin.Handler(prometheus.NewRegistry(), tt.checks, slog.New(slog.DiscardHandler)))
 			defer srv.Close()
-			status, body := get(t, srv.URL+"/readyz")
+			resp, err := http.Get(srv.URL + "/readyz")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			status, body := resp.StatusCode, string(b)
 			if status != tt.wantStatus {
 				t.Errorf("status = %d, want %d", status, tt.wantStatus)
+			}
+			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("Content-Type = %q", ct)
 			}
 			var got map[string]any
 			if err := json.Unmarshal([]byte(body), &got); err != nil {
@@ -109,7 +121,9 @@ func TestHealthzAndMetrics(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "doorbell_test_total", Help: "test"})
 	reg.MustRegister(c)
 	c.Add(3)
-	srv := httptest.NewServer(admin.Handler(reg, nil, slog.New(slog.DiscardHandler)))
+	// /healthz says the process is alive, whatever its dependencies.
+	down := admin.CheckFunc(func(context.Context) error { return errors.New("dial tcp 127.0.0.1:587: connection refused") })
+	srv := httptest.NewServer(admin.Handler(reg, map[string]admin.Checker{"smtp": down}, slog.New(slog.DiscardHandler)))
 	defer srv.Close()
 
 	status, body := get(t, srv.URL+"/healthz")
