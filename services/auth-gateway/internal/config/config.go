@@ -25,6 +25,7 @@ import (
 
 	"github.com/doorbell/doorbell/platform/replicas"
 	"github.com/doorbell/doorbell/platform/secret"
+	"github.com/doorbell/doorbell/platform/telemetry"
 )
 
 // Config is the gateway's whole configuration.
@@ -610,45 +611,16 @@ func (l *loader) boolean(name string, def bool) bool {
 	return b
 }
 
-// traceExport reads the standard OpenTelemetry variables that decide
-// whether spans are exported, and checks the ones the OTLP/HTTP exporter
-// would otherwise ignore or misread.
+// traceExport reads the OpenTelemetry variables that decide whether spans
+// are exported (see telemetry.ExportFromEnv).
 func (l *loader) traceExport() bool {
-	if v := l.get("OTEL_SDK_DISABLED"); v != "" {
-		disabled, err := strconv.ParseBool(v)
-		if err != nil {
-			l.fail("OTEL_SDK_DISABLED", "%q must be true or false", v)
-		} else if disabled {
-			return false
+	return telemetry.ExportFromEnv(l.getenv, func(name, value string, err error) {
+		if value == "" {
+			l.fail(name, "%v", err)
+			return
 		}
-	}
-	exporter := strings.ToLower(l.get("OTEL_TRACES_EXPORTER"))
-	switch exporter {
-	case "", "otlp", "none":
-	default:
-		l.fail("OTEL_TRACES_EXPORTER", "%q is not supported: use otlp (OTLP over HTTP) or none", exporter)
-		return false
-	}
-	endpoint := false
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} {
-		v := l.get(name)
-		if v == "" {
-			continue
-		}
-		endpoint = true
-		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			// The URL may hold credentials: do not echo it.
-			l.fail(name, "is not an http(s) URL such as http://otel-collector:4318")
-		}
-	}
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
-		switch v := l.get(name); v {
-		case "", "http/protobuf", "http/json":
-		default:
-			l.fail(name, "%q is not supported: the gateway exports over HTTP, use http/protobuf (port 4318)", v)
-		}
-	}
-	return exporter == "otlp" || (exporter == "" && endpoint)
+		l.fail(name, "%q %v", value, err)
+	})
 }
 
 func (l *loader) oneOf(name, def string, allowed ...string) string {

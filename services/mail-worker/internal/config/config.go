@@ -23,6 +23,7 @@ import (
 
 	"github.com/doorbell/doorbell/platform/replicas"
 	"github.com/doorbell/doorbell/platform/secret"
+	"github.com/doorbell/doorbell/platform/telemetry"
 )
 
 // TLS modes accepted in SMTP_TLS.
@@ -516,45 +517,15 @@ func (l *loader) boolean(name string, def bool) bool {
 	return b
 }
 
-// traceExport reads the standard OpenTelemetry variables that decide
-// whether spans are exported, and checks the ones the OTLP/HTTP exporter
-// would otherwise ignore or misread.
+// traceExport reads the OpenTelemetry variables that decide whether spans
+// are exported (see telemetry.ExportFromEnv).
 func (l *loader) traceExport() bool {
-	if v := l.str("OTEL_SDK_DISABLED", ""); v != "" {
-		disabled, err := strconv.ParseBool(v)
-		if err != nil {
-			l.fail("OTEL_SDK_DISABLED", v, errors.New("must be true or false"))
-		} else if disabled {
-			return false
+	return telemetry.ExportFromEnv(l.getenv, func(name, value string, err error) {
+		if value == "" {
+			value = "(hidden)"
 		}
-	}
-	exporter := strings.ToLower(l.str("OTEL_TRACES_EXPORTER", ""))
-	switch exporter {
-	case "", "otlp", "none":
-	default:
-		l.fail("OTEL_TRACES_EXPORTER", exporter, errors.New("is not supported: use otlp (OTLP over HTTP) or none"))
-		return false
-	}
-	endpoint := false
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} {
-		v := l.str(name, "")
-		if v == "" {
-			continue
-		}
-		endpoint = true
-		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			// The URL may hold credentials: do not echo it.
-			l.fail(name, "(hidden)", errors.New("is not an http(s) URL such as http://otel-collector:4318"))
-		}
-	}
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
-		switch v := l.str(name, ""); v {
-		case "", "http/protobuf", "http/json":
-		default:
-			l.fail(name, v, errors.New("is not supported: the worker exports over HTTP, use http/protobuf (port 4318)"))
-		}
-	}
-	return exporter == "otlp" || (exporter == "" && endpoint)
+		l.fail(name, value, err)
+	})
 }
 
 func (l *loader) level(name string, def slog.Level) slog.Level {
