@@ -7,11 +7,11 @@
 
 GO      ?= go
 BIN     := $(CURDIR)/bin
-MODULES := proto services/auth-gateway services/mail-worker devstack e2e bench
+MODULES := proto platform services/auth-gateway services/mail-worker devstack e2e bench
 # Modules whose tests run with the race detector; e2e builds and runs real
 # binaries and is slow enough without it. bench's tests are its parts' unit
 # tests: the benchmark itself only runs with make bench.
-RACE_MODULES := proto services/auth-gateway services/mail-worker devstack bench
+RACE_MODULES := proto platform services/auth-gateway services/mail-worker devstack bench
 TOOLS   := $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/staticcheck
 GOTEST_FLAGS ?= -count=1 -timeout=15m
 

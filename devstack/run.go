@@ -156,12 +156,12 @@ func startEmbedded(cfg config, stderr io.Writer) (_ *embedded, err error) {
 func (e *embedded) close(logger *slog.Logger) {
 	if e.inbox != nil {
 		if err := e.inbox.Close(); err != nil {
-			logger.Warn("stop inbox", "err", err)
+			logger.Warn("stop inbox", "error", err)
 		}
 	}
 	if e.idp != nil {
 		if err := e.idp.Close(); err != nil {
-			logger.Warn("stop identity provider", "err", err)
+			logger.Warn("stop identity provider", "error", err)
 		}
 	}
 	if e.nats != nil {

@@ -51,7 +51,7 @@ func (s supervisor) run(ctx context.Context, services []service, banner func(rea
 	for _, svc := range services {
 		c, err := startChild(childCtx, svc, s.stdout, s.stderr, s.stopTimeout)
 		if err != nil && svc.optional {
-			s.logger.Warn("not started; the rest of the stack runs without it", "service", svc.name, "err", err)
+			s.logger.Warn("not started; the rest of the stack runs without it", "service", svc.name, "error", err)
 			continue
 		}
 		if err != nil {

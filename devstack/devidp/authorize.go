@@ -211,7 +211,7 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
 	session, err := s.oidc.SessionStore.NewSession(req.scope, req.nonce, u, req.codeChallenge, req.codeChallengeMethod)
 	s.mu.Unlock()
 	if err != nil {
-		s.logger.Error("dev sign-in: create session", "err", err)
+		s.logger.Error("dev sign-in: create session", "error", err)
 		http.Error(w, "could not create a session", http.StatusInternalServerError)
 		return
 	}

@@ -162,7 +162,7 @@ func (s *Server) badRequest(w http.ResponseWriter, reason error) {
 func (s *Server) render(w http.ResponseWriter, status int, t *template.Template, data any) {
 	var buf bytes.Buffer
 	if err := t.Execute(&buf, data); err != nil {
-		s.logger.Error("dev sign-in: render page", "err", err)
+		s.logger.Error("dev sign-in: render page", "error", err)
 		http.Error(w, "could not render the page", http.StatusInternalServerError)
 		return
 	}

@@ -104,7 +104,7 @@ func (i *Inbox) messagePage(w http.ResponseWriter, r *http.Request) {
 func (i *Inbox) render(w http.ResponseWriter, status int, t *template.Template, data any) {
 	var buf bytes.Buffer
 	if err := t.Execute(&buf, data); err != nil {
-		i.logger.Error("inbox: render page", "err", err)
+		i.logger.Error("inbox: render page", "error", err)
 		http.Error(w, "could not render the page", http.StatusInternalServerError)
 		return
 	}

@@ -24,17 +24,21 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
-	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
+	"github.com/doorbell/doorbell/platform/admin"
+	"github.com/doorbell/doorbell/platform/telemetry"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/config"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/cookie"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
-	"github.com/doorbell/doorbell/services/auth-gateway/internal/telemetry"
 )
 
 // shutdownTimeout bounds finishing in-flight requests and draining NATS.
 const shutdownTimeout = 10 * time.Second
+
+// serviceName is the service.name of the gateway's spans unless
+// OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES names another.
+const serviceName = "auth-gateway"
 
 // startupCheckTimeout bounds the first provider discovery and stream check;
 // failing them does not stop the gateway.
@@ -147,14 +151,14 @@ func (g *gateway) openKeys() error {
 // openTelemetry sets up tracing, and returns the function that flushes and
 // stops it (see flushSpans).
 func (g *gateway) openTelemetry(ctx context.Context) (stopTracing func(context.Context) error, err error) {
-	g.tracerProvider, stopTracing, err = telemetry.Setup(ctx, g.cfg.TraceExport)
+	g.tracerProvider, stopTracing, err = telemetry.Setup(ctx, serviceName, g.cfg.TraceExport)
 	if err != nil {
 		return nil, err
 	}
 	if g.cfg.TraceExport {
 		otelLog := g.log.With("component", "telemetry")
 		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
-			otelLog.Warn("tracing: spans not exported", "err", err)
+			otelLog.Warn("tracing: spans not exported", "error", err)
 		}))
 		g.log.Info("tracing on: spans are exported over OTLP/HTTP to the collector OTEL_EXPORTER_OTLP_* names")
 	}
@@ -167,7 +171,7 @@ func (g *gateway) flushSpans(ctx context.Context, stopTracing func(context.Conte
 	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
 	if err := stopTracing(flushCtx); err != nil {
-		g.log.Warn("tracing: flushing spans at shutdown", "err", err)
+		g.log.Warn("tracing: flushing spans at shutdown", "error", err)
 	}
 }
 
@@ -329,10 +333,10 @@ func (g *gateway) checkDependencies(ctx context.Context) {
 	checkCtx, cancel := context.WithTimeout(ctx, startupCheckTimeout)
 	defer cancel()
 	if err := g.login.Ready(checkCtx); err != nil {
-		g.log.Error("no identity provider usable; sign-ins answer 503 until discovery succeeds (retried on each sign-in and readiness check)", "err", err)
+		g.log.Error("no identity provider usable; sign-ins answer 503 until discovery succeeds (retried on each sign-in and readiness check)", "error", err)
 	}
 	if err := g.pub.Ready(checkCtx); err != nil {
-		g.log.Warn("NATS not usable yet; the stream is checked again before the first publish", "err", err)
+		g.log.Warn("NATS not usable yet; the stream is checked again before the first publish", "error", err)
 	}
 }
 
@@ -344,7 +348,7 @@ func (g *gateway) wait(ctx context.Context) error {
 		g.log.Info("shutting down")
 		return nil
 	case err := <-g.serveErr:
-		g.log.Error("server stopped", "err", err)
+		g.log.Error("server stopped", "error", err)
 		return err
 	}
 }
@@ -355,10 +359,10 @@ func (g *gateway) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	if err := g.publicSrv.Shutdown(ctx); err != nil {
-		g.log.Warn("public server did not finish in-flight requests in time", "err", err)
+		g.log.Warn("public server did not finish in-flight requests in time", "error", err)
 	}
 	if err := g.adminSrv.Shutdown(ctx); err != nil {
-		g.log.Warn("admin server shutdown", "err", err)
+		g.log.Warn("admin server shutdown", "error", err)
 	}
 	g.stopDrain()
 	select {
@@ -367,7 +371,7 @@ func (g *gateway) shutdown() {
 		g.log.Warn("spool drainer did not stop in time")
 	}
 	if err := g.pub.Close(ctx); err != nil {
-		g.log.Warn("nats drain", "err", err)
+		g.log.Warn("nats drain", "error", err)
 	}
 	g.log.Info("stopped")
 }

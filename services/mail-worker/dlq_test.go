@@ -15,9 +15,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/doorbell/doorbell/platform/natstest"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 )
 
 // dlqFixture is a NATS server with AUTH_EVENTS and three dead letters:

@@ -23,13 +23,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/doorbell/doorbell/platform/admin"
+	"github.com/doorbell/doorbell/platform/replicas"
+	"github.com/doorbell/doorbell/platform/telemetry"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/admin"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/config"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/consume"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/deadletter"
@@ -37,9 +38,7 @@ import (
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/relay"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/render"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/replicas"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
 )
 
 func main() {
@@ -73,6 +72,10 @@ const usage = `usage:
 
 // startupCheckTimeout bounds the SMTP check at start.
 const startupCheckTimeout = 5 * time.Second
+
+// serviceName names the worker in its logs and is the service.name of its
+// spans unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES names another.
+const serviceName = "mail-worker"
 
 // shutdownReserve is the part of WORKER_SHUTDOWN_TIMEOUT kept for closing
 // SMTP connections, draining NATS and stopping the admin server after the
@@ -146,7 +149,7 @@ func run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 // cfg.TraceExport) and returns the tracer of deliveries. The caller defers
 // flush, which sends the spans still buffered within the shutdown reserve.
 func startTracing(ctx context.Context, cfg config.Config, log *slog.Logger) (tracer trace.Tracer, flush func(), err error) {
-	tracerProvider, stopTracing, err := telemetry.Setup(ctx, cfg.TraceExport)
+	tracerProvider, stopTracing, err := telemetry.Setup(ctx, serviceName, cfg.TraceExport)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -171,13 +174,7 @@ func startTracing(ctx context.Context, cfg config.Config, log *slog.Logger) (tra
 // runtime's and the process's collectors and the series of deliveries and
 // of SMTP sends.
 func newMetrics() (reg *prometheus.Registry, dm *deliver.Metrics, sm *smtpsend.Metrics, err error) {
-	reg = prometheus.NewRegistry()
-	if err := reg.Register(collectors.NewGoCollector()); err != nil {
-		return nil, nil, nil, fmt.Errorf("register go collector: %w", err)
-	}
-	if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
-		return nil, nil, nil, fmt.Errorf("register process collector: %w", err)
-	}
+	reg = admin.NewRegistry()
 	if dm, err = deliver.NewMetrics(reg); err != nil {
 		return nil, nil, nil, err
 	}
@@ -324,15 +321,15 @@ func registerConsumerStats(reg prometheus.Registerer, consumer *atomic.Pointer[j
 
 // readinessChecks are what /readyz runs: the NATS connection, the consumer
 // (not ready until consumer is set) and the SMTP relay.
-func readinessChecks(nc *nats.Conn, consumer *atomic.Pointer[jetstream.Consumer], sender *smtpsend.Sender) map[string]admin.Check {
-	return map[string]admin.Check{
-		"nats": func(context.Context) error {
+func readinessChecks(nc *nats.Conn, consumer *atomic.Pointer[jetstream.Consumer], sender *smtpsend.Sender) map[string]admin.Checker {
+	return map[string]admin.Checker{
+		"nats": admin.CheckFunc(func(context.Context) error {
 			if !nc.IsConnected() {
 				return fmt.Errorf("not connected (%s)", nc.Status())
 			}
 			return nil
-		},
-		"consumer": func(ctx context.Context) error {
+		}),
+		"consumer": admin.CheckFunc(func(ctx context.Context) error {
 			cons := consumer.Load()
 			if cons == nil {
 				return fmt.Errorf("waiting for stream %s", eventsv1.StreamAuthEvents)
@@ -341,8 +338,8 @@ func readinessChecks(nc *nats.Conn, consumer *atomic.Pointer[jetstream.Consumer]
 				return fmt.Errorf("consumer %s: %w", eventsv1.ConsumerMailWorker, err)
 			}
 			return nil
-		},
-		"smtp": func(context.Context) error { return sender.Status() },
+		}),
+		"smtp": admin.CheckFunc(func(context.Context) error { return sender.Status() }),
 	}
 }
 
@@ -355,14 +352,14 @@ type adminServer struct {
 
 // startAdmin listens on addr and serves reg and checks in the background.
 // The caller must call shutdown.
-func startAdmin(addr string, reg prometheus.Gatherer, checks map[string]admin.Check, log *slog.Logger) (*adminServer, error) {
+func startAdmin(addr string, reg prometheus.Gatherer, checks map[string]admin.Checker, log *slog.Logger) (*adminServer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	a := &adminServer{
 		srv: &http.Server{
-			Handler:           admin.Handler(reg, checks),
+			Handler:           admin.Handler(reg, checks, log),
 			ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
@@ -485,9 +482,9 @@ func shutdown(ctx context.Context, cfg config.Config, sender *smtpsend.Sender, n
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)).With("service", "mail-worker")
+		return slog.New(slog.NewJSONHandler(w, opts)).With("service", serviceName)
 	}
-	return slog.New(slog.NewTextHandler(w, opts)).With("service", "mail-worker")
+	return slog.New(slog.NewTextHandler(w, opts)).With("service", serviceName)
 }
 
 // redactURL hides credentials (user, password or token) in a NATS URL or a

@@ -15,10 +15,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/doorbell/doorbell/platform/natstest"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/logtest"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
 )
 
@@ -291,7 +291,7 @@ func TestRunRefusesBadConfiguration(t *testing.T) {
 // asking for fewer does not lower the count. On a single server auto is one
 // (every other test).
 func TestWorkerReplicatesWhatItOwnsInACluster(t *testing.T) {
-	natsURL := natstest.StartCluster(t, 3)
+	natsURL := natstest.StartCluster(t, 3).URL()
 	_, js := natstest.Connect(t, natsURL)
 	natstest.CreateAuthEvents(t, js, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)

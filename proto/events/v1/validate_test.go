@@ -34,3 +34,35 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestValidEventID(t *testing.T) {
+	long := func(n int) string {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = 'a'
+		}
+		return string(b)
+	}
+	tests := []struct {
+		id   string
+		want bool
+	}{
+		{"0190c4b2-0001-7abc-8def-0123456789ab", true}, // a gateway's UUIDv7
+		{"evt_1.retry-2", true},
+		{long(128), true},
+		{"", false},
+		{long(129), false},
+		{"evt 1", false},
+		{".evt", false},
+		{"evt.", false},
+		{"a..b", false},
+		{"évt", false},
+		{"evt@host", false}, // it stands left of the "@" in a Message-ID
+		{"evt/1", false},    // and as a KV key
+	}
+	for _, tt := range tests {
+		if got := ValidEventID(tt.id); got != tt.want {
+			t.Errorf("ValidEventID(%q) = %v, want %v", tt.id, got, tt.want)
+		}
+	}
+}

@@ -17,12 +17,15 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/doorbell/doorbell/platform/replicas"
+	"github.com/doorbell/doorbell/platform/secret"
+	"github.com/doorbell/doorbell/platform/telemetry"
 )
 
 // Config is the gateway's whole configuration.
@@ -275,23 +278,22 @@ func (l *loader) get(name string) string {
 	return strings.TrimSpace(v)
 }
 
-// secret returns NAME_FILE's content if NAME_FILE is set, else NAME.
+// secret reads a secret by the rules of secret.Lookup: NAME_FILE's
+// content if NAME_FILE is set, else NAME.
 func (l *loader) secret(name string) string {
-	path := l.get(name + "_FILE")
-	if path == "" {
-		return l.get(name)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
+	v, file, err := secret.Lookup(l.getenv, name)
+	switch {
+	case errors.Is(err, secret.ErrEmpty):
+		l.fail(name+"_FILE", "%s is empty", file)
+	case err != nil:
 		l.fail(name+"_FILE", "cannot read secret file: %v", err)
-		return ""
 	}
-	v := strings.TrimSpace(string(b))
-	if v == "" {
-		// An unset variable means no secret; a file that was meant to hold
-		// one and is empty is a mistake (a mount that did not happen).
-		l.fail(name+"_FILE", "%s is empty", path)
-	}
+	return v
+}
+
+// getenv is lookup as os.Getenv.
+func (l *loader) getenv(name string) string {
+	v, _ := l.lookup(name)
 	return v
 }
 
@@ -526,17 +528,12 @@ func (l *loader) cookieDomain(name string, public *url.URL) string {
 	return v
 }
 
-// replicas parses a stream replica count: auto (the default, 0) or 1 to 5,
-// the most JetStream allows.
+// replicas parses a stream replica count (see replicas.Parse).
 func (l *loader) replicas(name string) int {
-	v := strings.ToLower(l.get(name))
-	if v == "" || v == "auto" {
-		return 0
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 5 {
-		l.fail(name, "%q must be auto or a whole number from 1 to 5", v)
-		return 0
+	v := l.get(name)
+	n, err := replicas.Parse(v)
+	if err != nil {
+		l.fail(name, "%q %v", strings.ToLower(v), err)
 	}
 	return n
 }
@@ -614,45 +611,16 @@ func (l *loader) boolean(name string, def bool) bool {
 	return b
 }
 
-// traceExport reads the standard OpenTelemetry variables that decide
-// whether spans are exported, and checks the ones the OTLP/HTTP exporter
-// would otherwise ignore or misread.
+// traceExport reads the OpenTelemetry variables that decide whether spans
+// are exported (see telemetry.ExportFromEnv).
 func (l *loader) traceExport() bool {
-	if v := l.get("OTEL_SDK_DISABLED"); v != "" {
-		disabled, err := strconv.ParseBool(v)
-		if err != nil {
-			l.fail("OTEL_SDK_DISABLED", "%q must be true or false", v)
-		} else if disabled {
-			return false
+	return telemetry.ExportFromEnv(l.getenv, func(name, value string, err error) {
+		if value == "" {
+			l.fail(name, "%v", err)
+			return
 		}
-	}
-	exporter := strings.ToLower(l.get("OTEL_TRACES_EXPORTER"))
-	switch exporter {
-	case "", "otlp", "none":
-	default:
-		l.fail("OTEL_TRACES_EXPORTER", "%q is not supported: use otlp (OTLP over HTTP) or none", exporter)
-		return false
-	}
-	endpoint := false
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} {
-		v := l.get(name)
-		if v == "" {
-			continue
-		}
-		endpoint = true
-		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			// The URL may hold credentials: do not echo it.
-			l.fail(name, "is not an http(s) URL such as http://otel-collector:4318")
-		}
-	}
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
-		switch v := l.get(name); v {
-		case "", "http/protobuf", "http/json":
-		default:
-			l.fail(name, "%q is not supported: the gateway exports over HTTP, use http/protobuf (port 4318)", v)
-		}
-	}
-	return exporter == "otlp" || (exporter == "" && endpoint)
+		l.fail(name, "%q %v", value, err)
+	})
 }
 
 func (l *loader) oneOf(name, def string, allowed ...string) string {

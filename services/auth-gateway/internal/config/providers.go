@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/doorbell/doorbell/platform/secret"
 )
 
 // Provider types.
@@ -235,22 +238,23 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 		bad("name", "longer than 64 characters")
 	}
 
-	switch secret, file := strings.TrimSpace(fp.ClientSecret), strings.TrimSpace(fp.ClientSecretFile); {
-	case secret != "" && file != "":
+	switch inline, file := strings.TrimSpace(fp.ClientSecret), strings.TrimSpace(fp.ClientSecretFile); {
+	case inline != "" && file != "":
 		bad("client_secret_file", "set together with client_secret; use one")
 	case file != "":
 		if !filepath.IsAbs(file) {
 			file = filepath.Join(dir, file)
 		}
-		b, err := os.ReadFile(file)
-		if err != nil {
-			bad("client_secret_file", "cannot read: %v", err)
-		} else if strings.TrimSpace(string(b)) == "" {
+		v, err := secret.ReadFile(file)
+		switch {
+		case errors.Is(err, secret.ErrEmpty):
 			bad("client_secret_file", "%s is empty", file)
+		case err != nil:
+			bad("client_secret_file", "cannot read: %v", err)
 		}
-		p.ClientSecret = strings.TrimSpace(string(b))
+		p.ClientSecret = v
 	default:
-		p.ClientSecret = secret
+		p.ClientSecret = inline
 	}
 
 	for _, d := range fp.AllowedEmailDomains {

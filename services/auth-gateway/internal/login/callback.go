@@ -24,6 +24,7 @@ import (
 	"golang.org/x/oauth2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/doorbell/doorbell/platform/telemetry"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 )
 
@@ -52,7 +53,7 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 	f := h.completeLogin(w, r, &out)
 	elapsed := time.Since(start)
 	label := h.label(out.provider)
-	observe(h.metrics.callbackDuration.WithLabelValues(label), elapsed.Seconds(), span.SpanContext())
+	telemetry.Observe(ctx, h.metrics.callbackDuration.WithLabelValues(label), elapsed.Seconds())
 	result := resultSuccess
 	if f != nil {
 		result = f.reason

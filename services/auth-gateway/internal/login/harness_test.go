@@ -28,12 +28,12 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/doorbell/doorbell/platform/admin"
+	"github.com/doorbell/doorbell/platform/natstest"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
-	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/config"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/cookie"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"
-	"github.com/doorbell/doorbell/services/auth-gateway/internal/natstest"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
 )

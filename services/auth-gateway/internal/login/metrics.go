@@ -2,7 +2,6 @@ package login
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // Results of a login, the values of the result label on
@@ -115,14 +114,4 @@ func (m *Metrics) initUnknownProvider() {
 		m.logins.WithLabelValues(UnknownProvider, r)
 	}
 	m.callbackDuration.WithLabelValues(UnknownProvider)
-}
-
-// observe records v on o, with the trace id as an exemplar when sc is
-// sampled, so that a slow bucket links to a trace.
-func observe(o prometheus.Observer, v float64, sc trace.SpanContext) {
-	if eo, ok := o.(prometheus.ExemplarObserver); ok && sc.IsSampled() {
-		eo.ObserveWithExemplar(v, prometheus.Labels{"trace_id": sc.TraceID().String()})
-		return
-	}
-	o.Observe(v)
 }

@@ -15,7 +15,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
+	"github.com/doorbell/doorbell/platform/admin"
 )
 
 // spanNamed returns the only span called name, failing otherwise.

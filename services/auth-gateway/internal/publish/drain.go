@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/doorbell/doorbell/platform/natstrace"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
 )
@@ -73,7 +74,7 @@ func (p *Publisher) Run(ctx context.Context) {
 			if errors.Is(err, ErrNotConnected) {
 				level = p.log.Debug // said once by the disconnect handler
 			}
-			level("spooled events wait: NATS is not usable", "err", err,
+			level("spooled events wait: NATS is not usable", "error", err,
 				"spool_depth", p.spool.Len(), "retry_in", wait.String())
 		} else {
 			failures = 0
@@ -110,7 +111,7 @@ func (p *Publisher) drain(ctx context.Context) error {
 		}
 		if err := p.drainOne(ctx, e, msg); errors.Is(err, ErrRefused) {
 			// Retrying it would hold up every event behind it.
-			p.log.Error("spooled event refused for good by JetStream; set aside in bad/", "event_id", e.ID, "err", err)
+			p.log.Error("spooled event refused for good by JetStream; set aside in bad/", "event_id", e.ID, "error", err)
 			p.spool.SetAside(e, err.Error())
 		} else if err != nil {
 			return err
@@ -147,7 +148,7 @@ func (p *Publisher) load(e spool.Entry) (*nats.Msg, error) {
 // drainOne publishes one spooled event and removes it once acknowledged.
 // Its span continues the trace of the sign-in that spooled it.
 func (p *Publisher) drainOne(ctx context.Context, e spool.Entry, msg *nats.Msg) error {
-	parent := p.propagator.Extract(ctx, headerCarrier(msg.Header))
+	parent := p.propagator.Extract(ctx, natstrace.Header(msg.Header))
 	sctx, span := p.tracer.Start(parent, "publish "+eventsv1.SubjectUserAuthenticated,
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(append(spanAttributes(e.ID), attribute.Bool("doorbell.from_spool", true))...))
@@ -168,7 +169,7 @@ func (p *Publisher) drainOne(ctx context.Context, e spool.Entry, msg *nats.Msg) 
 		attribute.Bool("doorbell.duplicate", ack.Duplicate))
 	if err := p.spool.Remove(e); err != nil {
 		p.log.Error("spooled event published but its file could not be deleted; it is published again (and deduplicated) after the next start",
-			"event_id", e.ID, "err", err)
+			"event_id", e.ID, "error", err)
 	}
 	p.log.Info("spooled event published",
 		"event_id", e.ID, "stream", ack.Stream, "seq", ack.Sequence, "duplicate", ack.Duplicate,

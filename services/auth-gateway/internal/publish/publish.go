@@ -37,6 +37,8 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/doorbell/doorbell/platform/natstrace"
+	"github.com/doorbell/doorbell/platform/telemetry"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
 )
@@ -178,7 +180,7 @@ func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			p.link.set(false, time.Now())
 			if err != nil {
-				log.Warn("nats disconnected", "err", err)
+				log.Warn("nats disconnected", "error", err)
 			}
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { p.noteAsyncError(err) }),
@@ -225,7 +227,7 @@ func (p *Publisher) Publish(ctx context.Context, ev *eventsv1.UserAuthenticated)
 		return Ack{}, err
 	}
 	ack, err := p.send(ctx, msg)
-	observe(p.metrics.duration, time.Since(start).Seconds(), span.SpanContext())
+	telemetry.Observe(ctx, p.metrics.duration, time.Since(start).Seconds())
 	if err == nil {
 		p.metrics.published.Inc()
 		span.SetAttributes(attribute.Int64("messaging.nats.stream_sequence", int64(ack.Sequence)),
@@ -238,7 +240,7 @@ func (p *Publisher) Publish(ctx context.Context, ev *eventsv1.UserAuthenticated)
 	if p.spool == nil || errors.Is(err, ErrRefused) {
 		span.SetStatus(codes.Error, err.Error())
 		if errors.Is(err, ErrRefused) {
-			p.log.Error("event refused for good by JetStream: not published, not spooled", "event_id", id, "err", err)
+			p.log.Error("event refused for good by JetStream: not published, not spooled", "event_id", id, "error", err)
 		}
 		return Ack{}, err
 	}
@@ -250,7 +252,7 @@ func (p *Publisher) Publish(ctx context.Context, ev *eventsv1.UserAuthenticated)
 	p.metrics.spooled.Inc()
 	span.SetAttributes(attribute.Bool("doorbell.spooled", true))
 	p.log.Warn("event spooled to disk: JetStream did not take it in time; it is published once NATS is usable",
-		"event_id", id, "err", err, "spool_depth", p.spool.Len())
+		"event_id", id, "error", err, "spool_depth", p.spool.Len())
 	return Ack{Spooled: true}, nil
 }
 
@@ -268,7 +270,7 @@ func (p *Publisher) message(ctx context.Context, ev *eventsv1.UserAuthenticated)
 	msg := nats.NewMsg(eventsv1.SubjectUserAuthenticated)
 	msg.Data = data
 	ev.SetHeaders(msg.Header.Set, p.cfg.Source)
-	p.propagator.Inject(ctx, headerCarrier(msg.Header))
+	p.propagator.Inject(ctx, natstrace.Header(msg.Header))
 	return msg, nil
 }
 

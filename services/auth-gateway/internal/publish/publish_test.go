@@ -19,8 +19,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/doorbell/doorbell/platform/natstest"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
-	"github.com/doorbell/doorbell/services/auth-gateway/internal/natstest"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
 )
 

@@ -62,7 +62,7 @@ func (p *Publisher) noteAsyncError(err error) {
 	if m := publishDenied.FindStringSubmatch(err.Error()); m != nil && errors.Is(err, nats.ErrPermissionViolation) {
 		p.denied.Store(m[1], struct{}{})
 	}
-	p.log.Warn("nats reported an error", "err", err)
+	p.log.Warn("nats reported an error", "error", err)
 }
 
 func (p *Publisher) isDenied(subject string) bool {

@@ -18,8 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/doorbell/doorbell/platform/natstest"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
-	"github.com/doorbell/doorbell/services/auth-gateway/internal/natstest"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
 )

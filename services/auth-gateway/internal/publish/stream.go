@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/doorbell/doorbell/platform/replicas"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 )
 
@@ -34,22 +34,6 @@ func StreamConfig(replicas int) jetstream.StreamConfig {
 // streamDescription marks the stream as the gateway's: one with another
 // description was made by an operator, and the gateway leaves it as it is.
 const streamDescription = "Doorbell authentication events (owned by auth-gateway)"
-
-// autoReplicas is what Config.Replicas zero (auto) asks for: enough for
-// the stream to survive the loss of one server. The server's answer lowers
-// it to what it can place (see replicas).
-const autoReplicas = 3
-
-// Error codes of the JetStream API that say the servers cannot hold as
-// many replicas as asked for.
-const (
-	// errCodeSingleServer: "replicas > 1 not supported in non-clustered
-	// mode".
-	errCodeSingleServer jetstream.ErrorCode = 10074
-	// errCodeNoPeers: "no suitable peers for placement", as a cluster with
-	// fewer JetStream servers than replicas answers.
-	errCodeNoPeers jetstream.ErrorCode = 10005
-)
 
 // EnsureStream makes sure the AUTH_EVENTS stream exists, creating it when
 // missing with the configured replicas (with auto, as many as the servers
@@ -141,7 +125,7 @@ func (p *Publisher) adoptStream(ctx context.Context, cfg jetstream.StreamConfig)
 	switch {
 	case err != nil:
 		p.log.Warn("could not raise the stream's replicas; it works as it is, but may not survive the loss of a NATS server",
-			"stream", cfg.Name, "replicas", cfg.Replicas, "want", n, "replicas_setting", p.replicasSetting(), "err", err)
+			"stream", cfg.Name, "replicas", cfg.Replicas, "want", n, "replicas_setting", p.replicasSetting(), "error", err)
 	case n > cfg.Replicas:
 		p.log.Info("stream replicas raised", "stream", cfg.Name, "from", cfg.Replicas, "replicas", n,
 			"replicas_setting", p.replicasSetting())
@@ -150,40 +134,22 @@ func (p *Publisher) adoptStream(ctx context.Context, cfg jetstream.StreamConfig)
 	}
 }
 
-// replicas calls apply with the configured replica count and returns it
-// with apply's error. With auto it asks for autoReplicas first and, each
-// time the servers answer that they cannot place that many, for fewer:
-// one on a single server, one less in a cluster of fewer servers.
+// replicas fits the stream's replica count to the NATS servers (see
+// replicas.Fit), logging each step down.
 func (p *Publisher) replicas(apply func(n int) error) (int, error) {
-	if p.cfg.Replicas > 0 {
-		return p.cfg.Replicas, apply(p.cfg.Replicas)
-	}
-	n := autoReplicas
-	for {
-		err := apply(n)
+	var last error
+	return replicas.Fit(p.cfg.Replicas, func(n int) error {
 		var apiErr *jetstream.APIError
-		if err == nil || n == 1 || !errors.As(err, &apiErr) {
-			return n, err
+		if errors.As(last, &apiErr) {
+			p.log.Debug("fewer stream replicas: the NATS servers cannot place more", "replicas", n, "reason", apiErr.Description)
 		}
-		switch apiErr.ErrorCode {
-		case errCodeSingleServer:
-			n = 1
-		case errCodeNoPeers:
-			n--
-		default:
-			return n, err
-		}
-		p.log.Debug("fewer stream replicas: the NATS servers cannot place more", "replicas", n, "reason", apiErr.Description)
-	}
+		last = apply(n)
+		return last
+	})
 }
 
 // replicasSetting is the replica setting as NATS_STREAM_REPLICAS names it.
-func (p *Publisher) replicasSetting() string {
-	if p.cfg.Replicas == 0 {
-		return "auto"
-	}
-	return strconv.Itoa(p.cfg.Replicas)
-}
+func (p *Publisher) replicasSetting() string { return replicas.Setting(p.cfg.Replicas) }
 
 // captures reports whether any of the subject filters matches subject, with
 // NATS wildcards: "*" matches one token, ">" one or more trailing tokens.

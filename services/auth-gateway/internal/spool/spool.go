@@ -387,7 +387,7 @@ func (s *Spool) moveAside(name, why string) {
 	}
 	if err := os.Rename(filepath.Join(s.dir, name), target); err != nil {
 		s.log.Error("could not move an unreadable spool file aside; it stays where it is and is skipped until the next start",
-			"file", name, "reason", why, "err", err)
+			"file", name, "reason", why, "error", err)
 		return
 	}
 	s.log.Warn("spool file moved aside; inspect it, and delete it once understood",

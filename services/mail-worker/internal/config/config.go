@@ -20,6 +20,10 @@ import (
 	"time"
 
 	"golang.org/x/text/language"
+
+	"github.com/doorbell/doorbell/platform/replicas"
+	"github.com/doorbell/doorbell/platform/secret"
+	"github.com/doorbell/doorbell/platform/telemetry"
 )
 
 // TLS modes accepted in SMTP_TLS.
@@ -120,8 +124,8 @@ type Config struct {
 	TraceExport bool
 }
 
-// Load builds a Config from getenv (os.Getenv in production). Files named by
-// *_FILE variables are read with os.ReadFile; a trailing newline is dropped.
+// Load builds a Config from getenv (os.Getenv in production). Secrets named
+// by *_FILE variables are read as secret.Lookup does.
 func Load(getenv func(string) string) (Config, error) {
 	l := loader{getenv: getenv}
 	c := Config{
@@ -323,27 +327,18 @@ func (l *loader) str(name, def string) string {
 	return def
 }
 
-// secret reads NAME_FILE when set (it wins), else NAME. An empty file is an
-// error, as in the auth-gateway. Errors never quote the secret itself.
+// secret reads a secret by the rules of secret.Lookup: NAME_FILE when set
+// (it wins), else NAME, else def. An empty file is an error, never the
+// default. Errors never quote the secret itself.
 func (l *loader) secret(name, def string) string {
-	if path := strings.TrimSpace(l.getenv(name + "_FILE")); path != "" {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			l.errs = append(l.errs, fmt.Errorf("%s_FILE=%q: %w", name, path, err))
-			return ""
-		}
-		v := strings.TrimRight(string(b), "\r\n")
-		if v == "" {
-			// A mount that failed leaves an empty file: never read it as
-			// "no secret" (or as the default NATS URL).
-			l.errs = append(l.errs, fmt.Errorf("%s_FILE=%q: the file is empty", name, path))
-		}
-		return v
+	v, file, err := secret.Lookup(l.getenv, name)
+	switch {
+	case err != nil:
+		l.fail(name+"_FILE", file, err)
+	case file == "" && v == "":
+		return def
 	}
-	if v := l.getenv(name); v != "" {
-		return v
-	}
-	return def
+	return v
 }
 
 func (l *loader) oneOf(name, def string, allowed ...string) string {
@@ -450,17 +445,12 @@ func (l *loader) days(name string, def time.Duration) time.Duration {
 	return l.duration(name, def)
 }
 
-// replicas reads a replica count: auto (the default, 0) or 1 to 5, the
-// most JetStream allows.
+// replicas reads a replica count (see replicas.Parse).
 func (l *loader) replicas(name string) int {
-	v := strings.ToLower(l.str(name, "auto"))
-	if v == "auto" {
-		return 0
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 5 {
-		l.fail(name, v, errors.New("must be auto or a whole number from 1 to 5"))
-		return 0
+	v := l.str(name, "auto")
+	n, err := replicas.Parse(v)
+	if err != nil {
+		l.fail(name, strings.ToLower(v), err)
 	}
 	return n
 }
@@ -527,45 +517,15 @@ func (l *loader) boolean(name string, def bool) bool {
 	return b
 }
 
-// traceExport reads the standard OpenTelemetry variables that decide
-// whether spans are exported, and checks the ones the OTLP/HTTP exporter
-// would otherwise ignore or misread.
+// traceExport reads the OpenTelemetry variables that decide whether spans
+// are exported (see telemetry.ExportFromEnv).
 func (l *loader) traceExport() bool {
-	if v := l.str("OTEL_SDK_DISABLED", ""); v != "" {
-		disabled, err := strconv.ParseBool(v)
-		if err != nil {
-			l.fail("OTEL_SDK_DISABLED", v, errors.New("must be true or false"))
-		} else if disabled {
-			return false
+	return telemetry.ExportFromEnv(l.getenv, func(name, value string, err error) {
+		if value == "" {
+			value = "(hidden)"
 		}
-	}
-	exporter := strings.ToLower(l.str("OTEL_TRACES_EXPORTER", ""))
-	switch exporter {
-	case "", "otlp", "none":
-	default:
-		l.fail("OTEL_TRACES_EXPORTER", exporter, errors.New("is not supported: use otlp (OTLP over HTTP) or none"))
-		return false
-	}
-	endpoint := false
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} {
-		v := l.str(name, "")
-		if v == "" {
-			continue
-		}
-		endpoint = true
-		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			// The URL may hold credentials: do not echo it.
-			l.fail(name, "(hidden)", errors.New("is not an http(s) URL such as http://otel-collector:4318"))
-		}
-	}
-	for _, name := range []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
-		switch v := l.str(name, ""); v {
-		case "", "http/protobuf", "http/json":
-		default:
-			l.fail(name, v, errors.New("is not supported: the worker exports over HTTP, use http/protobuf (port 4318)"))
-		}
-	}
-	return exporter == "otlp" || (exporter == "" && endpoint)
+		l.fail(name, value, err)
+	})
 }
 
 func (l *loader) level(name string, def slog.Level) slog.Level {

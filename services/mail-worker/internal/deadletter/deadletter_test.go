@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/doorbell/doorbell/services/mail-worker/internal/natstest"
+	"github.com/doorbell/doorbell/platform/natstest"
 )
 
 const waitLong = 60 * time.Second

@@ -11,9 +11,9 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/doorbell/doorbell/platform/natstrace"
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/ledger"
-	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
 )
 
 // TracerName names the spans this package makes.
@@ -47,7 +47,7 @@ const (
 // publish span), or a new trace when it carries none.
 func (h *Handler) startConsume(ctx context.Context, msg jetstream.Msg, d delivery) (context.Context, trace.Span) {
 	hdr := msg.Headers()
-	parent := h.propagator().Extract(ctx, telemetry.NATSHeader(hdr))
+	parent := h.propagator().Extract(ctx, natstrace.Header(hdr))
 	return h.tracer().Start(parent, spanConsume,
 		trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(

@@ -3,6 +3,7 @@ package deliver
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -15,7 +16,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/doorbell/doorbell/services/mail-worker/internal/admin"
+	"github.com/doorbell/doorbell/platform/admin"
 )
 
 // Trace and span ids of the gateway's publish span, as its traceparent
@@ -216,7 +217,7 @@ func TestFailuresShowInTheTrace(t *testing.T) {
 // OpenMetrics, the format that carries exemplars.
 func scrape(t *testing.T, h *harness) string {
 	t.Helper()
-	srv := httptest.NewServer(admin.Handler(h.reg, nil))
+	srv := httptest.NewServer(admin.Handler(h.reg, nil, slog.New(slog.DiscardHandler)))
 	defer srv.Close()
 	req, err := http.NewRequest(http.MethodGet, srv.URL+"/metrics", nil)
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/doorbell/doorbell/services/mail-worker/internal/replicas"
+	"github.com/doorbell/doorbell/platform/replicas"
 )
 
 // Bucket is the key-value bucket of the records; part of the operational

@@ -29,7 +29,7 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
+	"github.com/doorbell/doorbell/platform/telemetry"
 )
 
 // TLSMode says how the connection to the relay is encrypted.

@@ -1,13 +1,15 @@
-// Package replicas chooses how many copies the mail-worker's JetStream
-// stream and bucket get: as configured (NATS_STREAM_REPLICAS), or with
-// Auto as many as the NATS servers can place, up to three (DESIGN.md:
-// min(3, cluster size)), so that they survive the loss of one server in a
-// cluster and still work on a single server.
+// Package replicas chooses how many copies what a Doorbell service creates
+// in JetStream (streams, buckets) gets: as configured
+// (NATS_STREAM_REPLICAS), or with Auto as many as the NATS servers can
+// place, up to three (DESIGN.md: min(3, cluster size)), so that they
+// survive the loss of one server in a cluster and still work on a single
+// server.
 package replicas
 
 import (
 	"errors"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -46,6 +48,21 @@ func Fit(want int, apply func(n int) error) (int, error) {
 			return n, err
 		}
 	}
+}
+
+// Parse reads a NATS_STREAM_REPLICAS value: auto (or nothing) is Auto,
+// else a whole number from 1 to 5, the most JetStream allows. Its error
+// says what is allowed; the caller names the variable.
+func Parse(v string) (int, error) {
+	v = strings.ToLower(strings.TrimSpace(v))
+	if v == "" || v == "auto" {
+		return Auto, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 5 {
+		return Auto, errors.New("must be auto or a whole number from 1 to 5")
+	}
+	return n, nil
 }
 
 // Setting names want as NATS_STREAM_REPLICAS does, for logs.

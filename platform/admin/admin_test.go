@@ -14,14 +14,29 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
+	"github.com/doorbell/doorbell/platform/admin"
 )
 
 var _ admin.Checker = admin.CheckFunc(nil)
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
+	resp, body := getResponse(t, url, "")
+	return resp.StatusCode, body
+}
+
+// getResponse is get for tests that also look at the headers, asking for
+// the media type accept when it is not "".
+func getResponse(t *testing.T, url, accept string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +45,7 @@ func get(t *testing.T, url string) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, string(b)
+	return resp, string(b)
 }
 
 func TestReadyz(t *testing.T) {
@@ -89,9 +104,12 @@ func TestReadyz(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := httptest.NewServer(admin.Handler(prometheus.NewRegistry(), tt.checks, slog.New(slog.DiscardHandler)))
 			defer srv.Close()
-			status, body := get(t, srv.URL+"/readyz")
-			if status != tt.wantStatus {
-				t.Errorf("status = %d, want %d", status, tt.wantStatus)
+			resp, body := getResponse(t, srv.URL+"/readyz", "")
+			if resp.StatusCode != tt.wantStatus {
+				t.Errorf("status = %d, want %d", resp.StatusCode, tt.wantStatus)
+			}
+			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("Content-Type = %q", ct)
 			}
 			var got map[string]any
 			if err := json.Unmarshal([]byte(body), &got); err != nil {
@@ -109,7 +127,9 @@ func TestHealthzAndMetrics(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "doorbell_test_total", Help: "test"})
 	reg.MustRegister(c)
 	c.Add(3)
-	srv := httptest.NewServer(admin.Handler(reg, nil, slog.New(slog.DiscardHandler)))
+	// /healthz says the process is alive, whatever its dependencies.
+	down := admin.CheckFunc(func(context.Context) error { return errors.New("dial tcp 127.0.0.1:587: connection refused") })
+	srv := httptest.NewServer(admin.Handler(reg, map[string]admin.Checker{"smtp": down}, slog.New(slog.DiscardHandler)))
 	defer srv.Close()
 
 	status, body := get(t, srv.URL+"/healthz")
@@ -147,24 +167,11 @@ func TestMetricsOfferOpenMetricsWithExemplars(t *testing.T) {
 	srv := httptest.NewServer(admin.Handler(reg, nil, slog.New(slog.DiscardHandler)))
 	defer srv.Close()
 
-	req, err := http.NewRequest(http.MethodGet, srv.URL+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, body := getResponse(t, srv.URL+"/metrics", "application/openmetrics-text; version=1.0.0")
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/openmetrics-text") {
 		t.Errorf("Content-Type = %q, want OpenMetrics", ct)
 	}
-	if want := `doorbell_test_seconds_bucket{le="1.0"} 1 # {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.5`; !strings.Contains(string(body), want) {
+	if want := `doorbell_test_seconds_bucket{le="1.0"} 1 # {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.5`; !strings.Contains(body, want) {
 		t.Errorf("OpenMetrics lacks %s:\n%s", want, body)
 	}
 

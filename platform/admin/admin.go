@@ -1,6 +1,7 @@
-// Package admin serves the operator endpoints on their own port: /metrics
-// for Prometheus, /healthz (the process is alive) and /readyz (its
-// dependencies are usable). None of them shows personal data.
+// Package admin serves a Doorbell service's operator endpoints on their own
+// port: /metrics for Prometheus, /healthz (the process is alive) and
+// /readyz (its dependencies are usable). None of them shows personal data.
+// Bind it to a private address; it is not for the public.
 package admin
 
 import (

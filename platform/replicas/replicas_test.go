@@ -47,3 +47,26 @@ func TestFit(t *testing.T) {
 		})
 	}
 }
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int
+		wantErr bool
+	}{
+		{"", Auto, false},
+		{"auto", Auto, false},
+		{" AUTO ", Auto, false},
+		{"1", 1, false},
+		{"5", 5, false},
+		{"0", Auto, true},
+		{"6", Auto, true},
+		{"three", Auto, true},
+	}
+	for _, tt := range tests {
+		n, err := Parse(tt.in)
+		if n != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("Parse(%q) = %d, %v; want %d (error %v)", tt.in, n, err, tt.want, tt.wantErr)
+		}
+	}
+}

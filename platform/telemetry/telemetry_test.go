@@ -10,17 +10,17 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/doorbell/doorbell/services/mail-worker/internal/telemetry"
+	"github.com/doorbell/doorbell/platform/telemetry"
 )
 
 func TestExportOffMakesSpansThatRecordNothing(t *testing.T) {
-	tp, shutdown, err := telemetry.Setup(context.Background(), false)
+	tp, shutdown, err := telemetry.Setup(context.Background(), "doorbell-test", false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, span := tp.Tracer("test").Start(context.Background(), "x")
 	if span.IsRecording() || span.SpanContext().IsValid() {
-		t.Error("with export off, spans record or carry a trace id")
+		t.Error("with export off, spans record or carry a trace id that would be propagated")
 	}
 	span.End()
 	if err := shutdown(context.Background()); err != nil {
@@ -29,7 +29,7 @@ func TestExportOffMakesSpansThatRecordNothing(t *testing.T) {
 }
 
 func TestExportOnRecordsSampledSpans(t *testing.T) {
-	tp, shutdown, err := telemetry.Setup(context.Background(), true)
+	tp, shutdown, err := telemetry.Setup(context.Background(), "doorbell-test", true)
 	if err != nil {
 		t.Fatal(err)
 	}
