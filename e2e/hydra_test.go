@@ -20,7 +20,7 @@ import (
 // Signing in through Ory Hydra: a certified OpenID Connect provider that
 // this repository did not write, run as its own process (bin/hydra, built by
 // make from the version pinned in tools/hydra). The gateway gets nothing but
-// the variables of DESIGN.md pointing at it.
+// the variables of docs/configuration.md pointing at it.
 
 // hydra is a running Hydra with an in-memory store, and the login-and-consent
 // app Hydra needs (it has no pages of its own): a form where you type an

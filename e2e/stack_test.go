@@ -118,7 +118,7 @@ func startStack(t *testing.T, extraEnv ...string) *stack {
 	}
 	s.gwAdmin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	s.wkAdmin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	// Only the variables of DESIGN.md (plus the dev inbox's CA), as an
+	// Only the variables of docs/configuration.md (plus the dev inbox's CA), as an
 	// operator would set them.
 	s.gateway = startProcess(t, "gateway", binaries.gateway, append([]string{
 		"GATEWAY_ADDR=" + gwAddr,

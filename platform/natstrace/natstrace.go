@@ -12,7 +12,7 @@ import (
 )
 
 // Header lets a propagator read and write NATS message headers.
-// NATS headers are case-sensitive and the contract (DESIGN.md) names the
+// NATS headers are case-sensitive and the contract (docs/design.md) names the
 // trace context headers in lower case, as W3C Trace Context does
 // (traceparent, tracestate): Set writes exactly that spelling, once. Get
 // also accepts the canonical http.Header form (Traceparent) from other

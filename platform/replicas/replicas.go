@@ -1,7 +1,7 @@
 // Package replicas chooses how many copies what a Doorbell service creates
 // in JetStream (streams, buckets) gets: as configured
 // (NATS_STREAM_REPLICAS), or with Auto as many as the NATS servers can
-// place, up to three (DESIGN.md: min(3, cluster size)), so that they
+// place, up to three (min(3, cluster size)), so that they
 // survive the loss of one server in a cluster and still work on a single
 // server.
 package replicas

@@ -1,6 +1,6 @@
 // Command mail-worker consumes user.authenticated events from NATS JetStream
 // and emails people: a welcome on their first sign-in, an alert when they
-// sign in from a new device. See docs/configuration.md and DESIGN.md for its settings.
+// sign in from a new device. See docs/configuration.md for its settings and docs/design.md for its place.
 package main
 
 import (

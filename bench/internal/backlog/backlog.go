@@ -24,7 +24,7 @@ import (
 const Issuer = "http://bench.localhost"
 
 // StreamConfig is AUTH_EVENTS as the auth-gateway creates it (see the
-// contract in DESIGN.md): user.>, limits retention, file storage, 7 days,
+// contract in docs/design.md): user.>, limits retention, file storage, 7 days,
 // a 2-minute duplicate window, one replica.
 func StreamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{

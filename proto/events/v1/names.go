@@ -1,7 +1,7 @@
 package eventsv1
 
 // Names of the NATS subjects and JetStream objects that Doorbell's services
-// share. They are part of the contract in DESIGN.md: operators write them into
+// share. They are part of the contract in docs/design.md: operators write them into
 // stream configs, ACLs and dashboards, so change them only on purpose.
 const (
 	// SubjectUserAuthenticated carries one UserAuthenticated per sign-in.

@@ -29,7 +29,7 @@ func withTracing(tp trace.TracerProvider) func(*publish.Config) {
 }
 
 // extracted is the span context a reader of the contract finds in h: under
-// the lower-case name DESIGN.md gives, read case-sensitively as NATS
+// the lower-case name docs/design.md gives, read case-sensitively as NATS
 // headers are, and through http.Header as Go's HeaderCarrier reads them.
 func extracted(t *testing.T, h map[string][]string) (contract, viaHTTPHeader trace.SpanContext) {
 	t.Helper()
