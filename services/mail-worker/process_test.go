@@ -110,7 +110,7 @@ func startProc(t *testing.T, env map[string]string, args ...string) *proc {
 	if len(args) > 0 {
 		return p // a command, not the worker
 	}
-	waitFor(t, "the worker's admin server", func() (bool, string) {
+	eventually(t, "the worker's admin server", func() (bool, string) {
 		select {
 		case <-p.exited:
 			t.Fatalf("the worker exited early (%v):\n%s", p.err, p.logs.String())
@@ -176,11 +176,6 @@ func (p *proc) metric(name string) string {
 		}
 	}
 	return ""
-}
-
-func waitFor(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	eventually(t, what, cond)
 }
 
 // stack is NATS with AUTH_EVENTS, as the auth-gateway leaves it, and a test
@@ -273,7 +268,7 @@ func (s *stack) publishPeople(from, to int) []string {
 // nothing unacknowledged.
 func (s *stack) waitSettled() {
 	s.t.Helper()
-	waitFor(s.t, "every message settled", func() (bool, string) {
+	eventually(s.t, "every message settled", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		cons, err := s.js.Consumer(ctx, eventsv1.StreamAuthEvents, eventsv1.ConsumerMailWorker)
@@ -331,11 +326,11 @@ func TestProcessSMTPOutageThenBack(t *testing.T) {
 	s.smtp.WaitForMessages(t, 5, waitLong)
 
 	s.smtp.Refuse()
-	waitFor(t, "the worker pauses and keeps probing", func() (bool, string) {
+	eventually(t, "the worker pauses and keeps probing", func() (bool, string) {
 		logs := w.logs.String()
 		return w.metric("doorbell_mailworker_relay_paused") == "1" && strings.Count(logs, "SMTP relay still unusable") >= 5, logs
 	})
-	waitFor(t, "/readyz reports the relay", func() (bool, string) {
+	eventually(t, "/readyz reports the relay", func() (bool, string) {
 		code, body := get(w.admin + "/readyz")
 		return code == 503 && strings.Contains(body, "connection refused"), body
 	})
@@ -349,7 +344,7 @@ func TestProcessSMTPOutageThenBack(t *testing.T) {
 	if dl := s.deadLetters(); len(dl) != 0 {
 		t.Errorf("%d dead letters after an outage, want none", len(dl))
 	}
-	waitFor(t, "the worker resumes", func() (bool, string) {
+	eventually(t, "the worker resumes", func() (bool, string) {
 		code, body := get(w.admin + "/readyz")
 		return code == 200 && w.metric("doorbell_mailworker_relay_paused") == "0", body
 	})
@@ -381,7 +376,7 @@ func TestProcessPermanentRejection(t *testing.T) {
 	}
 	// The worker counts the dead letter after JetStream has the term (which
 	// is all waitSettled sees), then logs the message's line.
-	waitFor(t, "the worker logs the rejected event", func() (bool, string) {
+	eventually(t, "the worker logs the rejected event", func() (bool, string) {
 		logs := w.logs.String()
 		return strings.Contains(logs, "event_id="+ids[3]+" kind=welcome result=failed"), logs
 	})
@@ -500,7 +495,7 @@ func TestProcessTwoWorkersShareTheConsumer(t *testing.T) {
 		t.Errorf("%d duplicate emails", extra)
 	}
 	sentBy := func(p *proc) int { return strings.Count(p.logs.String(), "result=sent") }
-	waitFor(t, "the workers log 100 emails sent in all", func() (bool, string) {
+	eventually(t, "the workers log 100 emails sent in all", func() (bool, string) {
 		return sentBy(a)+sentBy(b) == 100, fmt.Sprintf("%d + %d", sentBy(a), sentBy(b))
 	})
 	t.Logf("worker a sent %d, worker b sent %d", sentBy(a), sentBy(b))
@@ -562,7 +557,7 @@ func TestProcessRelayWideDeferralLosesNothing(t *testing.T) {
 	ids := s.publishPeople(0, 5)
 	time.Sleep(3 * time.Second) // the outage: many times WORKER_BACKOFF_MAX (200ms)
 	s.smtp.FailNext(0, 451)
-	waitFor(t, "every email delivered, or a dead letter", func() (bool, string) {
+	eventually(t, "every email delivered, or a dead letter", func() (bool, string) {
 		return len(s.smtp.CountByMessageID()) == len(ids) || len(s.deadLetters()) > 0, w.logs.String()
 	})
 	s.waitSettled()
@@ -613,10 +608,10 @@ func TestProcessNATSPartitionJustAfterTheRelayAccepted(t *testing.T) {
 	proxy.Partition()
 	time.Sleep(12 * time.Second) // longer than AckWait (8 s) and than any one write may take
 	proxy.Heal()
-	waitFor(t, "the worker reconnected", func() (bool, string) {
+	eventually(t, "the worker reconnected", func() (bool, string) {
 		return strings.Contains(w.logs.String(), "nats reconnected"), w.logs.String()
 	})
-	waitFor(t, "the email recorded and acknowledged", func() (bool, string) {
+	eventually(t, "the email recorded and acknowledged", func() (bool, string) {
 		logs := w.logs.String()
 		return strings.Contains(logs, "result=sent") || strings.Contains(logs, "result=duplicate"), logs
 	})
