@@ -129,21 +129,7 @@ type Publisher struct {
 // server cannot be reached; the connection then retries forever. Call Close
 // to drain and release it.
 func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
-	if cfg.Replicas < 0 {
-		cfg.Replicas = 0
-	}
-	if cfg.Name == "" {
-		cfg.Name = "doorbell-auth-gateway"
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = defaultTimeout
-	}
-	if cfg.TracerProvider == nil {
-		cfg.TracerProvider = noop.NewTracerProvider()
-	}
-	if cfg.Propagator == nil {
-		cfg.Propagator = propagation.TraceContext{}
-	}
+	cfg = cfg.withDefaults()
 	p := &Publisher{
 		cfg:        cfg,
 		log:        log,
@@ -159,8 +145,45 @@ func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
 	if cfg.Spool != nil {
 		m.spool.Store(cfg.Spool)
 	}
-	nc, err := nats.Connect(cfg.URL,
-		nats.Name(cfg.Name),
+	nc, err := nats.Connect(cfg.URL, p.connectionOptions()...)
+	if err != nil {
+		return nil, fmt.Errorf("publish: connect to nats: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("publish: jetstream: %w", err)
+	}
+	p.nc, p.js = nc, js
+	return p, nil
+}
+
+// withDefaults fills in the zero fields that have a default.
+func (cfg Config) withDefaults() Config {
+	if cfg.Replicas < 0 {
+		cfg.Replicas = 0
+	}
+	if cfg.Name == "" {
+		cfg.Name = "doorbell-auth-gateway"
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = defaultTimeout
+	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = noop.NewTracerProvider()
+	}
+	if cfg.Propagator == nil {
+		cfg.Propagator = propagation.TraceContext{}
+	}
+	return cfg
+}
+
+// connectionOptions keep p's link state and log line in step with the
+// connection, and never buffer a publish while reconnecting.
+func (p *Publisher) connectionOptions() []nats.Option {
+	log := p.log
+	return []nats.Option{
+		nats.Name(p.cfg.Name),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
 		// No outbound buffer while reconnecting: a publish waits for the
@@ -188,17 +211,7 @@ func Connect(cfg Config, log *slog.Logger, m *Metrics) (*Publisher, error) {
 			p.link.set(false, time.Now())
 			close(p.closed)
 		}),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("publish: connect to nats: %w", err)
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("publish: jetstream: %w", err)
-	}
-	p.nc, p.js = nc, js
-	return p, nil
 }
 
 // Publish sends ev on user.authenticated with the contract's headers and
