@@ -148,14 +148,21 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-func freeAddr(t *testing.T) string {
+// freeAddrs returns n distinct loopback addresses free just now. All are
+// held until the last is chosen: a port closed at once can be handed out
+// again by the next pick (two parts of the stack on one port).
+func freeAddrs(t *testing.T, n int) []string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		addrs = append(addrs, ln.Addr().String())
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addrs
 }
 
 // addrFlags are devstack's address flags.
@@ -197,9 +204,9 @@ func startDevstack(t *testing.T, mode string, extraArgs ...string) *devstack {
 		t.Fatal(err)
 	}
 	args := []string{"-gateway", self, "-worker", self, "-prometheus-bin", self, "-data", d.data, "-deploy", d.deploy}
-	for _, f := range addrFlags {
-		d.addr[f] = freeAddr(t)
-		args = append(args, "-"+f, d.addr[f])
+	for i, addr := range freeAddrs(t, len(addrFlags)) {
+		d.addr[addrFlags[i]] = addr
+		args = append(args, "-"+addrFlags[i], addr)
 	}
 	args = append(args, extraArgs...)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -511,8 +518,8 @@ func TestRunRefusesToStart(t *testing.T) {
 	defer taken.Close()
 	free := func() []string {
 		var args []string
-		for _, f := range addrFlags {
-			args = append(args, "-"+f, freeAddr(t))
+		for i, addr := range freeAddrs(t, len(addrFlags)) {
+			args = append(args, "-"+addrFlags[i], addr)
 		}
 		return args
 	}
