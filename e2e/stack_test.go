@@ -314,15 +314,25 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// freePort returns a loopback port free just now, never one it returned
+// before in this process: the kernel can hand a port just closed out
+// again, and two parts of one stack would then share it.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if _, taken := portsHandedOut.LoadOrStore(port, true); !taken {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
+
+var portsHandedOut sync.Map
 
 func waitReady(t *testing.T, name, url string) {
 	t.Helper()
