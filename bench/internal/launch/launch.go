@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/doorbell/doorbell/bench/internal/proc"
@@ -194,15 +195,23 @@ func start(ctx context.Context, dir string, s proc.Spec, url, readyURL, metricsU
 }
 
 // FreeAddr returns a loopback address with a port that was free a moment
-// ago.
+// ago, never one it returned before in this process (the kernel can hand
+// a port just closed out again).
 func FreeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, taken := handedOut.LoadOrStore(addr, true); !taken {
+			return addr, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
+
+var handedOut sync.Map
 
 // Mallocs reads go_memstats_mallocs_total (heap objects allocated so far)
 // from s's metrics.
