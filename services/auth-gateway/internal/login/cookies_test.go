@@ -144,3 +144,33 @@ func TestAnOversizedDoorbellCookieIsDeletedNotAnswered(t *testing.T) {
 		})
 	}
 }
+
+// TestAnOversizedHostSessionCookieIsDeletedOnce: the __Host- session
+// cookie exists only at Path=/ for the host, so deleting an oversized one
+// takes one Set-Cookie, not one per path the gateway ever used, and a
+// sign-out that deletes the session again does not repeat it.
+func TestAnOversizedHostSessionCookieIsDeletedOnce(t *testing.T) {
+	const name = "__Host-doorbell_session"
+	g := newGateway(t, withTLS())
+	huge := map[string]string{"Cookie": name + "=v1." + strings.Repeat("a", 4000)}
+	for _, tc := range []struct {
+		what string
+		send func(b *browser) response
+	}{
+		{"GET /", func(b *browser) response { return b.do(http.MethodGet, g.gatewayURL("/"), huge) }},
+		{"POST /logout", func(b *browser) response { return b.postForm("/logout", url.Values{}, huge) }},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			resp := tc.send(g.browser())
+			var deletes []string
+			for _, v := range resp.Header.Values("Set-Cookie") {
+				if strings.HasPrefix(v, name+"=") {
+					deletes = append(deletes, v)
+				}
+			}
+			if len(deletes) != 1 || !strings.Contains(deletes[0], "Max-Age=0") {
+				t.Errorf("%s with an oversized %s: Set-Cookie for it = %q, want one deletion", tc.what, name, deletes)
+			}
+		})
+	}
+}
