@@ -3,19 +3,20 @@ package login
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/config"
 )
@@ -151,7 +152,7 @@ type discovered struct {
 // oidcFlow signs people in with an OpenID Connect provider. It loads the
 // discovery document on first use and keeps it. Until it loads, each use
 // retries; callers that arrive while an attempt is running share its result
-// instead of queueing their own.
+// (singleflight) instead of queueing their own.
 type oidcFlow struct {
 	issuer       string
 	clientID     string
@@ -164,20 +165,17 @@ type oidcFlow struct {
 	client      *http.Client
 	tracer      trace.Tracer
 
-	d        atomic.Pointer[discovered]
-	mu       sync.Mutex
-	inflight *discovery
+	d         atomic.Pointer[discovered]
+	discovery singleflight.Group
 }
 
-// discovery is one discovery attempt, shared by everyone waiting on it.
-type discovery struct {
-	done chan struct{}
-	d    *discovered
-	err  error
-	// abandoned is set when the attempt failed because its caller went
-	// away, which says nothing about the provider.
-	abandoned bool
-}
+// abandonedError is a discovery that failed because the caller running it
+// went away, which says nothing about the provider: the callers that shared
+// it and are still waiting try again.
+type abandonedError struct{ err error }
+
+func (e *abandonedError) Error() string { return e.err.Error() }
+func (e *abandonedError) Unwrap() error { return e.err }
 
 var _ flow = (*oidcFlow)(nil)
 
@@ -207,39 +205,35 @@ func (p *oidcFlow) ready(ctx context.Context) error {
 
 // get returns the discovered provider, running discovery if it has not
 // succeeded yet. ctx bounds the wait and, for the caller that runs the
-// attempt, the discovery request.
+// attempt, the discovery request; when that caller goes away, the others
+// waiting on it run their own attempt. A failed discovery is not kept: the
+// next call tries again.
 func (p *oidcFlow) get(ctx context.Context) (*discovered, error) {
 	for {
 		if d := p.d.Load(); d != nil {
 			return d, nil
 		}
-		p.mu.Lock()
-		a := p.inflight
-		leader := a == nil
-		if leader {
-			a = &discovery{done: make(chan struct{})}
-			p.inflight = a
-		}
-		p.mu.Unlock()
-
-		if leader {
-			a.d, a.err = p.discover(ctx)
-			a.abandoned = a.err != nil && ctx.Err() != nil
-			if a.d != nil {
-				p.d.Store(a.d)
+		ch := p.discovery.DoChan(p.issuer, func() (any, error) {
+			d, err := p.discover(ctx)
+			switch {
+			case err != nil && ctx.Err() != nil:
+				return nil, &abandonedError{err}
+			case err != nil:
+				return nil, err
 			}
-			p.mu.Lock()
-			p.inflight = nil
-			p.mu.Unlock()
-			close(a.done)
-			return a.d, a.err
-		}
+			p.d.Store(d)
+			return d, nil
+		})
 		select {
-		case <-a.done:
-			if a.abandoned && ctx.Err() == nil {
-				continue // the other caller gave up; try again ourselves
+		case res := <-ch:
+			var abandoned *abandonedError
+			if errors.As(res.Err, &abandoned) && ctx.Err() == nil {
+				continue // the caller that ran it gave up; try again ourselves
 			}
-			return a.d, a.err
+			if res.Err != nil {
+				return nil, res.Err
+			}
+			return res.Val.(*discovered), nil
 		case <-ctx.Done():
 			return nil, fmt.Errorf("discover %s: %w", p.issuer, ctx.Err())
 		}
