@@ -82,6 +82,44 @@ func tokenAuthMethod(v string) (method string, ok bool) {
 	return v, false
 }
 
+// WithDefaults returns p with what a provider description may leave out
+// filled in: for OIDC the scopes (email and profile when none are given,
+// openid first always), the token endpoint authentication method (auto)
+// and the name (the issuer's host); for GitHub the API URL (github.com's,
+// without a trailing slash), the authorize and token URLs that go with it,
+// the user:email scope (first) and the name "GitHub". Load returns every
+// provider through it. It is the only place provider defaults are applied:
+// login.New takes a Provider as it is, so one built by hand goes through
+// WithDefaults first. It does not validate.
+func (p Provider) WithDefaults() Provider {
+	switch p.Type {
+	case TypeOIDC:
+		if len(p.Scopes) == 0 {
+			p.Scopes = []string{"email", "profile"}
+		}
+		p.Scopes = withScope("openid", p.Scopes)
+		if p.TokenAuthMethod == "" {
+			p.TokenAuthMethod = TokenAuthAuto
+		}
+		if p.Name == "" {
+			p.Name = hostOf(p.Issuer)
+		}
+	case TypeGitHub:
+		p.GitHubAPIURL = strings.TrimSuffix(p.GitHubAPIURL, "/")
+		if p.GitHubAPIURL == "" {
+			p.GitHubAPIURL = GitHubAPIURL
+		}
+		authDef, tokenDef := githubOAuthURLs(p.GitHubAPIURL)
+		p.GitHubAuthURL = orDefault(p.GitHubAuthURL, authDef)
+		p.GitHubTokenURL = orDefault(p.GitHubTokenURL, tokenDef)
+		p.Scopes = withScope("user:email", p.Scopes)
+		if p.Name == "" {
+			p.Name = "GitHub"
+		}
+	}
+	return p
+}
+
 // fileProvider is one entry of the providers file, as written.
 type fileProvider struct {
 	ID                  string   `yaml:"id"`
@@ -209,8 +247,9 @@ func (l *loader) providersFile(name, path string) []Provider {
 	return out
 }
 
-// provider checks fp and fills in defaults. Relative secret file paths are
-// taken from dir, the providers file's folder. Each error names a field.
+// provider checks fp and fills in defaults (WithDefaults). Relative secret
+// file paths are taken from dir, the providers file's folder. Each error
+// names a field.
 func (fp fileProvider) provider(dir string) (Provider, []string) {
 	var errs []string
 	bad := func(field, format string, args ...any) {
@@ -261,12 +300,19 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 		}
 		p.AllowedEmailDomains = append(p.AllowedEmailDomains, d)
 	}
-	var scopes []string
 	for _, s := range fp.Scopes {
 		if s = strings.TrimSpace(s); s != "" {
-			scopes = append(scopes, strings.Fields(s)...)
+			p.Scopes = append(p.Scopes, strings.Fields(s)...)
 		}
 	}
+	p.GitHubAPIURL = strings.TrimSpace(fp.GitHubAPIURL)
+	p.GitHubAuthURL = strings.TrimSpace(fp.GitHubAuthURL)
+	p.GitHubTokenURL = strings.TrimSpace(fp.GitHubTokenURL)
+	method, methodOK := tokenAuthMethod(fp.TokenAuthMethod)
+	if p.Type == TypeOIDC {
+		p.TokenAuthMethod = method
+	}
+	p = p.WithDefaults()
 
 	githubOnly := map[string]string{
 		"github_api_url": fp.GitHubAPIURL, "github_auth_url": fp.GitHubAuthURL, "github_token_url": fp.GitHubTokenURL,
@@ -284,21 +330,12 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 				bad(field, "only for type github")
 			}
 		}
-		if len(scopes) == 0 {
-			scopes = []string{"email", "profile"}
-		}
-		p.Scopes = withScope("openid", scopes)
-		method, ok := tokenAuthMethod(fp.TokenAuthMethod)
 		switch {
-		case !ok:
+		case !methodOK:
 			bad("token_endpoint_auth_method", "%q is not one of %s, %s, %s", method, TokenAuthAuto, TokenAuthBasic, TokenAuthPost)
 		case method != TokenAuthAuto && p.ClientSecret == "" && strings.TrimSpace(fp.ClientSecretFile) == "":
 			// (An unreadable or empty client_secret_file has its own error.)
 			bad("token_endpoint_auth_method", "%s needs a client secret (client_secret or client_secret_file)", method)
-		}
-		p.TokenAuthMethod = method
-		if p.Name == "" {
-			p.Name = hostOf(p.Issuer)
 		}
 	case TypeGitHub:
 		if p.Issuer != "" {
@@ -310,13 +347,6 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 		if p.ClientSecret == "" {
 			bad("client_secret", "required for type github (or client_secret_file)")
 		}
-		p.GitHubAPIURL = strings.TrimSuffix(strings.TrimSpace(fp.GitHubAPIURL), "/")
-		if p.GitHubAPIURL == "" {
-			p.GitHubAPIURL = GitHubAPIURL
-		}
-		authDef, tokenDef := githubOAuthURLs(p.GitHubAPIURL)
-		p.GitHubAuthURL = orDefault(strings.TrimSpace(fp.GitHubAuthURL), authDef)
-		p.GitHubTokenURL = orDefault(strings.TrimSpace(fp.GitHubTokenURL), tokenDef)
 		urls := map[string]string{
 			"github_api_url": p.GitHubAPIURL, "github_auth_url": p.GitHubAuthURL, "github_token_url": p.GitHubTokenURL,
 		}
@@ -324,10 +354,6 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 			if !isHTTPURL(urls[field]) {
 				bad(field, "%q is not an http(s) URL", urls[field])
 			}
-		}
-		p.Scopes = withScope("user:email", scopes)
-		if p.Name == "" {
-			p.Name = "GitHub"
 		}
 	case "":
 		bad("type", "required: oidc or github")

@@ -39,7 +39,7 @@ func newGitHubFlow(cfg ProviderConfig, redirectURL string, client *http.Client, 
 		return nil, fmt.Errorf("login: provider %s: GitHub API, authorize and token URLs are required", cfg.ID)
 	}
 	return &githubFlow{
-		api:          strings.TrimSuffix(cfg.GitHubAPIURL, "/"),
+		api:          cfg.GitHubAPIURL,
 		clientSecret: cfg.ClientSecret,
 		oauth2: &oauth2.Config{
 			ClientID:     cfg.ClientID,

@@ -70,7 +70,7 @@ func (f *fakeGitHub) provider(id string, domains ...string) login.ProviderConfig
 		GitHubAPIURL:        f.srv.URL + "/api",
 		GitHubAuthURL:       f.srv.URL + "/login/oauth/authorize",
 		GitHubTokenURL:      f.srv.URL + "/login/oauth/access_token",
-	}
+	}.WithDefaults()
 }
 
 func (f *fakeGitHub) set(change func(f *fakeGitHub)) {

@@ -156,7 +156,7 @@ func (g *gateway) mockProvider() login.ProviderConfig {
 		ID: providerID, Type: login.TypeOIDC, Issuer: g.idp.Issuer(),
 		ClientID: g.idp.ClientID, ClientSecret: g.idp.ClientSecret,
 		Scopes: []string{"openid", "email", "profile"}, TokenAuthMethod: config.TokenAuthPost,
-	}
+	}.WithDefaults()
 }
 
 func newGateway(t *testing.T, opts ...gatewayOption) *gateway {

@@ -130,7 +130,7 @@ func (h *hostileIdP) provider(id string) login.ProviderConfig {
 	return login.ProviderConfig{
 		ID: id, Type: login.TypeOIDC, Issuer: h.issuer(), ClientID: h.clientID, ClientSecret: h.clientSecret,
 		Scopes: []string{"openid", "email"},
-	}
+	}.WithDefaults()
 }
 
 func (h *hostileIdP) discovery(w http.ResponseWriter, _ *http.Request) {

@@ -56,10 +56,12 @@ const (
 
 // UnknownProvider is the provider label of failures that cannot be tied to
 // one configured provider while several are configured.
-const UnknownProvider = "unknown"
+const UnknownProvider = config.UnknownProvider
 
 // ProviderConfig is one identity provider, as the configuration describes
-// it (see config.Provider for what each field promises).
+// it (see config.Provider for what each field promises). New takes it
+// complete, as config.Load returns it, and fills in nothing: a provider
+// built by hand goes through config.Provider.WithDefaults first.
 type ProviderConfig = config.Provider
 
 // Config is the login flow's configuration.

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strings"
 	"sync/atomic"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -61,38 +60,21 @@ type identity struct {
 	idToken string
 }
 
+// newProvider builds the provider cfg describes. cfg is taken as it is:
+// the defaults of what a description leaves out are config's
+// (config.Provider.WithDefaults), so a missing name or scope is not filled
+// in here.
 func newProvider(cfg ProviderConfig, callbackPath, redirectURL string, client *http.Client, tracer trace.Tracer) (*provider, error) {
 	if cfg.ClientID == "" {
 		return nil, fmt.Errorf("login: provider %s: client id is required", cfg.ID)
 	}
-	domains := make([]string, len(cfg.AllowedEmailDomains))
-	for i, d := range cfg.AllowedEmailDomains {
-		domains[i] = strings.ToLower(d)
-	}
-	cfg.AllowedEmailDomains = domains
 	switch cfg.Type {
-	case TypeOIDC, "":
+	case TypeOIDC:
 		if cfg.Issuer == "" {
 			return nil, fmt.Errorf("login: provider %s: issuer is required", cfg.ID)
 		}
-		if cfg.Name == "" {
-			cfg.Name = cfg.Issuer
-			if u, err := url.Parse(cfg.Issuer); err == nil && u.Host != "" {
-				cfg.Name = u.Host
-			}
-		}
-		if !slices.Contains(cfg.Scopes, "openid") {
-			cfg.Scopes = append([]string{"openid"}, cfg.Scopes...)
-		}
 		return &provider{cfg: cfg, flow: newOIDCFlow(cfg, redirectURL, client, tracer), callbackPath: callbackPath}, nil
 	case TypeGitHub:
-		cfg.GitHubAPIURL = strings.TrimSuffix(cfg.GitHubAPIURL, "/")
-		if cfg.Name == "" {
-			cfg.Name = "GitHub"
-		}
-		if !slices.Contains(cfg.Scopes, "user:email") {
-			cfg.Scopes = append(cfg.Scopes, "user:email")
-		}
 		g, err := newGitHubFlow(cfg, redirectURL, client, tracer)
 		if err != nil {
 			return nil, err
