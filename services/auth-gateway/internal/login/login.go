@@ -367,18 +367,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r = h.dropOversizedCookies(w, r)
 	}
 	if f := h.guard(w, r); f != nil {
-		h.fail(w, r, *f)
+		h.fail(w, r, f)
 		return
 	}
 	h.mux.ServeHTTP(w, r)
 }
 
 func (h *Handler) notFound(w http.ResponseWriter, r *http.Request) {
-	h.fail(w, r, failure{
-		status: http.StatusNotFound, reason: "not_found", level: slog.LevelDebug,
-		title:   "Page not found",
-		message: "There is no page at this address. Check the link, or go back to the start page.",
-	})
+	h.fail(w, r, failed(reasonNotFound, ""))
 }
 
 // label is the provider label for metrics about p, which may be nil when

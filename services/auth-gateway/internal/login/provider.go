@@ -5,7 +5,6 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -94,17 +93,6 @@ func (p *provider) issuer() string {
 	return p.cfg.Issuer
 }
 
-// issuerMismatch is the failure for an iss parameter that does not name
-// the provider the attempt went to.
-func issuerMismatch(why string) *failure {
-	return &failure{
-		status: http.StatusBadRequest, reason: resultIssuerMismatch, level: slog.LevelWarn,
-		title:   "Sign-in answer from the wrong provider",
-		message: "The answer to this sign-in did not come from the identity provider we asked. Start again from the sign-in page.",
-		logMsg:  "callback rejected: iss parameter does not name the provider", logErr: why,
-	}
-}
-
 // checkCallbackPath refuses an answer that arrived at another callback
 // than p's: with several providers, an answer from one provider for an
 // attempt that went to another (mix-up), whether or not it carries iss.
@@ -112,10 +100,8 @@ func (p *provider) checkCallbackPath(path string) *failure {
 	if path == p.callbackPath {
 		return nil
 	}
-	f := issuerMismatch(fmt.Sprintf("answer arrived at %s, the attempt went to provider %s (callback %s)",
+	return failed(reasonCallbackMismatch, fmt.Sprintf("answer arrived at %s, the attempt went to provider %s (callback %s)",
 		truncate(path, 100), p.cfg.ID, p.callbackPath))
-	f.logMsg = "callback rejected: answer arrived at another provider's callback (mix-up)"
-	return f
 }
 
 // discovered is what the gateway knows about an OIDC provider once its
@@ -295,17 +281,16 @@ func (p *oidcFlow) authURL(ctx context.Context, state, nonce, verifier string) (
 func (p *oidcFlow) checkIssuer(ctx context.Context, iss string) *failure {
 	if iss != "" {
 		if iss != p.issuer {
-			return issuerMismatch(fmt.Sprintf("got iss %q, want %q", truncate(iss, 200), p.issuer))
+			return failed(reasonIssuerMismatch, fmt.Sprintf("got iss %q, want %q", truncate(iss, 200), p.issuer))
 		}
 		return nil
 	}
 	d, err := p.get(ctx)
 	if err != nil {
-		f := providerUnavailable(err)
-		return &f
+		return failed(reasonProviderUnavailable, err.Error())
 	}
 	if d.issParameter {
-		return issuerMismatch("no iss parameter, although the provider's discovery document promises one")
+		return failed(reasonIssuerMismatch, "no iss parameter, although the provider's discovery document promises one")
 	}
 	return nil
 }
@@ -338,8 +323,7 @@ func (p *oidcFlow) logoutURL(ctx context.Context, postLogout, idTokenHint string
 func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identity, *failure) {
 	d, err := p.get(ctx)
 	if err != nil {
-		f := providerUnavailable(err)
-		return identity{}, &f
+		return identity{}, failed(reasonProviderUnavailable, err.Error())
 	}
 	secrets := []string{code, a.Verifier, p.clientSecret}
 	ctx = p.ctx(ctx)
@@ -347,13 +331,13 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	tok, err := d.oauth2.Exchange(ectx, code, oauth2.VerifierOption(a.Verifier))
 	endSpan(span, err != nil, resultExchangeFailed)
 	if err != nil {
-		return identity{}, exchangeFailed(redact(err, secrets...))
+		return identity{}, failed(reasonExchangeFailed, redact(err, secrets...))
 	}
 	rawIDToken, _ := tok.Extra("id_token").(string)
 	secrets = append(secrets, tok.AccessToken, tok.RefreshToken, rawIDToken)
 
 	if rawIDToken == "" {
-		return identity{}, tokenInvalid("token response has no id_token")
+		return identity{}, failed(reasonTokenInvalid, "token response has no id_token")
 	}
 	idt, c, f := p.verifyIDToken(ctx, d, rawIDToken, a.Nonce, secrets)
 	if f != nil {
@@ -370,19 +354,14 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 		ui, err := d.provider.UserInfo(uctx, oauth2.StaticTokenSource(tok))
 		endSpan(span, err != nil, "userinfo request failed")
 		if err != nil {
-			return identity{}, &failure{
-				status: http.StatusBadGateway, reason: resultExchangeFailed, level: slog.LevelError,
-				title:   "The identity provider did not answer properly",
-				message: "We could not get your account details from your identity provider. Please try again in a moment.",
-				logMsg:  "userinfo request failed", logErr: redact(err, secrets...),
-			}
+			return identity{}, failed(reasonUserInfoFailed, redact(err, secrets...))
 		}
 		if ui.Subject != idt.Subject {
-			return identity{}, tokenInvalid("userinfo sub differs from the id token's sub")
+			return identity{}, failed(reasonTokenInvalid, "userinfo sub differs from the id token's sub")
 		}
 		var uc claims
 		if err := ui.Claims(&uc); err != nil {
-			return identity{}, tokenInvalid("userinfo claims: " + redact(err, secrets...))
+			return identity{}, failed(reasonTokenInvalid, "userinfo claims: "+redact(err, secrets...))
 		}
 		if uc.Email != "" {
 			id.email, verified = uc.Email, uc.EmailVerified
@@ -396,16 +375,10 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	}
 
 	if id.email == "" {
-		return identity{}, emailMissing("Your identity provider did not share an email address, and Doorbell needs one to sign you in. Allow access to your email address, then sign in again.")
+		return identity{}, failed(reasonEmailMissing, "")
 	}
 	if verified == nil || !bool(*verified) {
-		return identity{}, &failure{
-			status: http.StatusForbidden, reason: resultEmailUnverified, level: slog.LevelWarn,
-			title: "Email address not verified",
-			message: fmt.Sprintf("Your email address %s is not verified by %s. Verify it there, then sign in again.",
-				id.email, p.displayName),
-			logMsg: "sign-in refused: email not verified by the provider",
-		}
+		return identity{}, failed(reasonEmailUnverified, "", id.email, p.displayName)
 	}
 	return id, nil
 }
@@ -427,20 +400,15 @@ func (p *oidcFlow) verifyIDToken(ctx context.Context, d *discovered, rawIDToken,
 		endSpan(span, false, "")
 	}
 	if err != nil {
-		return nil, claims{}, tokenInvalid(redact(err, secrets...))
+		return nil, claims{}, failed(reasonTokenInvalid, redact(err, secrets...))
 	}
 	if !nonceOK {
-		return nil, claims{}, &failure{
-			status: http.StatusUnauthorized, reason: resultNonceMismatch, level: slog.LevelWarn,
-			title:   "Sign-in could not be verified",
-			message: "The identity provider's answer does not belong to this sign-in. Please start again.",
-			logMsg:  "id token rejected: nonce does not match the attempt",
-		}
+		return nil, claims{}, failed(reasonNonceMismatch, "")
 	}
 
 	var c claims
 	if err := idt.Claims(&c); err != nil {
-		return nil, claims{}, tokenInvalid("id token claims: " + redact(err, secrets...))
+		return nil, claims{}, failed(reasonTokenInvalid, "id token claims: "+redact(err, secrets...))
 	}
 	if f := authorizedParty(idt.Audience, c.AuthorizedParty, p.clientID); f != nil {
 		return nil, claims{}, f
@@ -455,9 +423,9 @@ func (p *oidcFlow) verifyIDToken(ctx context.Context, d *discovered, rawIDToken,
 func authorizedParty(aud []string, azp, clientID string) *failure {
 	switch {
 	case azp != "" && azp != clientID:
-		return tokenInvalid(fmt.Sprintf("azp %q is not our client id", truncate(azp, 100)))
+		return failed(reasonTokenInvalid, fmt.Sprintf("azp %q is not our client id", truncate(azp, 100)))
 	case len(aud) > 1 && azp == "":
-		return tokenInvalid(fmt.Sprintf("id token for %d audiences has no azp", len(aud)))
+		return failed(reasonTokenInvalid, fmt.Sprintf("id token for %d audiences has no azp", len(aud)))
 	}
 	return nil
 }

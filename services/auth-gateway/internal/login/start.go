@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -55,12 +54,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		if p = h.providers[id]; p == nil {
 			span.SetAttributes(attribute.String("doorbell.result", resultProviderUnknown))
 			h.metrics.logins.WithLabelValues(h.label(nil), resultProviderUnknown).Inc()
-			h.fail(w, r, failure{
-				status: http.StatusBadRequest, reason: resultProviderUnknown, level: slog.LevelInfo,
-				title:   "Unknown sign-in option",
-				message: "This sign-in link names an identity provider this site does not offer. Choose one on the sign-in page.",
-				logMsg:  "sign-in refused: unknown provider",
-			})
+			h.fail(w, r, failed(reasonProviderUnknown, ""))
 			return
 		}
 	case len(h.order) == 1:
@@ -74,12 +68,12 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 
 	state, err := randomToken(32)
 	if err != nil {
-		h.fail(w, r, internalError(err))
+		h.fail(w, r, failed(reasonInternal, err.Error()))
 		return
 	}
 	nonce, err := randomToken(32)
 	if err != nil {
-		h.fail(w, r, internalError(err))
+		h.fail(w, r, failed(reasonInternal, err.Error()))
 		return
 	}
 	verifier := oauth2.GenerateVerifier()
@@ -88,7 +82,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		span.SetAttributes(attribute.String("doorbell.result", resultProviderUnavailable))
 		span.SetStatus(codes.Error, resultProviderUnavailable)
 		h.metrics.logins.WithLabelValues(p.cfg.ID, resultProviderUnavailable).Inc()
-		h.fail(w, r, providerUnavailable(err))
+		h.fail(w, r, failed(reasonProviderUnavailable, err.Error()))
 		return
 	}
 	now := h.cfg.Now()
@@ -97,7 +91,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		State: state, Nonce: nonce, Verifier: verifier, Provider: p.cfg.ID, Created: now.Unix(), Return: rd,
 	}, now)
 	if err != nil {
-		h.fail(w, r, internalError(err))
+		h.fail(w, r, failed(reasonInternal, err.Error()))
 		return
 	}
 	h.pruneAttempts(w, r, len(name)+len(sealed), now)
@@ -211,22 +205,4 @@ func (h *Handler) loginLink(p *provider, rd string) string {
 		return "/login"
 	}
 	return "/login?" + q.Encode()
-}
-
-func providerUnavailable(err error) failure {
-	return failure{
-		status: http.StatusServiceUnavailable, reason: resultProviderUnavailable, level: slog.LevelError,
-		title:   "Sign-in is unavailable",
-		message: "The identity provider is unreachable right now, so we cannot sign you in. Please try again in a few minutes.",
-		logMsg:  "identity provider unreachable", logErr: err.Error(),
-	}
-}
-
-func internalError(err error) failure {
-	return failure{
-		status: http.StatusInternalServerError, reason: "internal_error", level: slog.LevelError,
-		title:   "Something went wrong",
-		message: "We hit an unexpected problem. Please go back and try again.",
-		logMsg:  "internal error", logErr: err.Error(),
-	}
 }
