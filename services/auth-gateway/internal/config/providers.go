@@ -201,6 +201,12 @@ func (l *loader) providersFile(name, path string) []Provider {
 		return nil
 	}
 
+	return providerItems(list, path, fail)
+}
+
+// providerItems decodes and checks each provider in the providers file's
+// list (the file at path), reporting errors to fail.
+func providerItems(list *yaml.Node, path string, fail func(format string, args ...any)) []Provider {
 	var out []Provider
 	seen := map[string]int{}
 	for i, item := range list.Content {
@@ -251,10 +257,8 @@ func (l *loader) providersFile(name, path string) []Provider {
 // file paths are taken from dir, the providers file's folder. Each error
 // names a field.
 func (fp fileProvider) provider(dir string) (Provider, []string) {
-	var errs []string
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
-	}
+	var errs fieldErrors
+	bad := errs.add
 	p := Provider{
 		ID:       strings.TrimSpace(fp.ID),
 		Type:     strings.TrimSpace(fp.Type),
@@ -292,14 +296,7 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 		p.ClientSecret = secret
 	}
 
-	for _, d := range fp.AllowedEmailDomains {
-		d = strings.ToLower(strings.TrimSpace(d))
-		if !domainPattern.MatchString(d) {
-			bad("allowed_email_domains", "%q is not a domain name such as example.com (no @, wildcard or port)", d)
-			continue
-		}
-		p.AllowedEmailDomains = append(p.AllowedEmailDomains, d)
-	}
+	p.AllowedEmailDomains = emailDomains(fp.AllowedEmailDomains, bad)
 	for _, s := range fp.Scopes {
 		if s = strings.TrimSpace(s); s != "" {
 			p.Scopes = append(p.Scopes, strings.Fields(s)...)
@@ -308,17 +305,40 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 	p.GitHubAPIURL = strings.TrimSpace(fp.GitHubAPIURL)
 	p.GitHubAuthURL = strings.TrimSpace(fp.GitHubAuthURL)
 	p.GitHubTokenURL = strings.TrimSpace(fp.GitHubTokenURL)
-	method, methodOK := tokenAuthMethod(fp.TokenAuthMethod)
 	if p.Type == TypeOIDC {
-		p.TokenAuthMethod = method
+		p.TokenAuthMethod, _ = tokenAuthMethod(fp.TokenAuthMethod)
 	}
 	p = p.WithDefaults()
 
+	fp.checkType(p, bad)
+	return p, errs
+}
+
+// emailDomains returns domains lowercased, reporting to bad the ones that
+// are not a domain name.
+func emailDomains(domains []string, bad func(field, format string, args ...any)) []string {
+	var out []string
+	for _, d := range domains {
+		d = strings.ToLower(strings.TrimSpace(d))
+		if !domainPattern.MatchString(d) {
+			bad("allowed_email_domains", "%q is not a domain name such as example.com (no @, wildcard or port)", d)
+			continue
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// checkType checks the fields that depend on the provider's type, on p as
+// fp describes it with its defaults filled in, and reports each error to
+// bad.
+func (fp fileProvider) checkType(p Provider, bad func(field, format string, args ...any)) {
 	githubOnly := map[string]string{
 		"github_api_url": fp.GitHubAPIURL, "github_auth_url": fp.GitHubAuthURL, "github_token_url": fp.GitHubTokenURL,
 	}
 	switch p.Type {
 	case TypeOIDC:
+		method, methodOK := tokenAuthMethod(fp.TokenAuthMethod)
 		switch {
 		case p.Issuer == "":
 			bad("issuer", "required for type oidc")
@@ -360,7 +380,13 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 	default:
 		bad("type", "%q is not oidc or github", p.Type)
 	}
-	return p, errs
+}
+
+// fieldErrors are a provider's errors, each naming its field.
+type fieldErrors []string
+
+func (e *fieldErrors) add(field, format string, args ...any) {
+	*e = append(*e, field+": "+fmt.Sprintf(format, args...))
 }
 
 // githubOAuthURLs returns the authorize and token URLs that go with a

@@ -350,18 +350,9 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	verified := c.EmailVerified
 
 	if (c.Email == "" || verified == nil) && d.provider.UserInfoEndpoint() != "" {
-		uctx, span := p.tracer.Start(ctx, "oidc.userinfo", trace.WithSpanKind(trace.SpanKindClient))
-		ui, err := d.provider.UserInfo(uctx, oauth2.StaticTokenSource(tok))
-		endSpan(span, err != nil, "userinfo request failed")
-		if err != nil {
-			return identity{}, failed(reasonUserInfoFailed, redact(err, secrets...))
-		}
-		if ui.Subject != idt.Subject {
-			return identity{}, failed(reasonTokenInvalid, "userinfo sub differs from the id token's sub")
-		}
-		var uc claims
-		if err := ui.Claims(&uc); err != nil {
-			return identity{}, failed(reasonTokenInvalid, "userinfo claims: "+redact(err, secrets...))
+		uc, f := p.userInfo(ctx, d, tok, idt.Subject, secrets)
+		if f != nil {
+			return identity{}, f
 		}
 		if uc.Email != "" {
 			id.email, verified = uc.Email, uc.EmailVerified
@@ -381,6 +372,27 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 		return identity{}, failed(reasonEmailUnverified, "", id.email, p.displayName)
 	}
 	return id, nil
+}
+
+// userInfo asks the provider's UserInfo endpoint about the person the
+// access token in tok was issued for, and checks that the answer is about
+// subject, the ID token's. secrets are redacted from the error text of a
+// failure.
+func (p *oidcFlow) userInfo(ctx context.Context, d *discovered, tok *oauth2.Token, subject string, secrets []string) (claims, *failure) {
+	ctx, span := p.tracer.Start(ctx, "oidc.userinfo", trace.WithSpanKind(trace.SpanKindClient))
+	ui, err := d.provider.UserInfo(ctx, oauth2.StaticTokenSource(tok))
+	endSpan(span, err != nil, "userinfo request failed")
+	if err != nil {
+		return claims{}, failed(reasonUserInfoFailed, redact(err, secrets...))
+	}
+	if ui.Subject != subject {
+		return claims{}, failed(reasonTokenInvalid, "userinfo sub differs from the id token's sub")
+	}
+	var uc claims
+	if err := ui.Claims(&uc); err != nil {
+		return claims{}, failed(reasonTokenInvalid, "userinfo claims: "+redact(err, secrets...))
+	}
+	return uc, nil
 }
 
 // verifyIDToken checks the ID token of a sign-in and decodes the claims the

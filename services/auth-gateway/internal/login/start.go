@@ -46,44 +46,68 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	ctx, span := h.tracer.Start(r.Context(), "login.start", trace.WithSpanKind(trace.SpanKindServer))
 	defer span.End()
 	r = r.WithContext(ctx)
-	q := r.URL.Query()
-	rd := h.returnTarget(r, q.Get("rd"))
-	var p *provider
-	switch id := q.Get("provider"); {
-	case id != "":
-		if p = h.providers[id]; p == nil {
-			span.SetAttributes(attribute.String("doorbell.result", resultProviderUnknown))
-			h.metrics.logins.WithLabelValues(h.label(nil), resultProviderUnknown).Inc()
-			h.fail(w, r, failed(reasonProviderUnknown, ""))
-			return
-		}
-	case len(h.order) == 1:
-		p = h.order[0]
-	default:
-		span.SetAttributes(attribute.String("doorbell.result", "choose_provider"))
-		h.render(w, http.StatusOK, h.pages.home, h.homeData(nil, rd, ""))
+	rd := h.returnTarget(r, r.URL.Query().Get("rd"))
+	p := h.chooseProvider(w, r, span, rd)
+	if p == nil {
 		return
 	}
 	span.SetAttributes(attribute.String("doorbell.provider", p.cfg.ID))
 
+	target, f := h.startAttempt(w, r, p, rd)
+	if f != nil {
+		if f.reason == reasonProviderUnavailable {
+			span.SetAttributes(attribute.String("doorbell.result", resultProviderUnavailable))
+			span.SetStatus(codes.Error, resultProviderUnavailable)
+			h.metrics.logins.WithLabelValues(p.cfg.ID, resultProviderUnavailable).Inc()
+		}
+		h.fail(w, r, f)
+		return
+	}
+	h.metrics.started.WithLabelValues(p.cfg.ID).Inc()
+	span.SetAttributes(attribute.String("doorbell.result", "redirected"))
+	w.Header().Set("Location", target)
+	w.WriteHeader(http.StatusFound)
+}
+
+// chooseProvider returns the provider the sign-in goes to: the one the
+// provider parameter names, or the only one. Otherwise it answers itself,
+// with the failure for an unknown provider or the page to choose one on,
+// and returns nil.
+func (h *Handler) chooseProvider(w http.ResponseWriter, r *http.Request, span trace.Span, rd string) *provider {
+	switch id := r.URL.Query().Get("provider"); {
+	case id != "":
+		p := h.providers[id]
+		if p == nil {
+			span.SetAttributes(attribute.String("doorbell.result", resultProviderUnknown))
+			h.metrics.logins.WithLabelValues(h.label(nil), resultProviderUnknown).Inc()
+			h.fail(w, r, failed(reasonProviderUnknown, ""))
+		}
+		return p
+	case len(h.order) == 1:
+		return h.order[0]
+	default:
+		span.SetAttributes(attribute.String("doorbell.result", "choose_provider"))
+		h.render(w, http.StatusOK, h.pages.home, h.homeData(nil, rd, ""))
+		return nil
+	}
+}
+
+// startAttempt makes a fresh state, nonce and PKCE verifier, keeps them in
+// a new attempt cookie (making room for it, see pruneAttempts) and returns
+// where at p to send the browser. It sets no cookie when it fails.
+func (h *Handler) startAttempt(w http.ResponseWriter, r *http.Request, p *provider, rd string) (string, *failure) {
 	state, err := randomToken(32)
 	if err != nil {
-		h.fail(w, r, failed(reasonInternal, err.Error()))
-		return
+		return "", failed(reasonInternal, err.Error())
 	}
 	nonce, err := randomToken(32)
 	if err != nil {
-		h.fail(w, r, failed(reasonInternal, err.Error()))
-		return
+		return "", failed(reasonInternal, err.Error())
 	}
 	verifier := oauth2.GenerateVerifier()
 	target, err := p.flow.authURL(r.Context(), state, nonce, verifier)
 	if err != nil {
-		span.SetAttributes(attribute.String("doorbell.result", resultProviderUnavailable))
-		span.SetStatus(codes.Error, resultProviderUnavailable)
-		h.metrics.logins.WithLabelValues(p.cfg.ID, resultProviderUnavailable).Inc()
-		h.fail(w, r, failed(reasonProviderUnavailable, err.Error()))
-		return
+		return "", failed(reasonProviderUnavailable, err.Error())
 	}
 	now := h.cfg.Now()
 	name := attemptCookieName(state)
@@ -91,8 +115,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		State: state, Nonce: nonce, Verifier: verifier, Provider: p.cfg.ID, Created: now.Unix(), Return: rd,
 	}, now)
 	if err != nil {
-		h.fail(w, r, failed(reasonInternal, err.Error()))
-		return
+		return "", failed(reasonInternal, err.Error())
 	}
 	h.pruneAttempts(w, r, len(name)+len(sealed), now)
 	http.SetCookie(w, &http.Cookie{
@@ -104,10 +127,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		Secure:   h.secure,
 		SameSite: http.SameSiteLaxMode,
 	})
-	h.metrics.started.WithLabelValues(p.cfg.ID).Inc()
-	span.SetAttributes(attribute.String("doorbell.result", "redirected"))
-	w.Header().Set("Location", target)
-	w.WriteHeader(http.StatusFound)
+	return target, nil
 }
 
 // sealAttempt seals a into the cookie called name. The JSON is not
