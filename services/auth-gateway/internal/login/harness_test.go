@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,21 +14,14 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/oauth2-proxy/mockoidc"
-	"github.com/prometheus/client_golang/prometheus"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
-	"google.golang.org/protobuf/proto"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/admin"
@@ -36,6 +31,16 @@ import (
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/natstest"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oauth2-proxy/mockoidc"
+	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/proto"
 )
 
 const providerID = "test-idp"
@@ -681,4 +686,248 @@ func mustContain(t *testing.T, what, s string, wants ...string) {
 			t.Errorf("%s lacks %q:\n%s", what, w, s)
 		}
 	}
+}
+
+// slowRate allows burst requests per client IP and then one an hour, so
+// a test knows exactly when the limit bites without waiting for anything.
+func slowRate(burst int) gatewayOption {
+	return withConfig(func(c *login.Config) { c.RateLimit, c.RateBurst = rate.Every(time.Hour), burst })
+}
+
+// attemptCookies returns the sign-in attempt cookies the browser would
+// send to the callback.
+func (b *browser) attemptCookies() []*http.Cookie {
+	var out []*http.Cookie
+	for _, c := range b.jar.Cookies(b.g.url.ResolveReference(&url.URL{Path: "/auth/callback"})) {
+		if strings.HasPrefix(c.Name, "doorbell_login_") {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// waitNotConnected polls until the publisher has noticed that NATS is
+// gone; each probe is short so that one sent just before the disconnect
+// does not hold up the loop.
+func waitNotConnected(ctx context.Context, t *testing.T, pub *publish.Publisher) {
+	t.Helper()
+	for {
+		probe, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		err := pub.Ready(probe)
+		cancel()
+		if errors.Is(err, publish.ErrNotConnected) || errors.Is(err, publish.ErrSpooling) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("publisher did not notice NATS went down (last: %v)", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// assertRefused checks what the person, the operator and the stream see
+// after a refused sign-in.
+func assertRefused(t *testing.T, g *gateway, resp response, status int, provider, result string, page ...string) {
+	t.Helper()
+	if resp.StatusCode != status {
+		t.Errorf("status = %d, want %d: %s", resp.StatusCode, status, resp.body)
+	}
+	mustContain(t, "page", resp.body, append(page, `href="/"`, "<code>"+result+"</code>")...)
+	want := map[string]float64{provider + "/" + result: 1}
+	if got := g.loginTotals(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("logins_total moved %v, want exactly %v", got, want)
+	}
+	if n := len(g.events()); n != 0 {
+		t.Errorf("%d events published", n)
+	}
+	if setCookie(resp, "doorbell_session") != nil {
+		t.Error("session cookie set")
+	}
+	mustContain(t, "log", g.logs.String(), "reason="+result)
+}
+
+// hostRoute is the provider client's transport in tests where a provider's
+// issuer names a host that does not exist here: requests to that host go,
+// over plain HTTP, to the test server at target instead (as a resolver
+// entry would send them); every other request goes out unchanged.
+type hostRoute struct {
+	host   string
+	target *url.URL
+}
+
+func (h hostRoute) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Host == h.host {
+		r = r.Clone(r.Context())
+		r.URL.Scheme, r.URL.Host, r.Host = h.target.Scheme, h.target.Host, h.target.Host
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+const expiredPage = "This sign-in link has expired or was already used. Start again."
+
+func alice() *testUser {
+	return &testUser{sub: "alice-1", idClaims: map[string]any{
+		"email": "alice@example.com", "email_verified": true, "name": "Alice <Admin>", "locale": "en-GB",
+	}}
+}
+
+func withQuery(u *url.URL, key, value string) *url.URL {
+	c := *u
+	q := c.Query()
+	if value == "" {
+		q.Del(key)
+	} else {
+		q.Set(key, value)
+	}
+	c.RawQuery = q.Encode()
+	return &c
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// suite collects the log output of every gateway this package's tests
+// start, and every secret they see go by: authorization codes and states
+// in URLs, cookie values, tokens the providers issued, client secrets and
+// cookie keys. TestMain fails the run if any secret shows up in any log
+// line.
+var suite = &suiteRecorder{secrets: map[string]string{}}
+
+type suiteRecorder struct {
+	mu      sync.Mutex
+	logs    bytes.Buffer
+	secrets map[string]string // value → kind
+}
+
+func (s *suiteRecorder) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.logs.Write(p)
+}
+
+// secret records values of kind; values too short to search for reliably
+// are skipped.
+func (s *suiteRecorder) secret(kind string, values ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, v := range values {
+		if len(v) >= 8 {
+			s.secrets[v] = kind
+		}
+	}
+}
+
+// url records the code and state of a URL, if any.
+func (s *suiteRecorder) url(u *url.URL) {
+	q := u.Query()
+	s.secret("authorization code", q.Get("code"))
+	s.secret("state", q.Get("state"))
+}
+
+// response records the cookies a response sets and the code in its
+// redirect.
+func (s *suiteRecorder) response(resp *http.Response) {
+	for _, c := range resp.Cookies() {
+		s.secret("cookie "+c.Name, c.Value)
+	}
+	if loc, err := resp.Location(); err == nil {
+		s.url(loc)
+	}
+}
+
+// tokenResponse records the tokens in a token endpoint's answer (JSON or
+// form-encoded).
+func (s *suiteRecorder) tokenResponse(body []byte) {
+	var tr map[string]any
+	if json.Unmarshal(body, &tr) == nil {
+		for _, k := range []string{"access_token", "refresh_token", "id_token"} {
+			if v, ok := tr[k].(string); ok {
+				s.secret(k, v)
+			}
+		}
+		return
+	}
+	if q, err := url.ParseQuery(string(body)); err == nil {
+		for _, k := range []string{"access_token", "refresh_token", "id_token"} {
+			s.secret(k, q.Get(k))
+		}
+	}
+}
+
+// leaks returns a line per secret found in the logs.
+func (s *suiteRecorder) leaks() (leaks []string, secrets int, logBytes int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	logs := s.logs.String()
+	for v, kind := range s.secrets {
+		if strings.Contains(logs, v) {
+			leaks = append(leaks, fmt.Sprintf("%s %.12q…", kind, v))
+		}
+	}
+	sort.Strings(leaks)
+	return leaks, len(s.secrets), len(logs)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	leaks, secrets, logBytes := suite.leaks()
+	if len(leaks) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: the log output of this package's tests contains %d secrets:\n  %s\n",
+			len(leaks), strings.Join(leaks, "\n  "))
+		code = 1
+	} else if testing.Verbose() {
+		fmt.Printf("log check: %d secrets, none in %d bytes of log output\n", secrets, logBytes)
+	}
+	os.Exit(code)
+}
+
+// authRequest asks the gateway to start a sign-in at path and returns the
+// provider authorization URL it redirects to, without following it.
+func (b *browser) authRequest(path string) *url.URL {
+	b.t.Helper()
+	c := &http.Client{Jar: b.jar, Transport: b.c.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Get(b.g.gatewayURL(path))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc, err := resp.Location()
+	if resp.StatusCode != http.StatusFound || err != nil {
+		b.t.Fatalf("GET %s = %d, want a redirect to the provider", path, resp.StatusCode)
+	}
+	return loc
+}
+
+var csrfPattern = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// csrfField returns the sign-out form's token on page.
+func csrfField(t *testing.T, page string) string {
+	t.Helper()
+	m := csrfPattern.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("page has no csrf field:\n%s", page)
+	}
+	suite.secret("csrf token", m[1])
+	return m[1]
+}
+
+// signedIn returns a browser with a fresh session on g.
+func signedIn(t *testing.T, g *gateway) *browser {
+	t.Helper()
+	b := g.browser()
+	if resp := b.finish(b.begin(""), nil); resp.StatusCode != http.StatusFound {
+		t.Fatalf("sign-in failed: %d %s", resp.StatusCode, resp.body)
+	}
+	return b
+}
+
+func (g *gateway) logouts(result string) float64 {
+	return g.counter("doorbell_gateway_logouts_total", map[string]string{"result": result})
 }
