@@ -225,7 +225,7 @@ func TestCodeReplay(t *testing.T) {
 	if h.refused.Load() != 1 {
 		t.Errorf("provider refused %d codes, want 1", h.refused.Load())
 	}
-	if v := counterIn(t, other.reg, "doorbell_gateway_logins_total", map[string]string{"provider": "hostile", "result": "exchange_failed"}); v != 1 {
+	if v := other.reg.value(t, "doorbell_gateway_logins_total", map[string]string{"provider": "hostile", "result": "exchange_failed"}); v != 1 {
 		t.Errorf("replica logins_total{exchange_failed} = %v", v)
 	}
 	if v := g.loginsFor("hostile", "state_invalid"); v != 2 {

@@ -36,3 +36,6 @@ func IDTokenVerifier(ctx context.Context, cfg ProviderConfig, client *http.Clien
 		return idt.Subject, c.Email, nil
 	}, nil
 }
+
+// Results are the values of logins_total's result label.
+var Results = results

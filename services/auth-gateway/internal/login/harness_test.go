@@ -37,6 +37,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oauth2-proxy/mockoidc"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"golang.org/x/time/rate"
@@ -59,7 +61,7 @@ type gateway struct {
 	url     *url.URL
 	handler *login.Handler
 	sealer  *cookie.Sealer
-	reg     *prometheus.Registry
+	reg     *metrics
 	logs    *syncBuffer
 	log     *slog.Logger
 	clock   *clock
@@ -166,7 +168,7 @@ func (g *gateway) mockProvider() login.ProviderConfig {
 
 func newGateway(t *testing.T, opts ...gatewayOption) *gateway {
 	t.Helper()
-	g := &gateway{t: t, logs: &syncBuffer{}, clock: &clock{}, reg: prometheus.NewRegistry()}
+	g := &gateway{t: t, logs: &syncBuffer{}, clock: &clock{}, reg: newMetrics()}
 
 	// The identity provider.
 	idp, err := mockoidc.NewServer(nil)
@@ -377,7 +379,7 @@ func decodeEvent(t *testing.T, m *jetstream.RawStreamMsg) *eventsv1.UserAuthenti
 // own memory and metrics.
 type replica struct {
 	url string
-	reg *prometheus.Registry
+	reg *metrics
 }
 
 func (g *gateway) replica(change func(c *login.Config)) *replica {
@@ -386,7 +388,7 @@ func (g *gateway) replica(change func(c *login.Config)) *replica {
 	if change != nil {
 		change(&cfg)
 	}
-	r := &replica{reg: prometheus.NewRegistry()}
+	r := &replica{reg: newMetrics()}
 	h, err := login.New(cfg, g.sealer, g.pub, login.NewMetrics(r.reg), g.log)
 	if err != nil {
 		g.t.Fatal(err)
@@ -397,35 +399,65 @@ func (g *gateway) replica(change func(c *login.Config)) *replica {
 	return r
 }
 
+// metrics is a registry that keeps the collectors registered on it, so
+// that tests read a series by metric name with prometheus/testutil.
+type metrics struct {
+	*prometheus.Registry
+	mu         sync.Mutex
+	collectors []prometheus.Collector
+}
+
+func newMetrics() *metrics { return &metrics{Registry: prometheus.NewRegistry()} }
+
+func (m *metrics) Register(c prometheus.Collector) error {
+	if err := m.Registry.Register(c); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.collectors = append(m.collectors, c)
+	return nil
+}
+
+func (m *metrics) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := m.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// value returns the value of the counter (or histogram sample count) name
+// with exactly these labels.
+func (m *metrics) value(t *testing.T, name string, labels map[string]string) float64 {
+	t.Helper()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.collectors {
+		if testutil.CollectAndCount(c, name) == 0 {
+			continue
+		}
+		switch v := c.(type) {
+		case *prometheus.CounterVec:
+			return testutil.ToFloat64(v.With(labels))
+		case *prometheus.HistogramVec:
+			var d dto.Metric
+			if err := v.With(labels).(prometheus.Histogram).Write(&d); err != nil {
+				t.Fatal(err)
+			}
+			return float64(d.GetHistogram().GetSampleCount())
+		default:
+			return testutil.ToFloat64(c)
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
 // counter returns the value of the counter name with exactly these labels.
 func (g *gateway) counter(name string, labels map[string]string) float64 {
 	g.t.Helper()
-	return counterIn(g.t, g.reg, name, labels)
-}
-
-// counterIn returns the value of the counter (or histogram sample count)
-// name with exactly these labels in reg.
-func counterIn(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if labelsMatch(m.GetLabel(), labels) {
-				if h := m.GetHistogram(); h != nil {
-					return float64(h.GetSampleCount())
-				}
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no series %s%v", name, labels)
-	return 0
+	return g.reg.value(g.t, name, labels)
 }
 
 // logins is logins_total for the default provider and result.
@@ -441,46 +473,19 @@ func (g *gateway) loginsFor(provider, result string) float64 {
 // "provider/result" → value, to check that nothing else moved.
 func (g *gateway) loginTotals() map[string]float64 {
 	g.t.Helper()
-	mfs, err := g.reg.Gather()
-	if err != nil {
-		g.t.Fatal(err)
-	}
 	out := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() != "doorbell_gateway_logins_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if v := m.GetCounter().GetValue(); v != 0 {
-				var p, r string
-				for _, l := range m.GetLabel() {
-					switch l.GetName() {
-					case "provider":
-						p = l.GetValue()
-					case "result":
-						r = l.GetValue()
-					}
-				}
+	providers := []string{login.UnknownProvider}
+	for _, p := range g.cfg.Providers {
+		providers = append(providers, p.ID)
+	}
+	for _, p := range providers {
+		for _, r := range login.Results {
+			if v := g.loginsFor(p, r); v != 0 {
 				out[p+"/"+r] = v
 			}
 		}
 	}
 	return out
-}
-
-func labelsMatch[L interface {
-	GetName() string
-	GetValue() string
-}](got []L, want map[string]string) bool {
-	if len(got) != len(want) {
-		return false
-	}
-	for _, l := range got {
-		if want[l.GetName()] != l.GetValue() {
-			return false
-		}
-	}
-	return true
 }
 
 // browser is a cookie-keeping HTTP client that follows redirects to the
