@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -197,16 +196,7 @@ func TestCodeReplay(t *testing.T) {
 	replay := func(target string) response {
 		req, _ := http.NewRequest(http.MethodGet, target+"/auth/callback?"+cb.RawQuery, nil)
 		req.AddCookie(&http.Cookie{Name: attemptName, Value: copied})
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return response{Response: resp, body: string(body)}
+		return fetch(t, req)
 	}
 	copiedHere := replay(g.url.String())
 	if copiedHere.StatusCode != http.StatusBadRequest || !strings.Contains(copiedHere.body, expiredPage) {

@@ -573,6 +573,22 @@ func (b *browser) send(method, target string, body io.Reader, header map[string]
 	return response{Response: resp, body: string(data)}
 }
 
+// fetch sends req without a browser's cookies or redirects, and reads
+// the answer.
+func fetch(t *testing.T, req *http.Request) response {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{Response: resp, body: string(body)}
+}
+
 func (b *browser) get(path string) response { return b.do(http.MethodGet, b.g.gatewayURL(path), nil) }
 
 // begin starts a sign-in at /login (with rd when not empty) and returns the

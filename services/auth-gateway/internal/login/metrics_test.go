@@ -1,7 +1,6 @@
 package login_test
 
 import (
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -28,22 +27,14 @@ func TestLatencyExemplarsNameTheTrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0; charset=utf-8")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	body := fetch(t, req).body
 	exemplar := `# {trace_id="` + traceID + `"}`
 	for _, metric := range []string{
 		`doorbell_gateway_callback_duration_seconds_bucket{provider="` + providerID + `",`,
 		`doorbell_gateway_publish_duration_seconds_bucket{`,
 	} {
 		found := false
-		for _, line := range strings.Split(string(body), "\n") {
+		for _, line := range strings.Split(body, "\n") {
 			if strings.HasPrefix(line, metric) && strings.Contains(line, exemplar) {
 				found = true
 			}
