@@ -243,7 +243,7 @@ func (l *loader) envProvider() []Provider {
 		Issuer:       l.issuer("OIDC_ISSUER"),
 		ClientID:     l.required("OIDC_CLIENT_ID"),
 		ClientSecret: l.secret("OIDC_CLIENT_SECRET"),
-		Scopes:       withScope("openid", splitScopes(l.get("OIDC_SCOPES"), "openid email profile")),
+		Scopes:       splitScopes(l.get("OIDC_SCOPES")),
 	}
 	method, ok := tokenAuthMethod(l.get("OIDC_TOKEN_AUTH_METHOD"))
 	switch {
@@ -257,10 +257,7 @@ func (l *loader) envProvider() []Provider {
 	if len(p.Name) > 64 {
 		l.fail("OIDC_PROVIDER_NAME", "longer than 64 characters")
 	}
-	if p.Name == "" {
-		p.Name = hostOf(p.Issuer)
-	}
-	return []Provider{p}
+	return []Provider{p.WithDefaults()}
 }
 
 type loader struct {
@@ -409,11 +406,8 @@ func (l *loader) keys(name string) [][]byte {
 	return keys
 }
 
-// splitScopes splits v, or def when v is empty, on spaces and commas.
-func splitScopes(v, def string) []string {
-	if strings.TrimSpace(v) == "" {
-		v = def
-	}
+// splitScopes splits v on spaces and commas.
+func splitScopes(v string) []string {
 	return strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' })
 }
 

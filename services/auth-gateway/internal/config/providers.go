@@ -85,6 +85,44 @@ func tokenAuthMethod(v string) (method string, ok bool) {
 	return v, false
 }
 
+// WithDefaults returns p with what a provider description may leave out
+// filled in: for OIDC the scopes (email and profile when none are given,
+// openid first always), the token endpoint authentication method (auto)
+// and the name (the issuer's host); for GitHub the API URL (github.com's,
+// without a trailing slash), the authorize and token URLs that go with it,
+// the user:email scope (first) and the name "GitHub". Load returns every
+// provider through it. It is the only place provider defaults are applied:
+// login.New takes a Provider as it is, so one built by hand goes through
+// WithDefaults first. It does not validate.
+func (p Provider) WithDefaults() Provider {
+	switch p.Type {
+	case TypeOIDC:
+		if len(p.Scopes) == 0 {
+			p.Scopes = []string{"email", "profile"}
+		}
+		p.Scopes = withScope("openid", p.Scopes)
+		if p.TokenAuthMethod == "" {
+			p.TokenAuthMethod = TokenAuthAuto
+		}
+		if p.Name == "" {
+			p.Name = hostOf(p.Issuer)
+		}
+	case TypeGitHub:
+		p.GitHubAPIURL = strings.TrimSuffix(p.GitHubAPIURL, "/")
+		if p.GitHubAPIURL == "" {
+			p.GitHubAPIURL = GitHubAPIURL
+		}
+		authDef, tokenDef := githubOAuthURLs(p.GitHubAPIURL)
+		p.GitHubAuthURL = orDefault(p.GitHubAuthURL, authDef)
+		p.GitHubTokenURL = orDefault(p.GitHubTokenURL, tokenDef)
+		p.Scopes = withScope("user:email", p.Scopes)
+		if p.Name == "" {
+			p.Name = "GitHub"
+		}
+	}
+	return p
+}
+
 // fileProvider is one entry of the providers file, as written.
 type fileProvider struct {
 	ID                  string   `yaml:"id"`
@@ -166,6 +204,12 @@ func (l *loader) providersFile(name, path string) []Provider {
 		return nil
 	}
 
+	return providerItems(list, path, fail)
+}
+
+// providerItems decodes and checks each provider in the providers file's
+// list (the file at path), reporting errors to fail.
+func providerItems(list *yaml.Node, path string, fail func(format string, args ...any)) []Provider {
 	var out []Provider
 	seen := map[string]int{}
 	for i, item := range list.Content {
@@ -212,13 +256,12 @@ func (l *loader) providersFile(name, path string) []Provider {
 	return out
 }
 
-// provider checks fp and fills in defaults. Relative secret file paths are
-// taken from dir, the providers file's folder. Each error names a field.
+// provider checks fp and fills in defaults (WithDefaults). Relative secret
+// file paths are taken from dir, the providers file's folder. Each error
+// names a field.
 func (fp fileProvider) provider(dir string) (Provider, []string) {
-	var errs []string
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
-	}
+	var errs fieldErrors
+	bad := errs.add
 	p := Provider{
 		ID:       strings.TrimSpace(fp.ID),
 		Type:     strings.TrimSpace(fp.Type),
@@ -257,26 +300,49 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 		p.ClientSecret = inline
 	}
 
-	for _, d := range fp.AllowedEmailDomains {
+	p.AllowedEmailDomains = emailDomains(fp.AllowedEmailDomains, bad)
+	for _, s := range fp.Scopes {
+		if s = strings.TrimSpace(s); s != "" {
+			p.Scopes = append(p.Scopes, strings.Fields(s)...)
+		}
+	}
+	p.GitHubAPIURL = strings.TrimSpace(fp.GitHubAPIURL)
+	p.GitHubAuthURL = strings.TrimSpace(fp.GitHubAuthURL)
+	p.GitHubTokenURL = strings.TrimSpace(fp.GitHubTokenURL)
+	if p.Type == TypeOIDC {
+		p.TokenAuthMethod, _ = tokenAuthMethod(fp.TokenAuthMethod)
+	}
+	p = p.WithDefaults()
+
+	fp.checkType(p, bad)
+	return p, errs
+}
+
+// emailDomains returns domains lowercased, reporting to bad the ones that
+// are not a domain name.
+func emailDomains(domains []string, bad func(field, format string, args ...any)) []string {
+	var out []string
+	for _, d := range domains {
 		d = strings.ToLower(strings.TrimSpace(d))
 		if !domainPattern.MatchString(d) {
 			bad("allowed_email_domains", "%q is not a domain name such as example.com (no @, wildcard or port)", d)
 			continue
 		}
-		p.AllowedEmailDomains = append(p.AllowedEmailDomains, d)
+		out = append(out, d)
 	}
-	var scopes []string
-	for _, s := range fp.Scopes {
-		if s = strings.TrimSpace(s); s != "" {
-			scopes = append(scopes, strings.Fields(s)...)
-		}
-	}
+	return out
+}
 
+// checkType checks the fields that depend on the provider's type, on p as
+// fp describes it with its defaults filled in, and reports each error to
+// bad.
+func (fp fileProvider) checkType(p Provider, bad func(field, format string, args ...any)) {
 	githubOnly := map[string]string{
 		"github_api_url": fp.GitHubAPIURL, "github_auth_url": fp.GitHubAuthURL, "github_token_url": fp.GitHubTokenURL,
 	}
 	switch p.Type {
 	case TypeOIDC:
+		method, methodOK := tokenAuthMethod(fp.TokenAuthMethod)
 		switch {
 		case p.Issuer == "":
 			bad("issuer", "required for type oidc")
@@ -288,21 +354,12 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 				bad(field, "only for type github")
 			}
 		}
-		if len(scopes) == 0 {
-			scopes = []string{"email", "profile"}
-		}
-		p.Scopes = withScope("openid", scopes)
-		method, ok := tokenAuthMethod(fp.TokenAuthMethod)
 		switch {
-		case !ok:
+		case !methodOK:
 			bad("token_endpoint_auth_method", "%q is not one of %s, %s, %s", method, TokenAuthAuto, TokenAuthBasic, TokenAuthPost)
 		case method != TokenAuthAuto && p.ClientSecret == "" && strings.TrimSpace(fp.ClientSecretFile) == "":
 			// (An unreadable or empty client_secret_file has its own error.)
 			bad("token_endpoint_auth_method", "%s needs a client secret (client_secret or client_secret_file)", method)
-		}
-		p.TokenAuthMethod = method
-		if p.Name == "" {
-			p.Name = hostOf(p.Issuer)
 		}
 	case TypeGitHub:
 		if p.Issuer != "" {
@@ -314,13 +371,6 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 		if p.ClientSecret == "" {
 			bad("client_secret", "required for type github (or client_secret_file)")
 		}
-		p.GitHubAPIURL = strings.TrimSuffix(strings.TrimSpace(fp.GitHubAPIURL), "/")
-		if p.GitHubAPIURL == "" {
-			p.GitHubAPIURL = GitHubAPIURL
-		}
-		authDef, tokenDef := githubOAuthURLs(p.GitHubAPIURL)
-		p.GitHubAuthURL = orDefault(strings.TrimSpace(fp.GitHubAuthURL), authDef)
-		p.GitHubTokenURL = orDefault(strings.TrimSpace(fp.GitHubTokenURL), tokenDef)
 		urls := map[string]string{
 			"github_api_url": p.GitHubAPIURL, "github_auth_url": p.GitHubAuthURL, "github_token_url": p.GitHubTokenURL,
 		}
@@ -329,16 +379,18 @@ func (fp fileProvider) provider(dir string) (Provider, []string) {
 				bad(field, "%q is not an http(s) URL", urls[field])
 			}
 		}
-		p.Scopes = withScope("user:email", scopes)
-		if p.Name == "" {
-			p.Name = "GitHub"
-		}
 	case "":
 		bad("type", "required: oidc or github")
 	default:
 		bad("type", "%q is not oidc or github", p.Type)
 	}
-	return p, errs
+}
+
+// fieldErrors are a provider's errors, each naming its field.
+type fieldErrors []string
+
+func (e *fieldErrors) add(field, format string, args ...any) {
+	*e = append(*e, field+": "+fmt.Sprintf(format, args...))
 }
 
 // githubOAuthURLs returns the authorize and token URLs that go with a

@@ -56,7 +56,7 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 	telemetry.Observe(ctx, h.metrics.callbackDuration.WithLabelValues(label), elapsed.Seconds())
 	result := resultSuccess
 	if f != nil {
-		result = f.reason
+		result = f.label()
 	}
 	if isResult(result) {
 		h.metrics.logins.WithLabelValues(label, result).Inc()
@@ -66,11 +66,11 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 		span.SetAttributes(attribute.String("doorbell.event_id", out.eventID), attribute.Bool("doorbell.spooled", out.spooled))
 	}
 	if f != nil {
-		span.SetAttributes(attribute.Int("http.response.status_code", f.status))
-		if f.status >= 500 {
-			span.SetStatus(codes.Error, f.reason)
+		span.SetAttributes(attribute.Int("http.response.status_code", f.status()))
+		if f.status() >= 500 {
+			span.SetStatus(codes.Error, f.label())
 		}
-		h.fail(w, r, *f)
+		h.fail(w, r, f)
 	}
 
 	attrs := []slog.Attr{
@@ -116,7 +116,7 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 	a, p, err := h.takeAttempt(w, r, q.Get("state"))
 	out.provider = p
 	if err != nil {
-		return attemptInvalid(err)
+		return failed(reasonStateInvalid, err.Error())
 	}
 
 	// 2. Mix-up (RFC 9700 §4.4): an answer at another provider's callback,
@@ -135,7 +135,7 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 	}
 	code := q.Get("code")
 	if code == "" {
-		return codeMissing()
+		return failed(reasonCodeMissing, "")
 	}
 
 	// 4. Redeem the code and learn who signed in, with a verified email.
@@ -167,8 +167,7 @@ func (h *Handler) completeLogin(w http.ResponseWriter, r *http.Request, out *out
 func (h *Handler) publishEvent(w http.ResponseWriter, r *http.Request, now time.Time, p *provider, id identity, out *outcome) *failure {
 	ev, err := h.newEvent(w, r, now, p, id)
 	if err != nil {
-		f := internalError(err)
-		return &f
+		return failed(reasonInternal, err.Error())
 	}
 	out.eventID = ev.GetEventId()
 
@@ -176,13 +175,7 @@ func (h *Handler) publishEvent(w http.ResponseWriter, r *http.Request, now time.
 	defer cancel()
 	ack, err := h.publisher.Publish(pctx, ev)
 	if err != nil {
-		return &failure{
-			status: http.StatusServiceUnavailable, reason: resultPublishFailed, level: slog.LevelError,
-			title:   "We could not finish signing you in",
-			message: "We could not finish signing you in. Please try again in a moment.",
-			logMsg:  "sign-in not completed: event not published",
-			logErr:  fmt.Sprintf("event %s: %v", ev.GetEventId(), err),
-		}
+		return failed(reasonPublishFailed, fmt.Sprintf("event %s: %v", ev.GetEventId(), err))
 	}
 	out.spooled = ack.Spooled
 	return nil
@@ -199,8 +192,7 @@ func (h *Handler) startSession(w http.ResponseWriter, now time.Time, p *provider
 		err = h.keepLogoutHint(w, session, id.idToken, now)
 	}
 	if err != nil {
-		f := internalError(err)
-		return &f
+		return failed(reasonInternal, err.Error())
 	}
 	w.Header().Set("Location", returnTo)
 	w.WriteHeader(http.StatusFound)
@@ -254,26 +246,15 @@ func (h *Handler) takeAttempt(w http.ResponseWriter, r *http.Request, state stri
 // usable subject, a plausible email address and the allowed domains.
 func (h *Handler) checkIdentity(p *provider, id identity) *failure {
 	if id.subject == "" || len(id.subject) > 255 || !printable(id.subject) {
-		return tokenInvalid("subject is empty, longer than 255 bytes or has control characters")
+		return failed(reasonTokenInvalid, "subject is empty, longer than 255 bytes or has control characters")
 	}
 	if !plausibleEmail(id.email) {
-		return &failure{
-			status: http.StatusForbidden, reason: resultEmailInvalid, level: slog.LevelWarn,
-			title:   "Email address not usable",
-			message: "Your identity provider vouched for an email address that is not one we can send to. Check the address in your account there, then sign in again.",
-			logMsg:  "sign-in refused: provider's email address is malformed",
-		}
+		return failed(reasonEmailInvalid, "")
 	}
 	if len(p.cfg.AllowedEmailDomains) > 0 {
 		domain := strings.ToLower(id.email[strings.LastIndexByte(id.email, '@')+1:])
 		if !slices.Contains(p.cfg.AllowedEmailDomains, domain) {
-			return &failure{
-				status: http.StatusForbidden, reason: resultEmailDomainNotAllowed, level: slog.LevelInfo,
-				title: "This address is not allowed",
-				message: fmt.Sprintf("This address is not allowed: %s cannot sign in with %s here. Sign in with your work account, or ask whoever runs this site.",
-					id.email, p.cfg.Name),
-				logMsg: "sign-in refused: email domain not allowed for this provider",
-			}
+			return failed(reasonEmailDomainNotAllowed, "", id.email, p.cfg.Name)
 		}
 	}
 	return nil
@@ -298,68 +279,17 @@ func printable(s string) bool {
 	return utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || (r >= 0x7f && r <= 0x9f) })
 }
 
-func attemptInvalid(err error) *failure {
-	return &failure{
-		status: http.StatusBadRequest, reason: resultStateInvalid, level: slog.LevelWarn,
-		title:   "This sign-in link has expired",
-		message: "This sign-in link has expired or was already used. Start again.",
-		logMsg:  "callback rejected: sign-in attempt not valid", logErr: err.Error(),
-	}
-}
-
-func codeMissing() *failure {
-	return &failure{
-		status: http.StatusBadRequest, reason: resultProviderError, level: slog.LevelWarn,
-		title:   "Incomplete answer from the identity provider",
-		message: "The identity provider's answer had no authorization code. Please start again.",
-		logMsg:  "callback rejected: no code parameter",
-	}
-}
-
+// providerRefused is the failure for an error the provider reported in
+// its answer: the person declined (access_denied), or something else,
+// whose code is shown on the page.
 func providerRefused(code string) *failure {
-	shown := truncate(code, 100)
 	if code == "access_denied" {
-		return &failure{
-			status: http.StatusForbidden, reason: resultAccessDenied, level: slog.LevelInfo,
-			title:   "Sign-in cancelled",
-			message: "You declined to share your account with Doorbell, so you are not signed in. You can start again whenever you like.",
-			logMsg:  "provider reported access_denied",
-		}
+		return failed(reasonAccessDenied, "")
 	}
-	return &failure{
-		status: http.StatusBadRequest, reason: resultProviderError, level: slog.LevelWarn,
-		title:   "The identity provider reported a problem",
-		message: "Your identity provider could not sign you in. Please try again; if it keeps happening, tell whoever runs Doorbell for you.",
-		detail:  shown,
-		logMsg:  "provider reported an error", logErr: "error=" + shown,
-	}
-}
-
-func tokenInvalid(why string) *failure {
-	return &failure{
-		status: http.StatusUnauthorized, reason: resultTokenInvalid, level: slog.LevelWarn,
-		title:   "Sign-in could not be verified",
-		message: "The identity provider's answer failed our security checks (invalid token). Please start again.",
-		logMsg:  "id token rejected", logErr: why,
-	}
-}
-
-func exchangeFailed(why string) *failure {
-	return &failure{
-		status: http.StatusBadGateway, reason: resultExchangeFailed, level: slog.LevelError,
-		title:   "The identity provider did not answer properly",
-		message: "We could not complete the sign-in with your identity provider. Please try again in a moment.",
-		logMsg:  "code exchange failed", logErr: why,
-	}
-}
-
-func emailMissing(message string) *failure {
-	return &failure{
-		status: http.StatusForbidden, reason: resultEmailMissing, level: slog.LevelWarn,
-		title:   "No email address",
-		message: message,
-		logMsg:  "sign-in refused: provider shared no usable email",
-	}
+	shown := truncate(code, 100)
+	f := failed(reasonProviderError, "error="+shown)
+	f.detail = shown
+	return f
 }
 
 // newEvent builds the UserAuthenticated event, setting the device cookie if

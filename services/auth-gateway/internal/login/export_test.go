@@ -31,8 +31,11 @@ func IDTokenVerifier(ctx context.Context, cfg ProviderConfig, client *http.Clien
 	return func(rawIDToken, nonce string) (string, string, error) {
 		idt, c, fail := f.verifyIDToken(ctx, d, rawIDToken, nonce, nil)
 		if fail != nil {
-			return "", "", fmt.Errorf("%s: %s: %s", fail.reason, fail.logMsg, fail.logErr)
+			return "", "", fmt.Errorf("%s: %s: %s", fail.label(), fail.kind().logMsg, fail.why)
 		}
 		return idt.Subject, c.Email, nil
 	}, nil
 }
+
+// Results are the values of logins_total's result label.
+var Results = results

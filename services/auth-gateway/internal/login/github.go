@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -39,7 +38,7 @@ func newGitHubFlow(cfg ProviderConfig, redirectURL string, client *http.Client, 
 		return nil, fmt.Errorf("login: provider %s: GitHub API, authorize and token URLs are required", cfg.ID)
 	}
 	return &githubFlow{
-		api:          strings.TrimSuffix(cfg.GitHubAPIURL, "/"),
+		api:          cfg.GitHubAPIURL,
 		clientSecret: cfg.ClientSecret,
 		oauth2: &oauth2.Config{
 			ClientID:     cfg.ClientID,
@@ -69,7 +68,7 @@ func (g *githubFlow) authURL(_ context.Context, state, _, verifier string) (stri
 // has one came from another server (mix-up).
 func (g *githubFlow) checkIssuer(_ context.Context, iss string) *failure {
 	if iss != "" && iss != g.api {
-		return issuerMismatch(fmt.Sprintf("got iss %q on a GitHub callback", truncate(iss, 200)))
+		return failed(reasonIssuerMismatch, fmt.Sprintf("got iss %q on a GitHub callback", truncate(iss, 200)))
 	}
 	return nil
 }
@@ -82,7 +81,7 @@ func (g *githubFlow) identify(ctx context.Context, code string, a attempt) (iden
 	tok, err := g.oauth2.Exchange(context.WithValue(ectx, oauth2.HTTPClient, g.client), code, oauth2.VerifierOption(a.Verifier))
 	endSpan(span, err != nil, resultExchangeFailed)
 	if err != nil {
-		return identity{}, exchangeFailed(redact(err, secrets...))
+		return identity{}, failed(reasonExchangeFailed, redact(err, secrets...))
 	}
 	secrets = append(secrets, tok.AccessToken, tok.RefreshToken)
 
@@ -92,10 +91,10 @@ func (g *githubFlow) identify(ctx context.Context, code string, a attempt) (iden
 		Name  string `json:"name"`
 	}
 	if _, err := g.get(ctx, tok.AccessToken, "/user", &user); err != nil {
-		return identity{}, githubAPIFailed(redact(err, secrets...))
+		return identity{}, failed(reasonGitHubAPIFailed, redact(err, secrets...))
 	}
 	if user.ID <= 0 {
-		return identity{}, githubAPIFailed("GET /user: no numeric id")
+		return identity{}, failed(reasonGitHubAPIFailed, "GET /user: no numeric id")
 	}
 
 	var emails []struct {
@@ -108,11 +107,9 @@ func (g *githubFlow) identify(ctx context.Context, code string, a attempt) (iden
 	case status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound:
 		// The token lacks the user:email scope (the person unticked it, or
 		// a GitHub App without the email permission).
-		f := emailMissing("GitHub did not let us read your email addresses, and Doorbell needs your verified primary address to sign you in. Sign in again and allow access to your email addresses.")
-		f.logErr = redact(err, secrets...)
-		return identity{}, f
+		return identity{}, failed(reasonGitHubEmailsHidden, redact(err, secrets...))
 	case err != nil:
-		return identity{}, githubAPIFailed(redact(err, secrets...))
+		return identity{}, failed(reasonGitHubAPIFailed, redact(err, secrets...))
 	}
 	id := identity{issuer: g.api, subject: strconv.FormatInt(user.ID, 10), name: user.Name}
 	if id.name == "" {
@@ -123,18 +120,12 @@ func (g *githubFlow) identify(ctx context.Context, code string, a attempt) (iden
 			continue
 		}
 		if !e.Verified {
-			return identity{}, &failure{
-				status: http.StatusForbidden, reason: resultEmailUnverified, level: slog.LevelWarn,
-				title: "Primary email address not verified on GitHub",
-				message: fmt.Sprintf("Your primary email address on GitHub, %s, is not verified. Verify it in your GitHub email settings (Settings, then Emails), then sign in again.",
-					e.Email),
-				logMsg: "sign-in refused: GitHub primary email not verified",
-			}
+			return identity{}, failed(reasonGitHubEmailUnverified, "", e.Email)
 		}
 		id.email = e.Email
 		return id, nil
 	}
-	return identity{}, emailMissing("Your GitHub account has no primary email address we can use. Add and verify one in your GitHub email settings, then sign in again.")
+	return identity{}, failed(reasonGitHubNoPrimaryEmail, "")
 }
 
 // get fetches path from the GitHub API with the access token and decodes
@@ -168,13 +159,4 @@ func (g *githubFlow) get(ctx context.Context, token, path string, v any) (status
 		return resp.StatusCode, fmt.Errorf("GET %s: %w", path, errors.Join(errors.New("bad JSON"), err))
 	}
 	return resp.StatusCode, nil
-}
-
-func githubAPIFailed(why string) *failure {
-	return &failure{
-		status: http.StatusBadGateway, reason: resultExchangeFailed, level: slog.LevelError,
-		title:   "GitHub did not answer properly",
-		message: "We could not get your account details from GitHub. Please try again in a moment.",
-		logMsg:  "GitHub API request failed", logErr: why,
-	}
 }

@@ -2,7 +2,6 @@ package login
 
 import (
 	"fmt"
-	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -34,7 +33,7 @@ func (h *Handler) guard(w http.ResponseWriter, r *http.Request) *failure {
 			if r.URL.Path == "/login" && len(r.URL.RawQuery) <= maxQuery {
 				p = h.providers[r.URL.Query().Get("provider")]
 			}
-			h.metrics.logins.WithLabelValues(h.label(p), f.reason).Inc()
+			h.metrics.logins.WithLabelValues(h.label(p), f.label()).Inc()
 		}
 		return f
 	}
@@ -43,22 +42,12 @@ func (h *Handler) guard(w http.ResponseWriter, r *http.Request) *failure {
 		if ok, wait := h.limiter.Allow(h.clientKey(r), h.cfg.Now()); !ok {
 			secs := max(int64(math.Ceil(wait.Seconds())), 1)
 			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-			return count(&failure{
-				status: http.StatusTooManyRequests, reason: resultRateLimited, level: slog.LevelWarn,
-				title:   "Too many sign-in attempts",
-				message: fmt.Sprintf("There were too many sign-in attempts from your network in a short time. Please wait %s and try again.", humanWait(secs)),
-				logMsg:  "sign-in rate limited",
-			})
+			return count(failed(reasonRateLimited, "", humanWait(secs)))
 		}
 	}
 
 	tooLarge := func(what string) *failure {
-		return count(&failure{
-			status: http.StatusBadRequest, reason: resultRequestTooLarge, level: slog.LevelWarn,
-			title:   "Request too large",
-			message: "This link is longer than any sign-in link should be, so we did not follow it. Start again from the sign-in page.",
-			logMsg:  "request refused: too large", logErr: what,
-		})
+		return count(failed(reasonRequestTooLarge, what))
 	}
 	if len(r.URL.RawQuery) > maxQuery {
 		return tooLarge(fmt.Sprintf("query string of %d bytes, limit %d", len(r.URL.RawQuery), maxQuery))

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,21 +14,14 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/oauth2-proxy/mockoidc"
-	"github.com/prometheus/client_golang/prometheus"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/doorbell/doorbell/platform/admin"
 	"github.com/doorbell/doorbell/platform/natstest"
@@ -36,6 +31,18 @@ import (
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/publish"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/spool"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oauth2-proxy/mockoidc"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/proto"
 )
 
 const providerID = "test-idp"
@@ -54,7 +61,7 @@ type gateway struct {
 	url     *url.URL
 	handler *login.Handler
 	sealer  *cookie.Sealer
-	reg     *prometheus.Registry
+	reg     *metrics
 	logs    *syncBuffer
 	log     *slog.Logger
 	clock   *clock
@@ -156,12 +163,12 @@ func (g *gateway) mockProvider() login.ProviderConfig {
 		ID: providerID, Type: login.TypeOIDC, Issuer: g.idp.Issuer(),
 		ClientID: g.idp.ClientID, ClientSecret: g.idp.ClientSecret,
 		Scopes: []string{"openid", "email", "profile"}, TokenAuthMethod: config.TokenAuthPost,
-	}
+	}.WithDefaults()
 }
 
 func newGateway(t *testing.T, opts ...gatewayOption) *gateway {
 	t.Helper()
-	g := &gateway{t: t, logs: &syncBuffer{}, clock: &clock{}, reg: prometheus.NewRegistry()}
+	g := &gateway{t: t, logs: &syncBuffer{}, clock: &clock{}, reg: newMetrics()}
 
 	// The identity provider.
 	idp, err := mockoidc.NewServer(nil)
@@ -372,7 +379,7 @@ func decodeEvent(t *testing.T, m *jetstream.RawStreamMsg) *eventsv1.UserAuthenti
 // own memory and metrics.
 type replica struct {
 	url string
-	reg *prometheus.Registry
+	reg *metrics
 }
 
 func (g *gateway) replica(change func(c *login.Config)) *replica {
@@ -381,7 +388,7 @@ func (g *gateway) replica(change func(c *login.Config)) *replica {
 	if change != nil {
 		change(&cfg)
 	}
-	r := &replica{reg: prometheus.NewRegistry()}
+	r := &replica{reg: newMetrics()}
 	h, err := login.New(cfg, g.sealer, g.pub, login.NewMetrics(r.reg), g.log)
 	if err != nil {
 		g.t.Fatal(err)
@@ -392,35 +399,65 @@ func (g *gateway) replica(change func(c *login.Config)) *replica {
 	return r
 }
 
+// metrics is a registry that keeps the collectors registered on it, so
+// that tests read a series by metric name with prometheus/testutil.
+type metrics struct {
+	*prometheus.Registry
+	mu         sync.Mutex
+	collectors []prometheus.Collector
+}
+
+func newMetrics() *metrics { return &metrics{Registry: prometheus.NewRegistry()} }
+
+func (m *metrics) Register(c prometheus.Collector) error {
+	if err := m.Registry.Register(c); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.collectors = append(m.collectors, c)
+	return nil
+}
+
+func (m *metrics) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := m.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// value returns the value of the counter (or histogram sample count) name
+// with exactly these labels.
+func (m *metrics) value(t *testing.T, name string, labels map[string]string) float64 {
+	t.Helper()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.collectors {
+		if testutil.CollectAndCount(c, name) == 0 {
+			continue
+		}
+		switch v := c.(type) {
+		case *prometheus.CounterVec:
+			return testutil.ToFloat64(v.With(labels))
+		case *prometheus.HistogramVec:
+			var d dto.Metric
+			if err := v.With(labels).(prometheus.Histogram).Write(&d); err != nil {
+				t.Fatal(err)
+			}
+			return float64(d.GetHistogram().GetSampleCount())
+		default:
+			return testutil.ToFloat64(c)
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
 // counter returns the value of the counter name with exactly these labels.
 func (g *gateway) counter(name string, labels map[string]string) float64 {
 	g.t.Helper()
-	return counterIn(g.t, g.reg, name, labels)
-}
-
-// counterIn returns the value of the counter (or histogram sample count)
-// name with exactly these labels in reg.
-func counterIn(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if labelsMatch(m.GetLabel(), labels) {
-				if h := m.GetHistogram(); h != nil {
-					return float64(h.GetSampleCount())
-				}
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no series %s%v", name, labels)
-	return 0
+	return g.reg.value(g.t, name, labels)
 }
 
 // logins is logins_total for the default provider and result.
@@ -436,46 +473,19 @@ func (g *gateway) loginsFor(provider, result string) float64 {
 // "provider/result" → value, to check that nothing else moved.
 func (g *gateway) loginTotals() map[string]float64 {
 	g.t.Helper()
-	mfs, err := g.reg.Gather()
-	if err != nil {
-		g.t.Fatal(err)
-	}
 	out := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() != "doorbell_gateway_logins_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if v := m.GetCounter().GetValue(); v != 0 {
-				var p, r string
-				for _, l := range m.GetLabel() {
-					switch l.GetName() {
-					case "provider":
-						p = l.GetValue()
-					case "result":
-						r = l.GetValue()
-					}
-				}
+	providers := []string{login.UnknownProvider}
+	for _, p := range g.cfg.Providers {
+		providers = append(providers, p.ID)
+	}
+	for _, p := range providers {
+		for _, r := range login.Results {
+			if v := g.loginsFor(p, r); v != 0 {
 				out[p+"/"+r] = v
 			}
 		}
 	}
 	return out
-}
-
-func labelsMatch[L interface {
-	GetName() string
-	GetValue() string
-}](got []L, want map[string]string) bool {
-	if len(got) != len(want) {
-		return false
-	}
-	for _, l := range got {
-		if want[l.GetName()] != l.GetValue() {
-			return false
-		}
-	}
-	return true
 }
 
 // browser is a cookie-keeping HTTP client that follows redirects to the
@@ -561,6 +571,22 @@ func (b *browser) send(method, target string, body io.Reader, header map[string]
 	}
 	suite.response(resp)
 	return response{Response: resp, body: string(data)}
+}
+
+// fetch sends req without a browser's cookies or redirects, and reads
+// the answer.
+func fetch(t *testing.T, req *http.Request) response {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{Response: resp, body: string(body)}
 }
 
 func (b *browser) get(path string) response { return b.do(http.MethodGet, b.g.gatewayURL(path), nil) }
@@ -681,4 +707,248 @@ func mustContain(t *testing.T, what, s string, wants ...string) {
 			t.Errorf("%s lacks %q:\n%s", what, w, s)
 		}
 	}
+}
+
+// slowRate allows burst requests per client IP and then one an hour, so
+// a test knows exactly when the limit bites without waiting for anything.
+func slowRate(burst int) gatewayOption {
+	return withConfig(func(c *login.Config) { c.RateLimit, c.RateBurst = rate.Every(time.Hour), burst })
+}
+
+// attemptCookies returns the sign-in attempt cookies the browser would
+// send to the callback.
+func (b *browser) attemptCookies() []*http.Cookie {
+	var out []*http.Cookie
+	for _, c := range b.jar.Cookies(b.g.url.ResolveReference(&url.URL{Path: "/auth/callback"})) {
+		if strings.HasPrefix(c.Name, "doorbell_login_") {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// waitNotConnected polls until the publisher has noticed that NATS is
+// gone; each probe is short so that one sent just before the disconnect
+// does not hold up the loop.
+func waitNotConnected(ctx context.Context, t *testing.T, pub *publish.Publisher) {
+	t.Helper()
+	for {
+		probe, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		err := pub.Ready(probe)
+		cancel()
+		if errors.Is(err, publish.ErrNotConnected) || errors.Is(err, publish.ErrSpooling) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("publisher did not notice NATS went down (last: %v)", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// assertRefused checks what the person, the operator and the stream see
+// after a refused sign-in.
+func assertRefused(t *testing.T, g *gateway, resp response, status int, provider, result string, page ...string) {
+	t.Helper()
+	if resp.StatusCode != status {
+		t.Errorf("status = %d, want %d: %s", resp.StatusCode, status, resp.body)
+	}
+	mustContain(t, "page", resp.body, append(page, `href="/"`, "<code>"+result+"</code>")...)
+	want := map[string]float64{provider + "/" + result: 1}
+	if got := g.loginTotals(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("logins_total moved %v, want exactly %v", got, want)
+	}
+	if n := len(g.events()); n != 0 {
+		t.Errorf("%d events published", n)
+	}
+	if setCookie(resp, "doorbell_session") != nil {
+		t.Error("session cookie set")
+	}
+	mustContain(t, "log", g.logs.String(), "reason="+result)
+}
+
+// hostRoute is the provider client's transport in tests where a provider's
+// issuer names a host that does not exist here: requests to that host go,
+// over plain HTTP, to the test server at target instead (as a resolver
+// entry would send them); every other request goes out unchanged.
+type hostRoute struct {
+	host   string
+	target *url.URL
+}
+
+func (h hostRoute) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Host == h.host {
+		r = r.Clone(r.Context())
+		r.URL.Scheme, r.URL.Host, r.Host = h.target.Scheme, h.target.Host, h.target.Host
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+const expiredPage = "This sign-in link has expired or was already used. Start again."
+
+func alice() *testUser {
+	return &testUser{sub: "alice-1", idClaims: map[string]any{
+		"email": "alice@example.com", "email_verified": true, "name": "Alice <Admin>", "locale": "en-GB",
+	}}
+}
+
+func withQuery(u *url.URL, key, value string) *url.URL {
+	c := *u
+	q := c.Query()
+	if value == "" {
+		q.Del(key)
+	} else {
+		q.Set(key, value)
+	}
+	c.RawQuery = q.Encode()
+	return &c
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// suite collects the log output of every gateway this package's tests
+// start, and every secret they see go by: authorization codes and states
+// in URLs, cookie values, tokens the providers issued, client secrets and
+// cookie keys. TestMain fails the run if any secret shows up in any log
+// line.
+var suite = &suiteRecorder{secrets: map[string]string{}}
+
+type suiteRecorder struct {
+	mu      sync.Mutex
+	logs    bytes.Buffer
+	secrets map[string]string // value → kind
+}
+
+func (s *suiteRecorder) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.logs.Write(p)
+}
+
+// secret records values of kind; values too short to search for reliably
+// are skipped.
+func (s *suiteRecorder) secret(kind string, values ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, v := range values {
+		if len(v) >= 8 {
+			s.secrets[v] = kind
+		}
+	}
+}
+
+// url records the code and state of a URL, if any.
+func (s *suiteRecorder) url(u *url.URL) {
+	q := u.Query()
+	s.secret("authorization code", q.Get("code"))
+	s.secret("state", q.Get("state"))
+}
+
+// response records the cookies a response sets and the code in its
+// redirect.
+func (s *suiteRecorder) response(resp *http.Response) {
+	for _, c := range resp.Cookies() {
+		s.secret("cookie "+c.Name, c.Value)
+	}
+	if loc, err := resp.Location(); err == nil {
+		s.url(loc)
+	}
+}
+
+// tokenResponse records the tokens in a token endpoint's answer (JSON or
+// form-encoded).
+func (s *suiteRecorder) tokenResponse(body []byte) {
+	var tr map[string]any
+	if json.Unmarshal(body, &tr) == nil {
+		for _, k := range []string{"access_token", "refresh_token", "id_token"} {
+			if v, ok := tr[k].(string); ok {
+				s.secret(k, v)
+			}
+		}
+		return
+	}
+	if q, err := url.ParseQuery(string(body)); err == nil {
+		for _, k := range []string{"access_token", "refresh_token", "id_token"} {
+			s.secret(k, q.Get(k))
+		}
+	}
+}
+
+// leaks returns a line per secret found in the logs.
+func (s *suiteRecorder) leaks() (leaks []string, secrets int, logBytes int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	logs := s.logs.String()
+	for v, kind := range s.secrets {
+		if strings.Contains(logs, v) {
+			leaks = append(leaks, fmt.Sprintf("%s %.12q…", kind, v))
+		}
+	}
+	sort.Strings(leaks)
+	return leaks, len(s.secrets), len(logs)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	leaks, secrets, logBytes := suite.leaks()
+	if len(leaks) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: the log output of this package's tests contains %d secrets:\n  %s\n",
+			len(leaks), strings.Join(leaks, "\n  "))
+		code = 1
+	} else if testing.Verbose() {
+		fmt.Printf("log check: %d secrets, none in %d bytes of log output\n", secrets, logBytes)
+	}
+	os.Exit(code)
+}
+
+// authRequest asks the gateway to start a sign-in at path and returns the
+// provider authorization URL it redirects to, without following it.
+func (b *browser) authRequest(path string) *url.URL {
+	b.t.Helper()
+	c := &http.Client{Jar: b.jar, Transport: b.c.Transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Get(b.g.gatewayURL(path))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc, err := resp.Location()
+	if resp.StatusCode != http.StatusFound || err != nil {
+		b.t.Fatalf("GET %s = %d, want a redirect to the provider", path, resp.StatusCode)
+	}
+	return loc
+}
+
+var csrfPattern = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// csrfField returns the sign-out form's token on page.
+func csrfField(t *testing.T, page string) string {
+	t.Helper()
+	m := csrfPattern.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("page has no csrf field:\n%s", page)
+	}
+	suite.secret("csrf token", m[1])
+	return m[1]
+}
+
+// signedIn returns a browser with a fresh session on g.
+func signedIn(t *testing.T, g *gateway) *browser {
+	t.Helper()
+	b := g.browser()
+	if resp := b.finish(b.begin(""), nil); resp.StatusCode != http.StatusFound {
+		t.Fatalf("sign-in failed: %d %s", resp.StatusCode, resp.body)
+	}
+	return b
+}
+
+func (g *gateway) logouts(result string) float64 {
+	return g.counter("doorbell_gateway_logouts_total", map[string]string{"result": result})
 }

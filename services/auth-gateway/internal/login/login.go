@@ -56,10 +56,12 @@ const (
 
 // UnknownProvider is the provider label of failures that cannot be tied to
 // one configured provider while several are configured.
-const UnknownProvider = "unknown"
+const UnknownProvider = config.UnknownProvider
 
 // ProviderConfig is one identity provider, as the configuration describes
-// it (see config.Provider for what each field promises).
+// it (see config.Provider for what each field promises). New takes it
+// complete, as config.Load returns it, and fills in nothing: a provider
+// built by hand goes through config.Provider.WithDefaults first.
 type ProviderConfig = config.Provider
 
 // Config is the login flow's configuration.
@@ -344,7 +346,7 @@ func (h *Handler) Ready(ctx context.Context) error {
 		return errors.Join(failed...)
 	}
 	for _, err := range failed {
-		h.log.Warn("identity provider not usable; the others are", "err", err)
+		h.log.Warn("identity provider not usable; the others are", "error", err)
 	}
 	return nil
 }
@@ -365,18 +367,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r = h.dropOversizedCookies(w, r)
 	}
 	if f := h.guard(w, r); f != nil {
-		h.fail(w, r, *f)
+		h.fail(w, r, f)
 		return
 	}
 	h.mux.ServeHTTP(w, r)
 }
 
 func (h *Handler) notFound(w http.ResponseWriter, r *http.Request) {
-	h.fail(w, r, failure{
-		status: http.StatusNotFound, reason: "not_found", level: slog.LevelDebug,
-		title:   "Page not found",
-		message: "There is no page at this address. Check the link, or go back to the start page.",
-	})
+	h.fail(w, r, failed(reasonNotFound, ""))
 }
 
 // label is the provider label for metrics about p, which may be nil when

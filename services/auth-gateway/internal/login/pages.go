@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"html/template"
-	"log/slog"
 	"net/http"
 	"strings"
 )
@@ -93,65 +92,18 @@ type errorData struct {
 	LinkText string
 }
 
-// failure is everything the gateway says about one failed request: to the
-// person (page), to machines (JSON), to operators (log) and to Prometheus
-// (reason, when the request was a login).
-type failure struct {
-	status int
-	// reason is a logins_total result label and the JSON error code.
-	reason string
-	title  string
-	// message says why and what to do, in one or two sentences.
-	message string
-	// detail is untrusted text from the provider, shown escaped.
-	detail string
-	// link and linkText are the page's way on; empty means back to /.
-	link, linkText string
-	// logMsg and logErr are for operators; logErr must already be redacted.
-	logMsg string
-	logErr string
-	level  slog.Level
-}
-
 // render writes an HTML page. It renders into a buffer first, so a template
 // error never leaves half a page behind.
 func (h *Handler) render(w http.ResponseWriter, status int, t *template.Template, data any) {
 	var buf bytes.Buffer
 	if err := t.ExecuteTemplate(&buf, "layout", data); err != nil {
-		h.log.Error("render page", "err", err)
+		h.log.Error("render page", "error", err)
 		http.Error(w, "Internal error", http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
 	_, _ = w.Write(buf.Bytes())
-}
-
-// fail answers with f as a page, or as JSON when the client asked for JSON,
-// and logs it once.
-func (h *Handler) fail(w http.ResponseWriter, r *http.Request, f failure) {
-	attrs := []any{"reason", f.reason, "status", f.status, "method", r.Method, "path", r.URL.Path}
-	if f.logErr != "" {
-		attrs = append(attrs, "err", f.logErr)
-	}
-	msg := f.logMsg
-	if msg == "" {
-		msg = f.title
-	}
-	h.log.Log(r.Context(), f.level, msg, attrs...)
-
-	if wantsJSON(r) {
-		writeJSON(w, f.status, map[string]string{"error": f.reason, "message": f.message})
-		return
-	}
-	link, linkText := f.link, f.linkText
-	if link == "" {
-		link, linkText = "/", "Back to Doorbell"
-	}
-	h.render(w, f.status, h.pages.error, errorData{
-		Title: f.title, Error: true, Message: f.message, Detail: f.detail, Status: f.status, Code: f.reason,
-		Link: link, LinkText: linkText,
-	})
 }
 
 // wantsJSON reports whether the client prefers JSON to a page.

@@ -3,19 +3,18 @@ package login
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
-	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/oauth2"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/config"
 )
@@ -60,38 +59,21 @@ type identity struct {
 	idToken string
 }
 
+// newProvider builds the provider cfg describes. cfg is taken as it is:
+// the defaults of what a description leaves out are config's
+// (config.Provider.WithDefaults), so a missing name or scope is not filled
+// in here.
 func newProvider(cfg ProviderConfig, callbackPath, redirectURL string, client *http.Client, tracer trace.Tracer) (*provider, error) {
 	if cfg.ClientID == "" {
 		return nil, fmt.Errorf("login: provider %s: client id is required", cfg.ID)
 	}
-	domains := make([]string, len(cfg.AllowedEmailDomains))
-	for i, d := range cfg.AllowedEmailDomains {
-		domains[i] = strings.ToLower(d)
-	}
-	cfg.AllowedEmailDomains = domains
 	switch cfg.Type {
-	case TypeOIDC, "":
+	case TypeOIDC:
 		if cfg.Issuer == "" {
 			return nil, fmt.Errorf("login: provider %s: issuer is required", cfg.ID)
 		}
-		if cfg.Name == "" {
-			cfg.Name = cfg.Issuer
-			if u, err := url.Parse(cfg.Issuer); err == nil && u.Host != "" {
-				cfg.Name = u.Host
-			}
-		}
-		if !slices.Contains(cfg.Scopes, "openid") {
-			cfg.Scopes = append([]string{"openid"}, cfg.Scopes...)
-		}
 		return &provider{cfg: cfg, flow: newOIDCFlow(cfg, redirectURL, client, tracer), callbackPath: callbackPath}, nil
 	case TypeGitHub:
-		cfg.GitHubAPIURL = strings.TrimSuffix(cfg.GitHubAPIURL, "/")
-		if cfg.Name == "" {
-			cfg.Name = "GitHub"
-		}
-		if !slices.Contains(cfg.Scopes, "user:email") {
-			cfg.Scopes = append(cfg.Scopes, "user:email")
-		}
 		g, err := newGitHubFlow(cfg, redirectURL, client, tracer)
 		if err != nil {
 			return nil, err
@@ -111,17 +93,6 @@ func (p *provider) issuer() string {
 	return p.cfg.Issuer
 }
 
-// issuerMismatch is the failure for an iss parameter that does not name
-// the provider the attempt went to.
-func issuerMismatch(why string) *failure {
-	return &failure{
-		status: http.StatusBadRequest, reason: resultIssuerMismatch, level: slog.LevelWarn,
-		title:   "Sign-in answer from the wrong provider",
-		message: "The answer to this sign-in did not come from the identity provider we asked. Start again from the sign-in page.",
-		logMsg:  "callback rejected: iss parameter does not name the provider", logErr: why,
-	}
-}
-
 // checkCallbackPath refuses an answer that arrived at another callback
 // than p's: with several providers, an answer from one provider for an
 // attempt that went to another (mix-up), whether or not it carries iss.
@@ -129,10 +100,8 @@ func (p *provider) checkCallbackPath(path string) *failure {
 	if path == p.callbackPath {
 		return nil
 	}
-	f := issuerMismatch(fmt.Sprintf("answer arrived at %s, the attempt went to provider %s (callback %s)",
+	return failed(reasonCallbackMismatch, fmt.Sprintf("answer arrived at %s, the attempt went to provider %s (callback %s)",
 		truncate(path, 100), p.cfg.ID, p.callbackPath))
-	f.logMsg = "callback rejected: answer arrived at another provider's callback (mix-up)"
-	return f
 }
 
 // discovered is what the gateway knows about an OIDC provider once its
@@ -151,7 +120,7 @@ type discovered struct {
 // oidcFlow signs people in with an OpenID Connect provider. It loads the
 // discovery document on first use and keeps it. Until it loads, each use
 // retries; callers that arrive while an attempt is running share its result
-// instead of queueing their own.
+// (singleflight) instead of queueing their own.
 type oidcFlow struct {
 	issuer       string
 	clientID     string
@@ -164,20 +133,17 @@ type oidcFlow struct {
 	client      *http.Client
 	tracer      trace.Tracer
 
-	d        atomic.Pointer[discovered]
-	mu       sync.Mutex
-	inflight *discovery
+	d         atomic.Pointer[discovered]
+	discovery singleflight.Group
 }
 
-// discovery is one discovery attempt, shared by everyone waiting on it.
-type discovery struct {
-	done chan struct{}
-	d    *discovered
-	err  error
-	// abandoned is set when the attempt failed because its caller went
-	// away, which says nothing about the provider.
-	abandoned bool
-}
+// abandonedError is a discovery that failed because the caller running it
+// went away, which says nothing about the provider: the callers that shared
+// it and are still waiting try again.
+type abandonedError struct{ err error }
+
+func (e *abandonedError) Error() string { return e.err.Error() }
+func (e *abandonedError) Unwrap() error { return e.err }
 
 var _ flow = (*oidcFlow)(nil)
 
@@ -207,39 +173,35 @@ func (p *oidcFlow) ready(ctx context.Context) error {
 
 // get returns the discovered provider, running discovery if it has not
 // succeeded yet. ctx bounds the wait and, for the caller that runs the
-// attempt, the discovery request.
+// attempt, the discovery request; when that caller goes away, the others
+// waiting on it run their own attempt. A failed discovery is not kept: the
+// next call tries again.
 func (p *oidcFlow) get(ctx context.Context) (*discovered, error) {
 	for {
 		if d := p.d.Load(); d != nil {
 			return d, nil
 		}
-		p.mu.Lock()
-		a := p.inflight
-		leader := a == nil
-		if leader {
-			a = &discovery{done: make(chan struct{})}
-			p.inflight = a
-		}
-		p.mu.Unlock()
-
-		if leader {
-			a.d, a.err = p.discover(ctx)
-			a.abandoned = a.err != nil && ctx.Err() != nil
-			if a.d != nil {
-				p.d.Store(a.d)
+		ch := p.discovery.DoChan(p.issuer, func() (any, error) {
+			d, err := p.discover(ctx)
+			switch {
+			case err != nil && ctx.Err() != nil:
+				return nil, &abandonedError{err}
+			case err != nil:
+				return nil, err
 			}
-			p.mu.Lock()
-			p.inflight = nil
-			p.mu.Unlock()
-			close(a.done)
-			return a.d, a.err
-		}
+			p.d.Store(d)
+			return d, nil
+		})
 		select {
-		case <-a.done:
-			if a.abandoned && ctx.Err() == nil {
-				continue // the other caller gave up; try again ourselves
+		case res := <-ch:
+			var abandoned *abandonedError
+			if errors.As(res.Err, &abandoned) && ctx.Err() == nil {
+				continue // the caller that ran it gave up; try again ourselves
 			}
-			return a.d, a.err
+			if res.Err != nil {
+				return nil, res.Err
+			}
+			return res.Val.(*discovered), nil
 		case <-ctx.Done():
 			return nil, fmt.Errorf("discover %s: %w", p.issuer, ctx.Err())
 		}
@@ -319,17 +281,16 @@ func (p *oidcFlow) authURL(ctx context.Context, state, nonce, verifier string) (
 func (p *oidcFlow) checkIssuer(ctx context.Context, iss string) *failure {
 	if iss != "" {
 		if iss != p.issuer {
-			return issuerMismatch(fmt.Sprintf("got iss %q, want %q", truncate(iss, 200), p.issuer))
+			return failed(reasonIssuerMismatch, fmt.Sprintf("got iss %q, want %q", truncate(iss, 200), p.issuer))
 		}
 		return nil
 	}
 	d, err := p.get(ctx)
 	if err != nil {
-		f := providerUnavailable(err)
-		return &f
+		return failed(reasonProviderUnavailable, err.Error())
 	}
 	if d.issParameter {
-		return issuerMismatch("no iss parameter, although the provider's discovery document promises one")
+		return failed(reasonIssuerMismatch, "no iss parameter, although the provider's discovery document promises one")
 	}
 	return nil
 }
@@ -362,8 +323,7 @@ func (p *oidcFlow) logoutURL(ctx context.Context, postLogout, idTokenHint string
 func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identity, *failure) {
 	d, err := p.get(ctx)
 	if err != nil {
-		f := providerUnavailable(err)
-		return identity{}, &f
+		return identity{}, failed(reasonProviderUnavailable, err.Error())
 	}
 	secrets := []string{code, a.Verifier, p.clientSecret}
 	ctx = p.ctx(ctx)
@@ -371,13 +331,13 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	tok, err := d.oauth2.Exchange(ectx, code, oauth2.VerifierOption(a.Verifier))
 	endSpan(span, err != nil, resultExchangeFailed)
 	if err != nil {
-		return identity{}, exchangeFailed(redact(err, secrets...))
+		return identity{}, failed(reasonExchangeFailed, redact(err, secrets...))
 	}
 	rawIDToken, _ := tok.Extra("id_token").(string)
 	secrets = append(secrets, tok.AccessToken, tok.RefreshToken, rawIDToken)
 
 	if rawIDToken == "" {
-		return identity{}, tokenInvalid("token response has no id_token")
+		return identity{}, failed(reasonTokenInvalid, "token response has no id_token")
 	}
 	idt, c, f := p.verifyIDToken(ctx, d, rawIDToken, a.Nonce, secrets)
 	if f != nil {
@@ -390,23 +350,9 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	verified := c.EmailVerified
 
 	if (c.Email == "" || verified == nil) && d.provider.UserInfoEndpoint() != "" {
-		uctx, span := p.tracer.Start(ctx, "oidc.userinfo", trace.WithSpanKind(trace.SpanKindClient))
-		ui, err := d.provider.UserInfo(uctx, oauth2.StaticTokenSource(tok))
-		endSpan(span, err != nil, "userinfo request failed")
-		if err != nil {
-			return identity{}, &failure{
-				status: http.StatusBadGateway, reason: resultExchangeFailed, level: slog.LevelError,
-				title:   "The identity provider did not answer properly",
-				message: "We could not get your account details from your identity provider. Please try again in a moment.",
-				logMsg:  "userinfo request failed", logErr: redact(err, secrets...),
-			}
-		}
-		if ui.Subject != idt.Subject {
-			return identity{}, tokenInvalid("userinfo sub differs from the id token's sub")
-		}
-		var uc claims
-		if err := ui.Claims(&uc); err != nil {
-			return identity{}, tokenInvalid("userinfo claims: " + redact(err, secrets...))
+		uc, f := p.userInfo(ctx, d, tok, idt.Subject, secrets)
+		if f != nil {
+			return identity{}, f
 		}
 		if uc.Email != "" {
 			id.email, verified = uc.Email, uc.EmailVerified
@@ -420,18 +366,33 @@ func (p *oidcFlow) identify(ctx context.Context, code string, a attempt) (identi
 	}
 
 	if id.email == "" {
-		return identity{}, emailMissing("Your identity provider did not share an email address, and Doorbell needs one to sign you in. Allow access to your email address, then sign in again.")
+		return identity{}, failed(reasonEmailMissing, "")
 	}
 	if verified == nil || !bool(*verified) {
-		return identity{}, &failure{
-			status: http.StatusForbidden, reason: resultEmailUnverified, level: slog.LevelWarn,
-			title: "Email address not verified",
-			message: fmt.Sprintf("Your email address %s is not verified by %s. Verify it there, then sign in again.",
-				id.email, p.displayName),
-			logMsg: "sign-in refused: email not verified by the provider",
-		}
+		return identity{}, failed(reasonEmailUnverified, "", id.email, p.displayName)
 	}
 	return id, nil
+}
+
+// userInfo asks the provider's UserInfo endpoint about the person the
+// access token in tok was issued for, and checks that the answer is about
+// subject, the ID token's. secrets are redacted from the error text of a
+// failure.
+func (p *oidcFlow) userInfo(ctx context.Context, d *discovered, tok *oauth2.Token, subject string, secrets []string) (claims, *failure) {
+	ctx, span := p.tracer.Start(ctx, "oidc.userinfo", trace.WithSpanKind(trace.SpanKindClient))
+	ui, err := d.provider.UserInfo(ctx, oauth2.StaticTokenSource(tok))
+	endSpan(span, err != nil, "userinfo request failed")
+	if err != nil {
+		return claims{}, failed(reasonUserInfoFailed, redact(err, secrets...))
+	}
+	if ui.Subject != subject {
+		return claims{}, failed(reasonTokenInvalid, "userinfo sub differs from the id token's sub")
+	}
+	var uc claims
+	if err := ui.Claims(&uc); err != nil {
+		return claims{}, failed(reasonTokenInvalid, "userinfo claims: "+redact(err, secrets...))
+	}
+	return uc, nil
 }
 
 // verifyIDToken checks the ID token of a sign-in and decodes the claims the
@@ -451,20 +412,15 @@ func (p *oidcFlow) verifyIDToken(ctx context.Context, d *discovered, rawIDToken,
 		endSpan(span, false, "")
 	}
 	if err != nil {
-		return nil, claims{}, tokenInvalid(redact(err, secrets...))
+		return nil, claims{}, failed(reasonTokenInvalid, redact(err, secrets...))
 	}
 	if !nonceOK {
-		return nil, claims{}, &failure{
-			status: http.StatusUnauthorized, reason: resultNonceMismatch, level: slog.LevelWarn,
-			title:   "Sign-in could not be verified",
-			message: "The identity provider's answer does not belong to this sign-in. Please start again.",
-			logMsg:  "id token rejected: nonce does not match the attempt",
-		}
+		return nil, claims{}, failed(reasonNonceMismatch, "")
 	}
 
 	var c claims
 	if err := idt.Claims(&c); err != nil {
-		return nil, claims{}, tokenInvalid("id token claims: " + redact(err, secrets...))
+		return nil, claims{}, failed(reasonTokenInvalid, "id token claims: "+redact(err, secrets...))
 	}
 	if f := authorizedParty(idt.Audience, c.AuthorizedParty, p.clientID); f != nil {
 		return nil, claims{}, f
@@ -479,9 +435,9 @@ func (p *oidcFlow) verifyIDToken(ctx context.Context, d *discovered, rawIDToken,
 func authorizedParty(aud []string, azp, clientID string) *failure {
 	switch {
 	case azp != "" && azp != clientID:
-		return tokenInvalid(fmt.Sprintf("azp %q is not our client id", truncate(azp, 100)))
+		return failed(reasonTokenInvalid, fmt.Sprintf("azp %q is not our client id", truncate(azp, 100)))
 	case len(aud) > 1 && azp == "":
-		return tokenInvalid(fmt.Sprintf("id token for %d audiences has no azp", len(aud)))
+		return failed(reasonTokenInvalid, fmt.Sprintf("id token for %d audiences has no azp", len(aud)))
 	}
 	return nil
 }

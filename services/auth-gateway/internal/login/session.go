@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 )
@@ -62,7 +63,7 @@ func (h *Handler) session(r *http.Request) *Session {
 		if err == nil {
 			return s
 		}
-		h.log.Debug("session cookie ignored", "err", err)
+		h.log.Debug("session cookie ignored", "error", err)
 	}
 	return nil
 }
@@ -99,16 +100,21 @@ func (h *Handler) openSession(value string, now time.Time) (*Session, error) {
 
 // clearCookie deletes the cookie name at path for the host and, when domain
 // is set, for the domain too. A __Host- cookie exists only at Path=/ for
-// the host, so only that is deleted.
+// the host, so only that is deleted. A deletion the response already holds
+// is not added again: callers that clear a cookie at several paths, or
+// twice on one request, send each Set-Cookie once.
 func (h *Handler) clearCookie(w http.ResponseWriter, name, path, domain string) {
 	if strings.HasPrefix(name, hostPrefix) {
 		path, domain = "/", ""
 	}
 	for _, d := range []string{"", domain} {
-		http.SetCookie(w, &http.Cookie{
+		c := (&http.Cookie{
 			Name: name, Value: "", Path: path, Domain: d, MaxAge: -1,
 			HttpOnly: true, Secure: h.secure, SameSite: http.SameSiteLaxMode,
-		})
+		}).String()
+		if c != "" && !slices.Contains(w.Header().Values("Set-Cookie"), c) {
+			w.Header().Add("Set-Cookie", c)
+		}
 		if domain == "" {
 			return
 		}

@@ -2,9 +2,9 @@ package login_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -12,148 +12,6 @@ import (
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/cookie"
 	"github.com/doorbell/doorbell/services/auth-gateway/internal/login"
 )
-
-var csrfPattern = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
-
-// csrfField returns the sign-out form's token on page.
-func csrfField(t *testing.T, page string) string {
-	t.Helper()
-	m := csrfPattern.FindStringSubmatch(page)
-	if m == nil {
-		t.Fatalf("page has no csrf field:\n%s", page)
-	}
-	suite.secret("csrf token", m[1])
-	return m[1]
-}
-
-// signedIn returns a browser with a fresh session on g.
-func signedIn(t *testing.T, g *gateway) *browser {
-	t.Helper()
-	b := g.browser()
-	if resp := b.finish(b.begin(""), nil); resp.StatusCode != http.StatusFound {
-		t.Fatalf("sign-in failed: %d %s", resp.StatusCode, resp.body)
-	}
-	return b
-}
-
-func (g *gateway) logouts(result string) float64 {
-	return g.counter("doorbell_gateway_logouts_total", map[string]string{"result": result})
-}
-
-func TestLogoutNeedsThisSitesForm(t *testing.T) {
-	sameOrigin := func(g *gateway) map[string]string {
-		return map[string]string{"Origin": g.url.String(), "Sec-Fetch-Site": "same-origin"}
-	}
-	tests := []struct {
-		name string
-		// post sends the sign-out request with the token from the
-		// confirmation page.
-		post       func(g *gateway, b *browser, token string) response
-		wantStatus int
-		wantResult string
-	}{
-		{
-			name: "the form's token, from this site",
-			post: func(g *gateway, b *browser, token string) response {
-				return b.postForm("/logout", url.Values{"csrf": {token}}, sameOrigin(g))
-			},
-			wantStatus: http.StatusSeeOther, wantResult: "success",
-		},
-		{
-			name: "no token",
-			post: func(g *gateway, b *browser, _ string) response {
-				return b.postForm("/logout", nil, sameOrigin(g))
-			},
-			wantStatus: http.StatusForbidden, wantResult: "rejected",
-		},
-		{
-			name: "another session's token",
-			post: func(g *gateway, b *browser, _ string) response {
-				other := signedIn(g.t, g)
-				return b.postForm("/logout", url.Values{"csrf": {csrfField(g.t, other.get("/logout").body)}}, sameOrigin(g))
-			},
-			wantStatus: http.StatusForbidden, wantResult: "rejected",
-		},
-		{
-			name: "the right token, posted by another site",
-			post: func(g *gateway, b *browser, token string) response {
-				return b.postForm("/logout", url.Values{"csrf": {token}},
-					map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
-			},
-			wantStatus: http.StatusForbidden, wantResult: "rejected",
-		},
-		{
-			name: "the right token, posted by a sibling host",
-			post: func(g *gateway, b *browser, token string) response {
-				return b.postForm("/logout", url.Values{"csrf": {token}}, map[string]string{"Sec-Fetch-Site": "same-site"})
-			},
-			wantStatus: http.StatusForbidden, wantResult: "rejected",
-		},
-		{
-			name: "the right token, from an old browser with only Origin",
-			post: func(g *gateway, b *browser, token string) response {
-				return b.postForm("/logout", url.Values{"csrf": {token}}, map[string]string{"Origin": "https://evil.example"})
-			},
-			wantStatus: http.StatusForbidden, wantResult: "rejected",
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			g := newGateway(t)
-			b := signedIn(t, g)
-
-			// GET shows a confirmation and signs nobody out.
-			page := b.get("/logout")
-			if page.StatusCode != http.StatusOK {
-				t.Fatalf("GET /logout = %d", page.StatusCode)
-			}
-			mustContain(t, "confirmation page", page.body, "Sign out of Doorbell?", `method="post"`, `action="/logout"`,
-				`type="submit"`, "Stay signed in")
-			if b.get("/me").StatusCode != http.StatusOK {
-				t.Fatal("GET /logout ended the session")
-			}
-
-			resp := tt.post(g, b, csrfField(t, page.body))
-			if resp.StatusCode != tt.wantStatus {
-				t.Fatalf("POST /logout = %d, want %d: %s", resp.StatusCode, tt.wantStatus, resp.body)
-			}
-			stillIn := b.get("/me").StatusCode == http.StatusOK
-			if tt.wantResult == "success" {
-				if stillIn {
-					t.Error("still signed in after a good sign-out")
-				}
-				if loc := resp.Header.Get("Location"); loc != "/" {
-					t.Errorf("Location = %q, want / (mockoidc has no end_session_endpoint)", loc)
-				}
-			} else {
-				if !stillIn {
-					t.Error("a refused sign-out ended the session")
-				}
-				mustContain(t, "refusal page", resp.body, "You are still signed in", `href="/logout"`)
-			}
-			if v := g.logouts(tt.wantResult); v != 1 {
-				t.Errorf("logouts_total{%s} = %v, want 1", tt.wantResult, v)
-			}
-		})
-	}
-}
-
-func TestLogoutWithoutASession(t *testing.T) {
-	g := newGateway(t)
-	b := g.browser()
-	page := b.get("/logout")
-	mustContain(t, "page", page.body, "You are signed out")
-	if strings.Contains(page.body, `name="csrf"`) {
-		t.Error("signed-out page offers a sign-out form")
-	}
-	out := b.postForm("/logout", nil, nil)
-	if out.StatusCode != http.StatusSeeOther || out.Header.Get("Location") != "/" {
-		t.Errorf("POST /logout = %d to %q", out.StatusCode, out.Header.Get("Location"))
-	}
-	if v := g.logouts("no_session"); v != 1 {
-		t.Errorf("logouts_total{no_session} = %v", v)
-	}
-}
 
 func TestForwardAuth(t *testing.T) {
 	g := newGateway(t)
@@ -386,4 +244,72 @@ func flip(v string) string {
 		b[i] = 'A'
 	}
 	return string(b)
+}
+
+// TestSessionCookieIsHostPrefixedOverHTTPS: on https, with no cookie
+// domain, the session cookie is __Host-doorbell_session (Secure, Path=/, no
+// Domain), which a sibling subdomain cannot set or overwrite; a
+// doorbell_session cookie such a neighbour planted is not a session.
+func TestSessionCookieIsHostPrefixedOverHTTPS(t *testing.T) {
+	g := newGateway(t, withTLS())
+	b := g.browser()
+	resp := b.finish(b.begin(""), nil)
+	if resp.StatusCode != http.StatusFound {
+		t.Fatalf("sign-in = %d %s", resp.StatusCode, resp.body)
+	}
+	sc := setCookie(resp, "__Host-doorbell_session")
+	if sc == nil || !sc.Secure || sc.Path != "/" || sc.Domain != "" || !sc.HttpOnly {
+		t.Fatalf("session cookie = %+v, want __Host-doorbell_session, Secure, Path=/, no Domain", sc)
+	}
+	if setCookie(resp, "doorbell_session") != nil {
+		t.Error("a doorbell_session cookie was set too")
+	}
+	if me := b.get("/me"); me.StatusCode != http.StatusOK {
+		t.Errorf("/me with the session = %d", me.StatusCode)
+	}
+
+	// A neighbour plants a session of its own, sealed validly (as a leaked
+	// old cookie would be), under the unprefixed name.
+	payload, _ := json.Marshal(map[string]any{
+		"id": "planted", "issuer": g.idp.Issuer(), "subject": "mallory", "provider": providerID,
+		"email": "mallory@example.com", "iat": time.Now().Unix(), "expires": time.Now().Add(time.Hour).Unix(),
+	})
+	planted, err := g.sealer.Seal("doorbell_session", payload, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := g.browser()
+	if me := victim.do(http.MethodGet, g.gatewayURL("/me"), map[string]string{"Cookie": "doorbell_session=" + planted}); me.StatusCode != http.StatusUnauthorized {
+		t.Errorf("/me with a planted doorbell_session = %d %s, want 401", me.StatusCode, me.body)
+	}
+}
+
+// TestAnOversizedHostSessionCookieIsDeletedOnce: the __Host- session
+// cookie exists only at Path=/ for the host, so deleting an oversized one
+// takes one Set-Cookie, not one per path the gateway ever used, and a
+// sign-out that deletes the session again does not repeat it.
+func TestAnOversizedHostSessionCookieIsDeletedOnce(t *testing.T) {
+	const name = "__Host-doorbell_session"
+	g := newGateway(t, withTLS())
+	huge := map[string]string{"Cookie": name + "=v1." + strings.Repeat("a", 4000)}
+	for _, tc := range []struct {
+		what string
+		send func(b *browser) response
+	}{
+		{"GET /", func(b *browser) response { return b.do(http.MethodGet, g.gatewayURL("/"), huge) }},
+		{"POST /logout", func(b *browser) response { return b.postForm("/logout", url.Values{}, huge) }},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			resp := tc.send(g.browser())
+			var deletes []string
+			for _, v := range resp.Header.Values("Set-Cookie") {
+				if strings.HasPrefix(v, name+"=") {
+					deletes = append(deletes, v)
+				}
+			}
+			if len(deletes) != 1 || !strings.Contains(deletes[0], "Max-Age=0") {
+				t.Errorf("%s with an oversized %s: Set-Cookie for it = %q, want one deletion", tc.what, name, deletes)
+			}
+		})
+	}
 }

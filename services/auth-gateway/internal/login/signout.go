@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"time"
 )
@@ -147,12 +146,5 @@ func (h *Handler) leaveFor(w http.ResponseWriter, providerName, target string) {
 
 func (h *Handler) refuseLogout(w http.ResponseWriter, r *http.Request, why string) {
 	h.metrics.logouts.WithLabelValues(logoutRejected).Inc()
-	h.fail(w, r, failure{
-		status: http.StatusForbidden, reason: "logout_rejected", level: slog.LevelWarn,
-		title:    "Sign-out not confirmed",
-		message:  "You are still signed in: this sign-out request did not come from this site's sign-out button, or the page was too old. Use the button on the sign-out page.",
-		link:     "/logout",
-		linkText: "Go to the sign-out page",
-		logMsg:   "sign-out refused", logErr: why,
-	})
+	h.fail(w, r, failed(reasonLogoutRejected, why))
 }

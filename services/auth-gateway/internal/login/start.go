@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/json"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -47,49 +46,68 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	ctx, span := h.tracer.Start(r.Context(), "login.start", trace.WithSpanKind(trace.SpanKindServer))
 	defer span.End()
 	r = r.WithContext(ctx)
-	q := r.URL.Query()
-	rd := h.returnTarget(r, q.Get("rd"))
-	var p *provider
-	switch id := q.Get("provider"); {
-	case id != "":
-		if p = h.providers[id]; p == nil {
-			span.SetAttributes(attribute.String("doorbell.result", resultProviderUnknown))
-			h.metrics.logins.WithLabelValues(h.label(nil), resultProviderUnknown).Inc()
-			h.fail(w, r, failure{
-				status: http.StatusBadRequest, reason: resultProviderUnknown, level: slog.LevelInfo,
-				title:   "Unknown sign-in option",
-				message: "This sign-in link names an identity provider this site does not offer. Choose one on the sign-in page.",
-				logMsg:  "sign-in refused: unknown provider",
-			})
-			return
-		}
-	case len(h.order) == 1:
-		p = h.order[0]
-	default:
-		span.SetAttributes(attribute.String("doorbell.result", "choose_provider"))
-		h.render(w, http.StatusOK, h.pages.home, h.homeData(nil, rd, ""))
+	rd := h.returnTarget(r, r.URL.Query().Get("rd"))
+	p := h.chooseProvider(w, r, span, rd)
+	if p == nil {
 		return
 	}
 	span.SetAttributes(attribute.String("doorbell.provider", p.cfg.ID))
 
+	target, f := h.startAttempt(w, r, p, rd)
+	if f != nil {
+		if f.reason == reasonProviderUnavailable {
+			span.SetAttributes(attribute.String("doorbell.result", resultProviderUnavailable))
+			span.SetStatus(codes.Error, resultProviderUnavailable)
+			h.metrics.logins.WithLabelValues(p.cfg.ID, resultProviderUnavailable).Inc()
+		}
+		h.fail(w, r, f)
+		return
+	}
+	h.metrics.started.WithLabelValues(p.cfg.ID).Inc()
+	span.SetAttributes(attribute.String("doorbell.result", "redirected"))
+	w.Header().Set("Location", target)
+	w.WriteHeader(http.StatusFound)
+}
+
+// chooseProvider returns the provider the sign-in goes to: the one the
+// provider parameter names, or the only one. Otherwise it answers itself,
+// with the failure for an unknown provider or the page to choose one on,
+// and returns nil.
+func (h *Handler) chooseProvider(w http.ResponseWriter, r *http.Request, span trace.Span, rd string) *provider {
+	switch id := r.URL.Query().Get("provider"); {
+	case id != "":
+		p := h.providers[id]
+		if p == nil {
+			span.SetAttributes(attribute.String("doorbell.result", resultProviderUnknown))
+			h.metrics.logins.WithLabelValues(h.label(nil), resultProviderUnknown).Inc()
+			h.fail(w, r, failed(reasonProviderUnknown, ""))
+		}
+		return p
+	case len(h.order) == 1:
+		return h.order[0]
+	default:
+		span.SetAttributes(attribute.String("doorbell.result", "choose_provider"))
+		h.render(w, http.StatusOK, h.pages.home, h.homeData(nil, rd, ""))
+		return nil
+	}
+}
+
+// startAttempt makes a fresh state, nonce and PKCE verifier, keeps them in
+// a new attempt cookie (making room for it, see pruneAttempts) and returns
+// where at p to send the browser. It sets no cookie when it fails.
+func (h *Handler) startAttempt(w http.ResponseWriter, r *http.Request, p *provider, rd string) (string, *failure) {
 	state, err := randomToken(32)
 	if err != nil {
-		h.fail(w, r, internalError(err))
-		return
+		return "", failed(reasonInternal, err.Error())
 	}
 	nonce, err := randomToken(32)
 	if err != nil {
-		h.fail(w, r, internalError(err))
-		return
+		return "", failed(reasonInternal, err.Error())
 	}
 	verifier := oauth2.GenerateVerifier()
 	target, err := p.flow.authURL(r.Context(), state, nonce, verifier)
 	if err != nil {
-		span.SetAttributes(attribute.String("doorbell.result", resultProviderUnavailable))
-		span.SetStatus(codes.Error, resultProviderUnavailable)
-		h.metrics.logins.WithLabelValues(p.cfg.ID, resultProviderUnavailable).Inc()
-		h.fail(w, r, providerUnavailable(err))
-		return
+		return "", failed(reasonProviderUnavailable, err.Error())
 	}
 	now := h.cfg.Now()
 	name := attemptCookieName(state)
@@ -97,8 +115,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		State: state, Nonce: nonce, Verifier: verifier, Provider: p.cfg.ID, Created: now.Unix(), Return: rd,
 	}, now)
 	if err != nil {
-		h.fail(w, r, internalError(err))
-		return
+		return "", failed(reasonInternal, err.Error())
 	}
 	h.pruneAttempts(w, r, len(name)+len(sealed), now)
 	http.SetCookie(w, &http.Cookie{
@@ -110,10 +127,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		Secure:   h.secure,
 		SameSite: http.SameSiteLaxMode,
 	})
-	h.metrics.started.WithLabelValues(p.cfg.ID).Inc()
-	span.SetAttributes(attribute.String("doorbell.result", "redirected"))
-	w.Header().Set("Location", target)
-	w.WriteHeader(http.StatusFound)
+	return target, nil
 }
 
 // sealAttempt seals a into the cookie called name. The JSON is not
@@ -211,22 +225,4 @@ func (h *Handler) loginLink(p *provider, rd string) string {
 		return "/login"
 	}
 	return "/login?" + q.Encode()
-}
-
-func providerUnavailable(err error) failure {
-	return failure{
-		status: http.StatusServiceUnavailable, reason: resultProviderUnavailable, level: slog.LevelError,
-		title:   "Sign-in is unavailable",
-		message: "The identity provider is unreachable right now, so we cannot sign you in. Please try again in a few minutes.",
-		logMsg:  "identity provider unreachable", logErr: err.Error(),
-	}
-}
-
-func internalError(err error) failure {
-	return failure{
-		status: http.StatusInternalServerError, reason: "internal_error", level: slog.LevelError,
-		title:   "Something went wrong",
-		message: "We hit an unexpected problem. Please go back and try again.",
-		logMsg:  "internal error", logErr: err.Error(),
-	}
 }
