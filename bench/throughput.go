@@ -82,7 +82,7 @@ func (b *bench) throughput(ctx context.Context, pool int) (ThroughputRow, error)
 	}
 	row.NetSMTPPerSecond = rate
 
-	handlers := workerHandlersPerConnection * pool
+	handlers := max(workerMinHandlers, workerHandlersPerConnection*pool)
 	b.progress("throughput: %d events through the worker's JetStream round trips alone (no SMTP), %d handlers", n, handlers)
 	if row.JetStreamOnlyPerSecond, err = b.jetStreamOnly(ctx, filepath.Join(dir, "jetstream-only"), handlers); err != nil {
 		return row, err
@@ -94,9 +94,12 @@ func (b *bench) throughput(ctx context.Context, pool int) (ThroughputRow, error)
 	return row, nil
 }
 
-// workerHandlersPerConnection is how many messages the mail-worker
-// handles at once per SMTP connection (its main.go: 4 × SMTP_POOL_SIZE).
-const workerHandlersPerConnection = 4
+// The mail-worker handles workerHandlersPerConnection messages at once per
+// SMTP connection, and at least workerMinHandlers (its main.go: handlers).
+const (
+	workerHandlersPerConnection = 4
+	workerMinHandlers           = 64
+)
 
 // jetStreamOnly fills AUTH_EVENTS on a fresh NATS server whose files go in
 // dir and makes the worker's round trips for every event (package floor).
