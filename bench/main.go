@@ -100,6 +100,7 @@ type Config struct {
 
 	Events            int
 	Pools             []int
+	Rounds            int
 	ThroughputTimeout time.Duration
 
 	Rates           []float64
@@ -140,6 +141,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 
 	fs.IntVar(&c.Events, "events", 10_000, "throughput: events (distinct people) in AUTH_EVENTS per run")
 	pools := fs.String("pools", "4,16", "throughput: SMTP_POOL_SIZE values (and net/smtp connections)")
+	fs.IntVar(&c.Rounds, "rounds", 3, "throughput: rounds per pool size; the round with the median ratio is reported")
 	fs.DurationVar(&c.ThroughputTimeout, "throughput-timeout", 90*time.Second, "throughput: most time one run may take")
 
 	rates := fs.String("rates", "100,500,1000", "latency: offered sign-ins per second")
@@ -181,8 +183,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	if c.CostRates, err = parseList(*costRates, parseRate); err != nil {
 		errs = append(errs, fmt.Errorf("-cost-rates: %w", err))
 	}
-	if c.Events < 2 || c.CeilingBrowsers < 1 || c.MaxInFlight < 1 || c.SlowSinkRate <= 0 {
-		errs = append(errs, errors.New("-events must be at least 2; -ceiling-browsers, -max-in-flight and -slow-sink-rate positive"))
+	if c.Events < 2 || c.Rounds < 1 || c.CeilingBrowsers < 1 || c.MaxInFlight < 1 || c.SlowSinkRate <= 0 {
+		errs = append(errs, errors.New("-events must be at least 2, -rounds at least 1; -ceiling-browsers, -max-in-flight and -slow-sink-rate positive"))
 	}
 	return c, errors.Join(errs...)
 }

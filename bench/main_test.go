@@ -47,3 +47,20 @@ func TestTargetsMarkMissesAndPasses(t *testing.T) {
 		t.Errorf("met = %v, want %v (%+v)", met, want, targets(r))
 	}
 }
+
+// A throughput row is the round with the median ratio, whole, and keeps
+// every round's ratio in the order they ran.
+func TestMedianRound(t *testing.T) {
+	rounds := []ThroughputRow{
+		{Ratio: 0.41, WorkerPerSecond: 1},
+		{Ratio: 0.25, WorkerPerSecond: 2},
+		{Ratio: 0.33, WorkerPerSecond: 3},
+	}
+	got := medianRound(rounds)
+	if got.Ratio != 0.33 || got.WorkerPerSecond != 3 || !slices.Equal(got.RoundRatios, []float64{0.41, 0.25, 0.33}) {
+		t.Errorf("medianRound = %+v", got)
+	}
+	if one := medianRound(rounds[:1]); one.Ratio != 0.41 {
+		t.Errorf("medianRound of one round = %+v", one)
+	}
+}

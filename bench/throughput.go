@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -42,15 +44,49 @@ type ThroughputRow struct {
 	// the worker would have if rendering and SMTP cost nothing.
 	Ceiling   float64 `json:"ceiling_ratio"`
 	MeanBytes int     `json:"mean_email_bytes"`
+	// RoundRatios are the ratios of every round, in the order they ran;
+	// the row is the round with the median ratio.
+	RoundRatios []float64 `json:"round_ratios,omitempty"`
 }
 
-// throughput runs the worker over a backlog of events, then net/smtp over
-// as many similar emails, each into a fresh sink. Both rates run from the
-// first email the sink received to the last.
+// throughput measures pool in Config.Rounds rounds and returns the round
+// with the median ratio, with every round's ratio. The worker and its
+// yardstick are measured side by side in each round, so that a machine that
+// slows down for a while moves both figures of a round.
 func (b *bench) throughput(ctx context.Context, pool int) (ThroughputRow, error) {
+	var rounds []ThroughputRow
+	for round := range max(1, b.cfg.Rounds) {
+		row, err := b.throughputRound(ctx, pool, round)
+		if err != nil {
+			return row, err
+		}
+		rounds = append(rounds, row)
+	}
+	return medianRound(rounds), nil
+}
+
+// medianRound returns the round with the median ratio (the higher of the
+// two middle ones for an even count), with the ratios of all rounds in
+// the order they ran.
+func medianRound(rounds []ThroughputRow) ThroughputRow {
+	ratios := make([]float64, len(rounds))
+	for i, r := range rounds {
+		ratios[i] = r.Ratio
+	}
+	sorted := slices.SortedStableFunc(slices.Values(rounds), func(a, b ThroughputRow) int { return cmp.Compare(a.Ratio, b.Ratio) })
+	row := sorted[len(sorted)/2]
+	row.RoundRatios = ratios
+	return row
+}
+
+// throughputRound runs the worker over a backlog of events, then net/smtp
+// over as many similar emails, each into a fresh sink, then the worker's
+// JetStream round trips alone. Both rates run from the first email the sink
+// received to the last.
+func (b *bench) throughputRound(ctx context.Context, pool, round int) (ThroughputRow, error) {
 	n := b.cfg.Events
 	row := ThroughputRow{Pool: pool, Events: n}
-	dir, err := b.phaseDir(fmt.Sprintf("throughput-pool-%d", pool))
+	dir, err := b.phaseDir(fmt.Sprintf("throughput-pool-%d-round-%d", pool, round+1))
 	if err != nil {
 		return row, err
 	}
