@@ -79,32 +79,37 @@ func (s supervisor) run(ctx context.Context, services []service, banner func(rea
 		}
 	}()
 
-	var failure error
-watch:
-	for {
-		select {
-		case <-ctx.Done():
-			s.logger.Info("stopping")
-			break watch
-		case c := <-exited:
-			switch {
-			case ctx.Err() != nil: // it got the stop signal too
-				s.logger.Info("stopping")
-				break watch
-			case c.optional:
-				s.logger.Warn("exited unexpectedly; the rest of the stack keeps running", "service", c.name, "status", c.status())
-				children = slices.DeleteFunc(children, func(o *child) bool { return o == c })
-			default:
-				failure = fmt.Errorf("%s exited unexpectedly (%s)", c.name, c.status())
-				s.logger.Info("stopping everything", "reason", failure.Error())
-				break watch
-			}
-		}
-	}
+	failure := s.watch(ctx, exited, &children)
 	stopChildren()
 	<-announced
 	s.wait(children)
 	return failure
+}
+
+// watch returns when ctx is done (nil) or a child that is not optional
+// exits on its own (why); an optional child that exits is dropped from
+// children and the rest run on.
+func (s supervisor) watch(ctx context.Context, exited <-chan *child, children *[]*child) error {
+	for {
+		select {
+		case <-ctx.Done():
+			s.logger.Info("stopping")
+			return nil
+		case c := <-exited:
+			switch {
+			case ctx.Err() != nil: // it got the stop signal too
+				s.logger.Info("stopping")
+				return nil
+			case c.optional:
+				s.logger.Warn("exited unexpectedly; the rest of the stack keeps running", "service", c.name, "status", c.status())
+				*children = slices.DeleteFunc(*children, func(o *child) bool { return o == c })
+			default:
+				failure := fmt.Errorf("%s exited unexpectedly (%s)", c.name, c.status())
+				s.logger.Info("stopping everything", "reason", failure.Error())
+				return failure
+			}
+		}
+	}
 }
 
 // wait waits for children that have been told to stop and says how each

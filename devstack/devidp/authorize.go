@@ -79,20 +79,8 @@ func (s *Server) parseAuthRequest(form url.Values) (authRequest, error) {
 		codeChallengeMethod: params.Get("code_challenge_method"),
 		params:              params,
 	}
-	switch {
-	case req.clientID == "":
-		return authRequest{}, errors.New("the request has no client_id")
-	case req.clientID != s.cfg.ClientID:
-		return authRequest{}, fmt.Errorf("unknown client_id %q: this provider only knows the client %q", req.clientID, s.cfg.ClientID)
-	case req.redirectURI == "":
-		return authRequest{}, errors.New("the request has no redirect_uri")
-	}
-	if err := checkRedirectURI(req.redirectURI); err != nil {
-		return authRequest{}, fmt.Errorf("redirect_uri %q: %w", req.redirectURI, err)
-	}
-	if len(s.cfg.RedirectURIs) > 0 && !slices.Contains(s.cfg.RedirectURIs, req.redirectURI) {
-		return authRequest{}, fmt.Errorf("redirect_uri %q is not registered for client %q; registered: %s",
-			req.redirectURI, s.cfg.ClientID, strings.Join(s.cfg.RedirectURIs, ", "))
+	if err := s.checkClient(req); err != nil {
+		return authRequest{}, err
 	}
 	if rt := params.Get("response_type"); rt != "code" {
 		return authRequest{}, fmt.Errorf("unsupported response_type %q: only \"code\" (authorization code flow) is supported", rt)
@@ -120,6 +108,26 @@ func (s *Server) parseAuthRequest(form url.Values) (authRequest, error) {
 		}
 	}
 	return req, nil
+}
+
+// checkClient checks the client and where it wants the person sent back.
+func (s *Server) checkClient(req authRequest) error {
+	switch {
+	case req.clientID == "":
+		return errors.New("the request has no client_id")
+	case req.clientID != s.cfg.ClientID:
+		return fmt.Errorf("unknown client_id %q: this provider only knows the client %q", req.clientID, s.cfg.ClientID)
+	case req.redirectURI == "":
+		return errors.New("the request has no redirect_uri")
+	}
+	if err := checkRedirectURI(req.redirectURI); err != nil {
+		return fmt.Errorf("redirect_uri %q: %w", req.redirectURI, err)
+	}
+	if len(s.cfg.RedirectURIs) > 0 && !slices.Contains(s.cfg.RedirectURIs, req.redirectURI) {
+		return fmt.Errorf("redirect_uri %q is not registered for client %q; registered: %s",
+			req.redirectURI, s.cfg.ClientID, strings.Join(s.cfg.RedirectURIs, ", "))
+	}
+	return nil
 }
 
 // checkRedirectURI accepts absolute http and https URIs without a fragment.

@@ -143,26 +143,7 @@ func (s *Server) session(ctx context.Context, conn net.Conn) {
 			}
 			ok = reply("250 2.1.5 ok\r\n")
 		case "DATA":
-			if !reply("354 end with <CRLF>.<CRLF>\r\n") {
-				return
-			}
-			rec, err := readData(r)
-			if err != nil {
-				return
-			}
-			rec.Rcpt = rcpt
-			if rec.Rcpt == "" {
-				rec.Rcpt = "-"
-			}
-			s.Report(rec)
-			if s.Delay > 0 {
-				select {
-				case <-time.After(s.Delay):
-				case <-ctx.Done():
-					return
-				}
-			}
-			ok = reply("250 2.0.0 queued\r\n")
+			ok = s.data(ctx, r, rcpt, reply)
 		case "RSET":
 			rcpt = ""
 			ok = reply("250 2.0.0 ok\r\n")
@@ -178,6 +159,31 @@ func (s *Server) session(ctx context.Context, conn net.Conn) {
 			return
 		}
 	}
+}
+
+// data takes one message after DATA, reports it, waits Delay and accepts
+// it; false ends the session.
+func (s *Server) data(ctx context.Context, r *bufio.Reader, rcpt string, reply func(string) bool) bool {
+	if !reply("354 end with <CRLF>.<CRLF>\r\n") {
+		return false
+	}
+	rec, err := readData(r)
+	if err != nil {
+		return false
+	}
+	rec.Rcpt = rcpt
+	if rec.Rcpt == "" {
+		rec.Rcpt = "-"
+	}
+	s.Report(rec)
+	if s.Delay > 0 {
+		select {
+		case <-time.After(s.Delay):
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return reply("250 2.0.0 queued\r\n")
 }
 
 // readLine returns one line without its line ending. The slice is only
