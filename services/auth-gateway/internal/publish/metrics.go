@@ -69,6 +69,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}
 		return 0
 	})
-	reg.MustRegister(m.published, m.failures, m.duration, m.spooled, m.drained, depth, age)
+	setAside := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "doorbell", Subsystem: "gateway", Name: "spool_set_aside_files",
+		Help: "Files in the spool's bad/ folder: spooled sign-ins the gateway could not read back or JetStream refuses for good. " +
+			"Each may be an email not sent; an operator inspects and deletes them (or moves them back). -1 when the folder cannot be read.",
+	}, func() float64 {
+		if s := m.spool.Load(); s != nil {
+			n, err := s.SetAsideFiles()
+			if err != nil {
+				return -1
+			}
+			return float64(n)
+		}
+		return 0
+	})
+	reg.MustRegister(m.published, m.failures, m.duration, m.spooled, m.drained, depth, age, setAside)
 	return m
 }

@@ -120,6 +120,9 @@ func TestEventsJetStreamRefusesForGoodAreSetAside(t *testing.T) {
 				t.Errorf("bad/ holds %v, want the big event", bad)
 			}
 			mustContain(t, h.logs.String()+logs.String(), "refused for good", tt.wantReason)
+			if v := gauge(t, h.reg, "doorbell_gateway_spool_set_aside_files"); v != float64(len(bad)) {
+				t.Errorf("spool_set_aside_files = %v, want %d: an operator must see them", v, len(bad))
+			}
 
 			if !tt.live {
 				return

@@ -443,7 +443,7 @@ func TestWithoutASpoolReadyReportsNATSDown(t *testing.T) {
 	if err := h.pub.Ready(ctx); !errors.Is(err, publish.ErrNotConnected) || errors.Is(err, publish.ErrSpooling) {
 		t.Errorf("Ready = %v, want ErrNotConnected", err)
 	}
-	for _, name := range []string{"doorbell_gateway_spool_depth", "doorbell_gateway_spool_oldest_age_seconds"} {
+	for _, name := range []string{"doorbell_gateway_spool_depth", "doorbell_gateway_spool_oldest_age_seconds", "doorbell_gateway_spool_set_aside_files"} {
 		if v := gauge(t, h.reg, name); v != 0 {
 			t.Errorf("%s = %v without a spool, want 0", name, v)
 		}

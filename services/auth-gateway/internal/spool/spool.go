@@ -291,6 +291,16 @@ func (s *Spool) Len() int {
 	return len(s.queue)
 }
 
+// SetAsideFiles is the number of files in bad/ now: ones set aside and not
+// yet dealt with (deleted, or moved back) by an operator.
+func (s *Spool) SetAsideFiles() (int, error) {
+	entries, err := os.ReadDir(filepath.Join(s.dir, BadDir))
+	if err != nil {
+		return 0, fmt.Errorf("spool: %w", err)
+	}
+	return len(entries), nil
+}
+
 // Full reports whether Put would return ErrFull now.
 func (s *Spool) Full() bool {
 	s.mu.Lock()

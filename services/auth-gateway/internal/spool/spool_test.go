@@ -203,6 +203,16 @@ func TestLeftoversOfAnInterruptedRunAreMovedAside(t *testing.T) {
 	if want := []string{".tmp-123456", "notes.txt"}; !reflect.DeepEqual(bad, want) {
 		t.Errorf("bad/ holds %v, want %v", bad, want)
 	}
+	if n, err := s.SetAsideFiles(); n != 2 || err != nil {
+		t.Errorf("SetAsideFiles = %d, %v; want 2", n, err)
+	}
+	// An operator deals with one: the count follows the folder.
+	if err := os.Remove(filepath.Join(dir, spool.BadDir, "notes.txt")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.SetAsideFiles(); n != 1 || err != nil {
+		t.Errorf("SetAsideFiles after a delete = %d, %v; want 1", n, err)
+	}
 	if got := files(t, dir); len(got) != 1 {
 		t.Errorf("spool directory holds %v, want only the message", got)
 	}
