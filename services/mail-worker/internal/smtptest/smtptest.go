@@ -11,6 +11,7 @@ package smtptest
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -130,6 +131,7 @@ type Server struct {
 	mu          sync.Mutex
 	ln          net.Listener // nil while refusing
 	refusing    bool
+	closed      bool // the test ended; accept nothing more
 	messages    []Message
 	connections int
 	active      int
@@ -177,19 +179,28 @@ func Start(t testing.TB, opts Options) *Server {
 	if err := s.listen("127.0.0.1:0"); err != nil {
 		t.Fatalf("smtptest: listen: %v", err)
 	}
-	t.Cleanup(func() {
-		close(s.closing)
-		_ = srv.Close()
-		s.mu.Lock()
-		if s.ln != nil {
-			// Serve may not have registered the listener yet, in which
-			// case srv.Close did not close it.
-			_ = s.ln.Close()
-		}
-		s.mu.Unlock()
-		s.serving.Wait()
-	})
+	t.Cleanup(s.close)
 	return s
+}
+
+// close stops the server and waits until every session has ended. It
+// closes the sockets itself rather than calling smtp.Server.Close, which
+// races with a session swapping its socket for TLS in STARTTLS.
+func (s *Server) close() {
+	close(s.closing)
+	s.mu.Lock()
+	s.closed = true
+	if s.ln != nil {
+		// Serve may not have registered the listener yet, in which case
+		// Shutdown would not close it.
+		_ = s.ln.Close()
+	}
+	s.mu.Unlock()
+	s.DropConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = s.srv.Shutdown(ctx) // closes the listeners and waits for the sessions
+	s.serving.Wait()
 }
 
 // listen starts serving on addr.
@@ -457,6 +468,11 @@ func (l *countingListener) Accept() (net.Conn, error) {
 			continue
 		}
 		l.srv.mu.Lock()
+		if l.srv.closed {
+			l.srv.mu.Unlock()
+			_ = c.Close()
+			return nil, net.ErrClosed
+		}
 		l.srv.connections++
 		l.srv.active++
 		l.srv.maxActive = max(l.srv.maxActive, l.srv.active)
