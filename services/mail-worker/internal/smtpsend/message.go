@@ -2,7 +2,9 @@ package smtpsend
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"mime"
@@ -49,9 +51,7 @@ func compose(from *netmail.Address, domain string, m Message, date time.Time) ([
 	}
 	to.Name = displayName(m.ToName)
 	messageID := "<" + m.EventID + "@" + domain + ">"
-	// "=_" never occurs in quoted-printable text, so no part can hold the
-	// boundary.
-	boundary := "=_doorbell_" + m.EventID
+	boundary := boundaryFor(m.EventID)
 
 	var b bytes.Buffer
 	b.Grow(len(m.Text) + len(m.HTML) + len(m.HTML)/4 + 1024)
@@ -83,6 +83,15 @@ func compose(from *netmail.Address, domain string, m Message, date time.Time) ([
 	}
 	b.WriteString("\r\n--" + boundary + "--\r\n")
 	return b.Bytes(), messageID, nil
+}
+
+// boundaryFor is the MIME boundary of the email for an event: the same on
+// every attempt, and 43 bytes whatever the id's length, within the 70 that
+// RFC 2046 allows. "=_" never occurs in quoted-printable text, so no part
+// can hold it.
+func boundaryFor(eventID string) string {
+	sum := sha256.Sum256([]byte(eventID))
+	return "=_doorbell_" + hex.EncodeToString(sum[:16])
 }
 
 // header writes "name: value" folded at spaces into lines of at most 78
