@@ -71,8 +71,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	})
 	setAside := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "doorbell", Subsystem: "gateway", Name: "spool_set_aside_files",
-		Help: "Files in the spool's bad/ folder: spooled sign-ins the gateway could not read back or JetStream refuses for good. " +
-			"Each may be an email not sent; an operator inspects and deletes them (or moves them back). -1 when the folder cannot be read.",
+		Help: "Files set aside in the spool's bad/ folder, or left in the spool directory when the move failed: spooled sign-ins " +
+			"the gateway could not read back or JetStream refuses for good. Each may be an email not sent; an operator inspects " +
+			"and deletes them (or moves them back). -1 when the folder cannot be read.",
 	}, func() float64 {
 		if s := m.spool.Load(); s != nil {
 			n, err := s.SetAsideFiles()

@@ -104,6 +104,9 @@ type Spool struct {
 	queue []Entry
 	// writing counts Puts in progress, which already hold a place.
 	writing int
+	// stuck names the files that could not be moved to bad/: left in
+	// the directory, out of the queue.
+	stuck map[string]bool
 }
 
 // Open opens the spool in dir, creating it (mode 0700) when missing, and
@@ -128,7 +131,7 @@ func Open(dir string, max int, keys [][]byte, log *slog.Logger) (*Spool, error) 
 	if err := private(dir); err != nil {
 		return nil, fmt.Errorf("spool: %s: %w", dir, err)
 	}
-	s := &Spool{dir: dir, max: max, keys: keys, log: log, now: time.Now}
+	s := &Spool{dir: dir, max: max, keys: keys, log: log, now: time.Now, stuck: make(map[string]bool)}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
@@ -291,14 +294,31 @@ func (s *Spool) Len() int {
 	return len(s.queue)
 }
 
-// SetAsideFiles is the number of files in bad/ now: ones set aside and not
-// yet dealt with (deleted, or moved back) by an operator.
+// SetAsideFiles is the number of files set aside and not yet dealt with
+// (deleted, or moved back) by an operator: the files in bad/, folders an
+// operator made there aside, and the ones that could not be moved there
+// and are still in the spool directory.
 func (s *Spool) SetAsideFiles() (int, error) {
 	entries, err := os.ReadDir(filepath.Join(s.dir, BadDir))
 	if err != nil {
 		return 0, fmt.Errorf("spool: %w", err)
 	}
-	return len(entries), nil
+	n := 0
+	for _, e := range entries {
+		if !e.IsDir() {
+			n++
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name := range s.stuck {
+		if _, err := os.Lstat(filepath.Join(s.dir, name)); errors.Is(err, os.ErrNotExist) {
+			delete(s.stuck, name) // an operator dealt with it
+			continue
+		}
+		n++
+	}
+	return n, nil
 }
 
 // Full reports whether Put would return ErrFull now.
@@ -396,6 +416,9 @@ func (s *Spool) moveAside(name, why string) {
 		target = filepath.Join(s.dir, BadDir, name+"."+strconv.Itoa(i))
 	}
 	if err := os.Rename(filepath.Join(s.dir, name), target); err != nil {
+		s.mu.Lock()
+		s.stuck[name] = true
+		s.mu.Unlock()
 		s.log.Error("could not move an unreadable spool file aside; it stays where it is and is skipped until the next start",
 			"file", name, "reason", why, "error", err)
 		return

@@ -289,3 +289,48 @@ func TestFilesSetAsideTwiceKeepBothCopies(t *testing.T) {
 		t.Errorf("bad/ holds %v, want both copies", bad)
 	}
 }
+
+// A file that cannot be moved to bad/ stays where it is, out of the queue,
+// and counts as set aside until an operator deals with it; a folder an
+// operator makes in bad/ does not.
+func TestAFileThatCannotBeMovedAsideStillCounts(t *testing.T) {
+	dir := t.TempDir()
+	s, logs := open(t, dir, 10)
+	e, err := s.Put("id-1", message(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, spool.BadDir)
+	// bad/ is briefly not a folder, so the move fails.
+	if err := os.Remove(bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.SetAside(e, "refused for good")
+	if !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "could not move") {
+		t.Errorf("no error for the failed move:\n%s", logs)
+	}
+	if err := os.Remove(bad); err != nil {
+		t.Fatal(err)
+	}
+	for _, folder := range []string{"reviewed", "keep"} {
+		if err := os.MkdirAll(filepath.Join(bad, folder), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if _, ok := s.Oldest(); ok {
+		t.Error("the file is still queued")
+	}
+	if n, err := s.SetAsideFiles(); n != 1 || err != nil {
+		t.Errorf("SetAsideFiles = %d, %v; want 1, the file left in the spool directory", n, err)
+	}
+	if err := os.Remove(filepath.Join(dir, files(t, dir)[0])); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.SetAsideFiles(); n != 0 || err != nil {
+		t.Errorf("SetAsideFiles after the operator deleted it = %d, %v; want 0", n, err)
+	}
+}
