@@ -81,7 +81,7 @@ type Inbox struct {
 	mu       sync.Mutex
 	messages []Message // oldest first
 	nextID   int
-	conns    map[*smtp.Conn]struct{} // open SMTP sessions, to end them at Close
+	conns    map[net.Conn]struct{} // open SMTP connections, to end them at Close
 
 	closeOnce sync.Once
 	closeErr  error
@@ -98,7 +98,7 @@ func Start(cfg Config, logger *slog.Logger) (*Inbox, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	i := &Inbox{logger: logger, served: make(chan error, 2), nextID: 1, conns: map[*smtp.Conn]struct{}{}}
+	i := &Inbox{logger: logger, served: make(chan error, 2), nextID: 1, conns: map[net.Conn]struct{}{}}
 
 	var tlsConfig *tls.Config
 	if cfg.TLS {
@@ -138,7 +138,7 @@ func Start(cfg Config, logger *slog.Logger) (*Inbox, error) {
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 
-	go func() { i.served <- i.smtp.Serve(smtpLn) }()
+	go func() { i.served <- i.smtp.Serve(trackingListener{smtpLn, i}) }()
 	go func() {
 		err := i.http.Serve(httpLn)
 		if errors.Is(err, http.ErrServerClosed) {
@@ -197,16 +197,39 @@ func (i *Inbox) add(m Message) Message {
 	return m
 }
 
-func (i *Inbox) track(c *smtp.Conn) {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	i.conns[c] = struct{}{}
+// trackingListener keeps every SMTP connection it accepts in Inbox.conns
+// until it is closed, so that Close can end the ones still open. It holds
+// the socket rather than go-smtp's Conn: a session that switched to TLS
+// has ended its first SMTP session but not its connection, and go-smtp's
+// Conn.Close reads the socket while STARTTLS replaces it, unlocked.
+type trackingListener struct {
+	net.Listener
+	inbox *Inbox
 }
 
-func (i *Inbox) untrack(c *smtp.Conn) {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	delete(i.conns, c)
+func (l trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, inbox: l.inbox}
+	l.inbox.mu.Lock()
+	l.inbox.conns[tc] = struct{}{}
+	l.inbox.mu.Unlock()
+	return tc, nil
+}
+
+// trackedConn leaves Inbox.conns when it is closed.
+type trackedConn struct {
+	net.Conn
+	inbox *Inbox
+}
+
+func (c *trackedConn) Close() error {
+	c.inbox.mu.Lock()
+	delete(c.inbox.conns, c)
+	c.inbox.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // clear forgets every message. Ids are not reused.
@@ -233,9 +256,9 @@ func (i *Inbox) close() error {
 	// not have done yet if Close follows Start closely.
 	i.smtpLn.Close()
 	if err != nil {
-		// go-smtp's Close is a no-op after Shutdown: end the sessions
-		// still open ourselves.
-		// Conn.Close calls Logout, which takes i.mu: collect first.
+		// go-smtp's Close is a no-op after Shutdown: end the
+		// connections still open ourselves. Closing one takes i.mu:
+		// collect first.
 		i.mu.Lock()
 		open := slices.Collect(maps.Keys(i.conns))
 		i.mu.Unlock()

@@ -11,6 +11,7 @@ import (
 	"net/smtp"
 	"net/textproto"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -438,5 +439,47 @@ func TestCloseEndsIdleSessions(t *testing.T) {
 	case <-done:
 	case <-time.After(time.Minute):
 		t.Fatal("Close hangs on an idle SMTP session")
+	}
+}
+
+// A client that switched to TLS and then sits idle is ended by Close too:
+// STARTTLS ends the SMTP session it began with, and the connection must
+// not drop out of what Close ends with it.
+func TestCloseEndsIdleSessionsAfterSTARTTLS(t *testing.T) {
+	in, err := inbox.Start(inbox.Config{SMTPAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TLS: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", in.SMTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := textproto.NewConn(conn)
+	if _, _, err := c.ReadResponse(220); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		cmd  string
+		code int
+	}{{"EHLO idle.test", 250}, {"STARTTLS", 220}} {
+		if _, err := c.Cmd("%s", step.cmd); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.ReadResponse(step.code); err != nil {
+			t.Fatalf("%s: %v", step.cmd, err)
+		}
+	}
+	tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // the inbox's throwaway certificate
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	// The client now sits idle inside TLS.
+	if err := in.Close(); err != nil {
+		t.Logf("Close: %v", err) // it reports the session it had to cut
+	}
+	_ = tc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := tc.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("after Close the session is still open: read = %v", err)
 	}
 }
