@@ -272,10 +272,11 @@ type signInView struct {
 }
 
 // Browser names the browser and system in words ("Firefox on Windows"),
-// parsed the first time a template asks.
+// parsed the first time a template asks. The parser copies text from the
+// header into the name, so it is kept to one line like the header itself.
 func (s *signInView) Browser() string {
 	if s.browser == "" {
-		s.browser = browser(s.p, s.ua)
+		s.browser = oneLine(browser(s.p, s.ua))
 	}
 	return s.browser
 }

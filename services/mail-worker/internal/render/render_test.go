@@ -87,6 +87,30 @@ func TestRenderKeepsEventValuesOnOneLine(t *testing.T) {
 	}
 }
 
+// The browser named in words comes from the raw User-Agent, whose text the
+// parser copies into the name: it is cleaned like every other value from
+// the event, so a line separator, a direction override or a CR LF in a
+// browser's name cannot start a line of its own.
+func TestTheBrowserNameIsOneLineToo(t *testing.T) {
+	r := newRenderer(t, Config{})
+	for _, ua := range []string{
+		"Mozilla/5.0 (Windows NT 10.0; Win64; x64) Firefox\u2028\u2028Your account is locked, call now\u2028/140.0",
+		"Mozilla/5.0 (Windows NT 10.0; Win64; x64) Evil\r\nBcc: x@example.com/1.0",
+		"Mozilla/5.0 (Windows NT 10.0) \u202eelgooG\u202c/1.0",
+	} {
+		got, err := r.Render("new_device", Data{Email: "ann@example.com",
+			SignIns: []SignIn{{When: time.Date(2026, 12, 6, 7, 0, 0, 0, time.UTC), IP: "203.0.113.7", UserAgent: ua}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for part, body := range map[string]string{"text": got.Text, "HTML": got.HTML} {
+			if i := strings.IndexAny(body, "\r\u2028\u2029\u202e\u202c"); i >= 0 {
+				t.Errorf("user agent %q: the %s body holds %q", ua, part, body[max(0, i-40):min(len(body), i+40)])
+			}
+		}
+	}
+}
+
 func TestTheLanguageComesFromTheLocaleThenTheBrowserThenTheSetting(t *testing.T) {
 	tests := []struct {
 		name           string
