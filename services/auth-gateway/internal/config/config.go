@@ -475,7 +475,7 @@ func (l *loader) rate(name string, def float64) float64 {
 	num, unit, _ := strings.Cut(v, "/")
 	per := map[string]float64{"": 1, "s": 1, "m": 60, "h": 3600}[unit]
 	n, err := strconv.ParseFloat(num, 64)
-	if err != nil || per == 0 || n <= 0 || n > 1e6 {
+	if err != nil || per == 0 || !(n > 0 && n <= 1e6) { // NaN too
 		l.fail(name, "%q must be a positive rate such as 10/s, 30/m or 600/h", v)
 		return def
 	}
@@ -510,7 +510,7 @@ func (l *loader) cookieDomain(name string, public *url.URL) string {
 	if v == "" {
 		return ""
 	}
-	host := public.Hostname()
+	host := strings.ToLower(public.Hostname())
 	switch {
 	case !hostPattern.MatchString(v) || strings.Contains(v, ":") || !strings.Contains(v, "."):
 		l.fail(name, "%q must be a domain name such as example.com", v)

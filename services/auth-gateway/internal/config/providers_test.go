@@ -275,7 +275,7 @@ func TestProvidersFileMissing(t *testing.T) {
 func TestLoadReadsTheGatewaySettings(t *testing.T) {
 	dk := bytes.Repeat([]byte{4}, 32)
 	c, err := config.Load(env(with(map[string]string{
-		"GATEWAY_PUBLIC_URL":      "https://login.example.com",
+		"GATEWAY_PUBLIC_URL":      "https://Login.Example.com", // host names ignore case
 		"GATEWAY_COOKIE_KEY":      base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{5}, 32)),
 		"GATEWAY_COOKIE_DOMAIN":   ".Example.com",
 		"GATEWAY_DEVICE_KEY_FILE": writeFile(t, base64.StdEncoding.EncodeToString(dk)),
@@ -325,6 +325,9 @@ func TestLoadRejectsBadGatewaySettings(t *testing.T) {
 		{"redirect host wildcard", map[string]string{"GATEWAY_REDIRECT_HOSTS": "*.example.com"}, []string{"GATEWAY_REDIRECT_HOSTS"}, nil},
 		{"rate with an unknown unit", map[string]string{"GATEWAY_RATE_LIMIT": "10/d"}, []string{"GATEWAY_RATE_LIMIT", "10/s, 30/m or 600/h"}, nil},
 		{"zero rate", map[string]string{"GATEWAY_RATE_LIMIT": "0"}, []string{"GATEWAY_RATE_LIMIT"}, nil},
+		{"rate not a number", map[string]string{"GATEWAY_RATE_LIMIT": "NaN"}, []string{"GATEWAY_RATE_LIMIT", "positive rate"}, nil},
+		{"rate not a number, per second", map[string]string{"GATEWAY_RATE_LIMIT": "nan/s"}, []string{"GATEWAY_RATE_LIMIT", "positive rate"}, nil},
+		{"infinite rate", map[string]string{"GATEWAY_RATE_LIMIT": "+Inf/m"}, []string{"GATEWAY_RATE_LIMIT", "positive rate"}, nil},
 		{"zero burst", map[string]string{"GATEWAY_RATE_BURST": "0"}, []string{"GATEWAY_RATE_BURST", "from 1 to 10000"}, nil},
 		{"trusted proxy not an address", map[string]string{"GATEWAY_TRUSTED_PROXIES": "proxy.internal"}, []string{"GATEWAY_TRUSTED_PROXIES", "not an IP address or CIDR prefix"}, nil},
 		{

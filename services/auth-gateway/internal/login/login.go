@@ -251,7 +251,7 @@ func (cfg Config) validate() error {
 		return errors.New("login: session lifetime must be positive")
 	case len(cfg.DeviceKey) != 32:
 		return errors.New("login: device key must be 32 bytes")
-	case cfg.RateLimit <= 0 || cfg.RateBurst < 1:
+	case !(cfg.RateLimit > 0) || cfg.RateBurst < 1: // NaN too
 		return errors.New("login: rate limit and burst must be positive")
 	}
 	return nil

@@ -3,14 +3,18 @@ package login
 import (
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 func TestTruncateKeepsUTF8Whole(t *testing.T) {
@@ -85,5 +89,26 @@ func TestProviderClientKeepsConnectionsForTheNextSignIns(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if n := round(); n > 1 {
 		t.Errorf("the second burst opened %d new connections to the provider, want none: idle ones were dropped", n)
+	}
+}
+
+// A rate limit that is not a positive number (NaN compares false with
+// everything) is refused, rather than letting every request through.
+func TestConfigRefusesARateLimitThatIsNotAPositiveNumber(t *testing.T) {
+	valid := Config{
+		Providers:      []ProviderConfig{{}},
+		PublicURL:      &url.URL{Scheme: "https", Host: "login.example.com"},
+		PublishTimeout: time.Second, SessionTTL: time.Hour, DeviceKey: make([]byte, 32),
+		RateLimit: 10, RateBurst: 20,
+	}
+	if err := valid.validate(); err != nil {
+		t.Fatalf("a valid configuration is refused: %v", err)
+	}
+	for _, limit := range []rate.Limit{0, -1, rate.Limit(math.NaN())} {
+		cfg := valid
+		cfg.RateLimit = limit
+		if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "rate limit") {
+			t.Errorf("rate limit %v: validate = %v, want a rate limit error", limit, err)
+		}
 	}
 }
