@@ -163,7 +163,9 @@ func (p *puller) run(ctx context.Context) error {
 		got, err := p.fetch(ctx, free, trial)
 		p.idle.give(free - got)
 		if trial && got == 0 {
-			p.gate.TrialOver(ctx, false)
+			// Nothing to pull: the passed probe stands. A failed pull
+			// says nothing of the relay: the next pull is the trial.
+			p.gate.TrialOver(ctx, err != nil)
 		}
 		if err != nil {
 			if err := p.problem(ctx, err); err != nil {

@@ -33,6 +33,9 @@ import (
 // waitLong bounds every wait; the machine is shared and slow at times.
 const waitLong = 60 * time.Second
 
+// fetchWait is how long the harness's worker waits for messages in a pull.
+const fetchWait = 200 * time.Millisecond
+
 type harness struct {
 	t       testing.TB
 	nats    *natstest.Server
@@ -126,7 +129,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		t.Fatal(err)
 	}
 	cfg := consume.Config{AckWait: opts.ackWait, Concurrency: opts.concurrency, Horizon: opts.horizon,
-		ShutdownTimeout: 10 * time.Second, FetchWait: 200 * time.Millisecond}
+		ShutdownTimeout: 10 * time.Second, FetchWait: fetchWait}
 	cons, err := consume.Setup(ctx, js, cfg, log)
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,8 @@ package deliver
 // charged to no email, one email's failure only to that email.
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/doorbell/doorbell/services/mail-worker/internal/relay"
+	"github.com/doorbell/doorbell/services/mail-worker/internal/smtpsend"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/smtptest"
 )
 
@@ -46,6 +49,36 @@ func TestARelayOutageChargesNoEmail(t *testing.T) {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q:\n%s", want, logs)
 		}
+	}
+}
+
+// After an outage, the first message pulled (the trial) may have nothing
+// to send: a sign-in from a known device. The worker goes on to try the
+// next one rather than waiting for a trial result that will never come.
+func TestAfterAnOutageATrialWithNothingToSendLetsTheNextOneTry(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	first := h.publish(signIn("evt-1", "dev-a"), "evt-1")
+	h.smtp.WaitForMessageIDs(t, 1, waitLong)
+	h.waitSettled(first.Sequence)
+	h.smtp.Refuse()
+	// The relay fails for everyone, as a send would report it.
+	h.handler.Gate.Report(context.Background(), "", smtpsend.Classify(smtpsend.StageConnect, errors.New("connection refused")))
+	h.eventually("the worker pauses", func() (bool, string) { return h.paused() == 1, h.logs.String() })
+	// Let the pull under way when it paused end, so that the next
+	// message pulled is a trial.
+	time.Sleep(3 * fetchWait)
+	h.publish(signIn("evt-2", "dev-a"), "evt-2") // a known device: nothing to send
+	last := h.publish(person(5), "evt-005").Sequence
+	h.smtp.Accept(t)
+
+	h.smtp.WaitForMessageIDs(t, 2, waitLong)
+	h.waitSettled(last)
+	h.wantEachOnce("evt-1", "evt-005")
+	if p := h.paused(); p != 0 {
+		t.Errorf("relay_paused = %v after the relay came back, want 0", p)
+	}
+	if !strings.Contains(h.logs.String(), "SMTP relay answers a probe; trying one email") {
+		t.Errorf("the worker never tried a trial:\n%s", h.logs.String())
 	}
 }
 

@@ -61,8 +61,9 @@ const (
 // full queue disk, throttling). Then the Gate pauses and Watch probes the
 // relay with a growing interval. Once a probe passes one email goes
 // through as a trial: accepted, or refused for good (also an answer),
-// opens the Gate; any other failure pauses it again. A trial with nothing
-// to send opens it too.
+// opens the Gate; any other failure pauses it again. A trial message with
+// nothing to send lets the next message be the trial (TrialOver); nothing
+// to pull at all opens the Gate.
 //
 // All methods are safe for concurrent use.
 type Gate struct {
@@ -77,7 +78,7 @@ type Gate struct {
 	suspects  map[string]struct{}
 	since     time.Time     // when it paused
 	worked    bool          // it opened since Watch last looked
-	changed   chan struct{} // closed and replaced on every change of state
+	changed   chan struct{} // closed and replaced on every change of state or trial
 	wake      chan struct{} // tells Watch that the Gate paused
 }
 
@@ -126,19 +127,22 @@ func (g *Gate) Admit(ctx context.Context) (int, error) {
 	}
 }
 
-// TrialOver ends a trial that Report did not decide: its message did not
-// reach the relay (a duplicate, nothing to send), so another may try; or
-// nothing was there to pull (pulled false), so the passed probe stands.
-func (g *Gate) TrialOver(ctx context.Context, pulled bool) {
+// TrialOver ends a trial that Report did not decide. With another true,
+// its message did not reach the relay (a duplicate, nothing to send) or
+// the pull failed, so the next pull is the trial; with another false,
+// nothing was there to pull, so the passed probe stands and the Gate opens.
+func (g *Gate) TrialOver(ctx context.Context, another bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.state != trial {
 		return
 	}
 	g.trialBusy = false
-	if !pulled {
+	if !another {
 		g.setLocked(ctx, open, nil)
+		return
 	}
+	g.notifyLocked() // a pull waits in Admit for the next trial
 }
 
 // Paused reports whether the relay fails everyone, so that an email in hand
@@ -180,8 +184,7 @@ func (g *Gate) setLocked(ctx context.Context, st state, cause error) {
 	}
 	from := g.state
 	g.state, g.trialBusy = st, false
-	close(g.changed)
-	g.changed = make(chan struct{})
+	g.notifyLocked()
 	switch st {
 	case paused:
 		g.since = time.Now()
@@ -204,6 +207,12 @@ func (g *Gate) setLocked(ctx context.Context, st state, cause error) {
 				"paused_for", time.Since(g.since).Round(time.Millisecond).String())
 		}
 	}
+}
+
+// notifyLocked wakes every Admit waiting for a change.
+func (g *Gate) notifyLocked() {
+	close(g.changed)
+	g.changed = make(chan struct{})
 }
 
 // Watch probes the relay whenever the Gate is paused, until ctx ends; the

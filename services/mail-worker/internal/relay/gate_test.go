@@ -128,3 +128,31 @@ func TestATrialWithNothingToSendOpensTheGate(t *testing.T) {
 		t.Fatalf("an empty trial left the Gate admitting %d, want all", n)
 	}
 }
+
+// A pull that waits for the trial to end is woken when the trial message
+// turns out to have nothing to send, and becomes the next trial; it does
+// not wait for a change of state that will never come.
+func TestAPullWaitingOnATrialThatSendsNothingIsTheNextTrial(t *testing.T) {
+	g, ctx := newGate(t, func(context.Context) error { return nil })
+	g.Report(ctx, "", refused)
+	if n := admit(t, g); n != 1 {
+		t.Fatalf("admits %d, want one trial", n)
+	}
+	next := make(chan int, 1)
+	go func() {
+		wait, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		n, _ := g.Admit(wait)
+		next <- n
+	}()
+	time.Sleep(50 * time.Millisecond) // the next pull now waits on the trial
+	select {
+	case n := <-next:
+		t.Fatalf("a second pull was admitted (%d) while the trial was out", n)
+	default:
+	}
+	g.TrialOver(ctx, true) // a sign-in from a known device: nothing to send
+	if n := <-next; n != 1 {
+		t.Fatalf("after a trial that sent nothing the waiting pull got %d, want the next trial", n)
+	}
+}
