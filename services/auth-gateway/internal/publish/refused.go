@@ -8,6 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 )
 
 // ErrRefused wraps the error of an event JetStream will never store as it
@@ -38,8 +40,9 @@ func (p *Publisher) refused(err error, subject string) error {
 }
 
 // refusedForNoStream returns err wrapped in ErrRefused when the publish got
-// no answer and no stream captures subject: such an event would wait
-// forever. It asks JetStream, within ctx; any doubt leaves err as it is.
+// no answer and no stream captures subject, even after the gateway made
+// its stream again: such an event would wait forever. It asks JetStream,
+// within ctx; any doubt leaves err as it is.
 func (p *Publisher) refusedForNoStream(ctx context.Context, err error, subject string) error {
 	if errors.Is(err, ErrRefused) || errors.Is(err, ErrNotConnected) ||
 		!(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoStreamResponse)) {
@@ -47,6 +50,15 @@ func (p *Publisher) refusedForNoStream(ctx context.Context, err error, subject s
 	}
 	if _, lookup := p.js.StreamNameBySubject(ctx, subject); !errors.Is(lookup, jetstream.ErrStreamNotFound) {
 		return err
+	}
+	// The stream may only be gone (a server that lost its store, a
+	// rebuilt cluster): made again, it takes the event at the next try.
+	p.streamKnown.Store(false)
+	if p.EnsureStream(ctx) == nil {
+		s, lookup := p.js.Stream(ctx, eventsv1.StreamAuthEvents)
+		if lookup != nil || captures(s.CachedInfo().Config.Subjects, subject) {
+			return err
+		}
 	}
 	return fmt.Errorf("%w: no stream captures %s: %w", ErrRefused, subject, err)
 }

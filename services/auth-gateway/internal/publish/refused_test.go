@@ -3,7 +3,9 @@ package publish_test
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -134,5 +136,40 @@ func TestEventsJetStreamRefusesForGoodAreSetAside(t *testing.T) {
 				t.Errorf("a sign-in's publish JetStream refuses = %+v, %v (spool %d); want ErrRefused and nothing spooled", ack, err, sp.Len())
 			}
 		})
+	}
+}
+
+// A server that comes back without AUTH_EVENTS (it lost its store, the
+// cluster was rebuilt) has not refused the spooled events for good: the
+// gateway makes the stream again and every one of them is published,
+// none set aside.
+func TestSpooledEventsSurviveAServerThatLostTheStream(t *testing.T) {
+	addr, dir := freeAddr(t), t.TempDir()
+	srv := natstest.RunOn(t, portOf(t, addr))
+	sp := openSpool(t, dir, 10, &syncBuffer{})
+	h := newHarness(t, srv.ClientURL(), withSpool(sp), func(c *publish.Config) { c.Timeout = 2 * time.Second })
+	ctx := testCtx(t)
+	waitConnected(ctx, t, h)
+	if ack, err := h.pub.Publish(ctx, event("0190f0c2-0000-7000-8000-000000000901")); err != nil || ack.Spooled {
+		t.Fatalf("publish while NATS is up: %+v, %v", ack, err)
+	}
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	waitNotConnected(ctx, t, h.pub)
+	spooled := []string{"0190f0c2-0000-7000-8000-000000000902", "0190f0c2-0000-7000-8000-000000000903"}
+	for _, id := range spooled {
+		if ack, err := h.pub.Publish(ctx, event(id)); err != nil || !ack.Spooled {
+			t.Fatalf("publish %s while NATS is down: %+v, %v", id, ack, err)
+		}
+	}
+
+	srv = natstest.RunOn(t, portOf(t, addr)) // a fresh store: no AUTH_EVENTS
+	h.run(t)
+	waitFor(ctx, t, "the spool drains", func() bool { return sp.Len() == 0 })
+	if bad, _ := os.ReadDir(filepath.Join(dir, spool.BadDir)); len(bad) != 0 {
+		t.Errorf("%d spooled events set aside, want none:\n%s", len(bad), h.logs.String())
+	}
+	if got := eventIDs(t, streamMessages(ctx, t, inspector(t, srv.ClientURL()))); !reflect.DeepEqual(got, spooled) {
+		t.Errorf("the new stream holds %v, want %v", got, spooled)
 	}
 }
