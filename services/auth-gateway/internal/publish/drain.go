@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -74,7 +75,7 @@ func (p *Publisher) Run(ctx context.Context) {
 			if errors.Is(err, ErrNotConnected) {
 				level = p.log.Debug // said once by the disconnect handler
 			}
-			level("spooled events wait: NATS is not usable", "error", err,
+			level("spooled events wait: NATS or the spool is not usable", "error", err,
 				"spool_depth", p.spool.Len(), "retry_in", wait.String())
 		} else {
 			failures = 0
@@ -133,8 +134,14 @@ func (p *Publisher) load(e spool.Entry) (*nats.Msg, error) {
 		_ = p.spool.Remove(e)
 		p.log.Warn("spooled event vanished before it was published", "event_id", e.ID)
 		return nil, nil
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EISDIR):
+		// Not the gateway's to read (a file moved back from bad/ with
+		// another owner) or not a file: waiting would hold up every
+		// event behind it.
+		p.spool.SetAside(e, err.Error())
+		return nil, nil
 	case err != nil:
-		return nil, err
+		return nil, fmt.Errorf("read spooled event %s: %w", e.ID, err)
 	}
 	var ev eventsv1.UserAuthenticated
 	if err := proto.Unmarshal(m.Data, &ev); err != nil || ev.GetEventId() != e.ID ||

@@ -449,3 +449,50 @@ func TestWithoutASpoolReadyReportsNATSDown(t *testing.T) {
 		}
 	}
 }
+
+// A spooled file the gateway cannot read (another owner's, or not a file
+// at all) is set aside rather than retried for ever ahead of the events
+// behind it, which still go out.
+func TestASpoolFileThatCannotBeReadIsSetAsideAndTheRestDrained(t *testing.T) {
+	dir := t.TempDir()
+	srv := natstest.Run(t)
+	logs := &syncBuffer{}
+	sp := openSpool(t, dir, 10, logs)
+	h := newHarness(t, srv.ClientURL(), withSpool(sp))
+	ctx := testCtx(t)
+	waitConnected(ctx, t, h)
+	ids := []string{"0190f0c2-0000-7000-8000-000000000a01", "0190f0c2-0000-7000-8000-000000000a02"}
+	for _, id := range ids {
+		m, err := h.pub.Message(ctx, event(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sp.Put(id, spool.Message{Subject: m.Subject, Header: m.Header, Data: m.Data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The oldest becomes a link to a folder: opened, it cannot be read.
+	// (Tests run as root, for whom no file mode is unreadable.)
+	files := spoolFiles(t, dir)
+	slices.Sort(files)
+	oldest := filepath.Join(dir, files[0])
+	if err := os.Remove(oldest); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(t.TempDir(), oldest); err != nil {
+		t.Fatal(err)
+	}
+
+	h.run(t)
+	waitDrained(ctx, t, h, sp, 1)
+	if got := eventIDs(t, streamMessages(ctx, t, inspector(t, srv.ClientURL()))); !slices.Equal(got, ids[1:]) {
+		t.Errorf("stream holds %v, want %v", got, ids[1:])
+	}
+	waitFor(ctx, t, "the unreadable file in bad/", func() bool {
+		n, err := sp.SetAsideFiles()
+		return err == nil && n == 1
+	})
+	if !strings.Contains(logs.String(), "is a directory") {
+		t.Errorf("no log line with the reason:\n%s", logs)
+	}
+}
