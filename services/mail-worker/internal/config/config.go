@@ -47,8 +47,9 @@ const (
 // (often to 10–20) anyway.
 const maxPoolSize = 64
 
-// maxRetryHorizon bounds WORKER_RETRY_HORIZON: well inside the 31 days a
-// person's record remembers a settled email.
+// maxRetryHorizon bounds WORKER_RETRY_HORIZON: with the 30 days a dead
+// letter lives, inside the 61 days a person's record remembers a given-up
+// email (ledger.KeepGivenUp).
 const maxRetryHorizon = 30 * 24 * time.Hour
 
 // Shutdown budget beyond SMTP_FINAL_TIMEOUT: shutdownMargin at least (to
@@ -283,7 +284,7 @@ func (l *loader) checkRetry(c Config) {
 	}
 	if c.RetryHorizon < time.Minute || c.RetryHorizon > maxRetryHorizon {
 		l.fail("WORKER_RETRY_HORIZON", c.RetryHorizon.String(),
-			fmt.Errorf("must be from 1m to %s (emails are remembered for 31 days; AUTH_EVENTS keeps events 7 days by default)", maxRetryHorizon))
+			fmt.Errorf("must be from 1m to %s (a given-up email is remembered for 61 days, its dead letter for 30; AUTH_EVENTS keeps events 7 days by default)", maxRetryHorizon))
 	}
 }
 

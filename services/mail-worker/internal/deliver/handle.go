@@ -397,6 +397,7 @@ func newDelivery(msg jetstream.Msg) delivery {
 	if md, err := msg.Metadata(); err == nil {
 		d.Seq, d.Num, d.stored, d.stream, d.consumer = md.Sequence.Stream, md.NumDelivered, md.Timestamp, md.Stream, md.Consumer
 	}
+	d.Redrive = msg.Headers().Get(deadletter.HeaderRedrivenFrom) != ""
 	return d
 }
 

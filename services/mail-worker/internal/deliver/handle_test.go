@@ -218,6 +218,34 @@ func TestPermanentFailureTerminatesAndTheNextMessageFlows(t *testing.T) {
 	}
 }
 
+// A given-up email is tried again only when an operator redrives it:
+// another copy of its event (a re-publish after the duplicate window)
+// sends nothing, even to a relay that would now take it, and stores no
+// second dead letter; the redrive sends it.
+func TestAGivenUpEmailIsSentAgainOnlyByARedrive(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.smtp.RejectRecipient("ann@example.com", 550, "5.1.1")
+	ev := signIn("evt-gone", "dev-a")
+	h.waitSettled(h.publish(ev, "evt-gone").Sequence)
+	if dl := h.deadLetters(); len(dl) != 1 {
+		t.Fatalf("dead letters = %+v, want one", dl)
+	}
+	h.smtp.RejectRecipient("ann@example.com", 0, "") // the mailbox works again
+
+	h.waitSettled(h.publish(ev, "evt-gone-copy").Sequence)
+	if n := len(h.smtp.Messages()); n != 0 {
+		t.Errorf("another copy of the event sent the given-up email (%d emails)", n)
+	}
+	if dl := h.deadLetters(); len(dl) != 1 {
+		t.Errorf("%d dead letters after the copy, want still one", len(dl))
+	}
+
+	h.publishWithHeader(marshal(t, ev), "redrive-evt-gone-1",
+		map[string]string{deadletter.HeaderRedrivenFrom: deadletter.Stream + "/1"})
+	h.smtp.WaitForMessageIDs(t, 1, waitLong)
+	h.wantEachOnce("evt-gone")
+}
+
 func TestAnEventPastTheRetryHorizonIsDeadLetteredAsExpired(t *testing.T) {
 	// A mailbox deferred for ever (4xx to this one recipient); the others
 	// go through, so the relay is not to blame.

@@ -38,11 +38,17 @@ const (
 	// MaxEmails bounds Record.Emails; the oldest settled ones go first.
 	// Emails still being sent or retried are never dropped.
 	MaxEmails = 50
-	// KeepSettled is how long a settled email stays in the record, counted
-	// from its sign-in to the person's newest one: longer than a dead
-	// letter lives (30 days), so that a redriven or redelivered event
-	// still finds it and is never sent twice.
+	// KeepSettled is how long a sent or folded email stays in the record,
+	// counted from its sign-in to the person's newest one: longer than an
+	// event stays in AUTH_EVENTS by default (7 days), so that a late
+	// redelivery or copy still finds it and is never sent twice.
 	KeepSettled = 31 * 24 * time.Hour
+	// KeepGivenUp is the same for a given-up (failed) email: longer than
+	// its dead letter can live after the sign-in (up to a 30-day retry
+	// horizon to give up, then 30 days in MAIL_DEADLETTER), so that a
+	// redrive still finds it and sends it rather than deciding afresh,
+	// which would send nothing to a device already remembered.
+	KeepGivenUp = 61 * 24 * time.Hour
 	// MaxAbandoned is how often deliveries of one email may end with the
 	// worker gone (crashed, killed, hung past AckWait) while it was being
 	// sent, before the email is given up as poison.
@@ -136,6 +142,9 @@ type Delivery struct {
 	Seq uint64
 	Num uint64
 	Now time.Time
+	// Redrive: the message is a dead letter an operator sent again (dlq
+	// redrive), the one thing that starts a given-up email afresh.
+	Redrive bool
 }
 
 // Policy shapes the decisions.
@@ -235,8 +244,9 @@ func (r *Record) Email(eventID string) (Email, bool) {
 }
 
 // with returns r with e in place of the email of the same event (or added),
-// then pruned: settled emails older than KeepSettled before the newest
-// sign-in go, and beyond MaxEmails the oldest settled ones.
+// then pruned: settled emails older than KeepSettled (KeepGivenUp when
+// failed) before the newest sign-in go, and beyond MaxEmails the oldest
+// settled ones.
 func (r Record) with(e Email) Record {
 	next := r.clone()
 	if i := slices.IndexFunc(next.Emails, func(x Email) bool { return x.EventID == e.EventID }); i >= 0 {
@@ -245,9 +255,12 @@ func (r Record) with(e Email) Record {
 		next.Emails = append(next.Emails, e)
 	}
 	settled := func(x Email) bool { return x.State == Sent || x.State == Failed || x.State == Folded }
-	horizon := next.LastSeen.Add(-KeepSettled)
 	next.Emails = slices.DeleteFunc(next.Emails, func(x Email) bool {
-		return settled(x) && x.At.Before(horizon) && x.EventID != e.EventID
+		keep := KeepSettled
+		if x.State == Failed {
+			keep = KeepGivenUp
+		}
+		return settled(x) && x.At.Before(next.LastSeen.Add(-keep)) && x.EventID != e.EventID
 	})
 	for over := len(next.Emails) - MaxEmails; over > 0; over-- {
 		i := slices.IndexFunc(next.Emails, func(x Email) bool { return settled(x) && x.EventID != e.EventID })
@@ -278,8 +291,9 @@ const (
 	// holds it. Hand this one back, unless that message is gone from the
 	// stream: then TakeOver.
 	WaitOther
-	// Terminate: the email was given up and dead-lettered by this very
-	// message, whose termination got lost; terminate it again.
+	// Terminate: the email was given up and dead-lettered, by this very
+	// message (whose termination got lost) or by another copy of the
+	// event; terminate this one. Only a redrive sends it again.
 	Terminate
 	// Poison: deliveries died holding the email MaxAbandoned times; give
 	// it up (dead-letter it, then Finish with Failed).
@@ -360,7 +374,10 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 		}
 		return send(*rec, e, d)
 	case Failed:
-		if e.Seq == d.Seq {
+		if e.Seq == d.Seq || !d.Redrive {
+			// Given up by this message, or this is another copy of the
+			// event (a re-publish after the duplicate window): a given-up
+			// email is never tried again unasked.
 			return Plan{Step: Terminate, Kind: e.Kind, Email: e}
 		}
 		// Redriven: a new message, a fresh start.

@@ -86,6 +86,7 @@ func TestRemember(t *testing.T) {
 
 func TestClaim(t *testing.T) {
 	d := func(seq, num uint64) Delivery { return Delivery{Seq: seq, Num: num} }
+	redrive := func(d Delivery) Delivery { d.Redrive = true; return d }
 	withEmail := func(e Email) *Record {
 		r := Record{FirstSeen: at(0), LastSeen: at(0), Devices: []string{"dev-a"}}.with(e)
 		return &r
@@ -110,7 +111,8 @@ func TestClaim(t *testing.T) {
 		{"a copy of a sent email is a duplicate", withEmail(email(Sent, 1, 1)), signIn("e1", 0, "dev-a"), d(9, 1), Duplicate, Welcome, 0},
 		{"an email to retry is claimed again with its kind", withEmail(email(Retry, 1, 1)), signIn("e1", 0, "dev-a"), d(1, 2), Send, Welcome, 0},
 		{"a failed email of this message is terminated again", withEmail(email(Failed, 1, 1)), signIn("e1", 0, "dev-a"), d(1, 2), Terminate, Welcome, 0},
-		{"a redriven failed email is sent again", withEmail(email(Failed, 1, 1)), signIn("e1", 0, "dev-a"), d(7, 1), Send, Welcome, 0},
+		{"a redriven failed email is sent again", withEmail(email(Failed, 1, 1)), signIn("e1", 0, "dev-a"), redrive(d(7, 1)), Send, Welcome, 0},
+		{"another copy of a failed email's event sends nothing", withEmail(email(Failed, 1, 1)), signIn("e1", 0, "dev-a"), d(7, 1), Terminate, Welcome, 0},
 		{"the holder's own claim holds", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(1, 3), Send, Welcome, 0},
 		{"the next delivery waits one AckWait for the holder", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(1, 4), Wait, Welcome, 0},
 		{"the one after takes over", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(1, 5), Send, Welcome, 1},
@@ -217,15 +219,27 @@ func TestSettledEmailsArePrunedButPendingOnesNeverAre(t *testing.T) {
 		t.Error("the oldest settled email was kept beyond MaxEmails")
 	}
 
-	// A month and a day later only the pending email and the new one remain.
-	rec.LastSeen = at(MaxEmails + 10).Add(KeepSettled)
-	rec = rec.with(Email{EventID: "late", Kind: NewDevice, At: rec.LastSeen, State: Sent})
-	var ids []string
-	for _, e := range rec.Emails {
-		ids = append(ids, e.EventID)
+	// A given-up email, whose dead letter may be redriven for longer.
+	rec = rec.with(Email{EventID: "given-up", Kind: NewDevice, At: at(MaxEmails + 10), State: Failed})
+	ids := func() []string {
+		var ids []string
+		for _, e := range rec.Emails {
+			ids = append(ids, e.EventID)
+		}
+		return ids
 	}
-	if !slices.Equal(ids, []string{"pending", "late"}) {
-		t.Errorf("after KeepSettled the record holds %v, want [pending late]", ids)
+
+	// A month and a day later the sent emails are gone.
+	rec.LastSeen = at(MaxEmails + 11).Add(KeepSettled)
+	rec = rec.with(Email{EventID: "late", Kind: NewDevice, At: rec.LastSeen, State: Sent})
+	if got := ids(); !slices.Equal(got, []string{"pending", "given-up", "late"}) {
+		t.Errorf("after KeepSettled the record holds %v, want [pending given-up late]", got)
+	}
+	// Two months and a day later, the given-up one goes too.
+	rec.LastSeen = at(MaxEmails + 11).Add(KeepGivenUp)
+	rec = rec.with(Email{EventID: "later", Kind: NewDevice, At: rec.LastSeen, State: Sent})
+	if got := ids(); !slices.Equal(got, []string{"pending", "late", "later"}) {
+		t.Errorf("after KeepGivenUp the record holds %v, want [pending late later]", got)
 	}
 }
 
