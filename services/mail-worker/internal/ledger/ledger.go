@@ -162,6 +162,11 @@ func (p Policy) holds(rec *Record, now time.Time) (time.Time, bool) {
 	if p.AlertWindow <= 0 || rec == nil || rec.LastAlert.IsZero() {
 		return time.Time{}, false
 	}
+	if now.Before(rec.LastAlert) {
+		// The last alert was claimed by a worker whose clock runs ahead
+		// of this one's: no window can be told from that; send.
+		return time.Time{}, false
+	}
 	until := rec.LastAlert.Add(p.AlertWindow)
 	return until, now.Before(until)
 }

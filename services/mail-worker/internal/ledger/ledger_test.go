@@ -365,3 +365,14 @@ func TestHeldSignInsJoinTheNextAlert(t *testing.T) {
 		t.Fatalf("the next alert: %+v", plan)
 	}
 }
+
+// An alert claimed by a worker whose clock runs ahead (here by a day) does
+// not hold the next new device's alert until that clock's window ends.
+func TestAnAlertWindowFromAClockAheadHoldsNothing(t *testing.T) {
+	p := Policy{AlertWindow: 10 * time.Minute}
+	rec := Record{FirstSeen: at(-60), LastSeen: at(0), Devices: []string{"home", "a"}, LastAlert: at(24 * 60)}
+	plan := Claim(&rec, signIn("e2", 5, "b"), Delivery{Seq: 2, Num: 1, Now: at(5)}, p)
+	if plan.Step != Send || plan.Kind != NewDevice {
+		t.Errorf("Claim = step %d kind %q (until %v), want the alert sent", plan.Step, plan.Kind, plan.Until)
+	}
+}
