@@ -221,6 +221,39 @@ func TestADeadLetterThatCannotBeStoredIsNotLost(t *testing.T) {
 	}
 }
 
+// An email whose outcome was unknown twice is given up as unconfirmed.
+// When its dead letter cannot be stored yet, the deliveries that follow
+// give it up again without sending: the relay never gets a third copy.
+func TestAnUnconfirmedEmailIsNotSentAgainWhileItsDeadLetterWaits(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	h.replaceDeadLetterStream(ctx)
+	h.smtp.DropMidDataFor("poison@example.com") // the connection breaks after the data, every time
+	poison := person(999)
+	poison.Email = "poison@example.com"
+	ack := h.publish(poison, poison.EventId)
+	h.eventually("the give-up fails on two deliveries", func() (bool, string) {
+		logs := h.logs.String()
+		return countLines(logs, "cannot dead-letter yet") >= 2, logs
+	})
+	sessions := h.smtp.Connections() // each attempt breaks its connection
+	if err := h.js.DeleteStream(ctx, "IMPOSTOR"); err != nil {
+		t.Fatal(err)
+	}
+	h.waitSettled(ack.Sequence)
+
+	if sessions != 2 || h.smtp.Connections() != 2 {
+		t.Errorf("the relay saw %d, then %d sessions; want the two attempts only", sessions, h.smtp.Connections())
+	}
+	if dl := h.deadLetters(); len(dl) != 1 || dl[0].Reason != ReasonUnconfirmed || dl[0].EventID() != "evt-999" {
+		t.Errorf("dead letters = %+v, want evt-999 unconfirmed", dl)
+	}
+	if e, ok := h.record(poison).Email("evt-999"); !ok || e.State != ledger.Failed {
+		t.Errorf("the record says %+v, want failed", e)
+	}
+}
+
 // replaceDeadLetterStream has someone replace the dead-letter stream by
 // one under another name, IMPOSTOR, which the test deletes to heal it.
 func (h *harness) replaceDeadLetterStream(ctx context.Context) {

@@ -231,7 +231,7 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 			o        outcome
 			ok, lost bool
 		)
-		if plan.Step == ledger.Send || plan.Step == ledger.Poison {
+		if plan.Step == ledger.Send || plan.Step == ledger.Poison || plan.Step == ledger.Unconfirmed {
 			c, o, ok, lost = h.claimEmail(ctx, d, key, rev, plan)
 		} else {
 			o, lost = h.settleWithoutSending(ctx, d, key, rev, plan)
@@ -312,8 +312,11 @@ func (h *Handler) claimEmail(ctx context.Context, d delivery, key string, rev ui
 	h.countDecision(plan)
 	h.Metrics.emails.WithLabelValues(string(ledger.NewDevice), ResultFolded).Add(float64(plan.NewlyFolded))
 	c = claimed{key: key, rev: next, rec: plan.Record, email: plan.Email, folded: plan.Folded}
-	if plan.Step == ledger.Poison {
+	switch plan.Step {
+	case ledger.Poison:
 		return claimed{}, h.giveUp(ctx, d, &c, ReasonPoison, "the worker died or hung while sending it, time after time", nil), false, false
+	case ledger.Unconfirmed:
+		return claimed{}, h.giveUp(ctx, d, &c, ReasonUnconfirmed, "no answer after the data, twice", nil), false, false
 	}
 	return c, outcome{}, true, false
 }

@@ -59,7 +59,7 @@ func (h *Handler) settle(ctx context.Context, d delivery, c claimed, r smtpsend.
 	switch {
 	case errors.Is(err, smtpsend.ErrPermanent):
 		return h.giveUp(book, d, &c, ReasonPermanent, o.reason, err)
-	case maybeSent && c.email.Unsure > 0:
+	case maybeSent && c.email.Unsure+1 >= ledger.MaxUnsure:
 		return h.giveUp(book, d, &c, ReasonUnconfirmed, o.reason+"; the second attempt without an answer after the data", err)
 	case h.expired(d):
 		return h.giveUp(book, d, &c, ReasonExpired, o.reason+"; older than the retry horizon", err)
@@ -165,7 +165,14 @@ func (h *Handler) giveUp(ctx context.Context, d delivery, c *claimed, reason, de
 	if pubErr != nil {
 		o := outcome{kind: kind, result: logRetry, reason: "cannot dead-letter yet (" + full + ")", err: errors.Join(err, pubErr)}
 		if c != nil {
-			return h.release(ctx, d, *c, ledger.NotTried, o, causeStore)
+			// The email stays given up in all but the record: what made
+			// it so is counted, and the next delivery gives it up again
+			// without sending (ledger.Claim).
+			res := ledger.NotTried
+			if reason == ReasonUnconfirmed && c.email.Unsure < ledger.MaxUnsure {
+				res = ledger.Unknown
+			}
+			return h.release(ctx, d, *c, res, o, causeStore)
 		}
 		return h.retryLater(d, o)
 	}

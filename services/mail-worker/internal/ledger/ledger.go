@@ -53,6 +53,10 @@ const (
 	// worker gone (crashed, killed, hung past AckWait) while it was being
 	// sent, before the email is given up as poison.
 	MaxAbandoned = 3
+	// MaxUnsure is how many attempts at one email may end without the
+	// relay's answer after the data before it is given up as unconfirmed:
+	// sent once more after the first, never a third time.
+	MaxUnsure = 2
 )
 
 // State is where an email stands.
@@ -303,6 +307,10 @@ const (
 	// Poison: deliveries died holding the email MaxAbandoned times; give
 	// it up (dead-letter it, then Finish with Failed).
 	Poison
+	// Unconfirmed: the email's outcome was unknown MaxUnsure times and
+	// its give-up could not be stored then; give it up (dead-letter it,
+	// then Finish with Failed) without sending it again.
+	Unconfirmed
 	// Hold: a new-device alert inside the alert window of the last one;
 	// store Plan.Record (when Changed) and hand the message back until
 	// Plan.Until, when its delivery sends the alerts held meanwhile.
@@ -386,10 +394,19 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 			return Plan{Step: Terminate, Kind: e.Kind, Email: e}
 		}
 		// Redriven: a new message, a fresh start.
-		e.Tries, e.Abandoned = 0, 0
+		e.Tries, e.Abandoned, e.Unsure = 0, 0, 0
 		return send(*rec, e, d)
 	case Retry:
-		return send(*rec, e, d)
+		// A give-up whose dead letter could not be stored yet is made
+		// again, without sending.
+		p := send(*rec, e, d)
+		switch {
+		case e.Abandoned >= MaxAbandoned:
+			p.Step = Poison
+		case e.Unsure >= MaxUnsure:
+			p.Step = Unconfirmed
+		}
+		return p
 	}
 	// Sending.
 	switch {

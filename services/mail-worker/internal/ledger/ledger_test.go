@@ -94,6 +94,10 @@ func TestClaim(t *testing.T) {
 	email := func(state State, seq, delivery uint64) Email {
 		return Email{EventID: "e1", Kind: Welcome, At: at(0), State: state, Seq: seq, Delivery: delivery}
 	}
+	counted := func(e Email, abandoned, unsure int) Email {
+		e.Abandoned, e.Unsure = abandoned, unsure
+		return e
+	}
 	known := &Record{FirstSeen: at(0), LastSeen: at(0), Devices: []string{"dev-a"}}
 	tests := []struct {
 		name          string
@@ -112,6 +116,10 @@ func TestClaim(t *testing.T) {
 		{"an email to retry is claimed again with its kind", withEmail(email(Retry, 1, 1)), signIn("e1", 0, "dev-a"), d(1, 2), Send, Welcome, 0},
 		{"a failed email of this message is terminated again", withEmail(email(Failed, 1, 1)), signIn("e1", 0, "dev-a"), d(1, 2), Terminate, Welcome, 0},
 		{"a redriven failed email is sent again", withEmail(email(Failed, 1, 1)), signIn("e1", 0, "dev-a"), redrive(d(7, 1)), Send, Welcome, 0},
+		{"an email whose give-up as poison was not stored is given up again", withEmail(counted(email(Retry, 1, 4), MaxAbandoned, 0)), signIn("e1", 0, "dev-a"), d(1, 5), Poison, Welcome, MaxAbandoned},
+		{"an email whose give-up as unconfirmed was not stored is given up again", withEmail(counted(email(Retry, 1, 2), 0, MaxUnsure)), signIn("e1", 0, "dev-a"), d(1, 3), Unconfirmed, Welcome, 0},
+		{"an email unsure once is sent once more", withEmail(counted(email(Retry, 1, 1), 0, 1)), signIn("e1", 0, "dev-a"), d(1, 2), Send, Welcome, 0},
+		{"a redriven unconfirmed email starts afresh", withEmail(counted(email(Failed, 1, 2), 0, MaxUnsure)), signIn("e1", 0, "dev-a"), redrive(d(7, 1)), Send, Welcome, 0},
 		{"another copy of a failed email's event sends nothing", withEmail(email(Failed, 1, 1)), signIn("e1", 0, "dev-a"), d(7, 1), Terminate, Welcome, 0},
 		{"the holder's own claim holds", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(1, 3), Send, Welcome, 0},
 		{"the next delivery waits one AckWait for the holder", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(1, 4), Wait, Welcome, 0},
@@ -130,6 +138,9 @@ func TestClaim(t *testing.T) {
 			e, ok := p.Record.Email(tt.s.EventID)
 			if !ok || e.State != Sending || e.Seq != tt.d.Seq || e.Delivery != tt.d.Num || e.Abandoned != tt.wantAbandoned {
 				t.Errorf("the record does not hold the claim of %+v: %+v", tt.d, e)
+			}
+			if tt.d.Redrive && (e.Tries != 0 || e.Unsure != 0) {
+				t.Errorf("a redrive kept the counts of before: %+v", e)
 			}
 		})
 	}
