@@ -263,7 +263,17 @@ func (r Record) with(e Email) Record {
 	} else {
 		next.Emails = append(next.Emails, e)
 	}
-	settled := func(x Email) bool { return x.State == Sent || x.State == Failed || x.State == Folded }
+	// A folded sign-in is settled once the alert that tells of it is: until
+	// then the alert must still find it to name it.
+	inFlight := make(map[string]bool)
+	for _, x := range next.Emails {
+		if x.State == Sending || x.State == Retry {
+			inFlight[x.EventID] = true
+		}
+	}
+	settled := func(x Email) bool {
+		return x.State == Sent || x.State == Failed || (x.State == Folded && !inFlight[x.FoldedInto])
+	}
 	next.Emails = slices.DeleteFunc(next.Emails, func(x Email) bool {
 		keep := KeepSettled
 		if x.State == Failed {

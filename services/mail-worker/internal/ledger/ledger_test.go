@@ -387,3 +387,39 @@ func TestAnAlertWindowFromAClockAheadHoldsNothing(t *testing.T) {
 		t.Errorf("Claim = step %d kind %q (until %v), want the alert sent", plan.Step, plan.Kind, plan.Until)
 	}
 }
+
+// Sign-ins folded into an alert stay in the record until that alert is
+// sent or given up, however many there are: a retried alert still names
+// every one of them.
+func TestFoldedSignInsStayUntilTheirAlertIsSent(t *testing.T) {
+	p := Policy{AlertWindow: 10 * time.Minute}
+	now := func(minute int) Delivery { return Delivery{Seq: 1, Num: 1, Now: at(minute)} }
+	rec := Record{FirstSeen: at(-60), LastSeen: at(-60), Devices: []string{"home"}}
+	plan := Claim(&rec, signIn("e0", 0, "a"), now(0), p)
+	rec, _, _ = plan.Record.Finish("e0", now(0), Accepted, "<e0@x>", at(0))
+	const held = MaxEmails + 10
+	for i := range held {
+		plan = Claim(&rec, signIn(fmt.Sprintf("h%d", i), 1, fmt.Sprintf("dev-%d", i)), now(1), p)
+		if plan.Step != Hold {
+			t.Fatalf("sign-in %d inside the window: step %d", i, plan.Step)
+		}
+		rec = plan.Record
+	}
+
+	// The window ends: the next alert tells of every held sign-in.
+	first := Delivery{Seq: 2, Num: 1, Now: at(11)}
+	plan = Claim(&rec, signIn("e1", 11, "dev-new"), first, p)
+	if plan.Step != Send || len(plan.Folded) != held {
+		t.Fatalf("the alert after the window: step %d, %d sign-ins folded, want %d", plan.Step, len(plan.Folded), held)
+	}
+	rec, _, _ = plan.Record.Finish("e1", first, FailedTry, "", time.Time{})
+	retry := Delivery{Seq: 2, Num: 2, Now: at(12)}
+	if plan = Claim(&rec, signIn("e1", 11, "dev-new"), retry, p); plan.Step != Send || len(plan.Folded) != held {
+		t.Errorf("the retried alert: step %d, %d sign-ins folded, want %d", plan.Step, len(plan.Folded), held)
+	}
+	// Once it is sent they are settled, and the oldest go beyond MaxEmails.
+	rec, _, _ = plan.Record.Finish("e1", retry, Accepted, "<e1@x>", at(12))
+	if len(rec.Emails) != MaxEmails {
+		t.Errorf("%d emails kept after the alert was sent, want %d", len(rec.Emails), MaxEmails)
+	}
+}
