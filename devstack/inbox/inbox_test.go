@@ -417,21 +417,7 @@ func TestCloseEndsIdleSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := net.Dial("tcp", in.SMTPAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := textproto.NewConn(conn)
-	if _, _, err := c.ReadResponse(220); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Cmd("EHLO idle.test"); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := c.ReadResponse(250); err != nil {
-		t.Fatal(err)
-	}
+	dialAndSay(t, in, "EHLO idle.test")
 	// The client now sits idle; Close must not wait for it forever.
 	done := make(chan error, 1)
 	go func() { done <- in.Close() }()
@@ -450,26 +436,7 @@ func TestCloseEndsIdleSessionsAfterSTARTTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := net.Dial("tcp", in.SMTPAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := textproto.NewConn(conn)
-	if _, _, err := c.ReadResponse(220); err != nil {
-		t.Fatal(err)
-	}
-	for _, step := range []struct {
-		cmd  string
-		code int
-	}{{"EHLO idle.test", 250}, {"STARTTLS", 220}} {
-		if _, err := c.Cmd("%s", step.cmd); err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := c.ReadResponse(step.code); err != nil {
-			t.Fatalf("%s: %v", step.cmd, err)
-		}
-	}
+	conn := dialAndSay(t, in, "EHLO idle.test", "STARTTLS")
 	tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // the inbox's throwaway certificate
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
@@ -482,4 +449,28 @@ func TestCloseEndsIdleSessionsAfterSTARTTLS(t *testing.T) {
 	if _, err := tc.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("after Close the session is still open: read = %v", err)
 	}
+}
+
+// dialAndSay opens an SMTP session with the inbox and sends each command,
+// checking that it succeeds; the connection closes when the test ends.
+func dialAndSay(t *testing.T, in *inbox.Inbox, cmds ...string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", in.SMTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := textproto.NewConn(conn)
+	if _, _, err := c.ReadResponse(220); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range cmds {
+		if _, err := c.Cmd("%s", cmd); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.ReadResponse(2); err != nil { // 250 or 220
+			t.Fatalf("%s: %v", cmd, err)
+		}
+	}
+	return conn
 }
