@@ -24,6 +24,10 @@ import (
 // times.
 const readyWait = 60 * time.Second
 
+// portRetry is how long a server on a chosen port gets to listen before it
+// is started again (see run).
+const portRetry = time.Second
+
 // Run starts a JetStream-enabled nats-server on a random loopback port, with
 // its store in a temporary directory, and shuts it down when the test ends.
 func Run(t testing.TB) *server.Server {
@@ -69,19 +73,34 @@ func run(t testing.TB, opts *server.Options) *server.Server {
 	if opts.StoreDir == "" {
 		opts.StoreDir = t.TempDir()
 	}
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatalf("natstest: new server: %v", err)
-	}
-	s.Start()
-	t.Cleanup(func() {
+	deadline := time.Now().Add(readyWait)
+	for {
+		s, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatalf("natstest: new server: %v", err)
+		}
+		s.Start()
+		wait := time.Until(deadline)
+		if opts.Port > 0 {
+			wait = min(wait, portRetry)
+		}
+		if s.ReadyForConnections(wait) {
+			t.Cleanup(func() {
+				s.Shutdown()
+				s.WaitForShutdown()
+			})
+			return s
+		}
 		s.Shutdown()
 		s.WaitForShutdown()
-	})
-	if !s.ReadyForConnections(readyWait) {
-		t.Fatalf("natstest: nats-server %s not ready after %s", opts.ServerName, readyWait)
+		if opts.Port <= 0 || time.Now().After(deadline) {
+			t.Fatalf("natstest: nats-server %s not ready after %s", opts.ServerName, readyWait)
+		}
+		// A chosen port can be briefly taken: a client dialling it for
+		// the test may have got it as its own source port and connected
+		// to itself, or another process's connection holds it. Both let
+		// go soon; the server cannot say why it did not listen (NoLog).
 	}
-	return s
 }
 
 // Connect connects to the server at url and returns the connection and a
