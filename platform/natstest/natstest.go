@@ -24,9 +24,9 @@ import (
 // times.
 const readyWait = 60 * time.Second
 
-// portRetry is how long a server on a chosen port gets to listen before it
-// is started again (see run).
-const portRetry = time.Second
+// portRetry is the pause before a server that could not listen on its
+// chosen port is started again (see run).
+const portRetry = 200 * time.Millisecond
 
 // Run starts a JetStream-enabled nats-server on a random loopback port, with
 // its store in a temporary directory, and shuts it down when the test ends.
@@ -79,12 +79,11 @@ func run(t testing.TB, opts *server.Options) *server.Server {
 		if err != nil {
 			t.Fatalf("natstest: new server: %v", err)
 		}
+		fatal := make(fatalCatcher, 1)
+		s.SetLogger(fatal, false, false)
 		s.Start()
-		wait := time.Until(deadline)
-		if opts.Port > 0 {
-			wait = min(wait, portRetry)
-		}
-		if s.ReadyForConnections(wait) {
+		why := waitReady(s, fatal, deadline)
+		if why == "" {
 			t.Cleanup(func() {
 				s.Shutdown()
 				s.WaitForShutdown()
@@ -94,14 +93,47 @@ func run(t testing.TB, opts *server.Options) *server.Server {
 		s.Shutdown()
 		s.WaitForShutdown()
 		if opts.Port <= 0 || time.Now().After(deadline) {
-			t.Fatalf("natstest: nats-server %s not ready after %s", opts.ServerName, readyWait)
+			t.Fatalf("natstest: nats-server %s: %s", opts.ServerName, why)
 		}
-		// A chosen port can be briefly taken: a client dialling it for
-		// the test may have got it as its own source port and connected
-		// to itself, or another process's connection holds it. Both let
-		// go soon; the server cannot say why it did not listen (NoLog).
+		// A chosen port can be taken for a moment: a client dialling it
+		// for the test may have got it as its own source port and
+		// connected to itself, or another process's connection holds it.
+		// Both let go soon.
+		time.Sleep(portRetry)
 	}
 }
+
+// waitReady waits until s accepts connections, and says why not when it
+// reports a fatal error (a port it cannot listen on) or deadline passes.
+func waitReady(s *server.Server, fatal fatalCatcher, deadline time.Time) string {
+	for !s.ReadyForConnections(100 * time.Millisecond) {
+		select {
+		case why := <-fatal:
+			return why
+		default:
+		}
+		if time.Now().After(deadline) {
+			return "not ready after " + readyWait.String()
+		}
+	}
+	return ""
+}
+
+// fatalCatcher is a server.Logger that keeps only the first fatal error.
+type fatalCatcher chan string
+
+func (f fatalCatcher) Fatalf(format string, v ...any) {
+	select {
+	case f <- fmt.Sprintf(format, v...):
+	default:
+	}
+}
+
+func (fatalCatcher) Noticef(string, ...any) {}
+func (fatalCatcher) Warnf(string, ...any)   {}
+func (fatalCatcher) Errorf(string, ...any)  {}
+func (fatalCatcher) Debugf(string, ...any)  {}
+func (fatalCatcher) Tracef(string, ...any)  {}
 
 // Connect connects to the server at url and returns the connection and a
 // JetStream client on it. The connection is closed when the test ends,

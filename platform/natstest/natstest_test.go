@@ -8,8 +8,8 @@ import (
 
 // A server on a chosen port that is briefly taken (a client dialling the
 // port can connect to itself when the kernel gives it that port as its
-// source port) starts once the port is free again, rather than failing the
-// test after a minute.
+// source port) starts once the port is free again, rather than waiting out
+// the minute and failing the test.
 func TestRunOnAPortTakenForAMomentStartsOnceItIsFree(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -19,7 +19,7 @@ func TestRunOnAPortTakenForAMomentStartsOnceItIsFree(t *testing.T) {
 	released := make(chan struct{})
 	go func() {
 		defer close(released)
-		time.Sleep(2 * portRetry)
+		time.Sleep(time.Second)
 		ln.Close()
 	}()
 	s := RunOn(t, port)
