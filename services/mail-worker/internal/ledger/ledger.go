@@ -407,16 +407,7 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 		e.Tries, e.Abandoned, e.Unsure = 0, 0, 0
 		return send(*rec, e, d)
 	case Retry:
-		// A give-up whose dead letter could not be stored yet is made
-		// again, without sending.
-		p := send(*rec, e, d)
-		switch {
-		case e.Abandoned >= MaxAbandoned:
-			p.Step = Poison
-		case e.Unsure >= MaxUnsure:
-			p.Step = Unconfirmed
-		}
-		return p
+		return claim(*rec, e, d)
 	}
 	// Sending.
 	switch {
@@ -434,9 +425,19 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 // after MaxAbandoned the plan is Poison.
 func TakeOver(rec *Record, e Email, d Delivery) Plan {
 	e.Abandoned++
-	p := send(*rec, e, d)
-	if e.Abandoned >= MaxAbandoned {
+	return claim(*rec, e, d)
+}
+
+// claim claims e for delivery d, to send it, or to give it up without
+// sending when its counts say so (Poison, Unconfirmed): so is a give-up
+// made again whose dead letter could not be stored before.
+func claim(rec Record, e Email, d Delivery) Plan {
+	p := send(rec, e, d)
+	switch {
+	case e.Abandoned >= MaxAbandoned:
 		p.Step = Poison
+	case e.Unsure >= MaxUnsure:
+		p.Step = Unconfirmed
 	}
 	return p
 }
