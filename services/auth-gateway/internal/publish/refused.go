@@ -8,8 +8,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 )
 
 // ErrRefused wraps the error of an event JetStream will never store as it
@@ -52,13 +50,11 @@ func (p *Publisher) refusedForNoStream(ctx context.Context, err error, subject s
 		return err
 	}
 	// The stream may only be gone (a server that lost its store, a
-	// rebuilt cluster): made again, it takes the event at the next try.
+	// rebuilt cluster): made again, it captures the subject and takes the
+	// event at the next try. One that was there does not capture it.
 	p.streamKnown.Store(false)
-	if p.EnsureStream(ctx) == nil {
-		s, lookup := p.js.Stream(ctx, eventsv1.StreamAuthEvents)
-		if lookup != nil || captures(s.CachedInfo().Config.Subjects, subject) {
-			return err
-		}
+	if made, ensure := p.ensureStream(ctx); ensure == nil && made {
+		return err
 	}
 	return fmt.Errorf("%w: no stream captures %s: %w", ErrRefused, subject, err)
 }

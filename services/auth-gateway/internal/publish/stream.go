@@ -44,23 +44,30 @@ const streamDescription = "Doorbell authentication events (owned by auth-gateway
 // this returns at once without I/O; when a publish got no answer it looks
 // again, but only at the stream's subjects.
 func (p *Publisher) EnsureStream(ctx context.Context) error {
+	_, err := p.ensureStream(ctx)
+	return err
+}
+
+// ensureStream is EnsureStream, and says whether it found no stream and
+// made it (or another replica did meanwhile).
+func (p *Publisher) ensureStream(ctx context.Context) (made bool, err error) {
 	if p.streamKnown.Load() {
-		return nil
+		return false, nil
 	}
 	select {
 	case p.ensureSem <- struct{}{}:
 		defer func() { <-p.ensureSem }()
 	case <-ctx.Done():
-		return fmt.Errorf("publish: ensure stream: %w", ctx.Err())
+		return false, fmt.Errorf("publish: ensure stream: %w", ctx.Err())
 	}
 	if p.streamKnown.Load() {
-		return nil
+		return false, nil
 	}
 
 	s, err := p.js.Stream(ctx, eventsv1.StreamAuthEvents)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
-		err = p.createStream(ctx)
+		made, err = true, p.createStream(ctx)
 	case err != nil:
 		err = fmt.Errorf("publish: look up stream %s: %w", eventsv1.StreamAuthEvents, err)
 	default:
@@ -71,10 +78,10 @@ func (p *Publisher) EnsureStream(ctx context.Context) error {
 		}
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	p.streamKnown.Store(true)
-	return nil
+	return made, nil
 }
 
 func (p *Publisher) createStream(ctx context.Context) error {
