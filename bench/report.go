@@ -174,7 +174,7 @@ func printThroughput(w io.Writer, rows []ThroughputRow) {
 			row.NetSMTPPerSecond, row.Ratio, strings.Join(rounds, " "), row.JetStreamOnlyPerSecond, row.Ceiling, row.WorkerCPUPerEmailUs, row.NATSCPUPerEmailUs,
 			row.WorkerPeakRSSMB, row.MeanBytes, row.Delivered, row.Events)
 	}
-	fmt.Fprintf(w, "(each row is the round with the median ratio; every round: the ratios of all rounds, in order;\n JetStream only: the worker's round trips per event, claim, record, ack, with as many handlers, with no rendering or SMTP;\n ceiling: that rate ÷ net/smtp, the ratio a worker with these guarantees could reach here at most)\n")
+	fmt.Fprintf(w, "(each row is the round with the median ratio; every round: the ratios of all rounds, in order;\n JetStream only: the worker's round trips per event, claim and ack, with as many handlers, with no rendering or SMTP;\n ceiling: that rate ÷ net/smtp, the ratio a worker with these guarantees could reach here at most)\n")
 }
 
 func printLatency(w io.Writer, rows []SignInRow, pool string) {

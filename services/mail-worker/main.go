@@ -473,7 +473,8 @@ func consumeUntilDone(ctx context.Context, js jetstream.JetStream, cfg config.Co
 	if err := deadletter.Ensure(ctx, js, cfg.NATSReplicas, log); err != nil {
 		return stopped(err)
 	}
-	h.People, h.InStream, h.DeadLetters = people, deliver.StreamHas(stream), deadletter.NewPublisher(js, cfg.NATSReplicas, log)
+	h.People, h.InStream, h.AckFloor = people, deliver.StreamHas(stream), deliver.NewAckFloor(cons)
+	h.DeadLetters = deadletter.NewPublisher(js, cfg.NATSReplicas, log)
 	ready.Store(&cons)
 	return consume.Run(ctx, cons, h.Handle, h.Gate, ccfg, log)
 }

@@ -300,15 +300,22 @@ func (s *stack) deadLetters() []deadletter.Entry {
 	return entries
 }
 
-// duplicates checks that every id got at least one email and no other
-// email was sent, and returns how many extra copies there were.
 // markedSent returns the Message-IDs of the emails of event(0) to
-// event(n-1) that the people's records say were sent.
+// event(n-1) that a worker would now read as sent: claimed in the people's
+// records by a message at or below the consumer's ack floor.
 func (s *stack) markedSent(n int) map[string]bool {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
 	kv, err := s.js.KeyValue(ctx, ledger.Bucket)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	cons, err := s.js.Consumer(ctx, eventsv1.StreamAuthEvents, eventsv1.ConsumerMailWorker)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -326,13 +333,15 @@ func (s *stack) markedSent(n int) map[string]bool {
 		if err := json.Unmarshal(entry.Value(), &rec); err != nil {
 			s.t.Fatal(err)
 		}
-		if e, ok := rec.Email(ev.GetEventId()); ok && e.State == ledger.Sent {
+		if e, ok := rec.Acked(info.AckFloor.Stream).Email(ev.GetEventId()); ok && e.State == ledger.Sent {
 			marked["<"+ev.GetEventId()+"@example.com>"] = true
 		}
 	}
 	return marked
 }
 
+// duplicates checks that every id got at least one email and no other
+// email was sent, and returns how many extra copies there were.
 func (s *stack) duplicates(ids []string) int {
 	s.t.Helper()
 	counts := s.smtp.CountByMessageID()

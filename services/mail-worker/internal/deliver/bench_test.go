@@ -12,7 +12,7 @@ import (
 // BenchmarkHandle measures the whole consume path per sign-in, draining a
 // backlog as a worker does after a pause: pull from an embedded JetStream,
 // claim the email in the person's record, render, send over a pool of 4
-// connections to the test SMTP server, record the result, acknowledge.
+// connections to the test SMTP server, acknowledge.
 //
 // Besides the time per email it reports cpu-µs/email: the CPU of the
 // whole process (worker, NATS server and SMTP server together) per email,

@@ -1,9 +1,9 @@
 // Package deliver takes one user.authenticated message from JetStream to
 // the relay and back, along one path: decode → claim the email in the
 // person's record (deciding what the sign-in deserves, at first sight) →
-// render → send → record the result → acknowledge, hand back or
-// dead-letter. handle.go has the path up to the send, settle.go what
-// follows it. The semantics are stated in the mail-worker's README
+// render → send → acknowledge (which records a sent email), or record the
+// failure and hand back or dead-letter. handle.go has the path up to the
+// send, settle.go what follows it. The semantics are stated in the mail-worker's README
 // ("Delivery semantics").
 package deliver
 
@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -62,6 +64,12 @@ type DeadLetters interface {
 // AUTH_EVENTS. StreamHas makes one.
 type InStream func(ctx context.Context, seq uint64) (bool, error)
 
+// AckFloor reports the consumer's ack floor: the stream sequence at or
+// below which every message is acknowledged or terminated. fresh asks
+// JetStream now; otherwise a figure a few seconds old will do. NewAckFloor
+// makes one.
+type AckFloor func(ctx context.Context, fresh bool) (uint64, error)
+
 // Retry is the policy for failed attempts.
 type Retry struct {
 	// BackoffBase and BackoffMax space the attempts at one email (see
@@ -74,10 +82,10 @@ type Retry struct {
 
 // Handler handles user.authenticated messages, one delivery per Handle
 // call, along one path: decode → claim the email in the person's record
-// (decide, at first sight) → render → send → record the result →
-// acknowledge, hand back or dead-letter. Every message ends acknowledged,
-// handed back with a delay, or dead-lettered and terminated, and produces
-// one log line at info level or above.
+// (decide, at first sight) → render → send → acknowledge (which records a
+// sent email), or record the failure and hand back or dead-letter. Every
+// message ends acknowledged, handed back with a delay, or dead-lettered and
+// terminated, and produces one log line at info level or above.
 //
 // All fields but Now, Jitter, Tracer, Propagator and LogEmails are
 // required. A Handler is safe for concurrent use if its parts are.
@@ -86,6 +94,7 @@ type Handler struct {
 	Renderer    Renderer
 	People      People
 	InStream    InStream
+	AckFloor    AckFloor
 	DeadLetters DeadLetters
 	Gate        *relay.Gate
 	Metrics     *Metrics
@@ -181,8 +190,8 @@ func (h *Handler) deliver(ctx context.Context, d delivery, ev *eventsv1.UserAuth
 	if err != nil {
 		return h.giveUp(book, d, &c, ReasonPermanent, "cannot render", err)
 	}
-	receipt, err := h.send(ctx, d, c.email, ev, email)
-	return h.settle(ctx, d, c, receipt, err)
+	err = h.send(ctx, d, c.email, ev, email)
+	return h.settle(ctx, d, c, err)
 }
 
 // mustWait says whether the message must go back to JetStream before it
@@ -212,6 +221,7 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 	s := ledger.SignIn{EventID: ev.GetEventId(), At: signInTime(ev, d), DeviceID: ev.GetClient().GetDeviceId(),
 		IP: ev.GetClient().GetIp(), UserAgent: ev.GetClient().GetUserAgent()}
 	d.Now = h.now()
+	d.Floor = h.ackFloor(ctx, false)
 	guess := true
 	for range maxConflicts {
 		rec, rev, err := h.record(ctx, key, guess)
@@ -222,6 +232,14 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 		if guess && !plan.Stores() {
 			guess = false
 			continue
+		}
+		if plan.Step == ledger.WaitOther {
+			// The other message may be acknowledged since the floor was
+			// last asked: then the email is sent.
+			if f := h.ackFloor(ctx, true); f > d.Floor {
+				d.Floor = f
+				plan = ledger.Claim(rec, s, d.Delivery, h.Policy)
+			}
 		}
 		if plan.Step == ledger.WaitOther && h.otherGone(ctx, plan.Email.Seq) {
 			plan = ledger.TakeOver(rec, plan.Email, d.Delivery)
@@ -357,7 +375,7 @@ func (h *Handler) render(ctx context.Context, c claimed, ev *eventsv1.UserAuthen
 }
 
 // send hands the email to the relay, in the smtp send span.
-func (h *Handler) send(ctx context.Context, d delivery, e ledger.Email, ev *eventsv1.UserAuthenticated, email render.Email) (smtpsend.Receipt, error) {
+func (h *Handler) send(ctx context.Context, d delivery, e ledger.Email, ev *eventsv1.UserAuthenticated, email render.Email) error {
 	ctx, span := h.tracer().Start(ctx, spanSend, trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attrKind.String(string(e.Kind)), attrAttempt.Int64(int64(d.Num))))
 	defer span.End()
@@ -373,12 +391,12 @@ func (h *Handler) send(ctx context.Context, d delivery, e ledger.Email, ev *even
 	span.SetAttributes(attrSMTPOutcome.String(smtpsend.OutcomeOf(err)))
 	if err != nil {
 		span.SetStatus(codes.Error, failureReason(err))
-		return receipt, err
+		return err
 	}
 	if at := authenticatedAt(ev); !at.IsZero() {
 		telemetry.Observe(ctx, h.Metrics.loginToMail, receipt.AcceptedAt.Sub(at).Seconds())
 	}
-	return receipt, nil
+	return nil
 }
 
 // decode reads a user.authenticated payload and checks it; its errors say
@@ -426,6 +444,18 @@ func keepInProgress(msg jetstream.Msg, every time.Duration) (stop func()) {
 	return func() { close(done) }
 }
 
+// ackFloor is the consumer's ack floor (see AckFloor), 0 when it cannot be
+// told: no claim then reads as sent.
+func (h *Handler) ackFloor(ctx context.Context, fresh bool) uint64 {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	f, err := h.AckFloor(ctx, fresh)
+	if err != nil {
+		return 0
+	}
+	return f
+}
+
 // otherGone reports whether the message at seq has left the stream, so
 // that its claim can be taken over; when unsure, it is not.
 func (h *Handler) otherGone(ctx context.Context, seq uint64) bool {
@@ -445,6 +475,41 @@ func StreamHas(stream jetstream.Stream) InStream {
 		return err == nil, err
 	}
 }
+
+// NewAckFloor returns an AckFloor over cons. A figure that is not fresh
+// is at most floorMaxAge old: one caller at a time asks JetStream again,
+// the others take the figure in hand meanwhile.
+func NewAckFloor(cons jetstream.Consumer) AckFloor {
+	var (
+		mu      sync.Mutex
+		floor   uint64
+		asked   time.Time
+		refresh atomic.Bool
+	)
+	return func(ctx context.Context, fresh bool) (uint64, error) {
+		mu.Lock()
+		f, at := floor, asked
+		mu.Unlock()
+		if !fresh && (time.Since(at) < floorMaxAge || !refresh.CompareAndSwap(false, true)) {
+			return f, nil
+		}
+		if !fresh {
+			defer refresh.Store(false)
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return f, err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		floor, asked = max(floor, info.AckFloor.Stream), time.Now()
+		return floor, nil
+	}
+}
+
+// floorMaxAge is how old an ack floor that need not be fresh may be: it
+// only lets a record forget sent emails sooner.
+const floorMaxAge = 5 * time.Second
 
 // signInTime is the event's authenticated_at, or when JetStream stored it
 // for an event without one.

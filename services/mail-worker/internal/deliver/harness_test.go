@@ -144,7 +144,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		t.Fatal(err)
 	}
 	h := &Handler{
-		Sender: sender, Renderer: renderer, People: people, InStream: StreamHas(stream),
+		Sender: sender, Renderer: renderer, People: people, InStream: StreamHas(stream), AckFloor: NewAckFloor(cons),
 		DeadLetters: deadletter.NewPublisher(js, 1, log), Gate: gate,
 		Metrics: metrics, Log: log, AckWait: opts.ackWait, Policy: ledger.Policy{AlertWindow: opts.alertWindow},
 		Retry:     Retry{BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond, Horizon: opts.horizon},
@@ -318,6 +318,8 @@ func (h *harness) deadLetters() []deadletter.Entry {
 }
 
 // record reads the person's record of ev.
+// record is the person's record as a worker reads it now: emails whose
+// message JetStream has acknowledged are sent.
 func (h *harness) record(ev *eventsv1.UserAuthenticated) *ledger.Record {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
@@ -326,7 +328,11 @@ func (h *harness) record(ev *eventsv1.UserAuthenticated) *ledger.Record {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	return r
+	floor, err := h.handler.AckFloor(ctx, true)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return r.Acked(floor)
 }
 
 func (h *harness) wantCounter(name string, c prometheus.Collector, want float64) {

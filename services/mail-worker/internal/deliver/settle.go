@@ -30,23 +30,20 @@ const (
 	maxBookkeeping = 15 * time.Minute
 )
 
-// settle records how the send ended and settles the message: acknowledged
-// once the relay accepted the email; dead-lettered when it refused it for
-// good or the event is past the retry horizon; otherwise handed back, with
-// a delay that grows only with the email's own failures.
-func (h *Handler) settle(ctx context.Context, d delivery, c claimed, r smtpsend.Receipt, err error) outcome {
+// settle settles the message after the send: acknowledged once the relay
+// accepted the email (the acknowledgement is the record of it: the claim
+// of a message JetStream has acknowledged reads as sent, see
+// ledger.Delivery.Floor); dead-lettered when the relay refused it for good
+// or the event is past the retry horizon; otherwise the failure is
+// recorded and the message handed back, with a delay that grows only with
+// the email's own failures.
+func (h *Handler) settle(ctx context.Context, d delivery, c claimed, err error) outcome {
 	book := context.WithoutCancel(ctx)
 	kind := c.email.Kind
 	if err == nil {
 		h.Gate.Report(ctx, c.email.EventID, nil)
 		h.Metrics.emails.WithLabelValues(string(kind), ResultSent).Inc()
-		o := outcome{kind: kind, result: logSent}
-		if _, ferr := h.finish(book, d, &c, ledger.Accepted, r); ferr != nil {
-			// The relay has the email: acknowledge all the same, since a
-			// redelivery could only send it again.
-			o.reason, o.err = "sent; cannot record it", ferr
-		}
-		return h.ack(book, d, o)
+		return h.ack(book, d, outcome{kind: kind, result: logSent})
 	}
 	o := outcome{kind: kind, result: logRetry, reason: failureReason(err), err: err}
 	maybeSent := errors.Is(err, smtpsend.ErrMaybeSent)
@@ -80,7 +77,7 @@ func (h *Handler) settle(ctx context.Context, d delivery, c claimed, r smtpsend.
 // back, unless the record now says the email is sent or is being sent by
 // another delivery that took it over (then that one settles the message).
 func (h *Handler) release(ctx context.Context, d delivery, c claimed, res ledger.Result, o outcome, cause string) outcome {
-	e, err := h.finish(ctx, d, &c, res, smtpsend.Receipt{})
+	e, err := h.finish(ctx, d, &c, res)
 	switch {
 	case err != nil:
 		o.reason += "; cannot record it"
@@ -113,13 +110,13 @@ func (h *Handler) delayFor(cause string, e ledger.Email) time.Duration {
 // finish writes the result of c's attempt into the person's record,
 // reading it again when another writer came first, and returns the email
 // as stored. NATS failures are retried (see persist).
-func (h *Handler) finish(ctx context.Context, d delivery, c *claimed, res ledger.Result, r smtpsend.Receipt) (ledger.Email, error) {
+func (h *Handler) finish(ctx context.Context, d delivery, c *claimed, res ledger.Result) (ledger.Email, error) {
 	id := c.email.EventID
 	rec, rev := c.rec, c.rev
 	err := h.step(ctx, spanWrite, func(ctx context.Context) error {
 		return persist(ctx, func(ctx context.Context) error {
 			for range maxConflicts {
-				next, _, changed := rec.Finish(id, d.Delivery, res, r.MessageID, r.AcceptedAt)
+				next, changed := rec.Finish(id, d.Delivery, res)
 				if !changed {
 					return nil
 				}
@@ -177,7 +174,7 @@ func (h *Handler) giveUp(ctx context.Context, d delivery, c *claimed, reason, de
 		return h.retryLater(d, o)
 	}
 	if c != nil {
-		if _, ferr := h.finish(ctx, d, c, ledger.GivenUp, smtpsend.Receipt{}); ferr != nil {
+		if _, ferr := h.finish(ctx, d, c, ledger.GivenUp); ferr != nil {
 			// The letter is stored (once, whatever happens); the next
 			// delivery gets here again.
 			return h.retryLater(d, outcome{kind: kind, result: logRetry, reason: "dead-lettered; cannot record it (" + full + ")",
@@ -201,8 +198,10 @@ func (h *Handler) expired(d delivery) bool {
 }
 
 // ack acknowledges the message and waits for the server to confirm,
-// retrying while NATS recovers. A lost acknowledgement costs only a
-// redelivery, which the record answers as a duplicate.
+// retrying while NATS recovers (the message is kept in progress). After a
+// send the acknowledgement is the record of it: a worker that dies before
+// it lands leaves a claim that the message's next delivery takes over and
+// sends again (the one window no SMTP client can close; see the README).
 func (h *Handler) ack(ctx context.Context, d delivery, o outcome) outcome {
 	err := persist(ctx, func(ctx context.Context) error {
 		err := d.msg.DoubleAck(ctx)

@@ -2,10 +2,12 @@
 // first signed in, the browsers they used, and every email the worker
 // decided to send them with where it stands (sending, to be retried, sent,
 // given up). One record per person, in one JetStream key-value bucket
-// (Store), read once and written with compare-and-set before and after
-// each send: it is at once the duplicate guard, the claim that keeps two
-// handlers from sending the same email, and the state that decides what
-// the next sign-in deserves.
+// (Store), written with compare-and-set before each send (the claim) and
+// after a send that failed: it is at once the duplicate guard, the claim
+// that keeps two handlers from sending the same email, and the state that
+// decides what the next sign-in deserves. A send the relay accepted is
+// not written: the message's acknowledgement records it, and a claim whose
+// message JetStream has acknowledged reads as sent (Delivery.Floor).
 //
 // The rules (Decide, Claim, Record.Finish) are pure: no I/O and no clock.
 // Time comes from the sign-ins themselves (authenticated_at) and
@@ -64,11 +66,14 @@ type State string
 
 const (
 	// Sending: a delivery (Email.Seq, Email.Delivery) holds the email and
-	// is sending it, or died doing so.
+	// is sending it, or died doing so, or sent it: the relay's acceptance
+	// is recorded by acknowledging the message, not in the record. Once
+	// the message is at or below the consumer's ack floor, the email is
+	// Sent (see Delivery.Floor).
 	Sending State = "sending"
 	// Retry: an attempt failed; the next delivery sends it again.
 	Retry State = "retry"
-	// Sent: the relay accepted it.
+	// Sent: the relay accepted it (its message was acknowledged).
 	Sent State = "sent"
 	// Failed: it was given up and dead-lettered. A redrive (the event in a
 	// new message) tries it again.
@@ -119,9 +124,7 @@ type Email struct {
 	// later; a second one gives it up (the worker's caller decides).
 	Unsure int `json:"unsure,omitempty"`
 	// Abandoned counts deliveries that died while they held the email.
-	Abandoned int       `json:"abandoned,omitempty"`
-	MessageID string    `json:"message_id,omitempty"`
-	SentAt    time.Time `json:"sent_at,omitzero"`
+	Abandoned int `json:"abandoned,omitempty"`
 	// IP and UserAgent describe a Held or Folded sign-in until the alert
 	// that tells of it is sent, then they are forgotten.
 	IP        string `json:"ip,omitempty"`
@@ -146,6 +149,12 @@ type Delivery struct {
 	Seq uint64
 	Num uint64
 	Now time.Time
+	// Floor is the consumer's ack floor as last seen (0: unknown): every
+	// message at or below it is acknowledged or terminated. A message
+	// whose email is still Sending in the record was acknowledged after
+	// the relay accepted the email (a give-up writes Failed first), so
+	// such an email is Sent.
+	Floor uint64
 	// Redrive: the message is a dead letter an operator sent again (dlq
 	// redrive), the one thing that starts a given-up email afresh.
 	Redrive bool
@@ -370,6 +379,7 @@ func (p Plan) Stores() bool {
 //
 // New-device alerts follow p: one per person per window (see Policy).
 func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
+	rec = rec.Acked(d.Floor)
 	e, ok := rec.Email(s.EventID)
 	if !ok {
 		kind := Decide(rec, s)
@@ -425,7 +435,7 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 // after MaxAbandoned the plan is Poison.
 func TakeOver(rec *Record, e Email, d Delivery) Plan {
 	e.Abandoned++
-	return claim(*rec, e, d)
+	return claim(*rec.Acked(d.Floor), e, d)
 }
 
 // claim claims e for delivery d, to send it, or to give it up without
@@ -475,6 +485,23 @@ func equalSeen(a, b Record) bool {
 	return a.LastSeen.Equal(b.LastSeen) && a.FirstSeen.Equal(b.FirstSeen) && slices.Equal(a.Devices, b.Devices)
 }
 
+// Acked returns r with every email Sending by a message at or below floor
+// marked Sent, and the details of its sign-in and of those its alert told
+// of forgotten; r itself when there is none.
+func (r *Record) Acked(floor uint64) *Record {
+	if r == nil || !slices.ContainsFunc(r.Emails, func(e Email) bool { return e.State == Sending && e.Seq <= floor }) {
+		return r
+	}
+	next := r.clone()
+	for i, e := range next.Emails {
+		if e.State == Sending && e.Seq <= floor {
+			next.Emails[i].State, next.Emails[i].IP, next.Emails[i].UserAgent = Sent, "", ""
+			next = next.forgetFoldedInto(e.EventID)
+		}
+	}
+	return &next
+}
+
 // forgetFoldedInto drops the details of the sign-ins told of in the alert of
 // eventID, once it is sent.
 func (r Record) forgetFoldedInto(eventID string) Record {
@@ -491,11 +518,9 @@ func (r Record) forgetFoldedInto(eventID string) Record {
 type Result int
 
 const (
-	// Accepted: the relay took the email (MessageID, SentAt).
-	Accepted Result = iota + 1
-	// Failed because of the email (a 4xx for it, a broken transfer): try
-	// again later, counting a try.
-	FailedTry
+	// FailedTry: failed because of the email (a 4xx for it, a broken
+	// transfer): try again later, counting a try.
+	FailedTry Result = iota + 1
 	// Unknown: the outcome is unknown (a timeout or broken connection
 	// after the data): send it once more, later, counting it in Unsure.
 	Unknown
@@ -507,22 +532,17 @@ const (
 )
 
 // Finish returns the record after the attempt by delivery d at the email
-// of eventID ended with res; held says whether d still held the email, and
-// changed whether there is anything to store. A delivery that no longer
-// holds it (another took it over, or its own earlier write already
-// finished it) changes nothing, except that an accepted email is always
-// recorded as sent: that is the truth, whoever holds it.
-func (r Record) Finish(eventID string, d Delivery, res Result, messageID string, sentAt time.Time) (next Record, held, changed bool) {
+// of eventID failed or was given up (res); changed says whether there is
+// anything to store. A delivery that no longer holds the email (another
+// took it over, or its own earlier write already finished it) changes
+// nothing. (An attempt the relay accepted is not written: the message's
+// acknowledgement records it; see Delivery.Floor.)
+func (r Record) Finish(eventID string, d Delivery, res Result) (next Record, changed bool) {
 	e, ok := r.Email(eventID)
-	held = ok && e.State == Sending && e.Seq == d.Seq && e.Delivery == d.Num
-	if !ok || (!held && (res != Accepted || e.State == Sent)) {
-		return r, held, false
+	if !ok || e.State != Sending || e.Seq != d.Seq || e.Delivery != d.Num {
+		return r, false
 	}
 	switch res {
-	case Accepted:
-		e.State, e.MessageID, e.SentAt = Sent, messageID, sentAt.UTC()
-		e.IP, e.UserAgent = "", ""
-		r = r.forgetFoldedInto(e.EventID)
 	case FailedTry:
 		e.State = Retry
 		e.Tries++
@@ -534,5 +554,5 @@ func (r Record) Finish(eventID string, d Delivery, res Result, messageID string,
 	case GivenUp:
 		e.State = Failed
 	}
-	return r.with(e), held, true
+	return r.with(e), true
 }

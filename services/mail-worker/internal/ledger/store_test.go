@@ -71,7 +71,7 @@ func TestPutIsCompareAndSet(t *testing.T) {
 	if e, ok := got.Email("e1"); !ok || e.State != Sending || !slices.Equal(got.Devices, []string{"dev-a"}) {
 		t.Errorf("stored record = %+v", got)
 	}
-	next, _, _ := got.Finish("e1", Delivery{Seq: 1, Num: 1}, Accepted, "<e1@x>", at(1))
+	next, _ := got.Finish("e1", Delivery{Seq: 1, Num: 1}, FailedTry)
 	if _, err := s.Put(ctx, key, next, rev); err != nil {
 		t.Fatal(err)
 	}
