@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/textproto"
 
 	"github.com/wneessen/go-mail/smtp"
@@ -16,11 +15,11 @@ import (
 // replies are read afterwards, which saves two round trips per email. The
 // replies are taken in order, whatever they say; the first refusal is the
 // failure (a later one only follows from it).
-func transferPipelined(sc *smtp.Client, data []byte, from, to string) (io.Closer, bool, Stage, *Error) {
+func transferPipelined(sc *smtp.Client, data []byte, from, to string) (bool, Stage, *Error) {
 	w := sc.Text.W
 	fmt.Fprintf(w, "MAIL FROM:%s%s\r\nRCPT TO:%s\r\nDATA\r\n", envelope(from), mailParameters(sc), envelope(to))
 	if err := w.Flush(); err != nil {
-		return nil, false, StageMail, Classify(StageMail, err)
+		return false, StageMail, Classify(StageMail, err)
 	}
 	var failed *Error
 	for _, r := range []struct {
@@ -34,29 +33,24 @@ func transferPipelined(sc *smtp.Client, data []byte, from, to string) (io.Closer
 			// it empty, so that nothing is delivered.
 			_, _ = w.WriteString(".\r\n")
 			if err := w.Flush(); err != nil {
-				return nil, false, failed.Stage, failed
+				return false, failed.Stage, failed
 			}
 			if _, _, err := sc.Text.ReadResponse(250); err != nil && !isReply(err) {
-				return nil, false, failed.Stage, failed
+				return false, failed.Stage, failed
 			}
 		case err == nil:
 		case !isReply(err):
 			// No reply: the connection broke.
-			return nil, false, r.stage, firstOf(failed, Classify(r.stage, err))
+			return false, r.stage, firstOf(failed, Classify(r.stage, err))
 		case failed == nil:
 			failed = Classify(r.stage, err)
 		}
 	}
 	if failed != nil {
 		usable := failed.Code != 421 && sc.Reset() == nil
-		return nil, usable, failed.Stage, failed
+		return usable, failed.Stage, failed
 	}
-	writeData(w, data)
-	// Push the content out before the end-of-data mark (see transfer).
-	if err := w.Flush(); err != nil {
-		return nil, false, StageData, Classify(StageData, err)
-	}
-	return &pipelinedData{text: sc.Text}, true, StageData, nil
+	return writeContent(w, data)
 }
 
 // writeData writes data, whose lines end in CRLF, as the content of DATA
@@ -80,22 +74,6 @@ func writeData(w *bufio.Writer, data []byte) {
 }
 
 var crlf = []byte("\r\n")
-
-// pipelinedData sends the end-of-data mark and reads the final reply.
-type pipelinedData struct {
-	text *textproto.Conn
-}
-
-func (p *pipelinedData) Close() error {
-	if _, err := p.text.W.WriteString(".\r\n"); err != nil {
-		return err
-	}
-	if err := p.text.W.Flush(); err != nil {
-		return err
-	}
-	_, _, err := p.text.ReadResponse(250)
-	return err
-}
 
 // mailParameters are the MAIL FROM parameters go-mail's client would send
 // to this relay.

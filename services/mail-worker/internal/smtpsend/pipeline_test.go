@@ -4,15 +4,18 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/wneessen/go-mail/smtp"
 )
 
 // scriptedRelay is a minimal SMTP server for pipelining tests: it offers
@@ -190,6 +193,87 @@ func TestPipeliningTakesTheFirstRefusal(t *testing.T) {
 			}
 			if got := testutil.ToFloat64(m.connections); got != 1 {
 				t.Errorf("%v connections open, want the one reused", got)
+			}
+		})
+	}
+}
+
+// writeCounter counts the writes on a connection once counting is on.
+type writeCounter struct {
+	net.Conn
+	counting atomic.Bool
+	writes   atomic.Int32
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	if w.counting.Load() {
+		w.writes.Add(1)
+	}
+	return w.Conn.Write(p)
+}
+
+// The content and its end-of-data mark go out in one write, with
+// PIPELINING or without: one write per email fewer, and a failure before
+// that write ends cannot have delivered the email (the mark is its last
+// bytes).
+func TestTheContentAndItsMarkGoOutInOneWrite(t *testing.T) {
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pipelining %v", pipelining), func(t *testing.T) {
+			client, server := net.Pipe()
+			defer client.Close()
+			cw := &writeCounter{Conn: client}
+			got := make(chan string, 1)
+			go func() {
+				defer server.Close()
+				br := bufio.NewReader(server)
+				say := func(s string) { _, _ = server.Write([]byte(s)) }
+				say("220 relay.test ESMTP\r\n")
+				var content strings.Builder
+				inData := false
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					switch cmd := strings.ToUpper(line); {
+					case inData && line == ".\r\n":
+						got <- content.String()
+						say("250 2.0.0 queued\r\n")
+						inData = false
+					case inData:
+						content.WriteString(line)
+					case strings.HasPrefix(cmd, "EHLO") && pipelining:
+						say("250-relay.test\r\n250 PIPELINING\r\n")
+					case strings.HasPrefix(cmd, "EHLO"):
+						say("250 relay.test\r\n")
+					case strings.HasPrefix(cmd, "DATA"):
+						cw.counting.Store(true)
+						say("354 go ahead\r\n")
+						inData = true
+					default:
+						say("250 ok\r\n")
+					}
+				}
+			}()
+			sc, err := smtp.NewClient(cw, "relay.test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sc.Hello("worker.test"); err != nil {
+				t.Fatal(err)
+			}
+			data := []byte("Subject: hi\r\n\r\n.a line that begins with a dot\r\nbye\r\n")
+			if _, _, e := transfer(sc, data, "doorbell@example.com", "ann@example.com"); e != nil {
+				t.Fatal(e)
+			}
+			if _, _, err := sc.Text.ReadResponse(250); err != nil {
+				t.Fatalf("final reply: %v", err)
+			}
+			if n := cw.writes.Load(); n != 1 {
+				t.Errorf("the content and its mark took %d writes, want 1", n)
+			}
+			if c := <-got; c != "Subject: hi\r\n\r\n..a line that begins with a dot\r\nbye\r\n" {
+				t.Errorf("the relay got %q", c)
 			}
 		})
 	}

@@ -1,9 +1,9 @@
 package smtpsend
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
-	"io"
 	"net"
 	"strconv"
 	"time"
@@ -107,30 +107,33 @@ func classifyCut(ctx context.Context, stage Stage, err error) *Error {
 // server accepted the email. healthy says whether c can carry another
 // transaction.
 //
-// Config.Timeout bounds everything up to and including the content, none
-// of which can have delivered the email; when ctx ends meanwhile the
-// session is cut at once. The reply to the final "." gets
-// Config.FinalTimeout and is awaited whatever ctx does: the server may be
-// scanning a message it already stored (RFC 5321 4.5.3.2.6), and giving
-// up on it would send the email twice.
+// Config.Timeout bounds everything up to and including the content and
+// its end-of-data mark; when ctx ends meanwhile the session is cut at once.
+// Until the mark's last byte is written nothing can have been delivered.
+// Once it is, the reply to it gets Config.FinalTimeout and is awaited
+// whatever ctx does: the server may be scanning a message it already
+// stored (RFC 5321 4.5.3.2.6), and giving up on it would send the email
+// twice.
 func (s *Sender) transact(ctx context.Context, c *conn, data []byte, from, to string) (healthy bool, _ *Error) {
 	if err := c.raw.SetDeadline(time.Now().Add(s.cfg.Timeout)); err != nil {
 		return false, Classify(StageMail, err)
 	}
 	cut := context.AfterFunc(ctx, func() { _ = c.raw.SetDeadline(time.Now()) })
-	w, healthy, stage, err := transfer(c.sc, data, from, to)
-	if !cut() || (err != nil && ctx.Err() != nil) {
-		// Stopped before the end-of-data mark: nothing was delivered, and
-		// the session is in an unknown state.
-		return false, Classify(stage, context.Cause(ctx))
-	}
+	healthy, stage, err := transfer(c.sc, data, from, to)
+	cut()
 	if err != nil {
+		if ctx.Err() != nil {
+			// Stopped before the end-of-data mark was out: nothing was
+			// delivered, and the session is in an unknown state.
+			return false, Classify(stage, context.Cause(ctx))
+		}
 		return healthy, err
 	}
+	// The mark is out (a cut that came after it changes nothing).
 	if err := c.raw.SetDeadline(time.Now().Add(s.cfg.FinalTimeout)); err != nil {
 		return false, Classify(StageEndOfData, err)
 	}
-	if err := w.Close(); err != nil {
+	if _, _, err := c.sc.Text.ReadResponse(250); err != nil {
 		e := Classify(StageEndOfData, err)
 		// After a reply the transaction is over and the session usable.
 		return e.Code != 0 && e.Code != 421, e
@@ -138,22 +141,22 @@ func (s *Sender) transact(ctx context.Context, c *conn, data []byte, from, to st
 	return true, nil
 }
 
-// transfer runs a transaction up to, not including, the end-of-data mark:
-// MAIL FROM, RCPT TO, DATA and the content, flushed. It returns a Closer
-// whose Close sends the mark and reads the reply. On failure it
-// returns the stage and whether the session can carry another transaction.
-func transfer(sc *smtp.Client, data []byte, from, to string) (io.Closer, bool, Stage, *Error) {
+// transfer runs a transaction up to the reply to the end-of-data mark:
+// MAIL FROM, RCPT TO, DATA, then the content and the mark in one write. It
+// returns nil once the mark's last byte is written; on failure, the stage
+// and whether the session can carry another transaction.
+func transfer(sc *smtp.Client, data []byte, from, to string) (bool, Stage, *Error) {
 	if ok, _ := sc.Extension("PIPELINING"); ok {
 		return transferPipelined(sc, data, from, to)
 	}
 	// A refused command leaves the session usable after RSET; a broken
 	// connection or a 421 does not.
-	refused := func(stage Stage, err error) (io.Closer, bool, Stage, *Error) {
+	refused := func(stage Stage, err error) (bool, Stage, *Error) {
 		e := Classify(stage, err)
 		if e.Code == 0 || e.Code == 421 {
-			return nil, false, stage, e
+			return false, stage, e
 		}
-		return nil, sc.Reset() == nil, stage, e
+		return sc.Reset() == nil, stage, e
 	}
 	if err := sc.Mail(envelope(from)); err != nil {
 		return refused(StageMail, err)
@@ -161,20 +164,25 @@ func transfer(sc *smtp.Client, data []byte, from, to string) (io.Closer, bool, S
 	if err := sc.Rcpt(envelope(to)); err != nil {
 		return refused(StageRcpt, err)
 	}
-	w, err := sc.Data()
-	if err != nil {
+	if _, err := sc.Text.Cmd("DATA"); err != nil {
+		return false, StageData, Classify(StageData, err)
+	}
+	if _, _, err := sc.Text.ReadResponse(354); err != nil {
 		return refused(StageData, err)
 	}
-	if _, err := w.Write(data); err != nil {
-		return nil, false, StageData, Classify(StageData, err)
+	return writeContent(sc.Text.W, data)
+}
+
+// writeContent writes data and the end-of-data mark, and flushes them in
+// one write when they fit the buffer. A failure leaves the mark, the last
+// bytes, unwritten: the server cannot have accepted the email.
+func writeContent(w *bufio.Writer, data []byte) (bool, Stage, *Error) {
+	writeData(w, data)
+	_, _ = w.WriteString(".\r\n")
+	if err := w.Flush(); err != nil {
+		return false, StageData, Classify(StageData, err)
 	}
-	// Push the content out before the end-of-data mark: a failure up to
-	// here means the server cannot have accepted the email, while one
-	// after the mark leaves it unknown.
-	if err := sc.Text.W.Flush(); err != nil {
-		return nil, false, StageData, Classify(StageData, err)
-	}
-	return w, true, StageData, nil
+	return true, StageData, nil
 }
 
 // quit says QUIT, briefly, and closes sc.
