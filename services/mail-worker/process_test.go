@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -358,6 +359,27 @@ func (s *stack) duplicates(ids []string) int {
 		s.t.Errorf("unexpected email %s (%d)", id, n)
 	}
 	return extra
+}
+
+// The worker runs on one processor unless GOMAXPROCS says otherwise (see
+// oneProcessorUnlessSet), and says so at start.
+func TestProcessRunsOnOneProcessorUnlessGOMAXPROCSIsSet(t *testing.T) {
+	s := newStack(t)
+	for _, tt := range []struct{ set, want string }{{"", "1"}, {"3", "3"}} {
+		env := maps.Clone(s.env)
+		if tt.set != "" {
+			env["GOMAXPROCS"] = tt.set
+		}
+		w := startProc(t, env)
+		eventually(t, "the worker's Go metrics", func() (bool, string) {
+			v := w.metric("go_sched_gomaxprocs_threads")
+			return v == tt.want, fmt.Sprintf("GOMAXPROCS=%q: go_sched_gomaxprocs_threads %q, want %s", tt.set, v, tt.want)
+		})
+		if !strings.Contains(w.logs.String(), "gomaxprocs="+tt.want) {
+			t.Errorf("GOMAXPROCS=%q: the start line does not say gomaxprocs=%s:\n%s", tt.set, tt.want, w.logs.String())
+		}
+		w.kill()
+	}
 }
 
 func TestProcessSMTPOutageThenBack(t *testing.T) {

@@ -428,20 +428,29 @@ func newDelivery(msg jetstream.Msg) delivery {
 // bookkeeping (NATS coming back) takes.
 func keepInProgress(msg jetstream.Msg, every time.Duration) (stop func()) {
 	every = max(every, 100*time.Millisecond)
-	done := make(chan struct{})
-	go func() {
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-				_ = msg.InProgress()
-			}
+	// A timer rather than a goroutine: most messages are done long before
+	// the first report is due.
+	var (
+		mu      sync.Mutex
+		stopped bool
+		t       *time.Timer
+	)
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(every, func() {
+		_ = msg.InProgress()
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			t.Reset(every)
 		}
-	}()
-	return func() { close(done) }
+	})
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
+	}
 }
 
 // ackFloor is the consumer's ack floor (see AckFloor), 0 when it cannot be
