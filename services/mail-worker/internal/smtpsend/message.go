@@ -73,16 +73,70 @@ func compose(from *netmail.Address, domain string, m Message, date time.Time) ([
 		header(&b, "Content-Type", p.typ+"; charset=UTF-8")
 		header(&b, "Content-Transfer-Encoding", "quoted-printable")
 		b.WriteString("\r\n")
-		qp := quotedprintable.NewWriter(&b)
-		if _, err := qp.Write([]byte(p.body)); err != nil {
-			return nil, "", fmt.Errorf("encode %s: %w", p.typ, err)
-		}
-		if err := qp.Close(); err != nil {
+		if err := writeQuotedPrintable(&b, p.body); err != nil {
 			return nil, "", fmt.Errorf("encode %s: %w", p.typ, err)
 		}
 	}
 	b.WriteString("\r\n--" + boundary + "--\r\n")
 	return b.Bytes(), messageID, nil
+}
+
+// writeQuotedPrintable writes body quoted-printable, exactly as
+// mime/quotedprintable's Writer would, but copies the lines that need no
+// encoding (most lines of most emails) as they are instead of byte by
+// byte.
+func writeQuotedPrintable(b *bytes.Buffer, body string) error {
+	qp := quotedprintable.NewWriter(b)
+	if strings.Count(body, "\r") != strings.Count(body, "\r\n") {
+		// A lone CR: the encoder's handling of it spans lines.
+		if _, err := qp.Write([]byte(body)); err != nil {
+			return err
+		}
+		body = ""
+	}
+	for len(body) > 0 {
+		line, rest, found := strings.Cut(body, "\n")
+		text := strings.TrimSuffix(line, "\r")
+		if !plainQP(text) {
+			end := len(line)
+			if found {
+				end++
+			}
+			if _, err := qp.Write([]byte(body[:end])); err != nil {
+				return err
+			}
+			body = body[end:]
+			continue
+		}
+		b.WriteString(text)
+		if found || len(text) < len(line) {
+			b.WriteString("\r\n")
+		}
+		body = rest
+	}
+	return qp.Close()
+}
+
+// plainQP reports whether quoted-printable leaves line (without its line
+// break) as it is: printable ASCII but "=", spaces and tabs only inside,
+// and short enough to need no soft line break.
+func plainQP(line string) bool {
+	if len(line) > 75 {
+		return false
+	}
+	for i := 0; i < len(line); i++ {
+		switch c := line[i]; {
+		case c == '=':
+			return false
+		case c == ' ' || c == '\t':
+			if i == len(line)-1 {
+				return false
+			}
+		case c < '!' || c > '~':
+			return false
+		}
+	}
+	return true
 }
 
 // boundaryFor is the MIME boundary of the email for an event: the same on

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"mime"
 	"mime/multipart"
+	"mime/quotedprintable"
 	"net/mail"
 	"os"
 	"path/filepath"
@@ -848,5 +850,38 @@ func TestEnvelopeAddressesAreInAngleBrackets(t *testing.T) {
 	}
 	if !strings.HasPrefix(rcpt[0], "RCPT TO:<ann@example.com>") {
 		t.Errorf("%q, want RCPT TO:<ann@example.com>", rcpt[0])
+	}
+}
+
+// writeQuotedPrintable's output is mime/quotedprintable's, byte for byte,
+// whatever the text: line breaks of every kind, "=", spaces at the ends of
+// lines, long lines, lines just short of a soft break, non-ASCII.
+func TestQuotedPrintableIsTheStandardEncoding(t *testing.T) {
+	standard := func(s string) string {
+		var b bytes.Buffer
+		qp := quotedprintable.NewWriter(&b)
+		_, _ = qp.Write([]byte(s))
+		_ = qp.Close()
+		return b.String()
+	}
+	pieces := []string{"a", "word", " ", "\t", "=", "\r", "\n", "\r\n", "é", "한", ".", "<p>",
+		strings.Repeat("x", 74), strings.Repeat("y", 75), strings.Repeat("z", 76), strings.Repeat("w ", 40)}
+	rng := rand.New(rand.NewPCG(1, 2))
+	inputs := []string{"", "plain", "trailing space \nnext", "ends with a space ", "lone\rcr", "a\n\rb", "a\r\r\nb"}
+	for range 20000 {
+		var b strings.Builder
+		for range rng.IntN(12) {
+			b.WriteString(pieces[rng.IntN(len(pieces))])
+		}
+		inputs = append(inputs, b.String())
+	}
+	for _, in := range inputs {
+		var b bytes.Buffer
+		if err := writeQuotedPrintable(&b, in); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := b.String(), standard(in); got != want {
+			t.Fatalf("writeQuotedPrintable(%q)\n = %q\nwant %q", in, got, want)
+		}
 	}
 }
