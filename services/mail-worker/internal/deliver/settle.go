@@ -269,12 +269,20 @@ func (h *Handler) writeRecord(ctx context.Context, key string, rec ledger.Record
 // gives up at once when the NATS connection is closed (the end of a
 // shutdown).
 func persist(ctx context.Context, op func(context.Context) error) error {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.MaxInterval = 100*time.Millisecond, 5*time.Second
-	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+	try := func() error {
 		octx, cancel := context.WithTimeout(ctx, opTimeout)
 		defer cancel()
-		err := op(octx)
+		return op(octx)
+	}
+	// The first try needs no backoff: almost every one succeeds.
+	err := try()
+	if err == nil || errors.Is(err, nats.ErrConnectionClosed) {
+		return err
+	}
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval = 100*time.Millisecond, 5*time.Second
+	_, err = backoff.Retry(ctx, func() (struct{}, error) {
+		err := try()
 		if errors.Is(err, nats.ErrConnectionClosed) {
 			return struct{}{}, backoff.Permanent(err)
 		}

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	texttemplate "text/template"
 	"time"
 	"unicode"
@@ -292,14 +293,15 @@ func (r *Renderer) Render(kind string, d Data) (Email, error) {
 		return Email{}, fmt.Errorf("%w: %q", ErrUnknownKind, kind)
 	}
 	v := r.view(lang, set.p, d)
-	var subject, text, html bytes.Buffer
-	if err := tt.ExecuteTemplate(&subject, "subject", v); err != nil {
+	subject, text, html := buffers.Get().(*bytes.Buffer), buffers.Get().(*bytes.Buffer), buffers.Get().(*bytes.Buffer)
+	defer putBuffers(subject, text, html)
+	if err := tt.ExecuteTemplate(subject, "subject", v); err != nil {
 		return Email{}, fmt.Errorf("render %s %s subject: %w", lang, kind, err)
 	}
-	if err := tt.Execute(&text, v); err != nil {
+	if err := tt.Execute(text, v); err != nil {
 		return Email{}, fmt.Errorf("render %s %s text: %w", lang, kind, err)
 	}
-	if err := set.html[kind].Execute(&html, v); err != nil {
+	if err := set.html[kind].Execute(html, v); err != nil {
 		return Email{}, fmt.Errorf("render %s %s html: %w", lang, kind, err)
 	}
 	return Email{
@@ -308,6 +310,24 @@ func (r *Renderer) Render(kind string, d Data) (Email, error) {
 		HTML:    html.String(),
 		Lang:    lang.String(),
 	}, nil
+}
+
+// buffers holds the buffers that Render writes into and copies out of, so
+// that an email does not grow three buffers from nothing (a third of the
+// worker's garbage per email).
+var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooled bounds the buffers kept for the next email: an email far
+// larger than usual does not pin its memory.
+const maxPooled = 64 << 10
+
+func putBuffers(bs ...*bytes.Buffer) {
+	for _, b := range bs {
+		if b.Cap() <= maxPooled {
+			b.Reset()
+			buffers.Put(b)
+		}
+	}
 }
 
 // view builds what the templates see.
