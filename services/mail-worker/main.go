@@ -489,7 +489,7 @@ func consumeUntilDone(ctx context.Context, js jetstream.JetStream, cfg config.Co
 	if err := deadletter.Ensure(ctx, js, cfg.NATSReplicas, log); err != nil {
 		return stopped(err)
 	}
-	h.People, h.InStream, h.AckFloor = people, deliver.StreamHas(stream), deliver.NewAckFloor(cons)
+	h.People, h.InStream, h.Acks = people, deliver.StreamHas(stream), deliver.ConsumerAcks(cons)
 	h.DeadLetters = deadletter.NewPublisher(js, cfg.NATSReplicas, log)
 	ready.Store(&cons)
 	return consume.Run(ctx, cons, h.Handle, h.Gate, ccfg, log)

@@ -334,7 +334,7 @@ func (s *stack) markedSent(n int) map[string]bool {
 		if err := json.Unmarshal(entry.Value(), &rec); err != nil {
 			s.t.Fatal(err)
 		}
-		if e, ok := rec.Acked(info.AckFloor.Stream).Email(ev.GetEventId()); ok && e.State == ledger.Sent {
+		if e, ok := rec.Acked(ledger.Acks{Consumer: info.Created, Floor: info.AckFloor.Stream}).Email(ev.GetEventId()); ok && e.State == ledger.Sent {
 			marked["<"+ev.GetEventId()+"@example.com>"] = true
 		}
 	}
@@ -474,6 +474,11 @@ func TestProcessKilledMidStreamAndRestarted(t *testing.T) {
 	ids := s.publishPeople(0, 200)
 	s.smtp.WaitForMessageIDs(t, 50, waitLong)
 	w.kill()
+	// What the dead worker had written is still read from its sockets: the
+	// relay has all it will get from it once those sessions end.
+	eventually(t, "the dead worker's SMTP sessions end", func() (bool, string) {
+		return s.smtp.Active() == 0, fmt.Sprintf("%d sessions", s.smtp.Active())
+	})
 	storedAtKill := s.smtp.CountByMessageID()
 	markedAtKill := s.markedSent(200)
 

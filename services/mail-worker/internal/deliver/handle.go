@@ -64,11 +64,11 @@ type DeadLetters interface {
 // AUTH_EVENTS. StreamHas makes one.
 type InStream func(ctx context.Context, seq uint64) (bool, error)
 
-// AckFloor reports the consumer's ack floor: the stream sequence at or
-// below which every message is acknowledged or terminated. fresh asks
-// JetStream now; otherwise a figure a few seconds old will do. NewAckFloor
-// makes one.
-type AckFloor func(ctx context.Context, fresh bool) (uint64, error)
+// Acks reports what JetStream says of the consumer's messages: the
+// consumer's creation time and ack floor (see ledger.Acks). fresh asks
+// JetStream now; otherwise a figure a few seconds old will do.
+// ConsumerAcks makes one.
+type Acks func(ctx context.Context, fresh bool) (ledger.Acks, error)
 
 // Retry is the policy for failed attempts.
 type Retry struct {
@@ -94,7 +94,7 @@ type Handler struct {
 	Renderer    Renderer
 	People      People
 	InStream    InStream
-	AckFloor    AckFloor
+	Acks        Acks
 	DeadLetters DeadLetters
 	Gate        *relay.Gate
 	Metrics     *Metrics
@@ -221,7 +221,11 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 	s := ledger.SignIn{EventID: ev.GetEventId(), At: signInTime(ev, d), DeviceID: ev.GetClient().GetDeviceId(),
 		IP: ev.GetClient().GetIp(), UserAgent: ev.GetClient().GetUserAgent()}
 	d.Now = h.now()
-	d.Floor = h.ackFloor(ctx, false)
+	acks, err := h.acks(ctx, false)
+	if err != nil {
+		return claimed{}, h.retryLater(d, outcome{result: logRetry, reason: "cannot read the consumer's state", err: err}), false
+	}
+	d.Acks = acks
 	guess := true
 	for range maxConflicts {
 		rec, rev, err := h.record(ctx, key, guess)
@@ -233,15 +237,14 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 			guess = false
 			continue
 		}
-		if plan.Step == ledger.WaitOther {
-			// The other message may be acknowledged since the floor was
-			// last asked: then the email is sent.
-			if f := h.ackFloor(ctx, true); f > d.Floor {
-				d.Floor = f
-				plan = ledger.Claim(rec, s, d.Delivery, h.Policy)
+		if plan.Step == ledger.Elsewhere && h.otherGone(ctx, plan.Email.Seq) {
+			// That message left the stream: the email is sent if it was
+			// acknowledged, else this one takes it over.
+			acks, err := h.acks(ctx, true)
+			if err != nil {
+				return claimed{}, h.retryLater(d, outcome{kind: plan.Kind, result: logRetry, reason: "cannot read the consumer's state", err: err}), false
 			}
-		}
-		if plan.Step == ledger.WaitOther && h.otherGone(ctx, plan.Email.Seq) {
+			d.Acks = acks
 			plan = ledger.TakeOver(rec, plan.Email, d.Delivery)
 		}
 		var (
@@ -288,9 +291,11 @@ func (h *Handler) settleWithoutSending(ctx context.Context, d delivery, key stri
 	case ledger.Wait:
 		o.result, o.reason = logWaiting, "another delivery of this message may still be sending it"
 		return h.handBack(d, o, h.AckWait, causeBusy), false
-	case ledger.WaitOther:
-		o.result, o.reason = logWaiting, "another message with this event is being sent"
-		return h.handBack(d, o, Backoff(h.Retry.BackoffBase, h.AckWait, d.Num, h.jitter()), causeBusy), false
+	case ledger.Elsewhere:
+		h.Metrics.emails.WithLabelValues(string(plan.Kind), ResultDuplicate).Inc()
+		trace.SpanFromContext(ctx).SetAttributes(attrDuplicate.Bool(true))
+		o.result, o.reason = logDuplicate, "another message with this event holds the email and finishes it"
+		return h.ack(ctx, d, o), false
 	case ledger.Told:
 		o.result, o.reason = logFolded, "told of in the alert of "+plan.Email.FoldedInto
 		return h.ack(ctx, d, o), false
@@ -453,16 +458,11 @@ func keepInProgress(msg jetstream.Msg, every time.Duration) (stop func()) {
 	}
 }
 
-// ackFloor is the consumer's ack floor (see AckFloor), 0 when it cannot be
-// told: no claim then reads as sent.
-func (h *Handler) ackFloor(ctx context.Context, fresh bool) uint64 {
+// acks is Handler.Acks, bounded by opTimeout.
+func (h *Handler) acks(ctx context.Context, fresh bool) (ledger.Acks, error) {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	f, err := h.AckFloor(ctx, fresh)
-	if err != nil {
-		return 0
-	}
-	return f
+	return h.Acks(ctx, fresh)
 }
 
 // otherGone reports whether the message at seq has left the stream, so
@@ -485,40 +485,49 @@ func StreamHas(stream jetstream.Stream) InStream {
 	}
 }
 
-// NewAckFloor returns an AckFloor over cons. A figure that is not fresh
-// is at most floorMaxAge old: one caller at a time asks JetStream again,
-// the others take the figure in hand meanwhile.
-func NewAckFloor(cons jetstream.Consumer) AckFloor {
+// ConsumerAcks returns the Acks of cons. A figure that need not be fresh
+// is at most acksMaxAge old: one caller at a time asks JetStream again,
+// the others take the figure in hand meanwhile, and keep it while
+// JetStream does not answer. Only the first ask, and a fresh one, can
+// fail.
+func ConsumerAcks(cons jetstream.Consumer) Acks {
 	var (
 		mu      sync.Mutex
-		floor   uint64
+		known   ledger.Acks
 		asked   time.Time
 		refresh atomic.Bool
 	)
-	return func(ctx context.Context, fresh bool) (uint64, error) {
+	return func(ctx context.Context, fresh bool) (ledger.Acks, error) {
 		mu.Lock()
-		f, at := floor, asked
+		a, at := known, asked
 		mu.Unlock()
-		if !fresh && (time.Since(at) < floorMaxAge || !refresh.CompareAndSwap(false, true)) {
-			return f, nil
-		}
-		if !fresh {
+		stale := !fresh && !at.IsZero()
+		if stale {
+			if time.Since(at) < acksMaxAge || !refresh.CompareAndSwap(false, true) {
+				return a, nil
+			}
 			defer refresh.Store(false)
 		}
 		info, err := cons.Info(ctx)
 		if err != nil {
-			return f, err
+			if stale {
+				return a, nil
+			}
+			return ledger.Acks{}, fmt.Errorf("consumer info: %w", err)
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		floor, asked = max(floor, info.AckFloor.Stream), time.Now()
-		return floor, nil
+		if !info.Created.Equal(known.Consumer) {
+			known = ledger.Acks{Consumer: info.Created} // made anew: its floor starts over
+		}
+		known.Floor, asked = max(known.Floor, info.AckFloor.Stream), time.Now()
+		return known, nil
 	}
 }
 
-// floorMaxAge is how old an ack floor that need not be fresh may be: it
-// only lets a record forget sent emails sooner.
-const floorMaxAge = 5 * time.Second
+// acksMaxAge is how old Acks that need not be fresh may be: they only let
+// a record forget sent emails sooner.
+const acksMaxAge = 5 * time.Second
 
 // signInTime is the event's authenticated_at, or when JetStream stored it
 // for an event without one.

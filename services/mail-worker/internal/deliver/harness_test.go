@@ -144,7 +144,7 @@ func newHarness(t testing.TB, opts harnessOptions) *harness {
 		t.Fatal(err)
 	}
 	h := &Handler{
-		Sender: sender, Renderer: renderer, People: people, InStream: StreamHas(stream), AckFloor: NewAckFloor(cons),
+		Sender: sender, Renderer: renderer, People: people, InStream: StreamHas(stream), Acks: ConsumerAcks(cons),
 		DeadLetters: deadletter.NewPublisher(js, 1, log), Gate: gate,
 		Metrics: metrics, Log: log, AckWait: opts.ackWait, Policy: ledger.Policy{AlertWindow: opts.alertWindow},
 		Retry:     Retry{BackoffBase: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond, Horizon: opts.horizon},
@@ -317,8 +317,7 @@ func (h *harness) deadLetters() []deadletter.Entry {
 	return entries
 }
 
-// record reads the person's record of ev.
-// record is the person's record as a worker reads it now: emails whose
+// record is the person's record of ev as a worker reads it now: emails whose
 // message JetStream has acknowledged are sent.
 func (h *harness) record(ev *eventsv1.UserAuthenticated) *ledger.Record {
 	h.t.Helper()
@@ -328,11 +327,11 @@ func (h *harness) record(ev *eventsv1.UserAuthenticated) *ledger.Record {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	floor, err := h.handler.AckFloor(ctx, true)
+	acks, err := h.handler.Acks(ctx, true)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	return r.Acked(floor)
+	return r.Acked(acks)
 }
 
 func (h *harness) wantCounter(name string, c prometheus.Collector, want float64) {

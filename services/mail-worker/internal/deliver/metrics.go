@@ -60,7 +60,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 		emails: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "emails_total",
-			Help: "Emails by kind (welcome, new_device) and result: sent, duplicate (already sent, suppressed), failed (given up) " +
+			Help: "Emails by kind (welcome, new_device) and result: sent, duplicate (already sent, or held by another message with the same event; suppressed), failed (given up) " +
 				"or folded (a new-device sign-in told of in another alert: one alert per person per MAIL_ALERT_WINDOW).",
 		}, []string{"kind", "result"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -33,7 +33,7 @@ const (
 // settle settles the message after the send: acknowledged once the relay
 // accepted the email (the acknowledgement is the record of it: the claim
 // of a message JetStream has acknowledged reads as sent, see
-// ledger.Delivery.Floor); dead-lettered when the relay refused it for good
+// ledger.Acks); dead-lettered when the relay refused it for good
 // or the event is past the retry horizon; otherwise the failure is
 // recorded and the message handed back, with a delay that grows only with
 // the email's own failures.

@@ -7,7 +7,7 @@
 // that keeps two handlers from sending the same email, and the state that
 // decides what the next sign-in deserves. A send the relay accepted is
 // not written: the message's acknowledgement records it, and a claim whose
-// message JetStream has acknowledged reads as sent (Delivery.Floor).
+// message JetStream has acknowledged reads as sent (Acks).
 //
 // The rules (Decide, Claim, Record.Finish) are pure: no I/O and no clock.
 // Time comes from the sign-ins themselves (authenticated_at) and
@@ -69,7 +69,7 @@ const (
 	// is sending it, or died doing so, or sent it: the relay's acceptance
 	// is recorded by acknowledging the message, not in the record. Once
 	// the message is at or below the consumer's ack floor, the email is
-	// Sent (see Delivery.Floor).
+	// Sent (see Acks).
 	Sending State = "sending"
 	// Retry: an attempt failed; the next delivery sends it again.
 	Retry State = "retry"
@@ -125,8 +125,13 @@ type Email struct {
 	Unsure int `json:"unsure,omitempty"`
 	// Abandoned counts deliveries that died while they held the email.
 	Abandoned int `json:"abandoned,omitempty"`
+	// Consumer names the consumer that delivered the claiming message
+	// (its creation time, set by JetStream; see Acks). Zero in claims of
+	// earlier versions.
+	Consumer time.Time `json:"consumer,omitzero"`
 	// IP and UserAgent describe a Held or Folded sign-in until the alert
-	// that tells of it is sent, then they are forgotten.
+	// that tells of it is sent, then they are forgotten (at the person's
+	// next record write that finds the alert's message acknowledged).
 	IP        string `json:"ip,omitempty"`
 	UserAgent string `json:"user_agent,omitempty"`
 	// FoldedInto is the event whose alert tells of this one (Folded).
@@ -149,15 +154,23 @@ type Delivery struct {
 	Seq uint64
 	Num uint64
 	Now time.Time
-	// Floor is the consumer's ack floor as last seen (0: unknown): every
-	// message at or below it is acknowledged or terminated. A message
-	// whose email is still Sending in the record was acknowledged after
-	// the relay accepted the email (a give-up writes Failed first), so
-	// such an email is Sent.
-	Floor uint64
+	// Acks is what JetStream says of the messages before this one.
+	Acks Acks
 	// Redrive: the message is a dead letter an operator sent again (dlq
 	// redrive), the one thing that starts a given-up email afresh.
 	Redrive bool
+}
+
+// Acks is what JetStream says of the messages that claimed emails: which
+// consumer delivers them now (its creation time, which JetStream sets and
+// which changes only when the consumer is made anew) and its ack floor,
+// at or below which every message is acknowledged or terminated. A
+// message whose email is still Sending in the record was acknowledged
+// after the relay accepted the email (a give-up writes Failed before it
+// terminates), so such an email is Sent (Record.Acked).
+type Acks struct {
+	Consumer time.Time
+	Floor    uint64
 }
 
 // Policy shapes the decisions.
@@ -315,10 +328,13 @@ const (
 	// Wait: another delivery of the same message holds the email and may
 	// still be at work; hand the message back for one AckWait.
 	Wait
-	// WaitOther: another message carrying the same event (Plan.Email.Seq)
-	// holds it. Hand this one back, unless that message is gone from the
-	// stream: then TakeOver.
-	WaitOther
+	// Elsewhere: another message carrying the same event (Plan.Email.Seq)
+	// holds the email, and finishes it: that message stays in the stream
+	// until the email is sent, to be retried, or given up. Acknowledge this
+	// one, unless that message is gone from the stream: then TakeOver.
+	// (This one cannot wait for the other's acknowledgement: the ack floor
+	// passes neither while the one below waits.)
+	Elsewhere
 	// Terminate: the email was given up and dead-lettered, by this very
 	// message (whose termination got lost) or by another copy of the
 	// event; terminate this one. Only a redrive sends it again.
@@ -379,7 +395,7 @@ func (p Plan) Stores() bool {
 //
 // New-device alerts follow p: one per person per window (see Policy).
 func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
-	rec = rec.Acked(d.Floor)
+	rec = rec.Acked(d.Acks)
 	e, ok := rec.Email(s.EventID)
 	if !ok {
 		kind := Decide(rec, s)
@@ -422,7 +438,7 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 	// Sending.
 	switch {
 	case e.Seq != d.Seq:
-		return Plan{Step: WaitOther, Kind: e.Kind, Email: e}
+		return Plan{Step: Elsewhere, Kind: e.Kind, Email: e}
 	case e.Delivery == d.Num:
 		return send(*rec, e, d) // our own claim, written by a retried write
 	case d.Num <= e.Delivery+1:
@@ -434,8 +450,12 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 // TakeOver claims an email whose holder is gone, counting it abandoned;
 // after MaxAbandoned the plan is Poison.
 func TakeOver(rec *Record, e Email, d Delivery) Plan {
+	rec = rec.Acked(d.Acks)
+	if cur, ok := rec.Email(e.EventID); ok && cur.State == Sent {
+		return Plan{Step: Duplicate, Kind: cur.Kind, Email: cur}
+	}
 	e.Abandoned++
-	return claim(*rec.Acked(d.Floor), e, d)
+	return claim(*rec, e, d)
 }
 
 // claim claims e for delivery d, to send it, or to give it up without
@@ -455,7 +475,7 @@ func claim(rec Record, e Email, d Delivery) Plan {
 // send claims e for delivery d. A new-device alert also takes in every
 // held sign-in of the person, and starts a new alert window.
 func send(rec Record, e Email, d Delivery) Plan {
-	e.State, e.Seq, e.Delivery = Sending, d.Seq, d.Num
+	e.State, e.Seq, e.Delivery, e.Consumer = Sending, d.Seq, d.Num, d.Acks.Consumer.UTC()
 	next := rec.with(e)
 	plan := Plan{Step: Send, Kind: e.Kind, Email: e}
 	if e.Kind == NewDevice {
@@ -485,16 +505,31 @@ func equalSeen(a, b Record) bool {
 	return a.LastSeen.Equal(b.LastSeen) && a.FirstSeen.Equal(b.FirstSeen) && slices.Equal(a.Devices, b.Devices)
 }
 
-// Acked returns r with every email Sending by a message at or below floor
+// Acked returns r with every email Sending by an acknowledged message
 // marked Sent, and the details of its sign-in and of those its alert told
-// of forgotten; r itself when there is none.
-func (r *Record) Acked(floor uint64) *Record {
-	if r == nil || !slices.ContainsFunc(r.Emails, func(e Email) bool { return e.State == Sending && e.Seq <= floor }) {
+// of forgotten; r itself when there is none. A message is acknowledged
+// when it is at or below a's floor, or when another consumer than a's
+// delivered it: the consumer was deleted and made anew, and with it went
+// what it knew; every message it acknowledged is delivered again, and
+// counting its claims as sent sends none of them twice. (An email whose
+// worker died while sending it just before the consumer was deleted is
+// then counted as sent too.)
+func (r *Record) Acked(a Acks) *Record {
+	acked := func(e Email) bool {
+		if e.State != Sending {
+			return false
+		}
+		if !e.Consumer.IsZero() && !a.Consumer.IsZero() && !e.Consumer.Equal(a.Consumer) {
+			return true
+		}
+		return e.Seq <= a.Floor
+	}
+	if r == nil || !slices.ContainsFunc(r.Emails, acked) {
 		return r
 	}
 	next := r.clone()
 	for i, e := range next.Emails {
-		if e.State == Sending && e.Seq <= floor {
+		if acked(e) {
 			next.Emails[i].State, next.Emails[i].IP, next.Emails[i].UserAgent = Sent, "", ""
 			next = next.forgetFoldedInto(e.EventID)
 		}
@@ -536,7 +571,7 @@ const (
 // anything to store. A delivery that no longer holds the email (another
 // took it over, or its own earlier write already finished it) changes
 // nothing. (An attempt the relay accepted is not written: the message's
-// acknowledgement records it; see Delivery.Floor.)
+// acknowledgement records it; see Acks.)
 func (r Record) Finish(eventID string, d Delivery, res Result) (next Record, changed bool) {
 	e, ok := r.Email(eventID)
 	if !ok || e.State != Sending || e.Seq != d.Seq || e.Delivery != d.Num {

@@ -124,7 +124,7 @@ func TestClaim(t *testing.T) {
 		{"the holder's own claim holds", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(1, 3), Send, Welcome, 0},
 		{"the next delivery waits one AckWait for the holder", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(1, 4), Wait, Welcome, 0},
 		{"the one after takes over", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(1, 5), Send, Welcome, 1},
-		{"another message with the same event waits", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(8, 1), WaitOther, Welcome, 0},
+		{"another message with the same event holds it", withEmail(email(Sending, 1, 3)), signIn("e1", 0, "dev-a"), d(8, 1), Elsewhere, Welcome, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -212,10 +212,10 @@ func TestAClaimWhoseMessageIsAcknowledgedIsSent(t *testing.T) {
 	told := Email{EventID: "e1", Kind: NewDevice, At: at(1), State: Folded, FoldedInto: "e2", IP: "192.0.2.1", UserAgent: "UA"}
 	rec := Record{FirstSeen: at(0), LastSeen: at(2), Devices: []string{"a", "b"}}.with(told).with(alert)
 
-	if got := rec.Acked(4); got != &rec {
+	if got := rec.Acked(Acks{Floor: 4}); got != &rec {
 		t.Errorf("below the claim's message the record changed: %+v", got.Emails)
 	}
-	got := rec.Acked(5)
+	got := rec.Acked(Acks{Floor: 5})
 	if e, _ := got.Email("e2"); e.State != Sent {
 		t.Errorf("at the floor the alert is %s, want sent", e.State)
 	}
@@ -225,7 +225,7 @@ func TestAClaimWhoseMessageIsAcknowledgedIsSent(t *testing.T) {
 	if e, _ := rec.Email("e2"); e.State != Sending {
 		t.Errorf("Acked changed the record it was given: %+v", e)
 	}
-	if (*Record)(nil).Acked(9) != nil {
+	if (*Record)(nil).Acked(Acks{Floor: 9}) != nil {
 		t.Error("no record became one")
 	}
 
@@ -235,14 +235,50 @@ func TestAClaimWhoseMessageIsAcknowledgedIsSent(t *testing.T) {
 		d    Delivery
 		want Step
 	}{
-		{"a copy, its message not yet acknowledged", Delivery{Seq: 9, Num: 1, Floor: 4}, WaitOther},
-		{"a copy, its message acknowledged", Delivery{Seq: 9, Num: 1, Floor: 7}, Duplicate},
-		{"a redelivery its holder acknowledged meanwhile", Delivery{Seq: 5, Num: 3, Floor: 5}, Duplicate},
-		{"a redelivery, the holder gone", Delivery{Seq: 5, Num: 3, Floor: 4}, Send},
+		{"a copy, its message not yet acknowledged", Delivery{Seq: 9, Num: 1, Acks: Acks{Floor: 4}}, Elsewhere},
+		{"a copy, its message acknowledged", Delivery{Seq: 9, Num: 1, Acks: Acks{Floor: 7}}, Duplicate},
+		{"a redelivery its holder acknowledged meanwhile", Delivery{Seq: 5, Num: 3, Acks: Acks{Floor: 5}}, Duplicate},
+		{"a redelivery, the holder gone", Delivery{Seq: 5, Num: 3, Acks: Acks{Floor: 4}}, Send},
 	} {
 		if p := Claim(&rec, copyOf, tt.d, Policy{}); p.Step != tt.want {
 			t.Errorf("%s: step %d, want %d", tt.name, p.Step, tt.want)
 		}
+	}
+	// A copy whose other message left the stream is taken over, unless
+	// that message was acknowledged.
+	if p := TakeOver(&rec, alert, Delivery{Seq: 9, Num: 1, Acks: Acks{Floor: 7}}); p.Step != Duplicate {
+		t.Errorf("taking over an acknowledged claim: step %d, want Duplicate", p.Step)
+	}
+	if p := TakeOver(&rec, alert, Delivery{Seq: 9, Num: 1, Acks: Acks{Floor: 4}}); p.Step != Send || p.Email.Abandoned != 1 {
+		t.Errorf("taking over an unacknowledged claim: step %d, %+v; want Send, one abandoned", p.Step, p.Email)
+	}
+}
+
+// A consumer made anew (deleted, then created again by the worker) starts
+// with an ack floor of 0 and delivers every message in the stream again,
+// with delivery counts from 1: the claims the old one delivered are sent,
+// not claims of these deliveries.
+func TestClaimsOfAConsumerMadeAnewAreSent(t *testing.T) {
+	first, again := Acks{Consumer: at(0), Floor: 4}, Acks{Consumer: at(60), Floor: 0}
+	s := SignIn{EventID: "e1", At: at(1), DeviceID: "a"}
+	p := Claim(nil, s, Delivery{Seq: 5, Num: 1, Acks: first}, Policy{})
+	if p.Step != Send || !p.Email.Consumer.Equal(at(0)) {
+		t.Fatalf("first claim: %+v", p)
+	}
+	rec := p.Record
+	if p := Claim(&rec, s, Delivery{Seq: 5, Num: 1, Acks: again}, Policy{}); p.Step != Duplicate {
+		t.Errorf("the same message from the new consumer: step %d, want Duplicate", p.Step)
+	}
+	if p := Claim(&rec, s, Delivery{Seq: 5, Num: 1, Acks: first}, Policy{}); p.Step != Send {
+		t.Errorf("the claim's own delivery, written again: step %d, want Send", p.Step)
+	}
+	// Claims written before the consumer was named follow the floor.
+	legacy := Record{FirstSeen: at(0), Devices: []string{"a"}}.with(Email{EventID: "e1", Kind: Welcome, At: at(1), State: Sending, Seq: 5, Delivery: 1})
+	if p := Claim(&legacy, s, Delivery{Seq: 5, Num: 1, Acks: again}, Policy{}); p.Step != Send {
+		t.Errorf("an unnamed claim above the floor: step %d, want Send", p.Step)
+	}
+	if p := Claim(&legacy, s, Delivery{Seq: 5, Num: 2, Acks: Acks{Consumer: at(0), Floor: 5}}, Policy{}); p.Step != Duplicate {
+		t.Errorf("an unnamed claim at the floor: step %d, want Duplicate", p.Step)
 	}
 }
 
@@ -307,7 +343,7 @@ func BenchmarkClaim(b *testing.B) {
 	s := SignIn{EventID: "0190c4b2-0009-7abc-8def-0123456789ab", At: at(10), DeviceID: "dev-new"}
 	b.ReportAllocs()
 	for b.Loop() {
-		if p := Claim(&rec, s, Delivery{Seq: 9, Num: 1, Floor: 8}, Policy{}); p.Step != Send {
+		if p := Claim(&rec, s, Delivery{Seq: 9, Num: 1, Acks: Acks{Floor: 8}}, Policy{}); p.Step != Send {
 			b.Fatal("not claimed")
 		}
 	}
@@ -347,7 +383,7 @@ func TestNewDeviceAlertsInsideTheWindowAreFolded(t *testing.T) {
 	if plan.Step != Send || plan.Kind != NewDevice || len(plan.Folded) != 0 || !plan.Record.LastAlert.Equal(at(0)) {
 		t.Fatalf("first alert: %+v", plan)
 	}
-	rec = *plan.Record.Acked(1)
+	rec = *plan.Record.Acked(Acks{Floor: 1})
 
 	// Two more inside the window: held until it ends, details kept.
 	for i, id := range []string{"e2", "e3"} {
@@ -382,7 +418,7 @@ func TestNewDeviceAlertsInsideTheWindowAreFolded(t *testing.T) {
 		t.Errorf("e3 after the follow-up: step %d, want Told", plan.Step)
 	}
 	// Sent, the details are forgotten.
-	rec = *rec.Acked(1)
+	rec = *rec.Acked(Acks{Floor: 1})
 	for _, id := range []string{"e2", "e3"} {
 		if e, _ := rec.Email(id); e.IP != "" || e.UserAgent != "" {
 			t.Errorf("%s keeps its details after the alert was sent: %+v", id, e)
@@ -429,7 +465,7 @@ func TestFoldedSignInsStayUntilTheirAlertIsSent(t *testing.T) {
 	now := func(minute int) Delivery { return Delivery{Seq: 1, Num: 1, Now: at(minute)} }
 	rec := Record{FirstSeen: at(-60), LastSeen: at(-60), Devices: []string{"home"}}
 	plan := Claim(&rec, signIn("e0", 0, "a"), now(0), p)
-	rec = *plan.Record.Acked(1)
+	rec = *plan.Record.Acked(Acks{Floor: 1})
 	const held = MaxEmails + 10
 	for i := range held {
 		plan = Claim(&rec, signIn(fmt.Sprintf("h%d", i), 1, fmt.Sprintf("dev-%d", i)), now(1), p)
@@ -452,7 +488,7 @@ func TestFoldedSignInsStayUntilTheirAlertIsSent(t *testing.T) {
 	}
 	// Once it is sent they are settled, and the oldest go beyond MaxEmails
 	// at the next write.
-	rec = *plan.Record.Acked(retry.Seq)
+	rec = *plan.Record.Acked(Acks{Floor: retry.Seq})
 	plan = Claim(&rec, signIn("e5", 30, "dev-other"), Delivery{Seq: 5, Num: 1, Now: at(30)}, p)
 	if rec = plan.Record; len(rec.Emails) != MaxEmails {
 		t.Errorf("%d emails kept after the alert was sent, want %d", len(rec.Emails), MaxEmails)
