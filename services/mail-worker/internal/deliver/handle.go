@@ -300,7 +300,7 @@ func (h *Handler) settleWithoutSending(ctx context.Context, d delivery, key stri
 		o.result, o.reason = logFolded, "told of in the alert of "+plan.Email.FoldedInto
 		return h.ack(ctx, d, o), false
 	}
-	// Hold or Nothing.
+	// Hold, Counted or Nothing.
 	if plan.Changed {
 		if _, err := h.writeRecord(ctx, key, plan.Record, rev); errors.Is(err, ledger.ErrConflict) {
 			return o, true
@@ -310,9 +310,13 @@ func (h *Handler) settleWithoutSending(ctx context.Context, d delivery, key stri
 		}
 	}
 	h.countDecision(plan)
-	if plan.Step == ledger.Hold {
+	switch plan.Step {
+	case ledger.Hold:
 		o.result, o.reason = logHeld, "inside the alert window of the last alert; told of in the next"
 		return h.handBack(d, o, max(time.Second, plan.Until.Sub(d.Now)), causeWindow), false
+	case ledger.Counted:
+		o.result, o.reason = logHeld, fmt.Sprintf("inside the alert window, with %d sign-ins held already; counted, and told of by number in the next alert", ledger.MaxHeld)
+		return h.ack(ctx, d, o), false
 	}
 	o.result = logNothing
 	return h.ack(ctx, d, o), false
@@ -356,7 +360,8 @@ func (h *Handler) countDecision(p ledger.Plan) {
 const maxConflicts = 32
 
 // render builds the email, in the render span: this sign-in and the held
-// ones it tells of too, newest first.
+// ones it tells of too, newest first, and how many more it tells of by
+// number.
 func (h *Handler) render(ctx context.Context, c claimed, ev *eventsv1.UserAuthenticated) (render.Email, error) {
 	_, span := h.tracer().Start(ctx, spanRender, trace.WithAttributes(attrKind.String(string(c.email.Kind))))
 	defer span.End()
@@ -372,6 +377,7 @@ func (h *Handler) render(ctx context.Context, c claimed, ev *eventsv1.UserAuthen
 		Locale:         ev.GetLocale(),
 		AcceptLanguage: ev.GetClient().GetAcceptLanguage(),
 		SignIns:        signIns,
+		More:           c.email.More,
 	})
 	if err != nil {
 		span.SetStatus(codes.Error, "cannot render")

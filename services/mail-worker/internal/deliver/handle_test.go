@@ -409,3 +409,36 @@ func TestNewBrowsersInARowSendOneAlertAndOneFollowUp(t *testing.T) {
 		t.Errorf("retries_total{window} = %v, want every held sign-in handed back until the window ended", got)
 	}
 }
+
+// More new browsers in one alert window than an alert lists: the
+// follow-up lists ledger.MaxHeld of them and tells of the rest by number,
+// and the person's record stays writable throughout.
+func TestAFloodOfNewBrowsersIsToldOfByNumber(t *testing.T) {
+	h := newHarness(t, harnessOptions{alertWindow: 4 * time.Second})
+	h.publish(signIn("evt-first", "home"), "evt-first")
+	h.smtp.WaitForMessages(t, 1, waitLong) // the welcome
+	const flood = ledger.MaxHeld + 6
+	var last uint64
+	for i := range flood {
+		ev := signIn(fmt.Sprintf("evt-flood-%d", i), fmt.Sprintf("browser-%d", i))
+		last = h.publish(ev, ev.EventId).Sequence
+		if i == 0 {
+			h.smtp.WaitForMessages(t, 2, waitLong) // the first alert goes at once
+		}
+	}
+	msgs := h.smtp.WaitForMessages(t, 3, waitLong)
+	h.waitSettled(last)
+
+	if n := len(h.smtp.Messages()); n != 3 {
+		t.Fatalf("%d emails, want the welcome, one alert and one follow-up", n)
+	}
+	follow := msgs[2]
+	if got, want := subjectOf(t, follow), fmt.Sprintf("%d sign-ins to Doorbell from new devices", flood-1); got != want {
+		t.Errorf("the follow-up's subject %q, want %q", got, want)
+	}
+	if more := fmt.Sprintf("and %d more, too many to list", flood-1-ledger.MaxHeld); !bytes.Contains(follow.Data, []byte(more)) {
+		t.Errorf("the follow-up does not say %q:\n%s", more, follow.Data)
+	}
+	h.wantCounter(`emails_total{new_device,folded}`, h.metrics.emails.WithLabelValues("new_device", ResultFolded), flood-2)
+	h.wantCounter(`decisions_total{new_device}`, h.metrics.decisions.WithLabelValues("new_device"), flood)
+}

@@ -51,6 +51,12 @@ const (
 	// redrive still finds it and sends it rather than deciding afresh,
 	// which would send nothing to a device already remembered.
 	KeepGivenUp = 61 * 24 * time.Hour
+	// MaxHeld bounds the sign-ins held in one alert window that a record
+	// keeps with their details (Held). Beyond it a sign-in from a new
+	// device is only counted (Record.MoreHeld), and the next alert tells
+	// of it by number: a flood of sign-ins cannot grow a record past what
+	// NATS can store, which would stop every email to the person.
+	MaxHeld = 20
 	// MaxAbandoned is how often deliveries of one email may end with the
 	// worker gone (crashed, killed, hung past AckWait) while it was being
 	// sent, before the email is given up as poison.
@@ -102,6 +108,9 @@ type Record struct {
 	// LastAlert is when the last new-device alert was claimed (by the
 	// worker's clock): the start of the alert window.
 	LastAlert time.Time `json:"last_alert,omitzero"`
+	// MoreHeld counts the sign-ins held beyond MaxHeld since the last
+	// alert was claimed; the next alert tells of them by number.
+	MoreHeld int `json:"more_held,omitempty"`
 }
 
 // Email is one email decided for a sign-in.
@@ -136,6 +145,9 @@ type Email struct {
 	UserAgent string `json:"user_agent,omitempty"`
 	// FoldedInto is the event whose alert tells of this one (Folded).
 	FoldedInto string `json:"folded_into,omitempty"`
+	// More is, for an alert, how many sign-ins it tells of by number
+	// only (held beyond MaxHeld), besides its own and the Folded ones.
+	More int `json:"more,omitempty"`
 }
 
 // SignIn is what the rules need of a user.authenticated event.
@@ -353,6 +365,11 @@ const (
 	// Told: the sign-in is told of in the alert of another event
 	// (Plan.Email.FoldedInto); acknowledge.
 	Told
+	// Counted: a new-device alert inside the alert window when MaxHeld
+	// sign-ins are held already; store Plan.Record (the device
+	// remembered, MoreHeld counted) and acknowledge: the next alert tells
+	// of it by number.
+	Counted
 )
 
 // Plan is the outcome of Claim.
@@ -405,6 +422,10 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 		}
 		e = Email{EventID: s.EventID, Kind: kind, At: s.At.UTC(), State: Sending, Seq: d.Seq, Delivery: d.Num}
 		if until, hold := p.holds(rec, d.Now); hold && kind == NewDevice {
+			if rec.held() >= MaxHeld {
+				next.MoreHeld++
+				return Plan{Step: Counted, Kind: kind, Record: next, Changed: true, Decided: true}
+			}
 			e.State, e.IP, e.UserAgent = Held, s.IP, s.UserAgent
 			return Plan{Step: Hold, Kind: kind, Record: next.with(e), Changed: true, Email: e, Until: until, Decided: true}
 		}
@@ -491,12 +512,30 @@ func send(rec Record, e Email, d Delivery) Plan {
 			}
 		}
 		slices.SortFunc(plan.Folded, func(a, b Email) int { return b.At.Compare(a.At) })
+		if next.MoreHeld > 0 {
+			e.More += next.MoreHeld
+			plan.NewlyFolded += next.MoreHeld
+			next.MoreHeld = 0
+			next = next.with(e)
+		}
+		plan.Email = e
 		if !d.Now.IsZero() {
 			next.LastAlert = d.Now.UTC()
 		}
 	}
 	plan.Record = next
 	return plan
+}
+
+// held counts the sign-ins held for the next alert.
+func (r *Record) held() int {
+	n := 0
+	for _, e := range r.Emails {
+		if e.State == Held {
+			n++
+		}
+	}
+	return n
 }
 
 // equalSeen reports whether a and b know the same devices in the same

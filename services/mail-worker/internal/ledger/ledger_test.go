@@ -457,40 +457,50 @@ func TestAnAlertWindowFromAClockAheadHoldsNothing(t *testing.T) {
 	}
 }
 
-// Sign-ins folded into an alert stay in the record until that alert is
-// sent or given up, however many there are: a retried alert still names
-// every one of them.
-func TestFoldedSignInsStayUntilTheirAlertIsSent(t *testing.T) {
+// Sign-ins held in one alert window are told of in the next alert: the
+// first MaxHeld with their details, folded into it until it is sent or
+// given up (a retried alert still names every one of them), the rest by
+// number. However many come, the record stays small.
+func TestHeldSignInsAreToldOfInTheNextAlertHoweverManyCome(t *testing.T) {
 	p := Policy{AlertWindow: 10 * time.Minute}
 	now := func(minute int) Delivery { return Delivery{Seq: 1, Num: 1, Now: at(minute)} }
 	rec := Record{FirstSeen: at(-60), LastSeen: at(-60), Devices: []string{"home"}}
 	plan := Claim(&rec, signIn("e0", 0, "a"), now(0), p)
 	rec = *plan.Record.Acked(Acks{Floor: 1})
-	const held = MaxEmails + 10
+	const held = MaxHeld + 1000
 	for i := range held {
 		plan = Claim(&rec, signIn(fmt.Sprintf("h%d", i), 1, fmt.Sprintf("dev-%d", i)), now(1), p)
-		if plan.Step != Hold {
-			t.Fatalf("sign-in %d inside the window: step %d", i, plan.Step)
+		want := Hold
+		if i >= MaxHeld {
+			want = Counted
+		}
+		if plan.Step != want || !plan.Changed {
+			t.Fatalf("sign-in %d inside the window: step %d (changed %v), want %d", i, plan.Step, plan.Changed, want)
 		}
 		rec = plan.Record
+	}
+	if data, err := json.Marshal(rec); err != nil || len(data) > 16<<10 {
+		t.Errorf("the record takes %d bytes (%v), want it small", len(data), err)
+	}
+	if got := Decide(&rec, signIn("e9", 2, "dev-1000")); got != None {
+		t.Errorf("a counted device is not remembered: %q", got)
 	}
 
 	// The window ends: the next alert tells of every held sign-in.
 	first := Delivery{Seq: 2, Num: 1, Now: at(11)}
 	plan = Claim(&rec, signIn("e1", 11, "dev-new"), first, p)
-	if plan.Step != Send || len(plan.Folded) != held {
-		t.Fatalf("the alert after the window: step %d, %d sign-ins folded, want %d", plan.Step, len(plan.Folded), held)
+	if plan.Step != Send || len(plan.Folded) != MaxHeld || plan.Email.More != held-MaxHeld || plan.NewlyFolded != held {
+		t.Fatalf("the alert after the window: step %d, %d folded, %d more, %d newly; want %d, %d, %d",
+			plan.Step, len(plan.Folded), plan.Email.More, plan.NewlyFolded, MaxHeld, held-MaxHeld, held)
 	}
 	rec, _ = plan.Record.Finish("e1", first, FailedTry)
 	retry := Delivery{Seq: 2, Num: 2, Now: at(12)}
-	if plan = Claim(&rec, signIn("e1", 11, "dev-new"), retry, p); plan.Step != Send || len(plan.Folded) != held {
-		t.Errorf("the retried alert: step %d, %d sign-ins folded, want %d", plan.Step, len(plan.Folded), held)
+	if plan = Claim(&rec, signIn("e1", 11, "dev-new"), retry, p); plan.Step != Send || len(plan.Folded) != MaxHeld || plan.Email.More != held-MaxHeld {
+		t.Errorf("the retried alert: step %d, %d folded, %d more; want %d and %d", plan.Step, len(plan.Folded), plan.Email.More, MaxHeld, held-MaxHeld)
 	}
-	// Once it is sent they are settled, and the oldest go beyond MaxEmails
-	// at the next write.
+	// Sent: a new window counts from nothing.
 	rec = *plan.Record.Acked(Acks{Floor: retry.Seq})
-	plan = Claim(&rec, signIn("e5", 30, "dev-other"), Delivery{Seq: 5, Num: 1, Now: at(30)}, p)
-	if rec = plan.Record; len(rec.Emails) != MaxEmails {
-		t.Errorf("%d emails kept after the alert was sent, want %d", len(rec.Emails), MaxEmails)
+	if rec.MoreHeld != 0 || rec.held() != 0 {
+		t.Errorf("after the alert: %d counted, %d held; want none", rec.MoreHeld, rec.held())
 	}
 }

@@ -57,6 +57,9 @@ var phrases = func() catalog.Catalog {
 	set(language.English, "%d sign-ins",
 		plural.Selectf(1, "%d", "=1", "one sign-in", "other", "%d sign-ins"))
 	set(language.Korean, "%d sign-ins", catalog.String("로그인 %d건"))
+	set(language.English, "and %d more, too many to list",
+		plural.Selectf(1, "%d", "=1", "and one more, too many to list", "other", "and %d more, too many to list"))
+	set(language.Korean, "and %d more, too many to list", catalog.String("외 %d건 (너무 많아 모두 적지 못했습니다)"))
 	return b
 }()
 

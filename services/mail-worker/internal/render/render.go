@@ -77,6 +77,9 @@ type Data struct {
 	// SignIns are the sign-ins the email tells of, the newest first: one,
 	// or several when alerts were folded into one.
 	SignIns []SignIn
+	// More is how many sign-ins it tells of besides, by number only (too
+	// many came in one alert window to list them all).
+	More int
 }
 
 // SignIn is one sign-in an email tells of.
@@ -261,6 +264,8 @@ type view struct {
 	Lang        string
 	When        string // the first sign-in's time, formatted
 	SignIns     []*signInView
+	More        int // sign-ins told of by number only, besides SignIns
+	Count       int // every sign-in told of: len(SignIns) + More
 }
 
 type signInView struct {
@@ -356,6 +361,8 @@ func (r *Renderer) view(lang language.Tag, p *message.Printer, d Data) view {
 	if len(v.SignIns) > 0 {
 		v.When = v.SignIns[0].When
 	}
+	v.More = max(0, d.More)
+	v.Count = len(v.SignIns) + v.More
 	return v
 }
 

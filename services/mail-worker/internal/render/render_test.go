@@ -235,6 +235,44 @@ func TestFoldedSignInsAreListedInOneAlert(t *testing.T) {
 	}
 }
 
+// Sign-ins beyond what an alert lists (ledger.MaxHeld) are told of by
+// number, and counted in the subject and the opening.
+func TestAnAlertTellsOfSignInsItCannotListByNumber(t *testing.T) {
+	r := newRenderer(t, Config{})
+	signIns := []SignIn{{When: time.Date(2026, 12, 7, 14, 9, 0, 0, time.UTC), IP: "192.0.2.3"}, {When: time.Date(2026, 12, 7, 14, 5, 0, 0, time.UTC), IP: "192.0.2.2"}}
+	tests := []struct {
+		locale, subject string
+		want            []string
+	}{
+		{"en", "42 sign-ins to Doorbell from new devices", []string{"42 new devices", "Some of them are listed", "and 40 more, too many to list"}},
+		{"ko", "새 기기에서 Doorbell에 로그인 42건", []string{"새 기기 42대", "그중 일부를", "외 40건"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.locale, func(t *testing.T) {
+			got, err := r.Render("new_device", Data{Email: "ann@example.com", Locale: tt.locale, SignIns: signIns, More: 40})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Subject != tt.subject {
+				t.Errorf("subject %q, want %q", got.Subject, tt.subject)
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(got.Text, want) || !strings.Contains(got.HTML, want) {
+					t.Errorf("the alert lacks %q:\n%s\n%s", want, got.Text, got.HTML)
+				}
+			}
+		})
+	}
+	// Without more, nothing is said of more.
+	got, err := r.Render("new_device", Data{Email: "ann@example.com", SignIns: signIns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(got.Text, "more") || !strings.Contains(got.Text, "They are all listed") {
+		t.Errorf("an alert that lists every sign-in:\n%s", got.Text)
+	}
+}
+
 func TestSubjectCannotCarryHeaders(t *testing.T) {
 	dir := t.TempDir()
 	// An override that puts the (hostile) name into the subject.
