@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -46,7 +45,10 @@ const (
 	exitNotFound = 3
 )
 
-// dlqTimeout bounds one dlq command.
+// dlqTimeout bounds the NATS round trips of preview --dlq. The dlq
+// commands have no overall deadline: each of their round trips is bounded
+// on its own (JetStream's default timeout), so that a long list or redrive
+// runs to its end.
 const dlqTimeout = time.Minute
 
 // dlqArgs is a parsed dlq command line.
@@ -131,8 +133,6 @@ func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdo
 		fmt.Fprintln(stderr, "mail-worker dlq:", err)
 		return exitUsage
 	}
-	ctx, cancel := context.WithTimeout(ctx, dlqTimeout)
-	defer cancel()
 	nc, err := nats.Connect(url, nats.Name("doorbell-mail-worker-dlq"), nats.Timeout(5*time.Second))
 	if err != nil {
 		fmt.Fprintf(stderr, "mail-worker dlq: cannot connect to NATS at %s: %v\n", redactURL(url), err)
@@ -190,25 +190,27 @@ func (a dlqArgs) run(ctx context.Context, q *deadletter.Queue, stdout, stderr io
 	}
 }
 
+// dlqList prints the dead letters as it reads them, in fixed columns, so
+// that a long list starts at once and ends however long it is.
 func dlqList(ctx context.Context, q *deadletter.Queue, stdout io.Writer) error {
-	entries, err := q.List(ctx)
-	if err != nil {
-		return err
-	}
-	if len(entries) == 0 {
-		fmt.Fprintln(stdout, "no dead letters")
-		return nil
-	}
-	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "SEQ\tTIME\tREASON\tATTEMPTS\tORIGINAL SEQ\tEVENT ID")
-	for _, e := range entries {
+	const row = "%-8v  %-20s  %-12s  %8v  %12v  %s\n"
+	n := 0
+	err := q.Each(ctx, func(e deadletter.Entry) error {
+		if n == 0 {
+			fmt.Fprintf(stdout, row, "SEQ", "TIME", "REASON", "ATTEMPTS", "ORIGINAL SEQ", "EVENT ID")
+		}
+		n++
 		id := e.EventID()
 		if id == "" {
 			id = "-"
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%d\t%s\n", e.Seq, e.Stored.UTC().Format(time.RFC3339), dash(e.Reason), e.Attempts, e.StreamSeq, id)
+		_, err := fmt.Fprintf(stdout, row, e.Seq, e.Stored.UTC().Format(time.RFC3339), dash(e.Reason), e.Attempts, e.StreamSeq, id)
+		return err
+	})
+	if err == nil && n == 0 {
+		fmt.Fprintln(stdout, "no dead letters")
 	}
-	return w.Flush()
+	return err
 }
 
 func dlqShow(ctx context.Context, q *deadletter.Queue, seq uint64, reveal bool, stdout io.Writer) error {
@@ -262,13 +264,11 @@ func dlqShow(ctx context.Context, q *deadletter.Queue, seq uint64, reveal bool, 
 	return nil
 }
 
+// dlqRedriveAll redrives every letter stored when it starts, as it reads
+// them; a letter that fails is reported and the rest go on.
 func dlqRedriveAll(ctx context.Context, q *deadletter.Queue, stdout, stderr io.Writer) error {
-	entries, err := q.List(ctx)
-	if err != nil {
-		return err
-	}
 	var redriven, skipped, failed int
-	for _, e := range entries {
+	err := q.Each(ctx, func(e deadletter.Entry) error {
 		r, err := q.Redrive(ctx, e.Seq)
 		switch {
 		case err == nil:
@@ -281,8 +281,12 @@ func dlqRedriveAll(ctx context.Context, q *deadletter.Queue, stdout, stderr io.W
 			failed++
 			fmt.Fprintf(stderr, "dead letter %d: %v\n", e.Seq, err)
 		}
-	}
+		return ctx.Err()
+	})
 	fmt.Fprintf(stdout, "redriven %d, skipped %d, failed %d\n", redriven, skipped, failed)
+	if err != nil {
+		return err
+	}
 	if failed > 0 {
 		return fmt.Errorf("%d dead letters could not be redriven", failed)
 	}

@@ -165,3 +165,41 @@ func TestPublishIsIdempotentAndKeepsTheOriginal(t *testing.T) {
 		t.Errorf("entry = %+v", e)
 	}
 }
+
+// Each reads the letters stored when it starts, one round trip each, and
+// not those stored meanwhile: redrive --all, which may see its letters
+// dead-lettered again while it runs, ends.
+func TestEachReadsTheLettersStoredWhenItStarts(t *testing.T) {
+	js := natstest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if err := Ensure(ctx, js, 1, discard); err != nil {
+		t.Fatal(err)
+	}
+	p := NewPublisher(js, 1, discard)
+	letter := func(seq uint64) Letter {
+		return Letter{Data: []byte("payload"), Reason: ReasonPermanent, Attempts: 1, Stream: "AUTH_EVENTS", StreamSeq: seq,
+			Consumer: "mail-worker", Time: time.Now()}
+	}
+	for seq := range uint64(3) {
+		if _, err := p.Publish(ctx, letter(100+seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q, err := Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []uint64
+	err = q.Each(ctx, func(e Entry) error {
+		seen = append(seen, e.StreamSeq)
+		_, err := p.Publish(ctx, letter(200+e.StreamSeq)) // stored meanwhile
+		return err
+	})
+	if err != nil || len(seen) != 3 || seen[0] != 100 || seen[2] != 102 {
+		t.Errorf("Each saw %v (%v), want the three letters stored before it began", seen, err)
+	}
+	if all, err := q.List(ctx); err != nil || len(all) != 6 {
+		t.Errorf("List after = %d letters (%v), want 6", len(all), err)
+	}
+}

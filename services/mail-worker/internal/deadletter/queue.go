@@ -95,17 +95,41 @@ func entry(m *jetstream.RawStreamMsg) Entry {
 // List returns every dead letter, oldest first.
 func (q *Queue) List(ctx context.Context) ([]Entry, error) {
 	var out []Entry
-	for seq := uint64(1); ; {
+	err := q.Each(ctx, func(e Entry) error {
+		out = append(out, e)
+		return nil
+	})
+	return out, err
+}
+
+// Each calls fn with every dead letter stored when it starts, oldest
+// first, as it reads them: one round trip each (bounded by ctx, or by
+// JetStream's default timeout when ctx has no deadline), however many
+// there are. Letters stored meanwhile are left for the next call, so that
+// fn may redrive what it is given. Each stops at fn's first error.
+func (q *Queue) Each(ctx context.Context, fn func(Entry) error) error {
+	info, err := q.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", Stream, err)
+	}
+	last := info.State.LastSeq
+	for seq := max(1, info.State.FirstSeq); seq <= last; {
 		m, err := q.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(Subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return out, nil
+			return nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read %s at %d: %w", Stream, seq, err)
+			return fmt.Errorf("read %s at %d: %w", Stream, seq, err)
 		}
-		out = append(out, entry(m))
+		if m.Sequence > last {
+			return nil
+		}
+		if err := fn(entry(m)); err != nil {
+			return err
+		}
 		seq = m.Sequence + 1
 	}
+	return nil
 }
 
 // Get returns the dead letter at seq; ErrNotFound when there is none.
