@@ -238,13 +238,6 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 			continue
 		}
 		if plan.Step == ledger.Elsewhere && h.otherGone(ctx, plan.Email.Seq) {
-			// That message left the stream: the email is sent if it was
-			// acknowledged, else this one takes it over.
-			acks, err := h.acks(ctx, true)
-			if err != nil {
-				return claimed{}, h.retryLater(d, outcome{kind: plan.Kind, result: logRetry, reason: "cannot read the consumer's state", err: err}), false
-			}
-			d.Acks = acks
 			plan = ledger.TakeOver(rec, plan.Email, d.Delivery)
 		}
 		var (

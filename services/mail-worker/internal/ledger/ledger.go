@@ -341,11 +341,13 @@ const (
 	// still be at work; hand the message back for one AckWait.
 	Wait
 	// Elsewhere: another message carrying the same event (Plan.Email.Seq)
-	// holds the email, and finishes it: that message stays in the stream
-	// until the email is sent, to be retried, or given up. Acknowledge this
-	// one, unless that message is gone from the stream: then TakeOver.
-	// (This one cannot wait for the other's acknowledgement: the ack floor
-	// passes neither while the one below waits.)
+	// holds the email (or sent it), and finishes it: that message stays in
+	// the stream until the email is sent, to be retried, or given up.
+	// Acknowledge this one, unless that message is gone from the stream:
+	// then TakeOver, which sends the email again if that message had sent
+	// it (its acknowledgement went with it). (This one cannot wait for the
+	// other's acknowledgement: the ack floor passes neither while the one
+	// below waits.)
 	Elsewhere
 	// Terminate: the email was given up and dead-lettered, by this very
 	// message (whose termination got lost) or by another copy of the
@@ -412,6 +414,12 @@ func (p Plan) Stores() bool {
 //
 // New-device alerts follow p: one per person per window (see Policy).
 func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
+	if e, ok := rec.Email(s.EventID); ok && e.State == Sending && e.Seq != d.Seq {
+		// Another message holds it: whether that message is still in the
+		// stream says what to do, not the ack floor, which also passes a
+		// message deleted before it was acknowledged.
+		return Plan{Step: Elsewhere, Kind: e.Kind, Email: e}
+	}
 	rec = rec.Acked(d.Acks)
 	e, ok := rec.Email(s.EventID)
 	if !ok {
@@ -456,10 +464,8 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 	case Retry:
 		return claim(*rec, e, d)
 	}
-	// Sending.
+	// Sending, by this message.
 	switch {
-	case e.Seq != d.Seq:
-		return Plan{Step: Elsewhere, Kind: e.Kind, Email: e}
 	case e.Delivery == d.Num:
 		return send(*rec, e, d) // our own claim, written by a retried write
 	case d.Num <= e.Delivery+1:
@@ -471,12 +477,8 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 // TakeOver claims an email whose holder is gone, counting it abandoned;
 // after MaxAbandoned the plan is Poison.
 func TakeOver(rec *Record, e Email, d Delivery) Plan {
-	rec = rec.Acked(d.Acks)
-	if cur, ok := rec.Email(e.EventID); ok && cur.State == Sent {
-		return Plan{Step: Duplicate, Kind: cur.Kind, Email: cur}
-	}
 	e.Abandoned++
-	return claim(*rec, e, d)
+	return claim(*rec.Acked(d.Acks), e, d)
 }
 
 // claim claims e for delivery d, to send it, or to give it up without

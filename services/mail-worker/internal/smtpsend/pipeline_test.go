@@ -2,6 +2,7 @@ package smtpsend
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ type scriptedRelay struct {
 	port int
 
 	mu        sync.Mutex
+	plain     bool // no PIPELINING offered
 	rcptReply string
 	dataReply string
 	bursts    []string // each transaction's commands as they arrived with its MAIL FROM
@@ -99,8 +101,10 @@ func (r *scriptedRelay) serve(c net.Conn) {
 		}
 		r.mu.Unlock()
 		switch {
-		case strings.HasPrefix(cmd, "EHLO"):
+		case strings.HasPrefix(cmd, "EHLO") && r.offersPipelining():
 			say("250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+		case strings.HasPrefix(cmd, "EHLO"):
+			say("250-scripted\r\n250 8BITMIME\r\n")
 		case strings.HasPrefix(cmd, "MAIL"), strings.HasPrefix(cmd, "RSET"):
 			say("250 2.1.0 ok\r\n")
 		case strings.HasPrefix(cmd, "RCPT"):
@@ -115,6 +119,12 @@ func (r *scriptedRelay) serve(c net.Conn) {
 			say("502 5.5.2 what\r\n")
 		}
 	}
+}
+
+func (r *scriptedRelay) offersPipelining() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.plain
 }
 
 func (r *scriptedRelay) sender(t *testing.T) (*Sender, *Metrics) {
@@ -154,6 +164,47 @@ func TestPipeliningSendsTheEnvelopeInOneWrite(t *testing.T) {
 // With pipelining the replies come after the commands: the first refusal
 // is the failure, and a relay that answers 354 to the DATA of a refused
 // transaction gets an empty message, so that nothing is delivered.
+// A relay without PIPELINING gets one command at a time, and its
+// connection carries email after email, also after a refused DATA.
+func TestARelayWithoutPipeliningTakesEmailAfterEmail(t *testing.T) {
+	r := startScriptedRelay(t, "250 2.1.5 ok", "354 go ahead")
+	r.mu.Lock()
+	r.plain = true
+	r.mu.Unlock()
+	s, m := r.sender(t)
+	send := func(id string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := s.Send(ctx, message(id))
+		return err
+	}
+	for _, id := range []string{"evt-1", "evt-2"} {
+		if err := send(id); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+	}
+	r.script("250 2.1.5 ok", "451 4.3.0 queue full")
+	var se *Error
+	if err := send("evt-3"); !errors.As(err, &se) || se.Code != 451 || se.Stage != StageData {
+		t.Fatalf("a refused DATA = %v, want 451 at data", err)
+	}
+	r.script("250 2.1.5 ok", "354 go ahead")
+	if err := send("evt-4"); err != nil {
+		t.Fatalf("the email after a refused DATA: %v", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.messages != 3 {
+		t.Errorf("the relay got %d messages, want 3", r.messages)
+	}
+	if strings.Contains(strings.Join(r.bursts, "\n"), "|") {
+		t.Errorf("commands were pipelined to a relay that does not offer it: %q", r.bursts)
+	}
+	if got := testutil.ToFloat64(m.connections); got != 1 {
+		t.Errorf("%v connections open, want the one reused", got)
+	}
+}
+
 func TestPipeliningTakesTheFirstRefusal(t *testing.T) {
 	tests := []struct {
 		name       string
@@ -276,5 +327,78 @@ func TestTheContentAndItsMarkGoOutInOneWrite(t *testing.T) {
 				t.Errorf("the relay got %q", c)
 			}
 		})
+	}
+}
+
+// slowCutConn: a deadline "now" (the ctx cut) takes effect a little late,
+// as when the AfterFunc goroutine is scheduled after transact moves on.
+type slowCutConn struct {
+	net.Conn
+	onMark func()
+	fired  atomic.Bool
+}
+
+func (c *slowCutConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err == nil && bytes.HasSuffix(p, []byte("\r\n.\r\n")) && c.fired.CompareAndSwap(false, true) {
+		c.onMark()
+	}
+	return n, err
+}
+
+func (c *slowCutConn) SetDeadline(t time.Time) error {
+	if time.Until(t) < time.Second {
+		time.Sleep(50 * time.Millisecond)
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+// A shutdown that comes as the end-of-data mark goes out does not cut the
+// wait for the reply: the relay has the email, and its 250 is read. (The
+// cut's deadline is set from a goroutine of its own, which may run after
+// transact has set the final one; slowCutConn makes it late every time.)
+func TestACutAsTheMarkGoesOutStillReadsTheReply(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	go func() {
+		defer server.Close()
+		br := bufio.NewReader(server)
+		say := func(s string) { _, _ = server.Write([]byte(s)) }
+		say("220 relay.test ESMTP\r\n")
+		inData := false
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			switch cmd := strings.ToUpper(line); {
+			case inData && line == ".\r\n":
+				time.Sleep(200 * time.Millisecond) // scanning the stored message
+				say("250 2.0.0 queued\r\n")
+				inData = false
+			case inData:
+			case strings.HasPrefix(cmd, "EHLO"):
+				say("250-relay.test\r\n250 PIPELINING\r\n")
+			case strings.HasPrefix(cmd, "DATA"):
+				say("354 go ahead\r\n")
+				inData = true
+			default:
+				say("250 ok\r\n")
+			}
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	raw := &slowCutConn{Conn: client, onMark: cancel}
+	sc, err := smtp.NewClient(raw, "relay.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Hello("worker.test"); err != nil {
+		t.Fatal(err)
+	}
+	s := &Sender{cfg: Config{Timeout: 5 * time.Second, FinalTimeout: 10 * time.Second}}
+	healthy, e := s.transact(ctx, &conn{sc: sc, raw: raw}, []byte("Subject: hi\r\n\r\nbody\r\n"), "a@example.com", "b@example.com")
+	if e != nil {
+		t.Errorf("the relay accepted the email, but transact says healthy=%v err=%v (maybe sent: %v)", healthy, e, e.MaybeSent)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/wneessen/go-mail/smtp"
@@ -118,8 +119,23 @@ func (s *Sender) transact(ctx context.Context, c *conn, data []byte, from, to st
 	if err := c.raw.SetDeadline(time.Now().Add(s.cfg.Timeout)); err != nil {
 		return false, Classify(StageMail, err)
 	}
-	cut := context.AfterFunc(ctx, func() { _ = c.raw.SetDeadline(time.Now()) })
+	// The cut runs in a goroutine of its own, perhaps after the mark is
+	// out and the final deadline set: it cuts only while markOut is false.
+	var (
+		mu      sync.Mutex
+		markOut bool
+	)
+	cut := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !markOut {
+			_ = c.raw.SetDeadline(time.Now())
+		}
+	})
 	healthy, stage, err := transfer(c.sc, data, from, to)
+	mu.Lock()
+	markOut = err == nil
+	mu.Unlock()
 	cut()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -164,7 +180,13 @@ func transfer(sc *smtp.Client, data []byte, from, to string) (bool, Stage, *Erro
 	if err := sc.Rcpt(envelope(to)); err != nil {
 		return refused(StageRcpt, err)
 	}
-	if _, err := sc.Text.Cmd("DATA"); err != nil {
+	// DATA is written and its reply read as transferPipelined does, not
+	// through sc.Text.Cmd, whose request and response sequence the
+	// client's later commands would wait on.
+	if _, err := sc.Text.W.WriteString("DATA\r\n"); err != nil {
+		return false, StageData, Classify(StageData, err)
+	}
+	if err := sc.Text.W.Flush(); err != nil {
 		return false, StageData, Classify(StageData, err)
 	}
 	if _, _, err := sc.Text.ReadResponse(354); err != nil {

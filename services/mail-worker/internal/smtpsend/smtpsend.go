@@ -72,8 +72,8 @@ type Config struct {
 	// the system's. Certificates are always verified, against Host.
 	CAFile string
 	// Timeout bounds opening a session (TCP, greeting, TLS, AUTH) and,
-	// separately, one email's transaction up to the end of its content:
-	// everything that cannot have delivered it.
+	// separately, one email's transaction up to the last byte of its final
+	// ".": everything that cannot have delivered it.
 	Timeout time.Duration
 	// FinalTimeout bounds the wait for the reply to the final "." of an
 	// email, which the server may send only after scanning a message it
