@@ -2,7 +2,7 @@ package deliver
 
 import (
 	"context"
-		"testing"
+	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
