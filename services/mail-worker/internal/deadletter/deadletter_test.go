@@ -57,12 +57,7 @@ func TestSubjectMatching(t *testing.T) {
 }
 
 func TestEnsureCreatesTheStream(t *testing.T) {
-	js := natstest.JetStream(t)
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	if err := Ensure(ctx, js, 1, discard); err != nil {
-		t.Fatal(err)
-	}
+	js, ctx := ensured(t)
 	s, err := js.Stream(ctx, Stream)
 	if err != nil {
 		t.Fatal(err)
@@ -119,12 +114,7 @@ func TestEnsureUsesAnOperatorsStream(t *testing.T) {
 }
 
 func TestPublishIsIdempotentAndKeepsTheOriginal(t *testing.T) {
-	js := natstest.JetStream(t)
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	if err := Ensure(ctx, js, 1, discard); err != nil {
-		t.Fatal(err)
-	}
+	js, ctx := ensured(t)
 	p := NewPublisher(js, 1, discard)
 	l := Letter{
 		Data: []byte("payload"),
@@ -170,12 +160,7 @@ func TestPublishIsIdempotentAndKeepsTheOriginal(t *testing.T) {
 // not those stored meanwhile: redrive --all, which may see its letters
 // dead-lettered again while it runs, ends.
 func TestEachReadsTheLettersStoredWhenItStarts(t *testing.T) {
-	js := natstest.JetStream(t)
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	if err := Ensure(ctx, js, 1, discard); err != nil {
-		t.Fatal(err)
-	}
+	js, ctx := ensured(t)
 	p := NewPublisher(js, 1, discard)
 	letter := func(seq uint64) Letter {
 		return Letter{Data: []byte("payload"), Reason: ReasonPermanent, Attempts: 1, Stream: "AUTH_EVENTS", StreamSeq: seq,
@@ -202,4 +187,17 @@ func TestEachReadsTheLettersStoredWhenItStarts(t *testing.T) {
 	if all, err := q.List(ctx); err != nil || len(all) != 6 {
 		t.Errorf("List after = %d letters (%v), want 6", len(all), err)
 	}
+}
+
+// ensured is a JetStream with MAIL_DEADLETTER made by Ensure, and a
+// context bounded for the test.
+func ensured(t *testing.T) (jetstream.JetStream, context.Context) {
+	t.Helper()
+	js := natstest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	t.Cleanup(cancel)
+	if err := Ensure(ctx, js, 1, discard); err != nil {
+		t.Fatal(err)
+	}
+	return js, ctx
 }

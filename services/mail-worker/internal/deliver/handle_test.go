@@ -373,23 +373,7 @@ func TestEmailsSpeakThePersonsLanguage(t *testing.T) {
 // dropped, and the metrics show the folding.
 func TestNewBrowsersInARowSendOneAlertAndOneFollowUp(t *testing.T) {
 	h := newHarness(t, harnessOptions{alertWindow: 4 * time.Second})
-	h.publish(signIn("evt-first", "home"), "evt-first")
-	h.smtp.WaitForMessages(t, 1, waitLong) // the welcome
-	var last uint64
-	for i := range 5 {
-		ev := signIn(fmt.Sprintf("evt-new-%d", i), fmt.Sprintf("browser-%d", i))
-		ev.Client.Ip = fmt.Sprintf("198.51.100.%d", 10+i)
-		last = h.publish(ev, ev.EventId).Sequence
-		if i == 0 {
-			h.smtp.WaitForMessages(t, 2, waitLong) // the first alert goes at once
-		}
-	}
-	msgs := h.smtp.WaitForMessages(t, 3, waitLong)
-	h.waitSettled(last)
-
-	if n := len(h.smtp.Messages()); n != 3 {
-		t.Fatalf("%d emails, want the welcome, one alert and one follow-up", n)
-	}
+	msgs := newBrowsersInARow(h, 5)
 	first, follow := msgs[1], msgs[2]
 	if got := subjectOf(t, first); got != "New sign-in to Doorbell from a new device" {
 		t.Errorf("the first alert's subject %q", got)
@@ -415,24 +399,8 @@ func TestNewBrowsersInARowSendOneAlertAndOneFollowUp(t *testing.T) {
 // and the person's record stays writable throughout.
 func TestAFloodOfNewBrowsersIsToldOfByNumber(t *testing.T) {
 	h := newHarness(t, harnessOptions{alertWindow: 4 * time.Second})
-	h.publish(signIn("evt-first", "home"), "evt-first")
-	h.smtp.WaitForMessages(t, 1, waitLong) // the welcome
 	const flood = ledger.MaxHeld + 6
-	var last uint64
-	for i := range flood {
-		ev := signIn(fmt.Sprintf("evt-flood-%d", i), fmt.Sprintf("browser-%d", i))
-		last = h.publish(ev, ev.EventId).Sequence
-		if i == 0 {
-			h.smtp.WaitForMessages(t, 2, waitLong) // the first alert goes at once
-		}
-	}
-	msgs := h.smtp.WaitForMessages(t, 3, waitLong)
-	h.waitSettled(last)
-
-	if n := len(h.smtp.Messages()); n != 3 {
-		t.Fatalf("%d emails, want the welcome, one alert and one follow-up", n)
-	}
-	follow := msgs[2]
+	follow := newBrowsersInARow(h, flood)[2]
 	if got, want := subjectOf(t, follow), fmt.Sprintf("%d sign-ins to Doorbell from new devices", flood-1); got != want {
 		t.Errorf("the follow-up's subject %q, want %q", got, want)
 	}
@@ -441,4 +409,29 @@ func TestAFloodOfNewBrowsersIsToldOfByNumber(t *testing.T) {
 	}
 	h.wantCounter(`emails_total{new_device,folded}`, h.metrics.emails.WithLabelValues("new_device", ResultFolded), flood-2)
 	h.wantCounter(`decisions_total{new_device}`, h.metrics.decisions.WithLabelValues("new_device"), flood)
+}
+
+// newBrowsersInARow signs a person in once, then n times from a new
+// browser each (IPs 198.51.100.10 on), and returns the three emails that
+// follow once every message is settled: the welcome, the first alert, and
+// the follow-up at the end of the alert window.
+func newBrowsersInARow(h *harness, n int) []smtptest.Message {
+	h.t.Helper()
+	h.publish(signIn("evt-first", "home"), "evt-first")
+	h.smtp.WaitForMessages(h.t, 1, waitLong) // the welcome
+	var last uint64
+	for i := range n {
+		ev := signIn(fmt.Sprintf("evt-new-%d", i), fmt.Sprintf("browser-%d", i))
+		ev.Client.Ip = fmt.Sprintf("198.51.100.%d", 10+i)
+		last = h.publish(ev, ev.EventId).Sequence
+		if i == 0 {
+			h.smtp.WaitForMessages(h.t, 2, waitLong) // the first alert goes at once
+		}
+	}
+	msgs := h.smtp.WaitForMessages(h.t, 3, waitLong)
+	h.waitSettled(last)
+	if got := len(h.smtp.Messages()); got != 3 {
+		h.t.Fatalf("%d emails, want the welcome, one alert and one follow-up", got)
+	}
+	return msgs
 }

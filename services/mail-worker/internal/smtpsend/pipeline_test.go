@@ -273,46 +273,9 @@ func TestTheContentAndItsMarkGoOutInOneWrite(t *testing.T) {
 			client, server := net.Pipe()
 			defer client.Close()
 			cw := &writeCounter{Conn: client}
-			got := make(chan string, 1)
-			go func() {
-				defer server.Close()
-				br := bufio.NewReader(server)
-				say := func(s string) { _, _ = server.Write([]byte(s)) }
-				say("220 relay.test ESMTP\r\n")
-				var content strings.Builder
-				inData := false
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					switch cmd := strings.ToUpper(line); {
-					case inData && line == ".\r\n":
-						got <- content.String()
-						say("250 2.0.0 queued\r\n")
-						inData = false
-					case inData:
-						content.WriteString(line)
-					case strings.HasPrefix(cmd, "EHLO") && pipelining:
-						say("250-relay.test\r\n250 PIPELINING\r\n")
-					case strings.HasPrefix(cmd, "EHLO"):
-						say("250 relay.test\r\n")
-					case strings.HasPrefix(cmd, "DATA"):
-						cw.counting.Store(true)
-						say("354 go ahead\r\n")
-						inData = true
-					default:
-						say("250 ok\r\n")
-					}
-				}
-			}()
-			sc, err := smtp.NewClient(cw, "relay.test")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := sc.Hello("worker.test"); err != nil {
-				t.Fatal(err)
-			}
+			r := pipeRelay{pipelining: pipelining, onData: func() { cw.counting.Store(true) }, got: make(chan string, 1)}
+			go r.serve(server)
+			sc := helloOver(t, cw)
 			data := []byte("Subject: hi\r\n\r\n.a line that begins with a dot\r\nbye\r\n")
 			if _, _, e := transfer(sc, data, "doorbell@example.com", "ann@example.com"); e != nil {
 				t.Fatal(e)
@@ -323,11 +286,73 @@ func TestTheContentAndItsMarkGoOutInOneWrite(t *testing.T) {
 			if n := cw.writes.Load(); n != 1 {
 				t.Errorf("the content and its mark took %d writes, want 1", n)
 			}
-			if c := <-got; c != "Subject: hi\r\n\r\n..a line that begins with a dot\r\nbye\r\n" {
+			if c := <-r.got; c != "Subject: hi\r\n\r\n..a line that begins with a dot\r\nbye\r\n" {
 				t.Errorf("the relay got %q", c)
 			}
 		})
 	}
+}
+
+// pipeRelay serves one SMTP session on one end of a net.Pipe: 250 to
+// every command, 354 to DATA (after onData), and 250 to the end of the
+// data after finalDelay, handing the content to got.
+type pipeRelay struct {
+	pipelining bool
+	finalDelay time.Duration
+	onData     func()
+	got        chan string
+}
+
+func (r pipeRelay) serve(conn net.Conn) {
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	say := func(s string) { _, _ = conn.Write([]byte(s)) }
+	say("220 relay.test ESMTP\r\n")
+	var content strings.Builder
+	inData := false
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		switch cmd := strings.ToUpper(line); {
+		case inData && line == ".\r\n":
+			time.Sleep(r.finalDelay)
+			if r.got != nil {
+				r.got <- content.String()
+			}
+			say("250 2.0.0 queued\r\n")
+			content.Reset()
+			inData = false
+		case inData:
+			content.WriteString(line)
+		case strings.HasPrefix(cmd, "EHLO") && r.pipelining:
+			say("250-relay.test\r\n250 PIPELINING\r\n")
+		case strings.HasPrefix(cmd, "EHLO"):
+			say("250 relay.test\r\n")
+		case strings.HasPrefix(cmd, "DATA"):
+			if r.onData != nil {
+				r.onData()
+			}
+			say("354 go ahead\r\n")
+			inData = true
+		default:
+			say("250 ok\r\n")
+		}
+	}
+}
+
+// helloOver opens an SMTP session over conn.
+func helloOver(t *testing.T, conn net.Conn) *smtp.Client {
+	t.Helper()
+	sc, err := smtp.NewClient(conn, "relay.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Hello("worker.test"); err != nil {
+		t.Fatal(err)
+	}
+	return sc
 }
 
 // slowCutConn: a deadline "now" (the ctx cut) takes effect a little late,
@@ -360,42 +385,10 @@ func (c *slowCutConn) SetDeadline(t time.Time) error {
 func TestACutAsTheMarkGoesOutStillReadsTheReply(t *testing.T) {
 	client, server := net.Pipe()
 	defer client.Close()
-	go func() {
-		defer server.Close()
-		br := bufio.NewReader(server)
-		say := func(s string) { _, _ = server.Write([]byte(s)) }
-		say("220 relay.test ESMTP\r\n")
-		inData := false
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				return
-			}
-			switch cmd := strings.ToUpper(line); {
-			case inData && line == ".\r\n":
-				time.Sleep(200 * time.Millisecond) // scanning the stored message
-				say("250 2.0.0 queued\r\n")
-				inData = false
-			case inData:
-			case strings.HasPrefix(cmd, "EHLO"):
-				say("250-relay.test\r\n250 PIPELINING\r\n")
-			case strings.HasPrefix(cmd, "DATA"):
-				say("354 go ahead\r\n")
-				inData = true
-			default:
-				say("250 ok\r\n")
-			}
-		}
-	}()
+	go pipeRelay{pipelining: true, finalDelay: 200 * time.Millisecond}.serve(server) // scanning the stored message
 	ctx, cancel := context.WithCancel(context.Background())
 	raw := &slowCutConn{Conn: client, onMark: cancel}
-	sc, err := smtp.NewClient(raw, "relay.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sc.Hello("worker.test"); err != nil {
-		t.Fatal(err)
-	}
+	sc := helloOver(t, raw)
 	s := &Sender{cfg: Config{Timeout: 5 * time.Second, FinalTimeout: 10 * time.Second}}
 	healthy, e := s.transact(ctx, &conn{sc: sc, raw: raw}, []byte("Subject: hi\r\n\r\nbody\r\n"), "a@example.com", "b@example.com")
 	if e != nil {
