@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/doorbell/doorbell/proto/events/v1"
 	"github.com/doorbell/doorbell/services/mail-worker/internal/consume"
@@ -106,4 +107,31 @@ func TestACopyTakesOverFromAMessageDeletedBeforeItWasAcknowledged(t *testing.T) 
 	if n := h.smtp.CountByMessageID()["<evt-gone@example.com>"]; n != 1 {
 		t.Errorf("%d emails for the event, want 1\n%s", n, h.logs.String())
 	}
+}
+
+// A copy of an event comes after its sent original left the stream by age
+// (older than the retry horizon, as max_age removes it): the claim was
+// acknowledged, so the email is sent, and nothing goes out again.
+func TestACopyAfterItsSentOriginalAgedOutSendsNothing(t *testing.T) {
+	h := newHarness(t, harnessOptions{noRun: true}) // retry horizon 24 h
+	ctx := context.Background()
+	ev := signIn("evt-aged", "dev-a")
+	ev.AuthenticatedAt = timestamppb.New(time.Now().Add(-48 * time.Hour))
+	seq := h.publish(ev, ev.EventId).Sequence
+	h.handleNext(h.cons)
+	h.smtp.WaitForMessages(t, 1, waitLong)
+	h.waitSettled(seq)
+	stream, err := h.js.Stream(ctx, eventsv1.StreamAuthEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.DeleteMsg(ctx, seq); err != nil { // as max_age would
+		t.Fatal(err)
+	}
+	h.publish(ev, ev.EventId+"-copy")
+	h.handleNext(h.cons)
+	if n := h.smtp.CountByMessageID()["<evt-aged@example.com>"]; n != 1 {
+		t.Errorf("%d emails for the event, want 1\n%s", n, h.logs.String())
+	}
+	h.wantCounter(`emails_total{welcome,duplicate}`, h.metrics.emails.WithLabelValues("welcome", ResultDuplicate), 1)
 }

@@ -238,7 +238,7 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 			continue
 		}
 		if plan.Step == ledger.Elsewhere && h.otherGone(ctx, plan.Email.Seq) {
-			plan = ledger.TakeOver(rec, plan.Email, d.Delivery)
+			plan = ledger.Gone(rec, plan.Email, d.Delivery, h.Retry.Horizon)
 		}
 		var (
 			c        claimed

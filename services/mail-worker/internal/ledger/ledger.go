@@ -43,7 +43,8 @@ const (
 	// KeepSettled is how long a sent or folded email stays in the record,
 	// counted from its sign-in to the person's newest one: longer than an
 	// event stays in AUTH_EVENTS by default (7 days), so that a late
-	// redelivery or copy still finds it and is never sent twice.
+	// redelivery or copy still finds it and is not sent twice (but see
+	// Gone for a copy whose original an operator deleted).
 	KeepSettled = 31 * 24 * time.Hour
 	// KeepGivenUp is the same for a given-up (failed) email: longer than
 	// its dead letter can live after the sign-in (up to a 30-day retry
@@ -51,12 +52,17 @@ const (
 	// redrive still finds it and sends it rather than deciding afresh,
 	// which would send nothing to a device already remembered.
 	KeepGivenUp = 61 * 24 * time.Hour
-	// MaxHeld bounds the sign-ins held in one alert window that a record
-	// keeps with their details (Held). Beyond it a sign-in from a new
-	// device is only counted (Record.MoreHeld), and the next alert tells
-	// of it by number: a flood of sign-ins cannot grow a record past what
-	// NATS can store, which would stop every email to the person.
+	// MaxHeld bounds the sign-ins a record keeps with their details while
+	// they wait for an alert: held, or folded into an alert not yet sent
+	// or given up (one being retried for days keeps its own). Beyond it a
+	// sign-in from a new device inside the alert window is only counted
+	// (Record.MoreHeld), and the next alert tells of it by number: a flood
+	// of sign-ins cannot grow a record past what NATS can store, which
+	// would stop every email to the person.
 	MaxHeld = 20
+	// MaxCounted bounds Record.Counted: enough for the deliveries a crash
+	// can leave unacknowledged.
+	MaxCounted = 100
 	// MaxAbandoned is how often deliveries of one email may end with the
 	// worker gone (crashed, killed, hung past AckWait) while it was being
 	// sent, before the email is given up as poison.
@@ -111,6 +117,9 @@ type Record struct {
 	// MoreHeld counts the sign-ins held beyond MaxHeld since the last
 	// alert was claimed; the next alert tells of them by number.
 	MoreHeld int `json:"more_held,omitempty"`
+	// Counted holds the event ids of the last MaxCounted sign-ins counted
+	// in MoreHeld, so that a redelivery of one counts nothing again.
+	Counted []string `json:"counted,omitempty"`
 }
 
 // Email is one email decided for a sign-in.
@@ -270,6 +279,7 @@ func Remember(rec *Record, s SignIn) Record {
 func (r Record) clone() Record {
 	r.Devices = slices.Clone(r.Devices)
 	r.Emails = slices.Clone(r.Emails)
+	r.Counted = slices.Clone(r.Counted)
 	return r
 }
 
@@ -414,6 +424,9 @@ func (p Plan) Stores() bool {
 //
 // New-device alerts follow p: one per person per window (see Policy).
 func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
+	if rec != nil && slices.Contains(rec.Counted, s.EventID) {
+		return Plan{Step: Counted, Kind: NewDevice}
+	}
 	if e, ok := rec.Email(s.EventID); ok && e.State == Sending && e.Seq != d.Seq {
 		// Another message holds it: whether that message is still in the
 		// stream says what to do, not the ack floor, which also passes a
@@ -432,6 +445,10 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 		if until, hold := p.holds(rec, d.Now); hold && kind == NewDevice {
 			if rec.held() >= MaxHeld {
 				next.MoreHeld++
+				next.Counted = append(next.Counted, s.EventID)
+				if over := len(next.Counted) - MaxCounted; over > 0 {
+					next.Counted = slices.Clone(next.Counted[over:])
+				}
 				return Plan{Step: Counted, Kind: kind, Record: next, Changed: true, Decided: true}
 			}
 			e.State, e.IP, e.UserAgent = Held, s.IP, s.UserAgent
@@ -470,6 +487,20 @@ func Claim(rec *Record, s SignIn, d Delivery, p Policy) Plan {
 		return send(*rec, e, d) // our own claim, written by a retried write
 	case d.Num <= e.Delivery+1:
 		return Plan{Step: Wait, Kind: e.Kind, Email: e}
+	}
+	return TakeOver(rec, e, d)
+}
+
+// Gone decides for a message whose email another message claimed
+// (Elsewhere) when that message has left the stream. A claim whose sign-in
+// is older than horizon (the retry horizon) was acknowledged: its message
+// left by age, and a message still trying by then is given up, which
+// writes Failed; the email is sent (Duplicate). A younger one was deleted
+// (an operator's purge), perhaps before its email went out: TakeOver. The
+// ack floor cannot tell the two apart; it passes both.
+func Gone(rec *Record, e Email, d Delivery, horizon time.Duration) Plan {
+	if !d.Now.IsZero() && d.Now.Sub(e.At) > horizon {
+		return Plan{Step: Duplicate, Kind: e.Kind, Email: e}
 	}
 	return TakeOver(rec, e, d)
 }
@@ -530,10 +561,18 @@ func send(rec Record, e Email, d Delivery) Plan {
 }
 
 // held counts the sign-ins held for the next alert.
+// held counts the sign-ins whose details the record keeps for an alert:
+// held, or folded into an alert not yet sent or given up.
 func (r *Record) held() int {
+	inFlight := make(map[string]bool)
+	for _, e := range r.Emails {
+		if e.State == Sending || e.State == Retry {
+			inFlight[e.EventID] = true
+		}
+	}
 	n := 0
 	for _, e := range r.Emails {
-		if e.State == Held {
+		if e.State == Held || (e.State == Folded && inFlight[e.FoldedInto]) {
 			n++
 		}
 	}

@@ -244,6 +244,14 @@ func TestAClaimWhoseMessageIsAcknowledgedIsSent(t *testing.T) {
 			t.Errorf("%s: step %d, want %d", tt.name, p.Step, tt.want)
 		}
 	}
+	// A copy whose other message left the stream by age finds the email
+	// sent; one deleted younger is taken over.
+	if p := Gone(&rec, alert, Delivery{Seq: 9, Num: 1, Now: at(2).Add(6 * 24 * time.Hour)}, 5*24*time.Hour); p.Step != Duplicate {
+		t.Errorf("a claim past the horizon, its message gone: step %d, want Duplicate", p.Step)
+	}
+	if p := Gone(&rec, alert, Delivery{Seq: 9, Num: 1, Now: at(3)}, 5*24*time.Hour); p.Step != Send {
+		t.Errorf("a young claim, its message gone: step %d, want Send", p.Step)
+	}
 	// A copy whose other message left the stream takes the email over,
 	// whatever the floor says: it also passes a message deleted before it
 	// was acknowledged.
@@ -502,5 +510,55 @@ func TestHeldSignInsAreToldOfInTheNextAlertHoweverManyCome(t *testing.T) {
 	rec = *plan.Record.Acked(Acks{Floor: retry.Seq})
 	if rec.MoreHeld != 0 || rec.held() != 0 {
 		t.Errorf("after the alert: %d counted, %d held; want none", rec.MoreHeld, rec.held())
+	}
+}
+
+// A counted sign-in delivered again (its acknowledgement was lost) counts
+// nothing again, also without a device id and after the window.
+func TestACountedSignInIsCountedOnce(t *testing.T) {
+	p := Policy{AlertWindow: 10 * time.Minute}
+	rec := Record{FirstSeen: at(-60), LastSeen: at(-60), Devices: []string{"home"}, LastAlert: at(0)}
+	for i := range MaxHeld {
+		plan := Claim(&rec, signIn(fmt.Sprintf("h%d", i), 1, fmt.Sprintf("dev-%d", i)), Delivery{Seq: uint64(10 + i), Num: 1, Now: at(1)}, p)
+		rec = plan.Record
+	}
+	bot := signIn("bot", 2, "") // no device id
+	plan := Claim(&rec, bot, Delivery{Seq: 99, Num: 1, Now: at(2)}, p)
+	if plan.Step != Counted || !plan.Changed || plan.Record.MoreHeld != 1 {
+		t.Fatalf("the first delivery: %+v", plan)
+	}
+	rec = plan.Record
+	for _, d := range []Delivery{{Seq: 99, Num: 2, Now: at(3)}, {Seq: 99, Num: 3, Now: at(30)}} {
+		if plan := Claim(&rec, bot, d, p); plan.Step != Counted || plan.Changed || plan.Decided {
+			t.Errorf("delivered again at %v: step %d, changed %v; want Counted and nothing to store", d.Now, plan.Step, plan.Changed)
+		}
+	}
+}
+
+// An alert retried for days (a full mailbox) keeps the sign-ins folded
+// into it; those count against MaxHeld, so that window after window of
+// new devices meanwhile are counted, not kept: the record stays small.
+func TestARetriedAlertAndWindowAfterWindowKeepTheRecordSmall(t *testing.T) {
+	p := Policy{AlertWindow: 10 * time.Minute}
+	rec := Record{FirstSeen: at(-60), LastSeen: at(-60), Devices: []string{"home"}}
+	seq := uint64(1)
+	next := func() uint64 { seq++; return seq }
+	for w := range 100 {
+		start := w * 11
+		alert := Claim(&rec, signIn(fmt.Sprintf("a%d", w), start, fmt.Sprintf("alert-%d", w)), Delivery{Seq: next(), Num: 1, Now: at(start)}, p)
+		if alert.Step != Send {
+			t.Fatalf("window %d: the alert's step %d", w, alert.Step)
+		}
+		rec, _ = alert.Record.Finish(alert.Email.EventID, Delivery{Seq: seq, Num: 1}, FailedTry) // the mailbox is full
+		for i := range MaxHeld + 5 {
+			plan := Claim(&rec, signIn(fmt.Sprintf("w%d-%d", w, i), start+1, fmt.Sprintf("dev-%d-%d", w, i)), Delivery{Seq: next(), Num: 1, Now: at(start + 1)}, p)
+			rec = plan.Record
+		}
+	}
+	if data, err := json.Marshal(rec); err != nil || len(data) > 256<<10 {
+		t.Errorf("after 100 windows the record takes %d bytes (%v), want it well under NATS's 1 MB", len(data), err)
+	}
+	if n := rec.held(); n > MaxHeld {
+		t.Errorf("%d sign-ins kept with their details, want at most %d", n, MaxHeld)
 	}
 }
