@@ -4,27 +4,35 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/wneessen/go-mail/smtp"
 )
 
-// pool bounds the connections in use and keeps idle ones for reuse.
+// pool runs one goroutine per connection it may open (a connection
+// worker), each owning at most one session, and hands them work.
 //
-// A caller takes a slot (take), uses an idle connection or opens one, puts
-// the connection back (put) and gives the slot back (give). Idle
-// connections are closed after idleTimeout by a timer; Close closes the
-// idle ones at once and the busy ones when they are put back.
+// A caller gives a job to the most recently freed worker (do), so that as
+// few sessions as the load needs stay open and the rest time out, or
+// queues it when every worker is busy, and waits for it. A worker that
+// finishes a job takes the first queued one at once, on its own goroutine:
+// its connection does not stand idle until the goroutine of the next
+// caller is scheduled (on a busy processor that wait was a third of a
+// connection's time). A worker dials when it has work and no session, and
+// says QUIT after idleTimeout without work; close stops the workers.
 type pool struct {
-	slots       chan struct{} // one token per connection in use
 	idleTimeout time.Duration
 	metrics     *Metrics
 	log         *slog.Logger
+	workers     []*worker
+
+	stopped chan struct{} // closed by close
 
 	mu     sync.Mutex
-	idle   []*conn // least recently used first
-	timer  *time.Timer
+	free   []*worker // least recently freed first
+	queue  []*job    // waiting for a worker, oldest first
 	closed bool
 }
 
@@ -34,45 +42,142 @@ type conn struct {
 	// raw is the TCP connection under sc (and under its TLS), whose
 	// deadlines bound each step and cut the session at once when needed:
 	// sc's own methods wait for the command in progress.
-	raw      net.Conn
-	lastUsed time.Time
+	raw net.Conn
+}
+
+// job is work for a connection worker: f gets the worker's session (nil
+// when it has none) and returns the one to keep (nil when there is none
+// left: f closed it, or never had one).
+type job struct {
+	f     func(c *conn) *conn
+	taken chan struct{} // closed when a worker takes the job from the queue
+	done  chan struct{} // closed when f has returned
+}
+
+// worker is one connection worker.
+type worker struct {
+	jobs   chan *job // a job given to this worker while it was free
+	stop   chan struct{}
+	exited chan struct{}
 }
 
 func newPool(size int, idleTimeout time.Duration, m *Metrics, log *slog.Logger) *pool {
-	return &pool{slots: make(chan struct{}, size), idleTimeout: idleTimeout, metrics: m, log: log}
+	p := &pool{idleTimeout: idleTimeout, metrics: m, log: log, stopped: make(chan struct{})}
+	for range size {
+		w := &worker{jobs: make(chan *job, 1), stop: make(chan struct{}), exited: make(chan struct{})}
+		p.workers = append(p.workers, w)
+		p.free = append(p.free, w)
+		go p.work(w)
+	}
+	return p
 }
 
-// take waits for a slot. It fails with ErrClosed after close and with
-// ctx's error when ctx ends first.
-func (p *pool) take(ctx context.Context) error {
-	select {
-	case p.slots <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+// do runs f on a connection worker and returns once f has. It fails with
+// ctx's error when ctx ends while the job waits for a worker, and with
+// ErrClosed after close; f has not run then.
+func (p *pool) do(ctx context.Context, f func(c *conn) *conn) error {
+	j := &job{f: f, taken: make(chan struct{}), done: make(chan struct{})}
 	p.mu.Lock()
-	closed := p.closed
-	p.mu.Unlock()
-	if closed {
-		<-p.slots
+	switch {
+	case p.closed:
+		p.mu.Unlock()
 		return ErrClosed
+	case len(p.free) > 0:
+		w := p.free[len(p.free)-1]
+		p.free = p.free[:len(p.free)-1]
+		w.jobs <- j // under mu, before any close: the worker runs it
+		p.mu.Unlock()
+	default:
+		p.queue = append(p.queue, j)
+		p.mu.Unlock()
+		select {
+		case <-j.taken:
+		case <-ctx.Done():
+			if p.withdraw(j) {
+				return ctx.Err()
+			}
+		case <-p.stopped:
+			if p.withdraw(j) {
+				return ErrClosed
+			}
+		}
 	}
+	<-j.done
 	return nil
 }
 
-// give returns a slot taken with take.
-func (p *pool) give() { <-p.slots }
-
-// idleConn returns the most recently used idle connection, or nil.
-func (p *pool) idleConn() *conn {
+// withdraw takes j out of the queue, unless a worker took it first.
+func (p *pool) withdraw(j *job) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if n := len(p.idle); n > 0 {
-		c := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		return c
+	select {
+	case <-j.taken:
+		return false
+	default:
 	}
+	p.queue = slices.DeleteFunc(p.queue, func(q *job) bool { return q == j })
+	return true
+}
+
+// next is the job a worker that just finished one runs now: the first
+// queued, or none, and then the worker is free. After close there is none.
+func (p *pool) next(w *worker) *job {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed:
+		return nil
+	case len(p.queue) > 0:
+		j := p.queue[0]
+		p.queue = p.queue[1:]
+		close(j.taken)
+		return j
+	}
+	p.free = append(p.free, w)
 	return nil
+}
+
+// work is worker w's loop.
+func (p *pool) work(w *worker) {
+	defer close(w.exited)
+	var c *conn
+	idle := time.NewTimer(p.idleTimeout)
+	idle.Stop()
+	defer idle.Stop()
+	run := func(j *job) {
+		for j != nil {
+			c = j.f(c)
+			// Free (or on to the next job) before the caller hears that
+			// this one is done: its next send finds this worker first.
+			next := p.next(w)
+			close(j.done)
+			j = next
+		}
+		if c != nil {
+			idle.Reset(p.idleTimeout)
+		}
+	}
+	for {
+		select {
+		case j := <-w.jobs:
+			idle.Stop()
+			run(j)
+		case <-idle.C:
+			if c != nil {
+				p.log.Debug("closing idle smtp connection", "idle_for", p.idleTimeout.String())
+				p.quit(c)
+				c = nil
+			}
+		case <-w.stop:
+			select {
+			case j := <-w.jobs: // given before close
+				run(j)
+			default:
+			}
+			p.quit(c)
+			return
+		}
+	}
 }
 
 // opened counts a new session.
@@ -81,70 +186,45 @@ func (p *pool) opened(c *conn) *conn {
 	return c
 }
 
-// put keeps c for reuse when healthy, else closes it without a goodbye (a
-// broken connection would only make QUIT wait).
-func (p *pool) put(c *conn, healthy bool) {
-	p.mu.Lock()
-	if healthy && !p.closed {
-		c.lastUsed = time.Now()
-		p.idle = append(p.idle, c)
-		if p.timer == nil {
-			p.timer = time.AfterFunc(p.idleTimeout, p.reap)
-		}
-		p.mu.Unlock()
-		return
-	}
-	closed := p.closed
-	p.mu.Unlock()
-	if healthy && closed {
-		quit(c.sc)
-	} else {
-		_ = c.sc.Close()
-	}
+// drop closes c without a goodbye (a broken connection would only make QUIT
+// wait).
+func (p *pool) drop(c *conn) {
+	_ = c.sc.Close()
 	p.metrics.connections.Dec()
 }
 
-// reap closes connections idle for idleTimeout and re-arms the timer for
-// the next one.
-func (p *pool) reap() {
-	p.mu.Lock()
-	var stale []*conn
-	now := time.Now()
-	for len(p.idle) > 0 && now.Sub(p.idle[0].lastUsed) >= p.idleTimeout {
-		stale = append(stale, p.idle[0])
-		p.idle = p.idle[1:]
+// quit says QUIT on c, if any, and closes it.
+func (p *pool) quit(c *conn) {
+	if c == nil {
+		return
 	}
-	if len(p.idle) > 0 && !p.closed {
-		p.timer = time.AfterFunc(p.idleTimeout-now.Sub(p.idle[0].lastUsed), p.reap)
-	} else {
-		p.timer = nil
-	}
-	p.mu.Unlock()
-	for _, c := range stale {
-		p.log.Debug("closing idle smtp connection", "idle_for", now.Sub(c.lastUsed).Round(time.Millisecond).String())
-		quit(c.sc)
-		p.metrics.connections.Dec()
-	}
+	quit(c.sc)
+	p.metrics.connections.Dec()
 }
 
-// close says QUIT on every idle connection, at the same time, and makes
-// take fail from now on.
+// close stops the workers: a free one says QUIT at once, and close waits a
+// moment for those; a busy one closes its session when its send ends.
+// Later calls to do fail with ErrClosed, and so do the jobs still queued.
 func (p *pool) close() {
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
 	p.closed = true
-	idle := p.idle
-	p.idle = nil
-	if p.timer != nil {
-		p.timer.Stop()
-		p.timer = nil
-	}
+	p.free = nil
 	p.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, c := range idle {
-		wg.Go(func() {
-			quit(c.sc)
-			p.metrics.connections.Dec()
-		})
+	close(p.stopped)
+	for _, w := range p.workers {
+		close(w.stop)
 	}
-	wg.Wait()
+	deadline := time.NewTimer(quitTimeout + time.Second)
+	defer deadline.Stop()
+	for _, w := range p.workers {
+		select {
+		case <-w.exited:
+		case <-deadline.C:
+			return
+		}
+	}
 }

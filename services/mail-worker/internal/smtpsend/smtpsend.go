@@ -256,10 +256,21 @@ func (s *Sender) PoolSize() int { return s.cfg.PoolSize }
 // is sent) and closes the session. It is the start-up check and the probe
 // while the relay is down. It updates Status. A failure is a *Error.
 func (s *Sender) Check(ctx context.Context) error {
-	if err := s.pool.take(ctx); err != nil {
+	var e *Error
+	if err := s.pool.do(ctx, func(c *conn) *conn {
+		e = s.check(ctx)
+		return c
+	}); err != nil {
 		return Classify(StageConnect, err)
 	}
-	defer s.pool.give()
+	if e != nil {
+		return e
+	}
+	return nil
+}
+
+// check is Check on a connection worker, on a session of its own.
+func (s *Sender) check(ctx context.Context) *Error {
 	c, e := s.dial(ctx)
 	if e != nil {
 		s.setStatus(e)
@@ -330,16 +341,17 @@ func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
 			return Receipt{}, s.count(Classify(StageConnect, err))
 		}
 	}
-	start := time.Now()
-	if err := s.pool.take(ctx); err != nil {
+	var e *Error
+	queued := time.Now()
+	if err := s.pool.do(ctx, func(c *conn) *conn {
+		s.metrics.poolWait.Observe(time.Since(queued).Seconds())
+		start := time.Now()
+		c, e = s.send(ctx, c, data, m.ToAddr)
+		telemetry.Observe(ctx, s.metrics.duration, time.Since(start).Seconds())
+		return c
+	}); err != nil {
 		return Receipt{}, s.count(Classify(StageConnect, err))
 	}
-	s.metrics.poolWait.Observe(time.Since(start).Seconds())
-	defer s.pool.give()
-
-	start = time.Now()
-	e := s.send(ctx, data, m.ToAddr)
-	telemetry.Observe(ctx, s.metrics.duration, time.Since(start).Seconds())
 	if e != nil {
 		return Receipt{}, s.count(e)
 	}
@@ -350,14 +362,15 @@ func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
 	return Receipt{MessageID: messageID, AcceptedAt: now}, nil
 }
 
-// send runs one email on a pooled connection, holding a pool slot.
-func (s *Sender) send(ctx context.Context, data []byte, to string) *Error {
-	c := s.pool.idleConn()
+// send runs one email on a connection worker's session c (nil: it has
+// none, and one is opened), and returns the session to keep: nil once it
+// cannot carry another email, or when the pool is closing.
+func (s *Sender) send(ctx context.Context, c *conn, data []byte, to string) (*conn, *Error) {
 	reused := c != nil
 	if !reused {
 		dc, e := s.dial(ctx)
 		if e != nil {
-			return e
+			return nil, e
 		}
 		c = s.pool.opened(dc)
 	}
@@ -367,16 +380,19 @@ func (s *Sender) send(ctx context.Context, data []byte, to string) *Error {
 		// a proxy dropped it). Nothing was sent on it: once more on a new
 		// connection.
 		s.log.DebugContext(ctx, "pooled smtp connection is dead; redialling", "reason", e.Reason)
-		s.pool.put(c, false)
+		s.pool.drop(c)
 		dc, de := s.dial(ctx)
 		if de != nil {
-			return de
+			return nil, de
 		}
 		c = s.pool.opened(dc)
 		healthy, e = s.transact(ctx, c, data, s.from.Address, to)
 	}
-	s.pool.put(c, healthy)
-	return e
+	if !healthy {
+		s.pool.drop(c)
+		return nil, e
+	}
+	return c, e
 }
 
 // OutcomeOf classifies the result of Send as one of the Outcome*
@@ -423,7 +439,8 @@ func (s *Sender) count(e *Error) *Error {
 }
 
 // Close says QUIT on the idle connections and makes later sends fail with
-// ErrClosed. Connections in use are closed when their send ends.
+// ErrClosed. Connections in use are closed when their send ends (Close
+// waits a moment for them).
 func (s *Sender) Close() error {
 	s.pool.close()
 	return nil

@@ -1,0 +1,76 @@
+package smtpsend
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// A job that waits for a busy worker can be withdrawn by its context or by
+// close, and then never runs; one queued behind a busy worker runs on it
+// as soon as it is free.
+func TestPoolJobsWaitForAWorkerAndCanBeWithdrawn(t *testing.T) {
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPool(1, time.Minute, m, slog.New(slog.DiscardHandler))
+	release := make(chan struct{})
+	busy := make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- p.do(context.Background(), func(c *conn) *conn {
+			close(busy)
+			<-release
+			return c
+		})
+	}()
+	<-busy
+
+	var ran atomic.Int32
+	count := func(c *conn) *conn { ran.Add(1); return c }
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := p.do(ctx, count); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a job whose context ended while it waited: %v", err)
+	}
+	queued := make(chan error, 1)
+	go func() { queued <- p.do(context.Background(), count) }()
+	time.Sleep(50 * time.Millisecond) // queued behind the busy worker
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-queued; err != nil || ran.Load() != 1 {
+		t.Errorf("the queued job: %v, %d jobs ran; want it run once and the withdrawn one never", err, ran.Load())
+	}
+
+	release = make(chan struct{})
+	busy = make(chan struct{})
+	go func() {
+		first <- p.do(context.Background(), func(c *conn) *conn {
+			close(busy)
+			<-release
+			return c
+		})
+	}()
+	<-busy
+	go func() { queued <- p.do(context.Background(), count) }()
+	time.Sleep(50 * time.Millisecond)
+	go p.close()
+	if err := <-queued; !errors.Is(err, ErrClosed) {
+		t.Errorf("a job queued at close: %v, want ErrClosed", err)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Errorf("the job in hand at close: %v", err)
+	}
+	if err := p.do(context.Background(), count); !errors.Is(err, ErrClosed) || ran.Load() != 1 {
+		t.Errorf("after close: %v, %d jobs ran", err, ran.Load())
+	}
+}
