@@ -20,17 +20,21 @@ func TestPoolJobsWaitForAWorkerAndCanBeWithdrawn(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := newPool(1, time.Minute, m, slog.New(slog.DiscardHandler))
-	release := make(chan struct{})
-	busy := make(chan struct{})
 	first := make(chan error, 1)
-	go func() {
-		first <- p.do(context.Background(), func(c *conn) *conn {
-			close(busy)
-			<-release
-			return c
-		})
-	}()
-	<-busy
+	// occupy gives the worker a job that holds it until release is called.
+	occupy := func() (release func()) {
+		hold, busy := make(chan struct{}), make(chan struct{})
+		go func() {
+			first <- p.do(context.Background(), func(c *conn) *conn {
+				close(busy)
+				<-hold
+				return c
+			})
+		}()
+		<-busy
+		return func() { close(hold) }
+	}
+	release := occupy()
 
 	var ran atomic.Int32
 	count := func(c *conn) *conn { ran.Add(1); return c }
@@ -42,7 +46,7 @@ func TestPoolJobsWaitForAWorkerAndCanBeWithdrawn(t *testing.T) {
 	queued := make(chan error, 1)
 	go func() { queued <- p.do(context.Background(), count) }()
 	time.Sleep(50 * time.Millisecond) // queued behind the busy worker
-	close(release)
+	release()
 	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
@@ -50,23 +54,14 @@ func TestPoolJobsWaitForAWorkerAndCanBeWithdrawn(t *testing.T) {
 		t.Errorf("the queued job: %v, %d jobs ran; want it run once and the withdrawn one never", err, ran.Load())
 	}
 
-	release = make(chan struct{})
-	busy = make(chan struct{})
-	go func() {
-		first <- p.do(context.Background(), func(c *conn) *conn {
-			close(busy)
-			<-release
-			return c
-		})
-	}()
-	<-busy
+	release = occupy()
 	go func() { queued <- p.do(context.Background(), count) }()
 	time.Sleep(50 * time.Millisecond)
 	go p.close()
 	if err := <-queued; !errors.Is(err, ErrClosed) {
 		t.Errorf("a job queued at close: %v, want ErrClosed", err)
 	}
-	close(release)
+	release()
 	if err := <-first; err != nil {
 		t.Errorf("the job in hand at close: %v", err)
 	}
