@@ -31,7 +31,7 @@ type pool struct {
 	stopped chan struct{} // closed by close
 
 	mu     sync.Mutex
-	free   []*worker // least recently freed first
+	free   []*worker // the next to be given a job last
 	queue  []*job    // waiting for a worker, oldest first
 	closed bool
 }
@@ -120,8 +120,11 @@ func (p *pool) withdraw(j *job) bool {
 }
 
 // next is the job a worker that just finished one runs now: the first
-// queued, or none, and then the worker is free. After close there is none.
-func (p *pool) next(w *worker) *job {
+// queued, or none, and then the worker is free: the next to be given a job
+// if it holds a session, else the last (a free worker with a session is
+// always used before one that would have to dial). After close there is
+// none.
+func (p *pool) next(w *worker, session bool) *job {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
@@ -133,7 +136,11 @@ func (p *pool) next(w *worker) *job {
 		close(j.taken)
 		return j
 	}
-	p.free = append(p.free, w)
+	if session {
+		p.free = append(p.free, w)
+	} else {
+		p.free = slices.Insert(p.free, 0, w)
+	}
 	return nil
 }
 
@@ -149,7 +156,7 @@ func (p *pool) work(w *worker) {
 			c = j.f(c)
 			// Free (or on to the next job) before the caller hears that
 			// this one is done: its next send finds this worker first.
-			next := p.next(w)
+			next := p.next(w, c != nil)
 			close(j.done)
 			j = next
 		}

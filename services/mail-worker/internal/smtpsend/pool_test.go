@@ -69,3 +69,33 @@ func TestPoolJobsWaitForAWorkerAndCanBeWithdrawn(t *testing.T) {
 		t.Errorf("after close: %v, %d jobs ran", err, ran.Load())
 	}
 }
+
+// A free worker that holds a session is given the next job before one that
+// would have to dial, even one freed later (its send dropped its session).
+func TestPoolPrefersAWorkerWithASession(t *testing.T) {
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPool(2, time.Minute, m, slog.New(slog.DiscardHandler))
+	t.Cleanup(p.close)
+	session := &conn{} // never used as one: the last job drops it
+	inA, inB, relA, relB := make(chan struct{}), make(chan struct{}), make(chan struct{}), make(chan struct{})
+	doneA, doneB := make(chan error, 1), make(chan error, 1)
+	go func() { doneA <- p.do(context.Background(), func(*conn) *conn { close(inA); <-relA; return session }) }()
+	<-inA
+	go func() { doneB <- p.do(context.Background(), func(*conn) *conn { close(inB); <-relB; return nil }) }()
+	<-inB
+	close(relA)
+	if err := <-doneA; err != nil {
+		t.Fatal(err)
+	}
+	close(relB) // freed last, without a session
+	if err := <-doneB; err != nil {
+		t.Fatal(err)
+	}
+	var got *conn
+	if err := p.do(context.Background(), func(c *conn) *conn { got = c; return nil }); err != nil || got != session {
+		t.Errorf("the next job got session %p (%v), want the idle one %p", got, err, session)
+	}
+}
