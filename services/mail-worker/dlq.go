@@ -45,12 +45,6 @@ const (
 	exitNotFound = 3
 )
 
-// dlqTimeout bounds the NATS round trips of preview --dlq. The dlq
-// commands have no overall deadline: each of their round trips is bounded
-// on its own (JetStream's default timeout), so that a long list or redrive
-// runs to its end.
-const dlqTimeout = time.Minute
-
 // dlqArgs is a parsed dlq command line.
 type dlqArgs struct {
 	verb   string
@@ -117,7 +111,10 @@ func parseDLQArgs(args []string) (dlqArgs, error) {
 	return a, nil
 }
 
-// runDLQ runs "mail-worker dlq args..." and returns the exit status.
+// runDLQ runs "mail-worker dlq args..." and returns the exit status. A
+// command has no overall deadline: each of its round trips is bounded on
+// its own (JetStream's default timeout), so that a long list or redrive
+// runs to its end.
 func runDLQ(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	if len(args) == 1 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
 		fmt.Fprint(stdout, dlqUsage)

@@ -173,13 +173,16 @@ func previewData(ev *eventsv1.UserAuthenticated, n int) render.Data {
 	return d
 }
 
+// deadLetterTimeout bounds reading one dead letter for a preview.
+const deadLetterTimeout = time.Minute
+
 // deadLetterEvent reads the event of dead letter seq.
 func deadLetterEvent(ctx context.Context, getenv func(string) string, seq uint64) (*eventsv1.UserAuthenticated, error) {
 	url, err := config.NATSURL(getenv)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, dlqTimeout)
+	ctx, cancel := context.WithTimeout(ctx, deadLetterTimeout)
 	defer cancel()
 	nc, err := nats.Connect(url, nats.Name("doorbell-mail-worker-preview"), nats.Timeout(5*time.Second))
 	if err != nil {

@@ -3,8 +3,8 @@
 // person's record (deciding what the sign-in deserves, at first sight) →
 // render → send → acknowledge (which records a sent email), or record the
 // failure and hand back or dead-letter. handle.go has the path up to the
-// send, settle.go what follows it. The semantics are stated in the mail-worker's README
-// ("Delivery semantics").
+// send, settle.go what follows it. The semantics are stated in the
+// mail-worker's README ("Delivery semantics").
 package deliver
 
 import (
@@ -221,7 +221,7 @@ func (h *Handler) claim(ctx context.Context, d delivery, ev *eventsv1.UserAuthen
 	s := ledger.SignIn{EventID: ev.GetEventId(), At: signInTime(ev, d), DeviceID: ev.GetClient().GetDeviceId(),
 		IP: ev.GetClient().GetIp(), UserAgent: ev.GetClient().GetUserAgent()}
 	d.Now = h.now()
-	acks, err := h.acks(ctx, false)
+	acks, err := h.Acks(ctx, false)
 	if err != nil {
 		return claimed{}, h.retryLater(d, outcome{result: logRetry, reason: "cannot read the consumer's state", err: err}), false
 	}
@@ -457,13 +457,6 @@ func keepInProgress(msg jetstream.Msg, every time.Duration) (stop func()) {
 	}
 }
 
-// acks is Handler.Acks, bounded by opTimeout.
-func (h *Handler) acks(ctx context.Context, fresh bool) (ledger.Acks, error) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	return h.Acks(ctx, fresh)
-}
-
 // otherGone reports whether the message at seq has left the stream, so
 // that its claim can be taken over; when unsure, it is not.
 func (h *Handler) otherGone(ctx context.Context, seq uint64) bool {
@@ -487,8 +480,8 @@ func StreamHas(stream jetstream.Stream) InStream {
 // ConsumerAcks returns the Acks of cons. A figure that need not be fresh
 // is at most acksMaxAge old: one caller at a time asks JetStream again,
 // the others take the figure in hand meanwhile, and keep it while
-// JetStream does not answer. Only the first ask, and a fresh one, can
-// fail.
+// JetStream does not answer (each ask bounded by opTimeout). Only the
+// first ask, and a fresh one, can fail.
 func ConsumerAcks(cons jetstream.Consumer) Acks {
 	var (
 		mu      sync.Mutex
@@ -507,7 +500,9 @@ func ConsumerAcks(cons jetstream.Consumer) Acks {
 			}
 			defer refresh.Store(false)
 		}
-		info, err := cons.Info(ctx)
+		ictx, cancel := context.WithTimeout(ctx, opTimeout)
+		info, err := cons.Info(ictx)
+		cancel()
 		if err != nil {
 			if stale {
 				return a, nil

@@ -307,16 +307,10 @@ func (r Record) with(e Email) Record {
 	} else {
 		next.Emails = append(next.Emails, e)
 	}
-	// A folded sign-in is settled once the alert that tells of it is: until
-	// then the alert must still find it to name it.
-	inFlight := make(map[string]bool)
-	for _, x := range next.Emails {
-		if x.State == Sending || x.State == Retry {
-			inFlight[x.EventID] = true
-		}
-	}
+	// A folded sign-in is settled once the alert that tells of it is.
+	waits := next.waitsForAlert()
 	settled := func(x Email) bool {
-		return x.State == Sent || x.State == Failed || (x.State == Folded && !inFlight[x.FoldedInto])
+		return x.State == Sent || x.State == Failed || (x.State == Folded && !waits(x))
 	}
 	next.Emails = slices.DeleteFunc(next.Emails, func(x Email) bool {
 		keep := KeepSettled
@@ -560,23 +554,32 @@ func send(rec Record, e Email, d Delivery) Plan {
 	return plan
 }
 
-// held counts the sign-ins held for the next alert.
-// held counts the sign-ins whose details the record keeps for an alert:
-// held, or folded into an alert not yet sent or given up.
+// held counts the sign-ins whose details the record keeps for an alert
+// (see waitsForAlert).
 func (r *Record) held() int {
+	waits := r.waitsForAlert()
+	n := 0
+	for _, e := range r.Emails {
+		if waits(e) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitsForAlert returns a test of whether an email of r is a sign-in that
+// waits for an alert: held, or folded into an alert still being sent or
+// retried, which must still find it to name it.
+func (r Record) waitsForAlert() func(Email) bool {
 	inFlight := make(map[string]bool)
 	for _, e := range r.Emails {
 		if e.State == Sending || e.State == Retry {
 			inFlight[e.EventID] = true
 		}
 	}
-	n := 0
-	for _, e := range r.Emails {
-		if e.State == Held || (e.State == Folded && inFlight[e.FoldedInto]) {
-			n++
-		}
+	return func(e Email) bool {
+		return e.State == Held || (e.State == Folded && inFlight[e.FoldedInto])
 	}
-	return n
 }
 
 // equalSeen reports whether a and b know the same devices in the same
@@ -608,25 +611,19 @@ func (r *Record) Acked(a Acks) *Record {
 		return r
 	}
 	next := r.clone()
+	sent := make(map[string]bool)
 	for i, e := range next.Emails {
 		if acked(e) {
-			next.Emails[i].State, next.Emails[i].IP, next.Emails[i].UserAgent = Sent, "", ""
-			next = next.forgetFoldedInto(e.EventID)
+			next.Emails[i].State = Sent
+			sent[e.EventID] = true
 		}
 	}
-	return &next
-}
-
-// forgetFoldedInto drops the details of the sign-ins told of in the alert of
-// eventID, once it is sent.
-func (r Record) forgetFoldedInto(eventID string) Record {
-	next := r.clone()
-	for i, x := range next.Emails {
-		if x.State == Folded && x.FoldedInto == eventID {
+	for i, e := range next.Emails {
+		if sent[e.EventID] || (e.State == Folded && sent[e.FoldedInto]) {
 			next.Emails[i].IP, next.Emails[i].UserAgent = "", ""
 		}
 	}
-	return next
+	return &next
 }
 
 // Result is how an attempt at an email ended, for Record.Finish.

@@ -364,7 +364,7 @@ func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
 
 // send runs one email on a connection worker's session c (nil: it has
 // none, and one is opened), and returns the session to keep: nil once it
-// cannot carry another email, or when the pool is closing.
+// cannot carry another email.
 func (s *Sender) send(ctx context.Context, c *conn, data []byte, to string) (*conn, *Error) {
 	reused := c != nil
 	if !reused {
