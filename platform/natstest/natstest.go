@@ -5,8 +5,10 @@ package natstest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -273,15 +275,18 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	}
 	nc, js := Connect(t, c.URL())
 	defer nc.Close()
-	// The meta leader answers account info: once it does, streams can be
-	// created.
+	// The meta leader answers account info, and every server has caught up
+	// with the meta group: then streams can be created and placed at once.
 	deadline := time.Now().Add(readyWait)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := js.AccountInfo(ctx)
 		cancel()
-		if err == nil {
+		if err == nil && !slices.ContainsFunc(c.Servers, func(s *server.Server) bool { return !s.JetStreamIsCurrent() }) {
 			return c
+		}
+		if err == nil {
+			err = errors.New("a server has not caught up with the meta group")
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("natstest: the JetStream cluster has no meta leader after %s: %v", readyWait, err)
