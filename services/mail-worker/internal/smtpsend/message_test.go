@@ -90,7 +90,7 @@ func TestComposeIsReadBackAsWritten(t *testing.T) {
 func TestLinesThatBeginWithAPeriodArriveIntact(t *testing.T) {
 	var b bytes.Buffer
 	w := bufio.NewWriter(&b)
-	writeData(w, []byte(".\r\n..x\r\na.b\r\n.last"))
+	_ = writeData(w, []byte(".\r\n..x\r\na.b\r\n.last"))
 	_ = w.Flush()
 	if got, want := b.String(), "..\r\n...x\r\na.b\r\n..last\r\n"; got != want {
 		t.Errorf("writeData wrote %q, want %q", got, want)

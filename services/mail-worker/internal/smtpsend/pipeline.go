@@ -10,17 +10,26 @@ import (
 	"github.com/wneessen/go-mail/smtp"
 )
 
-// transferPipelined is transfer for a relay that offers PIPELINING (RFC
-// 2920): MAIL FROM, RCPT TO and DATA go out in one write and their three
-// replies are read afterwards, which saves two round trips per email. The
-// replies are taken in order, whatever they say; the first refusal is the
-// failure (a later one only follows from it).
-func transferPipelined(sc *smtp.Client, data []byte, from, to string) (bool, Stage, *Error) {
+// pipelines reports whether the relay takes commands in groups (RFC 2920
+// PIPELINING).
+func pipelines(sc *smtp.Client) bool {
+	ok, _ := sc.Extension("PIPELINING")
+	return ok
+}
+
+// mailCommands are the MAIL FROM, RCPT TO and DATA of one email, sent in
+// one write to a relay that pipelines: this saves two round trips per
+// email.
+func mailCommands(sc *smtp.Client, from, to string) []byte {
+	return fmt.Appendf(nil, "MAIL FROM:%s%s\r\nRCPT TO:%s\r\nDATA\r\n", envelope(from), mailParameters(sc), envelope(to))
+}
+
+// readMailReplies reads the replies to mailCommands. They are taken in
+// order, whatever they say; the first refusal is the failure (a later one
+// only follows from it). On failure it says at which stage, and whether
+// the session can carry another transaction.
+func readMailReplies(sc *smtp.Client) (bool, Stage, *Error) {
 	w := sc.Text.W
-	fmt.Fprintf(w, "MAIL FROM:%s%s\r\nRCPT TO:%s\r\nDATA\r\n", envelope(from), mailParameters(sc), envelope(to))
-	if err := w.Flush(); err != nil {
-		return false, StageMail, Classify(StageMail, err)
-	}
 	var failed *Error
 	for _, r := range []struct {
 		stage Stage
@@ -50,27 +59,59 @@ func transferPipelined(sc *smtp.Client, data []byte, from, to string) (bool, Sta
 		usable := failed.Code != 421 && sc.Reset() == nil
 		return usable, failed.Stage, failed
 	}
-	return writeContent(w, data)
+	return true, "", nil
 }
+
+// writeContent writes data and its end-of-data mark, then commands (the
+// next email's, or none), and flushes the mark and what follows it in one
+// write. markOut says whether every byte of the mark went out: until then
+// the server cannot have accepted the email. commandsOut says whether all
+// of commands did too; the error is the writer's.
+func writeContent(w *bufio.Writer, data, commands []byte) (markOut, commandsOut bool, err error) {
+	if err := writeData(w, data); err != nil {
+		return false, false, err
+	}
+	if w.Available() < len(endOfData)+len(commands) {
+		if err := w.Flush(); err != nil {
+			return false, false, err
+		}
+	}
+	_, _ = w.Write(endOfData)
+	_, _ = w.Write(commands)
+	if err := w.Flush(); err != nil {
+		// What is left unwritten is the end of the buffer.
+		return w.Buffered() <= len(commands), false, err
+	}
+	return true, len(commands) > 0, nil
+}
+
+var endOfData = []byte(".\r\n")
 
 // writeData writes data, whose lines end in CRLF, as the content of DATA
 // (RFC 5321 4.5.2): a line that begins with a period gets another, and a
 // last line without CRLF gets one. The end-of-data mark is the caller's.
-// Errors are w's, seen at its Flush.
-func writeData(w *bufio.Writer, data []byte) {
+// It returns w's first error.
+func writeData(w *bufio.Writer, data []byte) error {
 	for len(data) > 0 {
 		if data[0] == '.' {
-			_ = w.WriteByte('.')
+			if err := w.WriteByte('.'); err != nil {
+				return err
+			}
 		}
 		i := bytes.Index(data, crlf)
 		if i < 0 {
-			_, _ = w.Write(data)
-			_, _ = w.Write(crlf)
-			return
+			if _, err := w.Write(data); err != nil {
+				return err
+			}
+			_, err := w.Write(crlf)
+			return err
 		}
-		_, _ = w.Write(data[:i+2])
+		if _, err := w.Write(data[:i+2]); err != nil {
+			return err
+		}
 		data = data[i+2:]
 	}
+	return nil
 }
 
 var crlf = []byte("\r\n")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	netmail "net/mail"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,15 @@ type scriptedRelay struct {
 	dataReply string
 	bursts    []string // each transaction's commands as they arrived with its MAIL FROM
 	messages  int      // data ended with a "." after a 354
+
+	// Misbehaviour, each for the next time only unless said otherwise:
+	hold354       chan struct{} // the reply to DATA waits until it is closed
+	holdMark      chan struct{} // the reply to the end-of-data mark waits until it is closed
+	atMark        chan struct{} // closed when the relay holds back that reply
+	markReplies   []string      // replies to the next marks (then 250)
+	dropAtMark    int           // this many marks get no reply: the connection closes
+	perConnection int           // emails a connection takes before MAIL gets 421 (0: any number)
+	behindMark    int           // marks that arrived with more commands behind them
 }
 
 // script sets the replies to RCPT TO and DATA.
@@ -72,6 +82,7 @@ func (r *scriptedRelay) serve(c net.Conn) {
 	say := func(s string) { _, _ = c.Write([]byte(s)) }
 	say("220 scripted ESMTP\r\n")
 	inData := false
+	taken := 0 // emails on this connection
 	for {
 		line, err := br.ReadString('\n')
 		if err != nil {
@@ -80,10 +91,10 @@ func (r *scriptedRelay) serve(c net.Conn) {
 		if inData {
 			if line == ".\r\n" {
 				inData = false
-				r.mu.Lock()
-				r.messages++
-				r.mu.Unlock()
-				say("250 2.0.0 queued\r\n")
+				taken++
+				if !r.endOfData(br.Buffered() > 0, say) {
+					return
+				}
 			}
 			continue
 		}
@@ -105,11 +116,21 @@ func (r *scriptedRelay) serve(c net.Conn) {
 			say("250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
 		case strings.HasPrefix(cmd, "EHLO"):
 			say("250-scripted\r\n250 8BITMIME\r\n")
+		case strings.HasPrefix(cmd, "MAIL") && r.full(taken):
+			say("421 4.7.0 too many messages on this connection\r\n")
+			return
 		case strings.HasPrefix(cmd, "MAIL"), strings.HasPrefix(cmd, "RSET"):
 			say("250 2.1.0 ok\r\n")
 		case strings.HasPrefix(cmd, "RCPT"):
 			say(rcptReply + "\r\n")
 		case strings.HasPrefix(cmd, "DATA"):
+			r.mu.Lock()
+			hold := r.hold354
+			r.hold354 = nil
+			r.mu.Unlock()
+			if hold != nil && strings.HasPrefix(dataReply, "354") {
+				<-hold
+			}
 			say(dataReply + "\r\n")
 			inData = strings.HasPrefix(dataReply, "354")
 		case strings.HasPrefix(cmd, "QUIT"):
@@ -119,6 +140,44 @@ func (r *scriptedRelay) serve(c net.Conn) {
 			say("502 5.5.2 what\r\n")
 		}
 	}
+}
+
+// endOfData answers an end-of-data mark, which more commands followed in
+// the same write when behind; false when the connection is to close.
+func (r *scriptedRelay) endOfData(behind bool, say func(string)) bool {
+	r.mu.Lock()
+	r.messages++
+	if behind {
+		r.behindMark++
+	}
+	hold, at := r.holdMark, r.atMark
+	r.holdMark = nil
+	drop := r.dropAtMark > 0
+	if drop {
+		r.dropAtMark--
+	}
+	reply := "250 2.0.0 queued"
+	if len(r.markReplies) > 0 {
+		reply, r.markReplies = r.markReplies[0], r.markReplies[1:]
+	}
+	r.mu.Unlock()
+	if drop {
+		return false
+	}
+	if hold != nil {
+		close(at)
+		<-hold
+	}
+	say(reply + "\r\n")
+	return true
+}
+
+// full reports whether a connection that took this many emails takes no
+// more.
+func (r *scriptedRelay) full(taken int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.perConnection > 0 && taken >= r.perConnection
 }
 
 func (r *scriptedRelay) offersPipelining() bool {
@@ -277,11 +336,9 @@ func TestTheContentAndItsMarkGoOutInOneWrite(t *testing.T) {
 			go r.serve(server)
 			sc := helloOver(t, cw)
 			data := []byte("Subject: hi\r\n\r\n.a line that begins with a dot\r\nbye\r\n")
-			if _, _, e := transfer(sc, data, "doorbell@example.com", "ann@example.com"); e != nil {
-				t.Fatal(e)
-			}
-			if _, _, err := sc.Text.ReadResponse(250); err != nil {
-				t.Fatalf("final reply: %v", err)
+			j := &job{ctx: context.Background(), data: data, to: "ann@example.com"}
+			if healthy, _, _ := bareSender().transact(&conn{sc: sc, raw: cw}, j, false); j.err != nil || !healthy {
+				t.Fatalf("transact: %v (healthy %v)", j.err, healthy)
 			}
 			if n := cw.writes.Load(); n != 1 {
 				t.Errorf("the content and its mark took %d writes, want 1", n)
@@ -342,6 +399,16 @@ func (r pipeRelay) serve(conn net.Conn) {
 	}
 }
 
+// bareSender is a Sender for calling transact on a session of the
+// test's own: nothing is queued to follow an email.
+func bareSender() *Sender {
+	return &Sender{
+		cfg:  Config{Timeout: 5 * time.Second, FinalTimeout: 10 * time.Second},
+		from: &netmail.Address{Address: "doorbell@example.com"},
+		pool: &pool{},
+	}
+}
+
 // helloOver opens an SMTP session over conn.
 func helloOver(t *testing.T, conn net.Conn) *smtp.Client {
 	t.Helper()
@@ -389,9 +456,9 @@ func TestACutAsTheMarkGoesOutStillReadsTheReply(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	raw := &slowCutConn{Conn: client, onMark: cancel}
 	sc := helloOver(t, raw)
-	s := &Sender{cfg: Config{Timeout: 5 * time.Second, FinalTimeout: 10 * time.Second}}
-	healthy, e := s.transact(ctx, &conn{sc: sc, raw: raw}, []byte("Subject: hi\r\n\r\nbody\r\n"), "a@example.com", "b@example.com")
-	if e != nil {
-		t.Errorf("the relay accepted the email, but transact says healthy=%v err=%v (maybe sent: %v)", healthy, e, e.MaybeSent)
+	j := &job{ctx: ctx, data: []byte("Subject: hi\r\n\r\nbody\r\n"), to: "b@example.com"}
+	healthy, _, _ := bareSender().transact(&conn{sc: sc, raw: raw}, j, false)
+	if j.err != nil {
+		t.Errorf("the relay accepted the email, but transact says healthy=%v err=%v (maybe sent: %v)", healthy, j.err, j.err.MaybeSent)
 	}
 }

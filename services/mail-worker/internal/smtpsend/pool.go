@@ -12,7 +12,9 @@ import (
 )
 
 // pool runs one goroutine per connection it may open (a connection
-// worker), each owning at most one session, and hands them work.
+// worker), each owning at most one session, and hands them jobs: emails,
+// which a worker sends with the pool's send function, and other work on a
+// session (Check).
 //
 // A caller gives a job to the most recently freed worker (do), so that as
 // few sessions as the load needs stay open and the rest time out, or
@@ -20,9 +22,15 @@ import (
 // finishes a job takes the first queued one at once, on its own goroutine:
 // its connection does not stand idle until the goroutine of the next
 // caller is scheduled (on a busy processor that wait was a third of a
-// connection's time). A worker dials when it has work and no session, and
-// says QUIT after idleTimeout without work; close stops the workers.
+// connection's time). While it sends an email, a worker may also take the
+// first queued email to pipeline behind it (follow). A worker dials when
+// it has work and no session, and says QUIT after idleTimeout without
+// work; close stops the workers.
 type pool struct {
+	// send sends email job j on session c, and the emails it takes to
+	// follow j; it returns the session to keep and the last job it ran,
+	// whose caller the worker has not told yet (send tells the others).
+	send        func(c *conn, j *job) (*conn, *job)
 	idleTimeout time.Duration
 	metrics     *Metrics
 	log         *slog.Logger
@@ -45,13 +53,22 @@ type conn struct {
 	raw net.Conn
 }
 
-// job is work for a connection worker: f gets the worker's session (nil
-// when it has none) and returns the one to keep (nil when there is none
-// left: f closed it, or never had one).
+// job is work for a connection worker: an email, or f, which gets the
+// worker's session (nil when it has none) and returns the one to keep (nil
+// when there is none left: f closed it, or never had one).
 type job struct {
-	f     func(c *conn) *conn
+	f func(c *conn) *conn // nil for an email
+
+	// An email: its caller's context, its content and recipient, when it
+	// was queued, and once done, its failure (nil: accepted).
+	ctx    context.Context
+	data   []byte
+	to     string
+	queued time.Time
+	err    *Error
+
 	taken chan struct{} // closed when a worker takes the job from the queue
-	done  chan struct{} // closed when f has returned
+	done  chan struct{} // closed when the job has run
 }
 
 // worker is one connection worker.
@@ -61,8 +78,8 @@ type worker struct {
 	exited chan struct{}
 }
 
-func newPool(size int, idleTimeout time.Duration, m *Metrics, log *slog.Logger) *pool {
-	p := &pool{idleTimeout: idleTimeout, metrics: m, log: log, stopped: make(chan struct{})}
+func newPool(size int, send func(*conn, *job) (*conn, *job), idleTimeout time.Duration, m *Metrics, log *slog.Logger) *pool {
+	p := &pool{send: send, idleTimeout: idleTimeout, metrics: m, log: log, stopped: make(chan struct{})}
 	for range size {
 		w := &worker{jobs: make(chan *job, 1), stop: make(chan struct{}), exited: make(chan struct{})}
 		p.workers = append(p.workers, w)
@@ -72,11 +89,16 @@ func newPool(size int, idleTimeout time.Duration, m *Metrics, log *slog.Logger) 
 	return p
 }
 
-// do runs f on a connection worker and returns once f has. It fails with
-// ctx's error when ctx ends while the job waits for a worker, and with
-// ErrClosed after close; f has not run then.
+// do runs f on a connection worker and returns once f has; see run.
 func (p *pool) do(ctx context.Context, f func(c *conn) *conn) error {
-	j := &job{f: f, taken: make(chan struct{}), done: make(chan struct{})}
+	return p.run(ctx, &job{f: f})
+}
+
+// run runs j on a connection worker and returns once it has. It fails with
+// ctx's error when ctx ends while the job waits for a worker, and with
+// ErrClosed after close; j has not run then.
+func (p *pool) run(ctx context.Context, j *job) error {
+	j.taken, j.done = make(chan struct{}), make(chan struct{})
 	p.mu.Lock()
 	switch {
 	case p.closed:
@@ -144,6 +166,24 @@ func (p *pool) next(w *worker, session bool) *job {
 	return nil
 }
 
+// follow is the job a worker sending an email takes to pipeline behind
+// it: the first queued, when it is an email whose caller still waits; nil
+// otherwise (also after close). The worker stays busy.
+func (p *pool) follow() *job {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || len(p.queue) == 0 {
+		return nil
+	}
+	j := p.queue[0]
+	if j.f != nil || j.ctx.Err() != nil {
+		return nil
+	}
+	p.queue = p.queue[1:]
+	close(j.taken)
+	return j
+}
+
 // work is worker w's loop.
 func (p *pool) work(w *worker) {
 	defer close(w.exited)
@@ -153,7 +193,11 @@ func (p *pool) work(w *worker) {
 	defer idle.Stop()
 	run := func(j *job) {
 		for j != nil {
-			c = j.f(c)
+			if j.f != nil {
+				c = j.f(c)
+			} else {
+				c, j = p.send(c, j)
+			}
 			// Free (or on to the next job) before the caller hears that
 			// this one is done: its next send finds this worker first.
 			next := p.next(w, c != nil)

@@ -19,7 +19,7 @@ func TestPoolJobsWaitForAWorkerAndCanBeWithdrawn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPool(1, time.Minute, m, slog.New(slog.DiscardHandler))
+	p := newPool(1, nil, time.Minute, m, slog.New(slog.DiscardHandler))
 	first := make(chan error, 1)
 	// occupy gives the worker a job that holds it until release is called.
 	occupy := func() (release func()) {
@@ -77,7 +77,7 @@ func TestPoolPrefersAWorkerWithASession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPool(2, time.Minute, m, slog.New(slog.DiscardHandler))
+	p := newPool(2, nil, time.Minute, m, slog.New(slog.DiscardHandler))
 	t.Cleanup(p.close)
 	session := &conn{} // never used as one: the last job drops it
 	inA, inB, relA, relB := make(chan struct{}), make(chan struct{}), make(chan struct{}), make(chan struct{})

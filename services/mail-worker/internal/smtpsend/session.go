@@ -1,7 +1,6 @@
 package smtpsend
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"net"
@@ -104,66 +103,118 @@ func classifyCut(ctx context.Context, stage Stage, err error) *Error {
 	return Classify(stage, err)
 }
 
-// transact sends msg on c, one SMTP transaction. It returns nil once the
-// server accepted the email. healthy says whether c can carry another
-// transaction.
+// transact runs email job j on c, one SMTP transaction; j.err is nil once
+// the server accepted the email. ahead says j's MAIL FROM, RCPT TO and
+// DATA are already out, behind the end-of-data mark of the email before.
+// When the relay pipelines, transact takes the first queued email to
+// follow j and sends its commands behind j's mark: it returns that job
+// with whether they went out, and whether c can carry another transaction.
 //
-// Config.Timeout bounds everything up to and including the content and
-// its end-of-data mark; when ctx ends meanwhile the session is cut at once.
-// Until the mark's last byte is written nothing can have been delivered.
-// Once it is, the reply to it gets Config.FinalTimeout and is awaited
-// whatever ctx does: the server may be scanning a message it already
-// stored (RFC 5321 4.5.3.2.6), and giving up on it would send the email
-// twice.
-func (s *Sender) transact(ctx context.Context, c *conn, data []byte, from, to string) (healthy bool, _ *Error) {
+// Config.Timeout bounds everything up to and including j's content and
+// its end-of-data mark; when j's context ends meanwhile the session is cut
+// at once. Until the mark's last byte is written nothing can have been
+// delivered. Once it is, the reply to it gets Config.FinalTimeout and is
+// awaited whatever the context does: the server may be scanning a message
+// it already stored (RFC 5321 4.5.3.2.6), and giving up on it would send
+// the email twice.
+func (s *Sender) transact(c *conn, j *job, ahead bool) (healthy bool, next *job, nextOut bool) {
 	if err := c.raw.SetDeadline(time.Now().Add(s.cfg.Timeout)); err != nil {
-		return false, Classify(StageMail, err)
+		j.err = Classify(StageMail, err)
+		return false, nil, false
 	}
-	// The cut runs in a goroutine of its own, perhaps after the mark is
-	// out and the final deadline set: it cuts only while markOut is false.
-	var (
-		mu      sync.Mutex
-		markOut bool
-	)
-	cut := context.AfterFunc(ctx, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if !markOut {
-			_ = c.raw.SetDeadline(time.Now())
+	cut := cutWhenDone(j.ctx, c.raw)
+	healthy, stage, e := begin(c.sc, s.from.Address, j.to, ahead)
+	if e == nil && j.ctx.Err() != nil {
+		// The caller gave up while the relay answered (an email whose
+		// commands went out behind another's mark waits for that one's
+		// reply): no content, and a session waiting for it is unusable.
+		healthy, stage, e = false, StageData, Classify(StageData, context.Cause(j.ctx))
+	}
+	markOut := false
+	if e == nil {
+		if pipelines(c.sc) {
+			next = s.pool.follow()
 		}
-	})
-	healthy, stage, err := transfer(c.sc, data, from, to)
-	mu.Lock()
-	markOut = err == nil
-	mu.Unlock()
-	cut()
-	if err != nil {
-		if ctx.Err() != nil {
+		var commands []byte
+		if next != nil {
+			commands = mailCommands(c.sc, s.from.Address, next.to)
+		}
+		var err error
+		markOut, nextOut, err = writeContent(c.sc.Text.W, j.data, commands)
+		if err != nil {
+			healthy, stage, e = false, StageData, Classify(StageData, err)
+		}
+	}
+	cut.stop(markOut)
+	if !markOut {
+		if j.ctx.Err() != nil {
 			// Stopped before the end-of-data mark was out: nothing was
 			// delivered, and the session is in an unknown state.
-			return false, Classify(stage, context.Cause(ctx))
+			e, healthy = Classify(stage, context.Cause(j.ctx)), false
 		}
-		return healthy, err
+		j.err = e
+		return healthy, next, false
 	}
 	// The mark is out (a cut that came after it changes nothing).
 	if err := c.raw.SetDeadline(time.Now().Add(s.cfg.FinalTimeout)); err != nil {
-		return false, Classify(StageEndOfData, err)
+		j.err = Classify(StageEndOfData, err)
+		return false, next, false
 	}
 	if _, _, err := c.sc.Text.ReadResponse(250); err != nil {
-		e := Classify(StageEndOfData, err)
-		// After a reply the transaction is over and the session usable.
-		return e.Code != 0 && e.Code != 421, e
+		j.err = Classify(StageEndOfData, err)
+		// After a reply the transaction is over and the session usable,
+		// unless next's commands broke off on their way out.
+		healthy = j.err.Code != 0 && j.err.Code != 421
+		return healthy && nextOut == (next != nil), next, healthy && nextOut
 	}
-	return true, nil
+	return nextOut == (next != nil), next, nextOut
 }
 
-// transfer runs a transaction up to the reply to the end-of-data mark:
-// MAIL FROM, RCPT TO, DATA, then the content and the mark in one write. It
-// returns nil once the mark's last byte is written; on failure, the stage
-// and whether the session can carry another transaction.
-func transfer(sc *smtp.Client, data []byte, from, to string) (bool, Stage, *Error) {
-	if ok, _ := sc.Extension("PIPELINING"); ok {
-		return transferPipelined(sc, data, from, to)
+// cutter cuts a connection when a context ends, until the end-of-data mark
+// is out.
+type cutter struct {
+	mu      sync.Mutex
+	markOut bool
+	after   func() bool
+}
+
+func cutWhenDone(ctx context.Context, raw net.Conn) *cutter {
+	c := &cutter{}
+	c.after = context.AfterFunc(ctx, func() {
+		// This runs in a goroutine of its own, perhaps after the mark is
+		// out and the final deadline set: it cuts only while it is not.
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !c.markOut {
+			_ = raw.SetDeadline(time.Now())
+		}
+	})
+	return c
+}
+
+// stop ends the watch; markOut says whether the mark is out, after which a
+// cut that is late to run leaves the connection alone.
+func (c *cutter) stop(markOut bool) {
+	c.mu.Lock()
+	c.markOut = markOut
+	c.mu.Unlock()
+	c.after()
+}
+
+// begin runs a transaction up to the relay's 354 to DATA: MAIL FROM, RCPT
+// TO and DATA in one write when the relay pipelines (unless ahead says
+// they are out already) with their replies read afterwards, else one
+// command at a time. On failure it says at which stage, and whether the
+// session can carry another transaction.
+func begin(sc *smtp.Client, from, to string, ahead bool) (bool, Stage, *Error) {
+	if pipelines(sc) {
+		if !ahead {
+			_, _ = sc.Text.W.Write(mailCommands(sc, from, to))
+			if err := sc.Text.W.Flush(); err != nil {
+				return false, StageMail, Classify(StageMail, err)
+			}
+		}
+		return readMailReplies(sc)
 	}
 	// A refused command leaves the session usable after RSET; a broken
 	// connection or a 421 does not.
@@ -180,9 +231,9 @@ func transfer(sc *smtp.Client, data []byte, from, to string) (bool, Stage, *Erro
 	if err := sc.Rcpt(envelope(to)); err != nil {
 		return refused(StageRcpt, err)
 	}
-	// DATA is written and its reply read as transferPipelined does, not
-	// through sc.Text.Cmd, whose request and response sequence the
-	// client's later commands would wait on.
+	// DATA is written and its reply read as with pipelining, not through
+	// sc.Text.Cmd, whose request and response sequence the client's later
+	// commands would wait on.
 	if _, err := sc.Text.W.WriteString("DATA\r\n"); err != nil {
 		return false, StageData, Classify(StageData, err)
 	}
@@ -192,19 +243,7 @@ func transfer(sc *smtp.Client, data []byte, from, to string) (bool, Stage, *Erro
 	if _, _, err := sc.Text.ReadResponse(354); err != nil {
 		return refused(StageData, err)
 	}
-	return writeContent(sc.Text.W, data)
-}
-
-// writeContent writes data and the end-of-data mark, and flushes them in
-// one write when they fit the buffer. A failure leaves the mark, the last
-// bytes, unwritten: the server cannot have accepted the email.
-func writeContent(w *bufio.Writer, data []byte) (bool, Stage, *Error) {
-	writeData(w, data)
-	_, _ = w.WriteString(".\r\n")
-	if err := w.Flush(); err != nil {
-		return false, StageData, Classify(StageData, err)
-	}
-	return true, StageData, nil
+	return true, "", nil
 }
 
 // quit says QUIT, briefly, and closes sc.

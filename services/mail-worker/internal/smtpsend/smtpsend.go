@@ -11,7 +11,10 @@
 //
 // Send returns only after the server accepted the message data. It sends
 // no NOOP before reusing a connection; a pooled connection found dead at
-// MAIL FROM is replaced and the email tried once more on a fresh one.
+// MAIL FROM is replaced and the email tried once more on a fresh one. With
+// a relay that offers PIPELINING, an email waiting for a busy connection
+// has its commands sent behind the end-of-data mark of the one before
+// (sendQueued).
 package smtpsend
 
 import (
@@ -167,7 +170,7 @@ func New(cfg Config, metrics *Metrics, log *slog.Logger) (*Sender, error) {
 	if cfg.RateLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(1, int(cfg.RateLimit)))
 	}
-	s.pool = newPool(cfg.PoolSize, cfg.IdleTimeout, metrics, log)
+	s.pool = newPool(cfg.PoolSize, s.sendQueued, cfg.IdleTimeout, metrics, log)
 	return s, nil
 }
 
@@ -341,19 +344,12 @@ func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
 			return Receipt{}, s.count(Classify(StageConnect, err))
 		}
 	}
-	var e *Error
-	queued := time.Now()
-	if err := s.pool.do(ctx, func(c *conn) *conn {
-		s.metrics.poolWait.Observe(time.Since(queued).Seconds())
-		start := time.Now()
-		c, e = s.send(ctx, c, data, m.ToAddr)
-		telemetry.Observe(ctx, s.metrics.duration, time.Since(start).Seconds())
-		return c
-	}); err != nil {
+	j := &job{ctx: ctx, data: data, to: m.ToAddr, queued: time.Now()}
+	if err := s.pool.run(ctx, j); err != nil {
 		return Receipt{}, s.count(Classify(StageConnect, err))
 	}
-	if e != nil {
-		return Receipt{}, s.count(e)
+	if j.err != nil {
+		return Receipt{}, s.count(j.err)
 	}
 	now := time.Now()
 	s.metrics.attempts.WithLabelValues(OutcomeSuccess).Inc()
@@ -362,37 +358,67 @@ func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
 	return Receipt{MessageID: messageID, AcceptedAt: now}, nil
 }
 
-// send runs one email on a connection worker's session c (nil: it has
-// none, and one is opened), and returns the session to keep: nil once it
-// cannot carry another email.
-func (s *Sender) send(ctx context.Context, c *conn, data []byte, to string) (*conn, *Error) {
+// sendQueued runs on a connection worker: it sends email job j on the
+// worker's session c (nil: it has none, and one is opened), then each
+// email the worker takes to follow it. RFC 2920 lets an email's content
+// and end-of-data mark begin a group of commands, so the next email's MAIL
+// FROM, RCPT TO and DATA go out in the same write and the replies to both
+// come back together: one round trip per email instead of two. It returns
+// the session to keep, nil once it cannot carry another email, and the
+// last job, whose caller the worker tells; it tells the others' callers
+// as their emails end.
+func (s *Sender) sendQueued(c *conn, j *job) (*conn, *job) {
+	ahead := false // j's commands went out behind the mark of the email before
+	for {
+		s.metrics.poolWait.Observe(time.Since(j.queued).Seconds())
+		start := time.Now()
+		var next *job
+		c, next, ahead = s.send(c, j, ahead)
+		telemetry.Observe(j.ctx, s.metrics.duration, time.Since(start).Seconds())
+		if next == nil {
+			return c, j
+		}
+		close(j.done)
+		j = next
+	}
+}
+
+// send sends email job j on session c (nil: none, and one is opened),
+// whose MAIL FROM, RCPT TO and DATA are already out when ahead. It returns
+// the session to keep (nil once it cannot carry another email) and the
+// email taken to follow j, if any, with whether that one's commands went
+// out; when they did not, it starts afresh on a new session.
+func (s *Sender) send(c *conn, j *job, ahead bool) (_ *conn, next *job, nextAhead bool) {
 	reused := c != nil
 	if !reused {
-		dc, e := s.dial(ctx)
+		dc, e := s.dial(j.ctx)
 		if e != nil {
-			return nil, e
+			j.err = e
+			return nil, nil, false
 		}
 		c = s.pool.opened(dc)
 	}
-	healthy, e := s.transact(ctx, c, data, s.from.Address, to)
-	if e != nil && reused && ctx.Err() == nil && e.Stage == StageMail && (e.Code == 0 || e.Code == 421) {
-		// The pooled connection died while idle (the server timed it out,
-		// a proxy dropped it). Nothing was sent on it: once more on a new
-		// connection.
-		s.log.DebugContext(ctx, "pooled smtp connection is dead; redialling", "reason", e.Reason)
+	healthy, next, nextAhead := s.transact(c, j, ahead)
+	if e := j.err; e != nil && reused && j.ctx.Err() == nil && e.Stage == StageMail && (e.Code == 0 || e.Code == 421) {
+		// The pooled connection died (the server timed it out while idle,
+		// a proxy dropped it, or the server takes no more emails on it).
+		// Nothing was sent on it: once more on a new connection.
+		s.log.DebugContext(j.ctx, "pooled smtp connection is dead; redialling", "reason", e.Reason)
 		s.pool.drop(c)
-		dc, de := s.dial(ctx)
+		dc, de := s.dial(j.ctx)
 		if de != nil {
-			return nil, de
+			j.err = de
+			return nil, nil, false
 		}
 		c = s.pool.opened(dc)
-		healthy, e = s.transact(ctx, c, data, s.from.Address, to)
+		j.err = nil
+		healthy, next, nextAhead = s.transact(c, j, false)
 	}
 	if !healthy {
 		s.pool.drop(c)
-		return nil, e
+		return nil, next, false
 	}
-	return c, e
+	return c, next, nextAhead
 }
 
 // OutcomeOf classifies the result of Send as one of the Outcome*
