@@ -133,7 +133,7 @@ func (b *bench) throughputRound(ctx context.Context, pool, round int) (Throughpu
 // The mail-worker handles workerHandlersPerConnection messages at once per
 // SMTP connection, and at least workerMinHandlers (its main.go: handlers).
 const (
-	workerHandlersPerConnection = 8
+	workerHandlersPerConnection = 16
 	workerMinHandlers           = 64
 )
 

@@ -382,6 +382,27 @@ func TestProcessRunsOnOneProcessorUnlessGOMAXPROCSIsSet(t *testing.T) {
 	}
 }
 
+// The worker collects garbage at GOGC=200 unless GOGC says otherwise (see
+// lessGarbageCollectionUnlessSet), and says so at start.
+func TestProcessCollectsGarbageLessOftenUnlessGOGCIsSet(t *testing.T) {
+	s := newStack(t)
+	for _, tt := range []struct{ set, want string }{{"", "200"}, {"100", "100"}} {
+		env := maps.Clone(s.env)
+		if tt.set != "" {
+			env["GOGC"] = tt.set
+		}
+		w := startProc(t, env)
+		eventually(t, "the worker's Go metrics", func() (bool, string) {
+			v := w.metric("go_gc_gogc_percent")
+			return v == tt.want, fmt.Sprintf("GOGC=%q: go_gc_gogc_percent %q, want %s", tt.set, v, tt.want)
+		})
+		if !strings.Contains(w.logs.String(), "gogc="+tt.want) {
+			t.Errorf("GOGC=%q: the start line does not say gogc=%s:\n%s", tt.set, tt.want, w.logs.String())
+		}
+		w.kill()
+	}
+}
+
 func TestProcessSMTPOutageThenBack(t *testing.T) {
 	s := newStack(t)
 	s.smtp.SetDelay(20 * time.Millisecond)
