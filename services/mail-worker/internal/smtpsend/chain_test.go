@@ -1,8 +1,11 @@
 package smtpsend
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -104,8 +107,9 @@ func TestAnEmailBehindAMarkThatGetsNoReplyGoesOnANewConnection(t *testing.T) {
 }
 
 // An email whose caller gives up while its commands wait behind another's
-// mark gets no content, not even an empty one: the session waiting for it
-// is closed, and the next email opens another.
+// mark gets no content, not even an empty one, and its caller does not wait
+// for the other's reply: the session waiting for the content is closed, and
+// the next email opens another.
 func TestAnEmailWhoseCallerGaveUpBehindAMarkSendsNothing(t *testing.T) {
 	r := startScriptedRelay(t, "250 2.1.5 ok", "354 go ahead")
 	hold, holdMark, atMark := make(chan struct{}), make(chan struct{}), make(chan struct{})
@@ -117,12 +121,17 @@ func TestAnEmailWhoseCallerGaveUpBehindAMarkSendsNothing(t *testing.T) {
 	close(hold)
 	<-atMark // evt-1's mark is in, evt-2's commands behind it
 	cancel()
+	select {
+	case err := <-results["evt-2"]:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("evt-2, given up behind the mark: %v, want context.Canceled", err)
+		}
+	case <-time.After(waitLong):
+		t.Error("evt-2's caller still waits for the reply to evt-1")
+	}
 	close(holdMark)
 	if err := <-results["evt-1"]; err != nil {
 		t.Errorf("evt-1: %v", err)
-	}
-	if err := <-results["evt-2"]; !errors.Is(err, context.Canceled) {
-		t.Errorf("evt-2, given up behind the mark: %v, want context.Canceled", err)
 	}
 	if _, err := s.Send(context.Background(), message("evt-3")); err != nil {
 		t.Errorf("the next email: %v", err)
@@ -180,5 +189,50 @@ func TestARelayThatTakesFewEmailsPerConnectionGetsEachOnce(t *testing.T) {
 	defer r.mu.Unlock()
 	if r.messages != 5 || r.behindMark == 0 {
 		t.Errorf("the relay got %d emails, %d with commands behind the mark; want 5, and some", r.messages, r.behindMark)
+	}
+}
+
+// failAfter takes left bytes, then fails every write.
+type failAfter struct {
+	left int
+	got  bytes.Buffer
+}
+
+func (f *failAfter) Write(p []byte) (int, error) {
+	n := min(len(p), f.left)
+	f.got.Write(p[:n])
+	f.left -= n
+	if n < len(p) {
+		return n, errors.New("connection reset")
+	}
+	return n, nil
+}
+
+// Whatever byte a write breaks at, writeContent says the end-of-data mark
+// went out exactly when all of it did, also with the next email's commands
+// behind it, and commands too long to go out with the mark stay unwritten.
+func TestWriteContentKnowsWhetherTheMarkWentOut(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef\r\n"), 300) // past the buffer
+	for _, size := range []int{0, 100, 4000, 4093, 4094, 5000} {
+		commands := bytes.Repeat([]byte("x"), size)
+		fits := len(endOfData)+size <= 4096
+		whole := len(data) + len(endOfData)
+		if fits {
+			whole += size
+		}
+		for cut := 0; cut <= whole; cut++ {
+			f := &failAfter{left: cut}
+			markOut, commandsOut, err := writeContent(bufio.NewWriterSize(f, 4096), data, commands)
+			sent := f.got.Bytes()
+			realMark := len(sent) >= len(data)+len(endOfData) && bytes.Equal(sent[len(data):len(data)+len(endOfData)], endOfData)
+			realCommands := size > 0 && len(sent) == len(data)+len(endOfData)+size
+			where := fmt.Sprintf("commands of %d bytes, a write failing after %d of %d bytes", size, cut, whole)
+			if markOut != realMark || commandsOut != realCommands {
+				t.Fatalf("%s: markOut %v, commandsOut %v (err %v), but the mark went out: %v, the commands: %v", where, markOut, commandsOut, err, realMark, realCommands)
+			}
+			if (err == nil) != (cut == whole) {
+				t.Fatalf("%s: err %v", where, err)
+			}
+		}
 	}
 }

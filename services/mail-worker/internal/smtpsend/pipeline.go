@@ -66,8 +66,14 @@ func readMailReplies(sc *smtp.Client) (bool, Stage, *Error) {
 // next email's, or none), and flushes the mark and what follows it in one
 // write. markOut says whether every byte of the mark went out: until then
 // the server cannot have accepted the email. commandsOut says whether all
-// of commands did too; the error is the writer's.
+// of commands did too: commands that would not fit w's buffer with the
+// mark are not written. The error is the writer's.
 func writeContent(w *bufio.Writer, data, commands []byte) (markOut, commandsOut bool, err error) {
+	if len(endOfData)+len(commands) > w.Size() {
+		// Written with the mark, they would be flushed in parts, and what
+		// is left in the buffer would not tell whether the mark went out.
+		commands = nil
+	}
 	if err := writeData(w, data); err != nil {
 		return false, false, err
 	}

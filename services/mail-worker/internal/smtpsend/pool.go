@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wneessen/go-mail/smtp"
@@ -66,9 +67,30 @@ type job struct {
 	to     string
 	queued time.Time
 	err    *Error
+	// state says whether the email's content has started (jobWriting), or
+	// its caller stopped waiting first (jobAbandoned), which then leaves
+	// the job to its worker: no content goes out for it.
+	state atomic.Int32
 
 	taken chan struct{} // closed when a worker takes the job from the queue
 	done  chan struct{} // closed when the job has run
+}
+
+// Email job states.
+const (
+	jobWaiting = iota
+	jobAbandoned
+	jobWriting
+)
+
+// abandon lets the caller of an email go before the job is done: true
+// unless its content has started.
+func (j *job) abandon() bool { return j.state.CompareAndSwap(jobWaiting, jobAbandoned) }
+
+// write is called before an email's content goes out: false when its
+// caller has gone.
+func (j *job) write() bool {
+	return j.state.CompareAndSwap(jobWaiting, jobWriting) || j.state.Load() == jobWriting
 }
 
 // worker is one connection worker.
@@ -96,7 +118,10 @@ func (p *pool) do(ctx context.Context, f func(c *conn) *conn) error {
 
 // run runs j on a connection worker and returns once it has. It fails with
 // ctx's error when ctx ends while the job waits for a worker, and with
-// ErrClosed after close; j has not run then.
+// ErrClosed after close; j has not run then. An email's caller also goes
+// with ctx's error when ctx ends before the email's content has started
+// (it may wait behind another email's reply); its worker then sends no
+// content for it.
 func (p *pool) run(ctx context.Context, j *job) error {
 	j.taken, j.done = make(chan struct{}), make(chan struct{})
 	p.mu.Lock()
@@ -124,7 +149,18 @@ func (p *pool) run(ctx context.Context, j *job) error {
 			}
 		}
 	}
-	<-j.done
+	if j.f != nil {
+		<-j.done
+		return nil
+	}
+	select {
+	case <-j.done:
+	case <-ctx.Done():
+		if j.abandon() {
+			return ctx.Err()
+		}
+		<-j.done
+	}
 	return nil
 }
 

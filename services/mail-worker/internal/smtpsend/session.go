@@ -124,7 +124,7 @@ func (s *Sender) transact(c *conn, j *job, ahead bool) (healthy bool, next *job,
 	}
 	cut := cutWhenDone(j.ctx, c.raw)
 	healthy, stage, e := begin(c.sc, s.from.Address, j.to, ahead)
-	if e == nil && j.ctx.Err() != nil {
+	if e == nil && (j.ctx.Err() != nil || !j.write()) {
 		// The caller gave up while the relay answered (an email whose
 		// commands went out behind another's mark waits for that one's
 		// reply): no content, and a session waiting for it is unusable.
@@ -145,6 +145,9 @@ func (s *Sender) transact(c *conn, j *job, ahead bool) (healthy bool, next *job,
 			healthy, stage, e = false, StageData, Classify(StageData, err)
 		}
 	}
+	// After the mark, the session stays usable only if every byte written
+	// went out.
+	wrote := e == nil
 	cut.stop(markOut)
 	if !markOut {
 		if j.ctx.Err() != nil {
@@ -162,12 +165,11 @@ func (s *Sender) transact(c *conn, j *job, ahead bool) (healthy bool, next *job,
 	}
 	if _, _, err := c.sc.Text.ReadResponse(250); err != nil {
 		j.err = Classify(StageEndOfData, err)
-		// After a reply the transaction is over and the session usable,
-		// unless next's commands broke off on their way out.
-		healthy = j.err.Code != 0 && j.err.Code != 421
-		return healthy && nextOut == (next != nil), next, healthy && nextOut
+		// After a reply the transaction is over and the session usable.
+		healthy = wrote && j.err.Code != 0 && j.err.Code != 421
+		return healthy, next, healthy && nextOut
 	}
-	return nextOut == (next != nil), next, nextOut
+	return wrote, next, wrote && nextOut
 }
 
 // cutter cuts a connection when a context ends, until the end-of-data mark

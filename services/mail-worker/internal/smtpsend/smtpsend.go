@@ -389,6 +389,12 @@ func (s *Sender) sendQueued(c *conn, j *job) (*conn, *job) {
 // email taken to follow j, if any, with whether that one's commands went
 // out; when they did not, it starts afresh on a new session.
 func (s *Sender) send(c *conn, j *job, ahead bool) (_ *conn, next *job, nextAhead bool) {
+	if !ahead && j.ctx.Err() != nil {
+		// Its caller has gone, and nothing of it is out: the session is
+		// kept for the next.
+		j.err = Classify(StageConnect, context.Cause(j.ctx))
+		return c, nil, false
+	}
 	reused := c != nil
 	if !reused {
 		dc, e := s.dial(j.ctx)
