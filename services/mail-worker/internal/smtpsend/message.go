@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"mime"
-	"mime/quotedprintable"
 	netmail "net/mail"
 	"strings"
 	"time"
@@ -73,70 +72,104 @@ func compose(from *netmail.Address, domain string, m Message, date time.Time) ([
 		header(&b, "Content-Type", p.typ+"; charset=UTF-8")
 		header(&b, "Content-Transfer-Encoding", "quoted-printable")
 		b.WriteString("\r\n")
-		if err := writeQuotedPrintable(&b, p.body); err != nil {
-			return nil, "", fmt.Errorf("encode %s: %w", p.typ, err)
-		}
+		writeQuotedPrintable(&b, p.body)
 	}
 	b.WriteString("\r\n--" + boundary + "--\r\n")
 	return b.Bytes(), messageID, nil
 }
 
-// writeQuotedPrintable writes body quoted-printable, exactly as
-// mime/quotedprintable's Writer would, but copies the lines that need no
-// encoding (most lines of most emails) as they are instead of byte by
-// byte.
-func writeQuotedPrintable(b *bytes.Buffer, body string) error {
-	qp := quotedprintable.NewWriter(b)
-	if strings.Count(body, "\r") != strings.Count(body, "\r\n") {
-		// A lone CR: the encoder's handling of it spans lines.
-		if _, err := qp.Write([]byte(body)); err != nil {
-			return err
-		}
-		body = ""
-	}
-	for len(body) > 0 {
-		line, rest, found := strings.Cut(body, "\n")
-		text := strings.TrimSuffix(line, "\r")
-		if !plainQP(text) {
-			end := len(line)
-			if found {
-				end++
+// writeQuotedPrintable writes body quoted-printable (RFC 2045 6.7), byte
+// for byte as mime/quotedprintable's Writer would (TestQuotedPrintableIs
+// TheStandardEncoding), in one pass that copies runs of bytes needing no
+// encoding instead of going through that Writer byte by byte.
+func writeQuotedPrintable(b *bytes.Buffer, body string) {
+	w := qpWriter{b: b}
+	for i := 0; i < len(body); {
+		switch c := body[i]; {
+		case c == '\n' && w.cr:
+			// The LF of a CRLF whose line break is written.
+			w.cr = false
+			i++
+		case c == '\r' || c == '\n':
+			w.cr = c == '\r'
+			w.lineBreak()
+			i++
+		case qpLiteral(c):
+			j := i + 1
+			for j < len(body) && qpLiteral(body[j]) {
+				j++
 			}
-			if _, err := qp.Write([]byte(body[:end])); err != nil {
-				return err
-			}
-			body = body[end:]
-			continue
+			w.literal(body[i:j])
+			i = j
+		default:
+			w.encode(c)
+			i++
 		}
-		b.WriteString(text)
-		if found || len(text) < len(line) {
-			b.WriteString("\r\n")
-		}
-		body = rest
 	}
-	return qp.Close()
+	w.spaceAtEnd()
 }
 
-// plainQP reports whether quoted-printable leaves line (without its line
-// break) as it is: printable ASCII but "=", spaces and tabs only inside,
-// and short enough to need no soft line break.
-func plainQP(line string) bool {
-	if len(line) > 75 {
-		return false
-	}
-	for i := 0; i < len(line); i++ {
-		switch c := line[i]; {
-		case c == '=':
-			return false
-		case c == ' ' || c == '\t':
-			if i == len(line)-1 {
-				return false
-			}
-		case c < '!' || c > '~':
-			return false
+// qpLiteral reports whether quoted-printable writes c as it is (unless it
+// is a space or tab that ends a line).
+func qpLiteral(c byte) bool {
+	return c >= '!' && c <= '~' && c != '=' || c == ' ' || c == '\t'
+}
+
+// qpWriter writes quoted-printable lines of at most 76 bytes into b.
+type qpWriter struct {
+	b   *bytes.Buffer
+	col int  // bytes on the current line
+	cr  bool // the last byte read was a CR (not reset by an encoded byte, as in mime/quotedprintable)
+}
+
+// qpMax is the most bytes of text a line holds before a soft line break's
+// "=".
+const qpMax = 75
+
+func (w *qpWriter) literal(s string) {
+	w.cr = false
+	for len(s) > 0 {
+		if w.col == qpMax {
+			w.softBreak()
 		}
+		n := min(len(s), qpMax-w.col)
+		w.b.WriteString(s[:n])
+		w.col += n
+		s = s[n:]
 	}
-	return true
+}
+
+func (w *qpWriter) encode(c byte) {
+	if qpMax-w.col < 3 {
+		w.softBreak()
+	}
+	const hex = "0123456789ABCDEF"
+	w.b.Write([]byte{'=', hex[c>>4], hex[c&0x0f]})
+	w.col += 3
+}
+
+func (w *qpWriter) softBreak() {
+	w.b.WriteString("=\r\n")
+	w.col = 0
+}
+
+func (w *qpWriter) lineBreak() {
+	w.spaceAtEnd()
+	w.b.WriteString("\r\n")
+	w.col = 0
+}
+
+// spaceAtEnd encodes a space or tab that ends the current line.
+func (w *qpWriter) spaceAtEnd() {
+	if w.col == 0 {
+		return
+	}
+	last := w.b.Bytes()[w.b.Len()-1]
+	if last == ' ' || last == '\t' {
+		w.b.Truncate(w.b.Len() - 1)
+		w.col--
+		w.encode(last)
+	}
 }
 
 // boundaryFor is the MIME boundary of the email for an event: the same on
