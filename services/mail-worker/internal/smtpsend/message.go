@@ -10,6 +10,7 @@ import (
 	"mime"
 	netmail "net/mail"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -19,10 +20,32 @@ import (
 
 // build turns m into the bytes of an email, written out before a
 // connection is taken, so that a connection carries emails rather than
-// waits for their encoding, and its Message-ID.
-func (s *Sender) build(m Message) ([]byte, string, error) {
-	return compose(s.from, s.domain, m, time.Now())
+// waits for their encoding, and its Message-ID. The bytes are in a pooled
+// buffer, which release gives back once nothing can read them any more.
+func (s *Sender) build(m Message) (data []byte, messageID string, release func(), _ error) {
+	b := emailBuffers.Get().(*bytes.Buffer)
+	release = func() {
+		if b.Cap() <= maxPooledEmail {
+			b.Reset()
+			emailBuffers.Put(b)
+		}
+	}
+	data, messageID, err := compose(b, s.from, s.domain, m, time.Now())
+	if err != nil {
+		release()
+		return nil, "", nil, err
+	}
+	return data, messageID, release, nil
 }
+
+// emailBuffers holds the buffers emails are built in: an email's bytes were
+// the largest allocation per email, and garbage collection costs the worker
+// CPU in proportion to its garbage.
+var emailBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledEmail bounds the buffers kept: an email far larger than usual
+// does not pin its memory.
+const maxPooledEmail = 64 << 10
 
 // Compose returns the bytes of m as Send would hand them to a relay, From
 // from (MAIL_FROM), for a preview; nothing is sent.
@@ -31,7 +54,7 @@ func Compose(from string, m Message) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("from address %q: %w", from, err)
 	}
-	data, _, err := compose(addr, addr.Address[strings.LastIndexByte(addr.Address, '@')+1:], m, time.Now())
+	data, _, err := compose(new(bytes.Buffer), addr, addr.Address[strings.LastIndexByte(addr.Address, '@')+1:], m, time.Now())
 	return data, err
 }
 
@@ -39,8 +62,8 @@ func Compose(from string, m Message) ([]byte, error) {
 // and the HTML as alternatives, each quoted-printable in UTF-8. Every line
 // ends in CRLF and is at most 78 bytes long but for a header word longer
 // than that; no header value can hold a line break. The Message-ID is the
-// event id at domain.
-func compose(from *netmail.Address, domain string, m Message, date time.Time) ([]byte, string, error) {
+// event id at domain. It writes into b, empty, and returns b's bytes.
+func compose(b *bytes.Buffer, from *netmail.Address, domain string, m Message, date time.Time) ([]byte, string, error) {
 	if !eventsv1.ValidEventID(m.EventID) {
 		return nil, "", fmt.Errorf("event id %q cannot be part of a Message-ID", m.EventID)
 	}
@@ -52,27 +75,26 @@ func compose(from *netmail.Address, domain string, m Message, date time.Time) ([
 	messageID := "<" + m.EventID + "@" + domain + ">"
 	boundary := boundaryFor(m.EventID)
 
-	var b bytes.Buffer
 	b.Grow(len(m.Text) + len(m.HTML) + len(m.HTML)/4 + 1024)
-	header(&b, "Date", date.Format(time.RFC1123Z))
-	header(&b, "From", from.String())
-	header(&b, "To", to.String())
-	header(&b, "Subject", encodeWords(m.Subject))
-	header(&b, "Message-ID", messageID)
-	header(&b, "X-Doorbell-Event-Id", m.EventID)
-	header(&b, "Auto-Submitted", "auto-generated")
-	header(&b, "X-Auto-Response-Suppress", "All")
+	header(b, "Date", date.Format(time.RFC1123Z))
+	header(b, "From", from.String())
+	header(b, "To", to.String())
+	header(b, "Subject", encodeWords(m.Subject))
+	header(b, "Message-ID", messageID)
+	header(b, "X-Doorbell-Event-Id", m.EventID)
+	header(b, "Auto-Submitted", "auto-generated")
+	header(b, "X-Auto-Response-Suppress", "All")
 	if m.Lang != "" {
-		header(&b, "Content-Language", m.Lang) // a language tag
+		header(b, "Content-Language", m.Lang) // a language tag
 	}
-	header(&b, "MIME-Version", "1.0")
-	header(&b, "Content-Type", `multipart/alternative; boundary="`+boundary+`"`)
+	header(b, "MIME-Version", "1.0")
+	header(b, "Content-Type", `multipart/alternative; boundary="`+boundary+`"`)
 	for _, p := range []struct{ typ, body string }{{"text/plain", m.Text}, {"text/html", m.HTML}} {
 		b.WriteString("\r\n--" + boundary + "\r\n")
-		header(&b, "Content-Type", p.typ+"; charset=UTF-8")
-		header(&b, "Content-Transfer-Encoding", "quoted-printable")
+		header(b, "Content-Type", p.typ+"; charset=UTF-8")
+		header(b, "Content-Transfer-Encoding", "quoted-printable")
 		b.WriteString("\r\n")
-		writeQuotedPrintable(&b, p.body)
+		writeQuotedPrintable(b, p.body)
 	}
 	b.WriteString("\r\n--" + boundary + "--\r\n")
 	return b.Bytes(), messageID, nil

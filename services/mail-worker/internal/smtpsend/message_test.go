@@ -36,7 +36,7 @@ func TestComposeIsReadBackAsWritten(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			data, id, err := compose(from, "example.com", tt.m, time.Date(2026, 12, 6, 7, 0, 0, 0, time.UTC))
+			data, id, err := compose(new(bytes.Buffer), from, "example.com", tt.m, time.Date(2026, 12, 6, 7, 0, 0, 0, time.UTC))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -330,7 +330,7 @@ func (s *Sender) setStatus(e *Error) {
 // whatever ctx does, so that an email in flight at shutdown is finished
 // rather than left for a retry that could deliver it twice.
 func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
-	data, messageID, err := s.build(m)
+	data, messageID, release, err := s.build(m)
 	if err != nil {
 		e := Classify(StageBuild, err)
 		s.count(e)
@@ -338,6 +338,7 @@ func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
 	}
 	if s.limiter != nil {
 		if err := s.limiter.Wait(ctx); err != nil {
+			release()
 			if ctx.Err() == nil { // the wait would pass ctx's deadline
 				err = fmt.Errorf("%w: rate limit: %v", context.DeadlineExceeded, err)
 			}
@@ -346,8 +347,11 @@ func (s *Sender) Send(ctx context.Context, m Message) (Receipt, error) {
 	}
 	j := &job{ctx: ctx, data: data, to: m.ToAddr, queued: time.Now()}
 	if err := s.pool.run(ctx, j); err != nil {
+		// The data stays with the garbage collector: a job its caller
+		// gave up on may still be in a worker's hands.
 		return Receipt{}, s.count(Classify(StageConnect, err))
 	}
+	release() // the job is done: no worker reads its data any more
 	if j.err != nil {
 		return Receipt{}, s.count(j.err)
 	}

@@ -781,16 +781,19 @@ func BenchmarkBuild(b *testing.B) {
 	m := message("0190c4b2-7d3e-7abc-8def-0123456789ab")
 	m.Text = strings.Repeat("A new sign-in to your account, from Firefox on Linux.\n", 10)
 	m.HTML = strings.Repeat("<p>A new sign-in to your account, from <b>Firefox</b> on Linux.</p>\n", 22)
-	data, id, err := s.build(m)
+	data, id, release, err := s.build(m)
 	if err != nil || !bytes.Contains(data, []byte("Message-ID: "+id)) || !bytes.Contains(data, []byte("text/html")) {
 		b.Fatalf("build: %v, Message-ID %q, %d bytes", err, id, len(data))
 	}
+	release()
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := s.build(m); err != nil {
+		_, _, release, err := s.build(m)
+		if err != nil {
 			b.Fatal(err)
 		}
+		release()
 	}
 }
 
