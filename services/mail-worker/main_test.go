@@ -25,6 +25,18 @@ import (
 const waitLong = 60 * time.Second
 
 // eventually polls cond until it holds; the test fails after waitLong.
+// One processor per eight connections, rounded up, within what Go would
+// use.
+func TestProcessors(t *testing.T) {
+	for _, tt := range []struct{ pool, most, want int }{
+		{1, 2, 1}, {4, 2, 1}, {8, 2, 1}, {9, 2, 2}, {16, 2, 2}, {16, 1, 1}, {64, 16, 8}, {64, 4, 4},
+	} {
+		if got := processors(tt.pool, tt.most); got != tt.want {
+			t.Errorf("processors(%d connections, at most %d) = %d, want %d", tt.pool, tt.most, got, tt.want)
+		}
+	}
+}
+
 func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(waitLong)

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -361,22 +362,34 @@ func (s *stack) duplicates(ids []string) int {
 	return extra
 }
 
-// The worker runs on one processor unless GOMAXPROCS says otherwise (see
-// oneProcessorUnlessSet), and says so at start.
-func TestProcessRunsOnOneProcessorUnlessGOMAXPROCSIsSet(t *testing.T) {
+// The worker runs on a processor per eight SMTP connections, as far as
+// the machine allows, unless GOMAXPROCS says otherwise (see
+// processorsUnlessSet), and says so at start.
+func TestProcessRunsOnAProcessorPerEightConnectionsUnlessGOMAXPROCSIsSet(t *testing.T) {
 	s := newStack(t)
-	for _, tt := range []struct{ set, want string }{{"", "1"}, {"3", "3"}} {
+	most := runtime.NumCPU() // what Go uses in the worker, which has no GOMAXPROCS
+	if os.Getenv("GOMAXPROCS") == "" {
+		most = runtime.GOMAXPROCS(0) // also counts a container's CPU limit
+	}
+	for _, tt := range []struct{ set, pool, want string }{
+		{"", "", "1"},
+		{"", "16", strconv.Itoa(min(2, most))},
+		{"3", "16", "3"},
+	} {
 		env := maps.Clone(s.env)
 		if tt.set != "" {
 			env["GOMAXPROCS"] = tt.set
 		}
+		if tt.pool != "" {
+			env["SMTP_POOL_SIZE"] = tt.pool
+		}
 		w := startProc(t, env)
 		eventually(t, "the worker's Go metrics", func() (bool, string) {
 			v := w.metric("go_sched_gomaxprocs_threads")
-			return v == tt.want, fmt.Sprintf("GOMAXPROCS=%q: go_sched_gomaxprocs_threads %q, want %s", tt.set, v, tt.want)
+			return v == tt.want, fmt.Sprintf("GOMAXPROCS=%q SMTP_POOL_SIZE=%q: go_sched_gomaxprocs_threads %q, want %s", tt.set, tt.pool, v, tt.want)
 		})
 		if !strings.Contains(w.logs.String(), "gomaxprocs="+tt.want) {
-			t.Errorf("GOMAXPROCS=%q: the start line does not say gomaxprocs=%s:\n%s", tt.set, tt.want, w.logs.String())
+			t.Errorf("GOMAXPROCS=%q SMTP_POOL_SIZE=%q: the start line does not say gomaxprocs=%s:\n%s", tt.set, tt.pool, tt.want, w.logs.String())
 		}
 		w.kill()
 	}

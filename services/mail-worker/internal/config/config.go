@@ -45,7 +45,10 @@ const (
 
 // maxPoolSize bounds SMTP_POOL_SIZE; relays limit connections per client
 // (often to 10–20) anyway.
-const maxPoolSize = 64
+const (
+	defaultPoolSize = 4
+	maxPoolSize     = 64
+)
 
 // maxRetryHorizon bounds WORKER_RETRY_HORIZON: with the 30 days a dead
 // letter lives, inside the 61 days a person's record remembers a given-up
@@ -144,7 +147,7 @@ func Load(getenv func(string) string) (Config, error) {
 		SMTPCAFile:       l.str("SMTP_CA_FILE", ""),
 		SMTPTimeout:      l.duration("SMTP_TIMEOUT", 15*time.Second),
 		SMTPFinalTimeout: l.duration("SMTP_FINAL_TIMEOUT", 10*time.Minute),
-		SMTPPoolSize:     l.intIn("SMTP_POOL_SIZE", 4, 1, maxPoolSize),
+		SMTPPoolSize:     l.intIn("SMTP_POOL_SIZE", defaultPoolSize, 1, maxPoolSize),
 		SMTPIdleTimeout:  l.duration("SMTP_IDLE_TIMEOUT", 30*time.Second),
 		SMTPRateLimit:    l.rate("SMTP_RATE_LIMIT"),
 		MailFrom:         l.str("MAIL_FROM", "Doorbell <doorbell@localhost>"),
@@ -309,6 +312,14 @@ func NATSURL(getenv func(string) string) (string, error) {
 		return "", fmt.Errorf("configuration: %w", err)
 	}
 	return url, nil
+}
+
+// PoolSize reads only SMTP_POOL_SIZE, for settings made before the rest
+// of the configuration is loaded; the default when it is unset or wrong
+// (Load reports that).
+func PoolSize(getenv func(string) string) int {
+	l := loader{getenv: getenv}
+	return l.intIn("SMTP_POOL_SIZE", defaultPoolSize, 1, maxPoolSize)
 }
 
 // loader collects one error per bad variable instead of stopping at the first.
