@@ -375,6 +375,7 @@ func TestProcessRunsOnAProcessorPerEightConnectionsUnlessGOMAXPROCSIsSet(t *test
 		{"", "", "1"},
 		{"", "16", strconv.Itoa(min(2, most))},
 		{"3", "16", "3"},
+		{"two", "", "1"}, // Go ignores it: as if unset
 	} {
 		env := maps.Clone(s.env)
 		if tt.set != "" {

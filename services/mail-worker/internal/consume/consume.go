@@ -41,8 +41,10 @@ type Config struct {
 // DefaultFetchWait is Config.FetchWait when zero.
 const DefaultFetchWait = time.Second
 
-// MaxAckPending caps unacknowledged messages across all replicas.
-const MaxAckPending = 1024
+// MaxAckPending caps unacknowledged messages across all replicas: room for
+// the handlers of sixteen replicas at SMTP_POOL_SIZE 16 (256 each), or four
+// at the largest pool, 64.
+const MaxAckPending = 4096
 
 // Setup waits until the AUTH_EVENTS stream exists (the auth-gateway creates
 // it) and then creates or updates the durable consumer. It logs the first
