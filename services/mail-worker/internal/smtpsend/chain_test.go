@@ -12,12 +12,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// queueSends starts a Send for each id on s, whose pool has one connection,
-// in order: the first holds the connection (the relay holds back its 354,
-// see hold354) and the others wait in the queue behind it, in order. ctxs
-// gives an email a context of its own. It returns each Send's result.
-func queueSends(t *testing.T, s *Sender, ctxs map[string]context.Context, ids ...string) map[string]chan error {
+// queueSends starts a Send for each id on s, whose pool has one connection
+// to r, in order: the first holds the connection (r holds back its 354)
+// until the others wait in the queue behind it, in order, and then goes
+// on. ctxs gives an email a context of its own. It returns each Send's
+// result.
+func queueSends(t *testing.T, r *scriptedRelay, s *Sender, ctxs map[string]context.Context, ids ...string) map[string]chan error {
 	t.Helper()
+	hold := make(chan struct{})
+	r.mu.Lock()
+	r.hold354 = hold
+	r.mu.Unlock()
+	defer close(hold)
 	results := make(map[string]chan error, len(ids))
 	for i, id := range ids {
 		ctx, ok := ctxs[id]
@@ -53,11 +59,8 @@ func (p *pool) holds(n int) bool {
 // of the one before in the same write (RFC 2920), and each arrives once.
 func TestQueuedEmailsGoOutBehindTheMarkOfTheOneBefore(t *testing.T) {
 	r := startScriptedRelay(t, "250 2.1.5 ok", "354 go ahead")
-	hold := make(chan struct{})
-	r.hold354 = hold
 	s, m := r.sender(t)
-	results := queueSends(t, s, nil, "evt-1", "evt-2", "evt-3")
-	close(hold)
+	results := queueSends(t, r, s, nil, "evt-1", "evt-2", "evt-3")
 	for id, result := range results {
 		if err := <-result; err != nil {
 			t.Errorf("%s: %v", id, err)
@@ -84,11 +87,9 @@ func TestQueuedEmailsGoOutBehindTheMarkOfTheOneBefore(t *testing.T) {
 // maybe sent, and the next goes out once, on a new connection.
 func TestAnEmailBehindAMarkThatGetsNoReplyGoesOnANewConnection(t *testing.T) {
 	r := startScriptedRelay(t, "250 2.1.5 ok", "354 go ahead")
-	hold := make(chan struct{})
-	r.hold354, r.dropAtMark = hold, 1
+	r.dropAtMark = 1
 	s, m := r.sender(t)
-	results := queueSends(t, s, nil, "evt-1", "evt-2")
-	close(hold)
+	results := queueSends(t, r, s, nil, "evt-1", "evt-2")
 	var se *Error
 	if err := <-results["evt-1"]; !errors.As(err, &se) || !se.MaybeSent {
 		t.Errorf("the email without a reply to its mark: %v, want maybe sent", err)
@@ -112,13 +113,12 @@ func TestAnEmailBehindAMarkThatGetsNoReplyGoesOnANewConnection(t *testing.T) {
 // the next email opens another.
 func TestAnEmailWhoseCallerGaveUpBehindAMarkSendsNothing(t *testing.T) {
 	r := startScriptedRelay(t, "250 2.1.5 ok", "354 go ahead")
-	hold, holdMark, atMark := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	r.hold354, r.holdMark, r.atMark = hold, holdMark, atMark
+	holdMark, atMark := make(chan struct{}), make(chan struct{})
+	r.holdMark, r.atMark = holdMark, atMark
 	s, _ := r.sender(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	results := queueSends(t, s, map[string]context.Context{"evt-2": ctx}, "evt-1", "evt-2")
-	close(hold)
+	results := queueSends(t, r, s, map[string]context.Context{"evt-2": ctx}, "evt-1", "evt-2")
 	<-atMark // evt-1's mark is in, evt-2's commands behind it
 	cancel()
 	select {
@@ -147,11 +147,9 @@ func TestAnEmailWhoseCallerGaveUpBehindAMarkSendsNothing(t *testing.T) {
 // behind it.
 func TestAnEmailRefusedAtItsMarkLeavesTheConnectionToTheNext(t *testing.T) {
 	r := startScriptedRelay(t, "250 2.1.5 ok", "354 go ahead")
-	hold := make(chan struct{})
-	r.hold354, r.markReplies = hold, []string{"554 5.7.1 rejected as spam"}
+	r.markReplies = []string{"554 5.7.1 rejected as spam"}
 	s, m := r.sender(t)
-	results := queueSends(t, s, nil, "evt-1", "evt-2")
-	close(hold)
+	results := queueSends(t, r, s, nil, "evt-1", "evt-2")
 	var se *Error
 	if err := <-results["evt-1"]; !errors.As(err, &se) || se.Code != 554 || se.Stage != StageEndOfData {
 		t.Errorf("the refused email: %v, want 554 at the end of data", err)
@@ -174,12 +172,10 @@ func TestAnEmailRefusedAtItsMarkLeavesTheConnectionToTheNext(t *testing.T) {
 // mark: the email goes out on a new connection, and each arrives once.
 func TestARelayThatTakesFewEmailsPerConnectionGetsEachOnce(t *testing.T) {
 	r := startScriptedRelay(t, "250 2.1.5 ok", "354 go ahead")
-	hold := make(chan struct{})
-	r.hold354, r.perConnection = hold, 2
+	r.perConnection = 2
 	s, _ := r.sender(t)
 	ids := []string{"evt-1", "evt-2", "evt-3", "evt-4", "evt-5"}
-	results := queueSends(t, s, nil, ids...)
-	close(hold)
+	results := queueSends(t, r, s, nil, ids...)
 	for _, id := range ids {
 		if err := <-results[id]; err != nil {
 			t.Errorf("%s: %v", id, err)
