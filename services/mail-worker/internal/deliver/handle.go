@@ -273,10 +273,13 @@ func (h *Handler) record(ctx context.Context, key string, guess bool) (*ledger.R
 func (h *Handler) settleWithoutSending(ctx context.Context, d delivery, key string, rev uint64, plan ledger.Plan) (o outcome, lost bool) {
 	o = outcome{kind: plan.Kind}
 	switch plan.Step {
-	case ledger.Duplicate:
+	case ledger.Duplicate, ledger.Elsewhere:
 		h.Metrics.emails.WithLabelValues(string(plan.Kind), ResultDuplicate).Inc()
 		trace.SpanFromContext(ctx).SetAttributes(attrDuplicate.Bool(true))
 		o.result = logDuplicate
+		if plan.Step == ledger.Elsewhere {
+			o.reason = "another message with this event holds the email and finishes it"
+		}
 		return h.ack(ctx, d, o), false
 	case ledger.Terminate:
 		o.result, o.reason = logFailed, "given up before; terminating again"
@@ -284,11 +287,6 @@ func (h *Handler) settleWithoutSending(ctx context.Context, d delivery, key stri
 	case ledger.Wait:
 		o.result, o.reason = logWaiting, "another delivery of this message may still be sending it"
 		return h.handBack(d, o, h.AckWait, causeBusy), false
-	case ledger.Elsewhere:
-		h.Metrics.emails.WithLabelValues(string(plan.Kind), ResultDuplicate).Inc()
-		trace.SpanFromContext(ctx).SetAttributes(attrDuplicate.Bool(true))
-		o.result, o.reason = logDuplicate, "another message with this event holds the email and finishes it"
-		return h.ack(ctx, d, o), false
 	case ledger.Told:
 		o.result, o.reason = logFolded, "told of in the alert of "+plan.Email.FoldedInto
 		return h.ack(ctx, d, o), false

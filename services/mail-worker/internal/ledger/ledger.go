@@ -524,6 +524,9 @@ func claim(rec Record, e Email, d Delivery) Plan {
 // held sign-in of the person, and starts a new alert window.
 func send(rec Record, e Email, d Delivery) Plan {
 	e.State, e.Seq, e.Delivery, e.Consumer = Sending, d.Seq, d.Num, d.Acks.Consumer.UTC()
+	if e.Kind == NewDevice {
+		e.More += rec.MoreHeld // held beyond MaxHeld: told of by number
+	}
 	next := rec.with(e)
 	plan := Plan{Step: Send, Kind: e.Kind, Email: e}
 	if e.Kind == NewDevice {
@@ -539,13 +542,8 @@ func send(rec Record, e Email, d Delivery) Plan {
 			}
 		}
 		slices.SortFunc(plan.Folded, func(a, b Email) int { return b.At.Compare(a.At) })
-		if next.MoreHeld > 0 {
-			e.More += next.MoreHeld
-			plan.NewlyFolded += next.MoreHeld
-			next.MoreHeld = 0
-			next = next.with(e)
-		}
-		plan.Email = e
+		plan.NewlyFolded += next.MoreHeld
+		next.MoreHeld = 0
 		if !d.Now.IsZero() {
 			next.LastAlert = d.Now.UTC()
 		}

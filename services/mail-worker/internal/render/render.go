@@ -265,8 +265,10 @@ type view struct {
 	When        string // the first sign-in's time, formatted
 	SignIns     []*signInView
 	More        int // sign-ins told of by number only, besides SignIns
-	Count       int // every sign-in told of: len(SignIns) + More
 }
+
+// Count is every sign-in told of: those listed and those told of by number.
+func (v view) Count() int { return len(v.SignIns) + v.More }
 
 type signInView struct {
 	When      string // in MAIL_TIME_ZONE, the zone named
@@ -362,7 +364,6 @@ func (r *Renderer) view(lang language.Tag, p *message.Printer, d Data) view {
 		v.When = v.SignIns[0].When
 	}
 	v.More = max(0, d.More)
-	v.Count = len(v.SignIns) + v.More
 	return v
 }
 
